@@ -1,0 +1,137 @@
+/*
+ * kernels.h -- the math of pg_llm, in plain C99.
+ *
+ * Nothing here includes a PostgreSQL header: every function works on plain
+ * float arrays, never allocates with palloc and never reports errors through
+ * ereport.  The PostgreSQL glue in src/ checks shapes and sizes *before*
+ * calling in, so kernels may assume valid arguments.
+ *
+ * Conventions
+ *   - tensors are float32, contiguous, row-major;
+ *   - sizes are int64_t;
+ *   - functions that may run for long return LLM_OK, or LLM_INTERRUPTED when
+ *     the interrupt hook (see llm_parallel_for) asked them to stop; their
+ *     output is then incomplete and must be discarded by the caller.
+ *   - results never depend on the number of threads: work is split over
+ *     output elements, never over a reduction.
+ */
+#ifndef PG_LLM_KERNELS_H
+#define PG_LLM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LLM_OK 0
+#define LLM_INTERRUPTED 1
+
+/* ---- worker pool (pool.c) --------------------------------------------- */
+
+/* A task processes items [begin, end) of some range. */
+typedef void (*llm_task_fn) (void *ctx, int64_t begin, int64_t end);
+
+/* Number of threads (>= 1) used by llm_parallel_for; the caller included. */
+void		llm_pool_set_threads(int nthreads);
+int			llm_pool_threads(void);
+int			llm_cpu_count(void);
+
+/*
+ * Hook polled by the calling thread between tasks.  When it returns non-zero
+ * the remaining tasks are skipped and llm_parallel_for returns
+ * LLM_INTERRUPTED.  The PostgreSQL glue points it at a function that reads
+ * QueryCancelPending/ProcDiePending; workers never call it.
+ */
+extern int	(*llm_interrupt_hook) (void);
+
+/*
+ * Run fn over [0, n) in tasks of `grain` items (the last may be shorter).
+ * Task boundaries depend only on n and grain, never on the thread count,
+ * so any task-local reduction order is fixed: results are bit-identical at
+ * any pool size.  Runs inline when there is a single task.
+ */
+int			llm_parallel_for(int64_t n, int64_t grain, llm_task_fn fn, void *ctx);
+
+/* ---- SIMD dispatch (cpu.c) --------------------------------------------- */
+
+typedef enum
+{
+	LLM_ISA_SCALAR = 0,
+	LLM_ISA_AVX2 = 1,			/* AVX2 + FMA */
+	LLM_ISA_AVX512 = 2			/* AVX-512F */
+} llm_isa;
+
+llm_isa		llm_cpu_isa(void);	/* best ISA this CPU supports (cached) */
+const char *llm_isa_name(llm_isa isa);
+/* Force a lower ISA (for tests); values above the CPU's support are capped. */
+void		llm_set_isa(llm_isa isa);
+
+/* ---- matmul (matmul.c) ------------------------------------------------- */
+
+/*
+ * C[M,N] = op(A) @ op(B)  (+ bias[N] broadcast over rows when bias != NULL)
+ *   op(A) is [M,K]: A is stored [M,K], or [K,M] when transA;
+ *   op(B) is [K,N]: B is stored [K,N], or [N,K] when transB.
+ * GPT-2's Conv1D is the plain case (W stored [in,out]); the tied lm_head is
+ * transB (wte stored [vocab, n_embd]).
+ */
+int			llm_matmul(const float *A, const float *B, const float *bias, float *C,
+					   int64_t M, int64_t K, int64_t N, int transA, int transB);
+
+/* ---- elementwise and normalisation (ops.c) ------------------------------ */
+
+/* y = a + b, where b has n or (row broadcast) `bn` elements, n % bn == 0 */
+void		llm_add(const float *a, const float *b, float *y, int64_t n, int64_t bn);
+/* y = a * b elementwise, same broadcasting rule as llm_add */
+void		llm_mul(const float *a, const float *b, float *y, int64_t n, int64_t bn);
+/* y = s * x */
+void		llm_scale(const float *x, float s, float *y, int64_t n);
+/* y[j,i] = x[i,j] for x [rows, cols] */
+void		llm_transpose(const float *x, float *y, int64_t rows, int64_t cols);
+/* GELU, tanh approximation (GPT-2's "gelu_new") */
+int			llm_gelu(const float *x, float *y, int64_t n);
+
+/*
+ * Softmax over the last axis of x [rows, cols].  With causal_rows = Tq > 0,
+ * x is read as blocks of Tq query rows over cols = Tk keys: row r (query
+ * i = r % Tq) keeps columns j <= i + (Tk - Tq) and the others get 0.
+ * causal_rows = 0 means no mask.
+ */
+int			llm_softmax(const float *x, float *y, int64_t rows, int64_t cols,
+						int64_t causal_rows);
+
+/* LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b */
+int			llm_layernorm(const float *x, const float *g, const float *b, float *y,
+						  int64_t rows, int64_t cols, float eps);
+
+/* y[t,:] = w[ids[t],:] for w [vocab, dim]; ids already range-checked */
+void		llm_embedding(const float *w, const int32_t *ids, float *y,
+						  int64_t n_ids, int64_t dim);
+
+/*
+ * Mean cross-entropy of logits [rows, vocab] against targets[rows]
+ * (already range-checked; a target < 0 is ignored, as PyTorch's -100).
+ * Writes the mean over counted rows to *loss; returns LLM_OK or
+ * LLM_INTERRUPTED.  *counted receives how many rows counted.
+ */
+int			llm_cross_entropy(const float *logits, const int32_t *targets,
+							  int64_t rows, int64_t vocab, double *loss, int64_t *counted);
+
+/* ---- attention (attention.c) ------------------------------------------- */
+
+/*
+ * Multi-head scaled dot-product attention, y = softmax(q k^T / sqrt(hd)) v
+ * per head.  q is [Tq, C], k and v are [Tk, C], y is [Tq, C] contiguous,
+ * C = n_head * hd; head h uses columns h*hd .. (h+1)*hd - 1.  Rows are read
+ * with a stride (row t of q starts at q + t*ldq, likewise k and v) so the
+ * fused [T, 3C] output of GPT-2's c_attn is used in place.
+ * Query row i sits at absolute position (Tk - Tq) + i: a KV-cached decode
+ * step passes Tq = 1.  When causal, query i attends keys 0 .. (Tk - Tq) + i.
+ * Work is split over (head, chunk of query rows), so memory stays
+ * O(chunk * Tk) per thread.
+ */
+int			llm_attention(const float *q, int64_t ldq,
+						  const float *k, int64_t ldk,
+						  const float *v, int64_t ldv,
+						  float *y, int64_t Tq, int64_t Tk, int64_t C,
+						  int64_t n_head, int causal);
+
+#endif							/* PG_LLM_KERNELS_H */

@@ -1,0 +1,395 @@
+/*
+ * ops_sql.c -- SQL functions over `tensor`: check arguments, then call a
+ * kernel.  Every shape check happens here, before any kernel runs, so a bad
+ * call is an ERROR that names the shapes and never a crash.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "fmgr.h"
+#include "utils/array.h"
+
+#include "kernels.h"
+#include "tensor.h"
+
+/* ---- argument checks --------------------------------------------------- */
+
+static void
+require_ndim(const char *who, const char *what, const Tensor *t, int ndim)
+{
+	if (t->ndim != ndim)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s: %s must be a %d-D tensor, got shape %s",
+						who, what, ndim, tensor_shape_str(t))));
+}
+
+static bool
+same_shape(const Tensor *a, const Tensor *b)
+{
+	if (a->ndim != b->ndim)
+		return false;
+	for (int i = 0; i < a->ndim; i++)
+		if (a->dims[i] != b->dims[i])
+			return false;
+	return true;
+}
+
+/*
+ * b broadcasts over a when b's shape is a suffix of a's shape: a bias [C]
+ * over activations [T, C], or the same shape.
+ */
+static void
+require_broadcast(const char *who, const Tensor *a, const Tensor *b)
+{
+	bool		ok = b->ndim <= a->ndim;
+
+	for (int i = 1; ok && i <= b->ndim; i++)
+		ok = a->dims[a->ndim - i] == b->dims[b->ndim - i];
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s: shapes %s and %s do not broadcast",
+						who, tensor_shape_str(a), tensor_shape_str(b)),
+				 errhint("The second shape must equal the first, or its trailing dimensions (a bias row).")));
+}
+
+/* ---- matmul ------------------------------------------------------------ */
+
+PG_FUNCTION_INFO_V1(llm_matmul_sql);
+Datum
+llm_matmul_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *a = PG_GETARG_TENSOR_P(0);
+	Tensor	   *b = PG_GETARG_TENSOR_P(1);
+	bool		ta = PG_GETARG_BOOL(2);
+	bool		tb = PG_GETARG_BOOL(3);
+	int64		M,
+				K,
+				Kb,
+				N;
+	int64		dims[2];
+	Tensor	   *c;
+
+	require_ndim("llm_matmul", "the first argument", a, 2);
+	require_ndim("llm_matmul", "the second argument", b, 2);
+	M = ta ? a->dims[1] : a->dims[0];
+	K = ta ? a->dims[0] : a->dims[1];
+	Kb = tb ? b->dims[1] : b->dims[0];
+	N = tb ? b->dims[0] : b->dims[1];
+	if (K != Kb)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("llm_matmul: shapes %s%s and %s%s do not align",
+						tensor_shape_str(a), ta ? "^T" : "",
+						tensor_shape_str(b), tb ? "^T" : ""),
+				 errdetail("The inner dimensions are " INT64_FORMAT " and " INT64_FORMAT ".", K, Kb)));
+	dims[0] = M;
+	dims[1] = N;
+	c = tensor_new(2, dims);
+	llm_check_status(llm_matmul(a->data, b->data, NULL, c->data, M, K, N, ta, tb));
+	PG_RETURN_TENSOR_P(c);
+}
+
+/* ---- elementwise --------------------------------------------------------- */
+
+PG_FUNCTION_INFO_V1(llm_add_sql);
+Datum
+llm_add_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *a = PG_GETARG_TENSOR_P(0);
+	Tensor	   *b = PG_GETARG_TENSOR_P(1);
+	Tensor	   *y;
+
+	require_broadcast("llm_add", a, b);
+	y = tensor_new_like(a);
+	llm_add(a->data, b->data, y->data, tensor_numel(a), tensor_numel(b));
+	PG_RETURN_TENSOR_P(y);
+}
+
+PG_FUNCTION_INFO_V1(llm_mul_sql);
+Datum
+llm_mul_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *a = PG_GETARG_TENSOR_P(0);
+	Tensor	   *b = PG_GETARG_TENSOR_P(1);
+	Tensor	   *y;
+
+	require_broadcast("llm_mul", a, b);
+	y = tensor_new_like(a);
+	llm_mul(a->data, b->data, y->data, tensor_numel(a), tensor_numel(b));
+	PG_RETURN_TENSOR_P(y);
+}
+
+PG_FUNCTION_INFO_V1(llm_scale_sql);
+Datum
+llm_scale_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	float4		s = PG_GETARG_FLOAT4(1);
+	Tensor	   *y;
+
+	if (!isfinite(s))
+		ereport(ERROR,
+				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
+				 errmsg("llm_scale: the factor must be finite, got %g", s)));
+	y = tensor_new_like(x);
+	llm_scale(x->data, s, y->data, tensor_numel(x));
+	PG_RETURN_TENSOR_P(y);
+}
+
+PG_FUNCTION_INFO_V1(llm_gelu_sql);
+Datum
+llm_gelu_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	Tensor	   *y = tensor_new_like(x);
+
+	llm_check_status(llm_gelu(x->data, y->data, tensor_numel(x)));
+	PG_RETURN_TENSOR_P(y);
+}
+
+/* ---- shape ------------------------------------------------------------- */
+
+PG_FUNCTION_INFO_V1(llm_transpose_sql);
+Datum
+llm_transpose_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	int64		dims[2];
+	Tensor	   *y;
+
+	require_ndim("llm_transpose", "the argument", x, 2);
+	dims[0] = x->dims[1];
+	dims[1] = x->dims[0];
+	y = tensor_new(2, dims);
+	llm_transpose(x->data, y->data, x->dims[0], x->dims[1]);
+	PG_RETURN_TENSOR_P(y);
+}
+
+PG_FUNCTION_INFO_V1(llm_reshape_sql);
+Datum
+llm_reshape_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	int			ndim;
+	int32	   *want = int_array_values("llm_reshape", PG_GETARG_ARRAYTYPE_P(1), &ndim);
+	int64		dims[LLM_MAX_NDIM];
+	int64		n = tensor_numel(x);
+	int64		known = 1;
+	int			infer = -1;
+	Tensor	   *y;
+
+	if (ndim < 1 || ndim > LLM_MAX_NDIM)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_reshape: a shape has 1 to %d dimensions, got %d", LLM_MAX_NDIM, ndim)));
+	for (int i = 0; i < ndim; i++)
+	{
+		dims[i] = want[i];
+		if (want[i] == -1 && infer < 0)
+			infer = i;
+		else if (want[i] < 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("llm_reshape: bad dimension %d in shape %s (use one -1 to infer a dimension)",
+							want[i], shape_str(ndim, dims))));
+		else
+			known *= want[i];
+	}
+	if (infer >= 0 && n % known == 0)
+		dims[infer] = n / known;
+	if ((infer >= 0 && n % known != 0) || (infer < 0 && known != n))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("llm_reshape: cannot reshape %s (" INT64_FORMAT " elements) to %s",
+						tensor_shape_str(x), n, shape_str(ndim, dims))));
+	y = tensor_new(ndim, dims);
+	memcpy(y->data, x->data, n * sizeof(float));
+	PG_RETURN_TENSOR_P(y);
+}
+
+/* llm_slice(x, start, stop): rows start .. stop-1 of the first axis (0-based). */
+PG_FUNCTION_INFO_V1(llm_slice_sql);
+Datum
+llm_slice_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	int32		start = PG_GETARG_INT32(1);
+	int32		stop = PG_GETARG_INT32(2);
+	int64		dims[LLM_MAX_NDIM];
+	int64		row;
+	Tensor	   *y;
+
+	if (start < 0 || stop > x->dims[0] || start >= stop)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("llm_slice: rows [%d, %d) are not a non-empty range inside 0..%d of shape %s",
+						start, stop, x->dims[0], tensor_shape_str(x))));
+	for (int i = 0; i < x->ndim; i++)
+		dims[i] = x->dims[i];
+	dims[0] = stop - start;
+	row = tensor_numel(x) / x->dims[0];
+	y = tensor_new(x->ndim, dims);
+	memcpy(y->data, x->data + start * row, (stop - start) * row * sizeof(float));
+	PG_RETURN_TENSOR_P(y);
+}
+
+/* ---- normalisation ------------------------------------------------------- */
+
+PG_FUNCTION_INFO_V1(llm_softmax_sql);
+Datum
+llm_softmax_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	bool		causal = PG_GETARG_BOOL(1);
+	int64		causal_rows = 0;
+	Tensor	   *y;
+
+	tensor_check_finite("llm_softmax", x);
+	if (causal)
+	{
+		if (x->ndim < 2 || x->dims[x->ndim - 2] > x->dims[x->ndim - 1])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("llm_softmax: a causal mask needs [..., Tq, Tk] scores with Tq <= Tk, got %s",
+							tensor_shape_str(x))));
+		causal_rows = x->dims[x->ndim - 2];
+	}
+	y = tensor_new_like(x);
+	llm_check_status(llm_softmax(x->data, y->data, tensor_rows(x), tensor_cols(x), causal_rows));
+	PG_RETURN_TENSOR_P(y);
+}
+
+PG_FUNCTION_INFO_V1(llm_layernorm_sql);
+Datum
+llm_layernorm_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	Tensor	   *g = PG_GETARG_TENSOR_P(1);
+	Tensor	   *b = PG_GETARG_TENSOR_P(2);
+	float4		eps = PG_GETARG_FLOAT4(3);
+	int64		C = tensor_cols(x);
+	Tensor	   *y;
+
+	if (!(eps > 0) || !isfinite(eps))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_layernorm: eps must be a positive finite number, got %g", eps)));
+	if (g->ndim != 1 || g->dims[0] != C || b->ndim != 1 || b->dims[0] != C)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("llm_layernorm: gamma %s and beta %s must both be [" INT64_FORMAT "] for input %s",
+						tensor_shape_str(g), tensor_shape_str(b), C, tensor_shape_str(x))));
+	tensor_check_finite("llm_layernorm", x);
+	y = tensor_new_like(x);
+	llm_check_status(llm_layernorm(x->data, g->data, b->data, y->data,
+								   tensor_rows(x), C, eps));
+	PG_RETURN_TENSOR_P(y);
+}
+
+/* ---- embedding and loss -------------------------------------------------- */
+
+/* Check token ids against a vocabulary of `vocab` rows. */
+static void
+check_ids(const char *who, const int32 *ids, int n, int64 vocab, bool allow_ignore)
+{
+	for (int i = 0; i < n; i++)
+		if (ids[i] >= vocab || (ids[i] < 0 && !(allow_ignore && ids[i] == -100)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s: id %d at position %d is outside the vocabulary 0..%lld",
+							who, ids[i], i + 1, (long long) vocab - 1)));
+}
+
+PG_FUNCTION_INFO_V1(llm_embedding_sql);
+Datum
+llm_embedding_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *w = PG_GETARG_TENSOR_P(0);
+	int			n;
+	int32	   *ids = int_array_values("llm_embedding", PG_GETARG_ARRAYTYPE_P(1), &n);
+	int64		dims[2];
+	Tensor	   *y;
+
+	require_ndim("llm_embedding", "the weight", w, 2);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_embedding: the id array is empty")));
+	check_ids("llm_embedding", ids, n, w->dims[0], false);
+	dims[0] = n;
+	dims[1] = w->dims[1];
+	y = tensor_new(2, dims);
+	llm_embedding(w->data, ids, y->data, n, w->dims[1]);
+	PG_RETURN_TENSOR_P(y);
+}
+
+PG_FUNCTION_INFO_V1(llm_cross_entropy_sql);
+Datum
+llm_cross_entropy_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *logits = PG_GETARG_TENSOR_P(0);
+	int			n;
+	int32	   *targets = int_array_values("llm_cross_entropy", PG_GETARG_ARRAYTYPE_P(1), &n);
+	double		loss;
+	int64		counted;
+
+	require_ndim("llm_cross_entropy", "the logits", logits, 2);
+	if (n != logits->dims[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("llm_cross_entropy: %d targets for logits of shape %s (one per row)",
+						n, tensor_shape_str(logits))));
+	check_ids("llm_cross_entropy", targets, n, logits->dims[1], true);
+	tensor_check_finite("llm_cross_entropy", logits);
+	llm_check_status(llm_cross_entropy(logits->data, targets, n, logits->dims[1],
+									   &loss, &counted));
+	if (counted == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_cross_entropy: every target is the ignore index -100")));
+	PG_RETURN_FLOAT4((float4) loss);
+}
+
+/* ---- attention ----------------------------------------------------------- */
+
+PG_FUNCTION_INFO_V1(llm_attention_sql);
+Datum
+llm_attention_sql(PG_FUNCTION_ARGS)
+{
+	Tensor	   *q = PG_GETARG_TENSOR_P(0);
+	Tensor	   *k = PG_GETARG_TENSOR_P(1);
+	Tensor	   *v = PG_GETARG_TENSOR_P(2);
+	int32		n_head = PG_GETARG_INT32(3);
+	bool		causal = PG_GETARG_BOOL(4);
+	int64		C;
+	Tensor	   *y;
+
+	require_ndim("llm_attention", "q", q, 2);
+	require_ndim("llm_attention", "k", k, 2);
+	require_ndim("llm_attention", "v", v, 2);
+	C = q->dims[1];
+	if (!same_shape(k, v) || k->dims[1] != C)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("llm_attention: q %s, k %s and v %s must be [Tq,C], [Tk,C], [Tk,C]",
+						tensor_shape_str(q), tensor_shape_str(k), tensor_shape_str(v))));
+	if (n_head < 1 || C % n_head != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_attention: n_head %d does not divide the width " INT64_FORMAT,
+						n_head, C)));
+	if (causal && q->dims[0] > k->dims[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("llm_attention: causal attention needs Tq <= Tk, got q %s and k %s",
+						tensor_shape_str(q), tensor_shape_str(k))));
+	tensor_check_finite("llm_attention", q);
+	tensor_check_finite("llm_attention", k);
+	y = tensor_new_like(q);
+	llm_check_status(llm_attention(q->data, C, k->data, C, v->data, C, y->data,
+								   q->dims[0], k->dims[0], C, n_head, causal));
+	PG_RETURN_TENSOR_P(y);
+}

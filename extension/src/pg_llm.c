@@ -1,0 +1,91 @@
+/*
+ * pg_llm.c -- module entry point: settings (GUCs) and the bridge between
+ * PostgreSQL's interrupt handling and the kernels' worker pool.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
+#include "kernels.h"
+#include "tensor.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+static int	llm_threads = 1;
+static int	llm_simd = -1;		/* -1 = auto, else an llm_isa */
+
+static const struct config_enum_entry simd_options[] = {
+	{"auto", -1, false},
+	{"scalar", LLM_ISA_SCALAR, false},
+	{"avx2", LLM_ISA_AVX2, false},
+	{"avx512", LLM_ISA_AVX512, false},
+	{NULL, 0, false}
+};
+
+static void
+assign_threads(int newval, void *extra)
+{
+	llm_pool_set_threads(newval);
+}
+
+static void
+assign_simd(int newval, void *extra)
+{
+	llm_set_isa(newval < 0 ? LLM_ISA_AVX512 : (llm_isa) newval);
+}
+
+/* Polled by the calling thread between kernel tasks; never by workers. */
+static int
+interrupt_pending(void)
+{
+	return QueryCancelPending || ProcDiePending;
+}
+
+void
+llm_check_status(int status)
+{
+	if (status == LLM_OK)
+		return;
+	CHECK_FOR_INTERRUPTS();
+	/* Interrupts may be held off: the work is incomplete all the same. */
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("canceling statement due to user request")));
+}
+
+void
+_PG_init(void)
+{
+	int			cores = llm_cpu_count();
+
+	llm_interrupt_hook = interrupt_pending;
+
+	DefineCustomIntVariable("pg_llm.threads",
+							"Threads used by pg_llm's kernels (the backend included).",
+							"Defaults to the number of cores this process may use. "
+							"Results are bit-identical at any value.",
+							&llm_threads, cores, 1, 256,
+							PGC_USERSET, 0, NULL, assign_threads, NULL);
+	DefineCustomEnumVariable("pg_llm.simd",
+							 "Highest SIMD instruction set pg_llm's kernels may use.",
+							 "auto picks the best the CPU supports; lower values are for testing.",
+							 &llm_simd, -1, simd_options,
+							 PGC_USERSET, 0, NULL, assign_simd, NULL);
+	MarkGUCPrefixReserved("pg_llm");
+}
+
+/* llm_info(): what the kernels run with, for humans and tests. */
+PG_FUNCTION_INFO_V1(llm_info);
+Datum
+llm_info(PG_FUNCTION_ARGS)
+{
+	char	   *s = psprintf("{\"version\": \"0.1.0\", \"simd\": \"%s\", \"threads\": %d, \"cores\": %d}",
+							 llm_isa_name(llm_cpu_isa()), llm_pool_threads(), llm_cpu_count());
+
+	PG_RETURN_TEXT_P(cstring_to_text(s));
+}

@@ -1,0 +1,92 @@
+/*
+ * tensor.h -- the `tensor` type: an n-dimensional float32 array in a varlena.
+ *
+ * Layout (like pgvector's `vector`, with a shape):
+ *
+ *     int32  vl_len_        varlena header (never touch directly)
+ *     int16  ndim           1 .. LLM_MAX_NDIM
+ *     int16  dtype          LLM_DTYPE_FLOAT32 (the only one so far)
+ *     int32  dims[8]        shape; unused entries are 0
+ *     float  data[]         prod(dims) values, row-major
+ *
+ * The header has a fixed size (40 bytes) so `data` is 8-byte aligned.
+ */
+#ifndef PG_LLM_TENSOR_H
+#define PG_LLM_TENSOR_H
+
+#include "postgres.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/memutils.h"
+
+/* Prefix form works on every PostgreSQL version we build against. */
+#define llm_noreturn __attribute__((noreturn))
+
+#define LLM_MAX_NDIM 8
+#define LLM_DTYPE_FLOAT32 0
+/* Keep a tensor well under PostgreSQL's 1 GB varlena limit. */
+#define LLM_MAX_ELEMS ((int64) (MaxAllocSize - 64) / (int64) sizeof(float))
+
+typedef struct Tensor
+{
+	int32		vl_len_;
+	int16		ndim;
+	int16		dtype;
+	int32		dims[LLM_MAX_NDIM];
+	float		data[FLEXIBLE_ARRAY_MEMBER];
+} Tensor;
+
+#define TENSOR_HDRSZ offsetof(Tensor, data)
+
+#define DatumGetTensorP(x)		((Tensor *) PG_DETOAST_DATUM(x))
+#define PG_GETARG_TENSOR_P(n)	DatumGetTensorP(PG_GETARG_DATUM(n))
+#define PG_RETURN_TENSOR_P(x)	PG_RETURN_POINTER(x)
+
+/* Number of elements of a tensor. */
+static inline int64
+tensor_numel(const Tensor *t)
+{
+	int64		n = 1;
+
+	for (int i = 0; i < t->ndim; i++)
+		n *= t->dims[i];
+	return n;
+}
+
+/* Rows and columns of the 2-D view [prod(dims[:-1]), dims[-1]]. */
+static inline int64
+tensor_cols(const Tensor *t)
+{
+	return t->dims[t->ndim - 1];
+}
+
+static inline int64
+tensor_rows(const Tensor *t)
+{
+	return tensor_numel(t) / tensor_cols(t);
+}
+
+/* Allocate a zeroed tensor; ereports on a bad or too large shape. */
+extern Tensor *tensor_new(int ndim, const int64 *dims);
+/* A new tensor with the same shape as `like` (contents uninitialised). */
+extern Tensor *tensor_new_like(const Tensor *like);
+/* Check a shape: 1..8 dims, every dim >= 1, total size in range. */
+extern int64 tensor_check_shape(const char *who, int ndim, const int64 *dims);
+/* "[2,3]" for error messages (palloc'd). */
+extern char *tensor_shape_str(const Tensor *t);
+extern char *shape_str(int ndim, const int64 *dims);
+/* Error if any value is NaN or infinite. */
+extern void tensor_check_finite(const char *who, const Tensor *t);
+/* Shape from an int[] argument (no NULLs, 1..8 dims). */
+extern int	shape_from_array(const char *who, ArrayType *arr, int64 *dims);
+/* Values of an int[] argument (no NULLs); returns count, palloc'd ints. */
+extern int32 *int_array_values(const char *who, ArrayType *arr, int *count);
+
+/* Raw little-endian float32 bytea <-> tensor (ndim 0: a flat 1-D tensor). */
+extern Tensor *tensor_from_bytea(const char *who, bytea *b, int ndim, const int64 *dims);
+extern bytea *tensor_to_bytea(const Tensor *t);
+
+/* Run a kernel status through PostgreSQL: cancel raises the usual error. */
+extern void llm_check_status(int status);
+
+#endif							/* PG_LLM_TENSOR_H */

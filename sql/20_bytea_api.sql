@@ -1,0 +1,30 @@
+-- pg_llm: the original pg_llm BYTEA API, as thin wrappers over the tensor
+-- functions.  A bytea here is raw little-endian float32 values.
+
+CREATE FUNCTION pg_llm_matmul(a bytea, b bytea, m int, k int, n int) RETURNS bytea
+    AS $$ SELECT llm_bytea(llm_matmul(llm_tensor(a, ARRAY[m, k]), llm_tensor(b, ARRAY[k, n]))) $$
+    LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION pg_llm_add(a bytea, b bytea) RETURNS bytea
+    AS $$ SELECT llm_bytea(llm_add(a::tensor, b::tensor)) $$
+    LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION pg_llm_gelu(x bytea) RETURNS bytea
+    AS $$ SELECT llm_bytea(llm_gelu(x::tensor)) $$
+    LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION pg_llm_softmax(x bytea) RETURNS bytea
+    AS $$ SELECT llm_bytea(llm_softmax(x::tensor)) $$
+    LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
+
+-- x holds whole rows of length(gamma) values.
+CREATE FUNCTION pg_llm_layernorm(x bytea, gamma bytea, beta bytea, eps float4) RETURNS bytea
+    AS $$ SELECT llm_bytea(llm_layernorm(
+              llm_reshape(x::tensor, ARRAY[-1, length(gamma) / 4]),
+              gamma::tensor, beta::tensor, eps)) $$
+    LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
+
+-- Cross-entropy of one row of logits against one target id.
+CREATE FUNCTION pg_llm_cross_entropy(logits bytea, target int) RETURNS float4
+    AS $$ SELECT llm_cross_entropy(llm_reshape(logits::tensor, ARRAY[1, -1]), ARRAY[target]) $$
+    LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
