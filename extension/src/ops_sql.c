@@ -210,16 +210,22 @@ llm_reshape_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TENSOR_P(y);
 }
 
-/* llm_slice(x, start, stop): rows start .. stop-1 of the first axis (0-based). */
+/*
+ * llm_slice(x, start, stop): rows start .. stop-1 of the first axis (0-based).
+ * Only the header and the wanted rows are detoasted, so one row of a large
+ * tensor stored out of line (STORAGE EXTERNAL) is cheap to read.
+ */
 PG_FUNCTION_INFO_V1(llm_slice_sql);
 Datum
 llm_slice_sql(PG_FUNCTION_ARGS)
 {
-	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	Datum		raw = PG_GETARG_DATUM(0);
+	Tensor	   *x = (Tensor *) PG_DETOAST_DATUM_SLICE(raw, 0, TENSOR_HDRSZ - VARHDRSZ);
 	int32		start = PG_GETARG_INT32(1);
 	int32		stop = PG_GETARG_INT32(2);
 	int64		dims[LLM_MAX_NDIM];
 	int64		row;
+	struct varlena *rows;
 	Tensor	   *y;
 
 	if (start < 0 || stop > x->dims[0] || start >= stop)
@@ -229,10 +235,12 @@ llm_slice_sql(PG_FUNCTION_ARGS)
 						start, stop, x->dims[0], tensor_shape_str(x))));
 	for (int i = 0; i < x->ndim; i++)
 		dims[i] = x->dims[i];
-	dims[0] = stop - start;
 	row = tensor_numel(x) / x->dims[0];
+	dims[0] = stop - start;
+	rows = PG_DETOAST_DATUM_SLICE(raw, TENSOR_HDRSZ - VARHDRSZ + start * row * sizeof(float),
+								  dims[0] * row * sizeof(float));
 	y = tensor_new(x->ndim, dims);
-	memcpy(y->data, x->data + start * row, (stop - start) * row * sizeof(float));
+	memcpy(y->data, VARDATA(rows), dims[0] * row * sizeof(float));
 	PG_RETURN_TENSOR_P(y);
 }
 

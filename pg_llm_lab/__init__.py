@@ -1,0 +1,21 @@
+"""pg_llm lab: GPT-2 trained and run inside PostgreSQL, taught through Jupyter.
+
+    import pg_llm_lab
+    conn = pg_llm_lab.connect()     # starts the embedded server, builds pg_llm
+    conn.execute("SELECT llm_gelu('[[1,2],[3,4]]'::tensor)").fetchone()[0]   # an ndarray
+
+Modules: server (the embedded PostgreSQL), build (compile pg_llm), db
+(connections), adapters (numpy <-> tensor), cli (the `pg-llm-lab` command).
+"""
+
+from .adapters import register_tensor
+from .build import ensure_installed, find_pg_config, install_extension, is_installed
+from .db import connect, engine
+from .server import data_dir, start, status, stop, url
+
+__all__ = [
+    "connect", "engine", "register_tensor",
+    "start", "stop", "status", "url", "data_dir",
+    "install_extension", "ensure_installed", "is_installed", "find_pg_config",
+]
+__version__ = "0.1.0"

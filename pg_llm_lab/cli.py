@@ -1,0 +1,142 @@
+"""The `pg-llm-lab` command.
+
+    pg-llm-lab install [--pg-config PATH]   build pg_llm and install it into PostgreSQL
+    pg-llm-lab start   [--data DIR]         start the embedded server
+    pg-llm-lab stop    [--data DIR]         stop it
+    pg-llm-lab status  [--data DIR]         is it running? where? (exit 3 if not, like pg_ctl)
+    pg-llm-lab url     [--data DIR]         print the connection URL (starts the server)
+    pg-llm-lab psql    [--data DIR] [ARGS]  open psql on it (ARGS go to psql)
+    pg-llm-lab demo    [--data DIR]         a first look at tensors in SQL
+
+start, url, psql and demo first build pg_llm into the embedded PostgreSQL if
+it is missing or older than its sources.  $DATABASE_URL, if set, replaces the
+embedded server everywhere (and nothing is built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+import psycopg
+
+from . import build, db, server
+
+DEMO = [
+    ("a tensor, typed as text", "SELECT '[[1,2,3],[4,5,6]]'::tensor"),
+    ("matrix product [2,3] @ [3,2]", "SELECT llm_matmul('[[1,2,3],[4,5,6]]', '[[1,0],[0,1],[1,1]]')"),
+    ("GELU, elementwise", "SELECT llm_gelu('[[-1,0,1],[2,3,4]]')"),
+    ("softmax over the last dimension", "SELECT llm_softmax('[[1,2,3],[1,1,1]]')"),
+]
+DEMO_ERROR = "SELECT llm_matmul('[[1,2]]', '[[1,2]]')"
+
+
+def cmd_install(args) -> int:
+    pg_config = build.find_pg_config(args.pg_config)
+    print(f"building pg_llm with {pg_config} ...", flush=True)
+    build.install_extension(pg_config, quiet=False)
+    print(f"installed into {build.pg_config_value(pg_config, 'pkglibdir')}")
+    return 0
+
+
+def cmd_start(args) -> int:
+    if server.external_url():
+        print(f"DATABASE_URL is set: using {server.external_url()}")
+    else:
+        print(f"PostgreSQL is running: {db.default_url(data=args.data)}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    if server.external_url():
+        print("DATABASE_URL is set: that server is not managed by pg-llm-lab")
+    elif server.stop(args.data):
+        print("PostgreSQL stopped")
+    else:
+        print(f"PostgreSQL was not running ({server.data_dir(args.data)})")
+    return 0
+
+
+def cmd_status(args) -> int:
+    info = server.status(args.data)
+    for key, value in info.items():
+        if value is not None:
+            print(f"{key:12} {value}")
+    return 0 if info["running"] else 3
+
+
+def cmd_url(args) -> int:
+    print(db.default_url(data=args.data))
+    return 0
+
+
+def cmd_psql(args) -> int:
+    url = db.default_url(data=args.data)
+    psql = (server.external_url() and shutil.which("psql")) or str(server.embedded_bin("psql"))
+    sys.stdout.flush()
+    os.execv(psql, [psql, url, *args.psql_args])  # replaces this process
+
+
+def cmd_demo(args) -> int:
+    url = db.default_url(data=args.data)
+    print(f"server: {url}\n")
+    with db.connect(url) as conn:
+        for title, sql in DEMO:
+            value = conn.execute(sql).fetchone()[0]
+            print(f"-- {title}\n{sql};\n-> {type(value).__name__} {value.dtype} shape {value.shape}\n{value}\n")
+        print(f"-- shapes that do not fit are an error, not a wrong answer\n{DEMO_ERROR};")
+        try:
+            conn.execute(DEMO_ERROR)
+        except psycopg.Error as err:
+            print(f"-> {type(err).__name__} (SQLSTATE {err.sqlstate}): {str(err).strip()}\n")
+    print("next:\n  pg-llm-lab psql          SQL prompt on this server\n"
+          "  jupyter lab notebooks/   the notebooks, in order\n"
+          "  pg-llm-lab stop          when you are done")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pg-llm-lab", description="pg_llm lab: GPT-2 inside PostgreSQL.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n")[-1])
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    install = commands.add_parser("install", help="build pg_llm and install it into PostgreSQL")
+    install.add_argument("--pg-config", metavar="PATH",
+                         help="pg_config of the target PostgreSQL (default: $PG_CONFIG, else the embedded one)")
+    install.set_defaults(run=cmd_install)
+
+    for name, run, help in [
+        ("start", cmd_start, "start the embedded server (building pg_llm if needed)"),
+        ("stop", cmd_stop, "stop the embedded server"),
+        ("status", cmd_status, "show whether the server runs, its URL, pid and version"),
+        ("url", cmd_url, "print the connection URL (starting the server if needed)"),
+        ("psql", cmd_psql, "open psql on the server; further arguments go to psql"),
+        ("demo", cmd_demo, "run a few tensor operations and show the results"),
+    ]:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--data", metavar="DIR",
+                         help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
+        sub.set_defaults(run=run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and args.command != "psql":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.psql_args = extra
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, RuntimeError, ValueError, LookupError, psycopg.Error) as err:
+        print(f"pg-llm-lab {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""
+Correctness of llm_matmul (extension/src/kernels/matmul.c) against numpy.
+
+The kernel sources are compiled into a throwaway shared library and called
+through ctypes; every test is skipped when no C compiler is available or
+the build fails.  Run:  pytest tests/kernels/test_matmul.py -q
+"""
+import ctypes
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KDIR = ROOT / "extension" / "src" / "kernels"
+ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
+
+
+def build_kernels(outdir):
+    """Build libpg_llm_kernels.so; returns its path or raises RuntimeError."""
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler ({cc})")
+    out = os.path.join(outdir, "libpg_llm_kernels.so")
+    flags = ["-O2", "-fPIC", "-shared", "-pthread", "-Wall",
+             "-fno-strict-aliasing", "-fwrapv"]
+    everything = sorted(str(p) for p in KDIR.glob("*.c"))
+    needed = [str(KDIR / f) for f in ("cpu.c", "pool.c", "matmul.c")]
+    errors = ""
+    # all kernel sources first; other files may be mid-edit, so fall back
+    # to just what llm_matmul needs
+    for srcs in (everything, needed):
+        r = subprocess.run([cc, *flags, *srcs, "-o", out, "-lm"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            return out
+        errors = r.stderr
+    raise RuntimeError("kernel build failed:\n" + errors[-2000:])
+
+
+def load_kernels(path):
+    lib = ctypes.CDLL(path)
+    fp = ctypes.POINTER(ctypes.c_float)
+    lib.llm_matmul.argtypes = [fp, fp, fp, fp, ctypes.c_int64, ctypes.c_int64,
+                               ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+    lib.llm_matmul.restype = ctypes.c_int
+    lib.llm_pool_set_threads.argtypes = [ctypes.c_int]
+    lib.llm_set_isa.argtypes = [ctypes.c_int]
+    lib.llm_cpu_isa.restype = ctypes.c_int
+    return lib
+
+
+def fptr(a):
+    return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def run_matmul(lib, a, b, bias, M, K, N, ta, tb):
+    c = np.full((M, N), np.nan, dtype=np.float32)
+    rc = lib.llm_matmul(fptr(a), fptr(b), fptr(bias), fptr(c), M, K, N, ta, tb)
+    assert rc == 0
+    return c
+
+
+@pytest.fixture(scope="module")
+def lib():
+    tmp = tempfile.mkdtemp(prefix="pg_llm_mm_")
+    try:
+        yield load_kernels(build_kernels(tmp))
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def isas(lib):
+    lib.llm_set_isa(2)
+    best = lib.llm_cpu_isa()
+    return [name for name, v in ISA.items() if v <= best]
+
+
+def operands(rng, M, K, N, ta, tb, with_bias):
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    if with_bias:
+        ref += bias
+    # error bound scale: sum_k |a||b|
+    scale = np.abs(a.T if ta else a).astype(np.float64) @ np.abs(b.T if tb else b).astype(np.float64)
+    return a, b, bias, ref, scale
+
+
+SHAPES = [(1, 1, 1), (1, 7, 1), (7, 1, 5), (2, 3, 4), (17, 33, 7), (33, 17, 65),
+          (15, 16, 31), (14, 256, 32), (29, 257, 97), (64, 300, 50), (1, 769, 33),
+          (3, 5, 769), (70, 520, 33), (1, 768, 130), (5, 1, 1), (33, 65, 1),
+          (200, 40, 1100)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_matches_numpy(lib, shape, ta, tb):
+    M, K, N = shape
+    rng = np.random.default_rng(M * 10007 + K * 101 + N + 7 * ta + 13 * tb)
+    for with_bias in (False, True):
+        a, b, bias, ref, scale = operands(rng, M, K, N, ta, tb, with_bias)
+        for name in isas(lib):
+            lib.llm_set_isa(ISA[name])
+            for threads in (1, 2):
+                lib.llm_pool_set_threads(threads)
+                c = run_matmul(lib, a, b, bias, M, K, N, ta, tb)
+                err = np.abs(c - ref) / (scale + (np.abs(bias) if with_bias else 0) + 1e-30)
+                assert np.isfinite(c).all(), (name, threads)
+                assert err.max() < 2e-6, (name, threads, err.max())
+    lib.llm_set_isa(2)
+    lib.llm_pool_set_threads(1)
+
+
+@pytest.mark.parametrize("shape", [(64, 768, 768), (1, 3072, 768), (1, 768, 2304),
+                                   (100, 3072, 200), (37, 500, 1500)])
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0)])
+def test_gpt2_sizes_relative_1e5(lib, shape, ta, tb):
+    """Relative error vs float64 at GPT-2 sizes (K up to 3072)."""
+    M, K, N = shape
+    rng = np.random.default_rng(1)
+    a, b, bias, ref, _ = operands(rng, M, K, N, ta, tb, True)
+    for name in isas(lib):
+        lib.llm_set_isa(ISA[name])
+        c = run_matmul(lib, a, b, bias, M, K, N, ta, tb)
+        rel = np.linalg.norm(c - ref) / np.linalg.norm(ref)
+        assert rel < 1e-5, (name, rel)
+    lib.llm_set_isa(2)
+
+
+@pytest.mark.parametrize("shape", [(64, 768, 1000), (1, 768, 2304), (300, 700, 300), (5, 3072, 77)])
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 1)])
+def test_bit_identical_across_threads(lib, shape, ta, tb):
+    M, K, N = shape
+    rng = np.random.default_rng(2)
+    a, b, bias, _, _ = operands(rng, M, K, N, ta, tb, True)
+    for name in isas(lib):
+        lib.llm_set_isa(ISA[name])
+        outs = []
+        for threads in (1, 2, 3, 8):
+            lib.llm_pool_set_threads(threads)
+            outs.append(run_matmul(lib, a, b, bias, M, K, N, ta, tb))
+        for o in outs[1:]:
+            assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32)), name
+    lib.llm_set_isa(2)
+    lib.llm_pool_set_threads(1)
