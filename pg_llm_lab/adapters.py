@@ -45,7 +45,7 @@ def as_float32(array) -> np.ndarray:
     """`array` as a C-contiguous float32 ndarray with a valid tensor shape."""
     if np.iscomplexobj(array):
         raise TypeError("a tensor holds real numbers, got a complex array")
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    array = np.asarray(array, dtype=np.float32, order="C")  # (ascontiguousarray would make 0-d 1-d)
     check_shape(array.shape)
     return array
 

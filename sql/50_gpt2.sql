@@ -1,0 +1,115 @@
+-- pg_llm: GPT-2 inference (extension/src/model.c, generate.c) and
+-- initialisation (extension/src/init.c).
+--
+-- The functions that read llm_param are STABLE: they see the weights of
+-- the calling statement's snapshot.  The weights are decoded once into
+-- backend memory and reused while llm_model_config.version is unchanged.
+-- They are PARALLEL RESTRICTED so that a parallel worker never decodes its
+-- own copy of the weights.
+--
+-- Real-valued arguments are double precision (not real): Python drivers
+-- send floats as double precision, and double does not cast to real
+-- implicitly, so `real` parameters would not match a call from psycopg.
+
+-- ---- tensors to start from ---------------------------------------------
+
+CREATE FUNCTION llm_randn(shape int[], std double precision, seed bigint) RETURNS tensor
+    AS 'MODULE_PATHNAME', 'llm_randn_sql' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION llm_randn(int[], double precision, bigint) IS
+'a tensor of the given shape with Normal(0, std^2) values; the same seed gives the same values';
+
+CREATE FUNCTION llm_fill(shape int[], value double precision) RETURNS tensor
+    AS 'MODULE_PATHNAME', 'llm_fill_sql' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION llm_fill(int[], double precision) IS
+'a tensor of the given shape with every value equal to value';
+
+-- ---- inference ------------------------------------------------------------
+
+CREATE FUNCTION llm_logits(model text, tokens int[], last_only boolean DEFAULT false)
+RETURNS tensor
+    AS 'MODULE_PATHNAME', 'llm_logits_sql' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION llm_logits(text, int[], boolean) IS
+'GPT-2 logits [T, vocab]: row t scores the token after tokens[1..t+1]; last_only returns just the last row [1, vocab]';
+
+CREATE FUNCTION llm_loss(model text, tokens int[], targets int[]) RETURNS real
+    AS 'MODULE_PATHNAME', 'llm_loss_sql' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION llm_loss(text, int[], int[]) IS
+'mean cross-entropy of the logits at each position against targets (same length as tokens, -100 = ignore). '
+'For next-token loss pass targets = tokens[2:] || -100, which is what HF computes from labels = input_ids';
+
+CREATE FUNCTION llm_generate_tokens(model text, prompt int[], max_new_tokens int,
+                                    temperature double precision DEFAULT 1.0,
+                                    top_k int DEFAULT 0,
+                                    top_p double precision DEFAULT 1.0,
+                                    seed bigint DEFAULT NULL,
+                                    stop_token int DEFAULT NULL)
+RETURNS int[]
+    AS 'MODULE_PATHNAME', 'llm_generate_tokens_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION llm_generate_tokens(text, int[], int, double precision, int, double precision, bigint, int) IS
+'the max_new_tokens tokens GPT-2 writes after prompt (only the new ones). temperature 0 = greedy; '
+'else softmax(logits/temperature), then top_k (0 = off), then top_p (1 = off), then a draw from a '
+'generator seeded by seed (NULL = random). Stops early after stop_token if given';
+
+-- The backend's weight cache: which model it holds, the version, its size,
+-- and how many times this backend has decoded weights from llm_param.
+CREATE FUNCTION llm_model_cache(OUT model text, OUT version bigint, OUT bytes bigint,
+                                OUT loads bigint)
+    AS 'MODULE_PATHNAME', 'llm_model_cache_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION llm_model_cache() IS
+'the model whose weights this backend has cached (model, version, bytes) and how many loads it did';
+
+CREATE FUNCTION llm_model_cache_clear() RETURNS void
+    AS 'MODULE_PATHNAME', 'llm_model_cache_clear_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION llm_model_cache_clear() IS
+'free the weights this backend has cached (they reload on the next use)';
+
+-- ---- GPT-2's initialisation ---------------------------------------------------
+
+-- The std GPT-2 (and HF's _init_weights) gives a parameter, or NULL for the
+-- ones that start constant: biases 0, LayerNorm weights 1.  Residual
+-- projections (c_proj) are scaled by 1/sqrt(2 * n_layer) so that the
+-- residual stream's variance does not grow with depth.
+CREATE FUNCTION llm_init_std(name text, n_layer int) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN name LIKE '%.bias' THEN NULL
+        WHEN name ~ '(^|\.)ln_(1|2|f)\.weight$' THEN NULL
+        WHEN name ~ '\.c_proj\.weight$' THEN 0.02 / sqrt(2.0 * n_layer)
+        ELSE 0.02
+    END::double precision
+$$;
+COMMENT ON FUNCTION llm_init_std(text, int) IS
+'the std llm_init draws parameter `name` with (NULL: a constant, 0 for biases and 1 for LayerNorm weights)';
+
+CREATE FUNCTION llm_init(model text, seed int) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    n_layer int;
+BEGIN
+    SELECT c.n_layer INTO n_layer FROM llm_model_config c WHERE c.model = llm_init.model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown model "%"', llm_init.model
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Models are registered in llm_model_config.';
+    END IF;
+
+    -- Replace every row: grad, m, v and step start over too.
+    DELETE FROM llm_param p WHERE p.model = llm_init.model;
+
+    -- Tensor number i (in llm_param_shapes order) gets the seed
+    -- seed * 2^20 + i, so each tensor has its own stream and the whole
+    -- model is reproducible from `seed`.
+    INSERT INTO llm_param (model, name, data)
+    SELECT llm_init.model, s.name,
+           CASE
+               WHEN llm_init_std(s.name, n_layer) IS NOT NULL
+                   THEN llm_randn(s.shape, llm_init_std(s.name, n_layer),
+                                  llm_init.seed::bigint * 1048576 + s.ordinal)
+               WHEN s.name LIKE '%.bias' THEN llm_fill(s.shape, 0)
+               ELSE llm_fill(s.shape, 1)
+           END
+    FROM llm_param_shapes(llm_init.model) WITH ORDINALITY AS s(name, shape, ordinal);
+END $$;
+COMMENT ON FUNCTION llm_init(text, int) IS
+'replace the model''s parameters with GPT-2''s initialisation: weights Normal(0, 0.02), c_proj weights '
+'Normal(0, 0.02/sqrt(2 n_layer)), biases 0, LayerNorm weights 1; reproducible from seed';
