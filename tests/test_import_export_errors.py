@@ -334,11 +334,11 @@ def test_export_errors(conn, imported, workdir):
 
 @pytest.fixture
 def plain_role(conn):
-    conn.execute("DROP ROLE IF EXISTS pg_llm_io_test_user")
-    conn.execute("CREATE ROLE pg_llm_io_test_user")
-    yield "pg_llm_io_test_user"
+    conn.execute("DROP ROLE IF EXISTS llm_io_test_user")
+    conn.execute("CREATE ROLE llm_io_test_user")
+    yield "llm_io_test_user"
     conn.execute("RESET ROLE")
-    conn.execute("DROP ROLE pg_llm_io_test_user")
+    conn.execute("DROP ROLE llm_io_test_user")
 
 
 def test_server_files_need_the_copy_privileges(conn, models, workdir, plain_role):

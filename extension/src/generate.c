@@ -315,7 +315,7 @@ llm_generate_tokens_sql(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		PG_RETURN_NULL();
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	prompt = int_array_values(who, PG_GETARG_ARRAYTYPE_P(1), &n_prompt);
+	prompt = gpt2_token_array(who, "prompt", PG_GETARG_ARRAYTYPE_P(1), &n_prompt);
 	max_new = PG_GETARG_INT32(2);
 	sampler_from_args(fcinfo, &s);
 

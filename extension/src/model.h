@@ -8,12 +8,15 @@
  *   gpt2_logits(st, row, nrows, out);  (lm_head on rows of that forward)
  *   gpt2_state_free(st);
  *
- * The math is HuggingFace's GPT2LMHeadModel in eval mode; see model.c.
+ * model_cache.c loads and caches the weights; model.c has the math
+ * (HuggingFace's GPT2LMHeadModel in eval mode); generate.c samples.
  */
 #ifndef PG_LLM_MODEL_H
 #define PG_LLM_MODEL_H
 
 #include "postgres.h"
+
+#include "utils/array.h"
 
 /* One row of llm_model_config. */
 typedef struct Gpt2Config
@@ -110,6 +113,9 @@ typedef struct Gpt2State
 /* The cached weights of `model`, (re)loaded if its version changed. */
 extern const Gpt2Model *gpt2_model_get(const char *model);
 
+/* The values of a 1-D int[] of token ids (error 22023 for 2-D, 22004 for NULLs). */
+extern int32 *gpt2_token_array(const char *who, const char *what, ArrayType *arr, int *n);
+
 /* Error (22023) unless every id is in [0, vocab_size). */
 extern void gpt2_check_tokens(const char *who, const Gpt2Model *m,
 							  const int32 *ids, int n);
@@ -127,7 +133,7 @@ extern void gpt2_forward(Gpt2State *st, const int32 *tokens, int64 T);
 /* out[nrows, V] = logits of rows row .. row+nrows-1 of the latest forward. */
 extern void gpt2_logits(Gpt2State *st, int64 row, int64 nrows, float *out);
 
-/* Allocate `bytes` in the current context, or ERROR (53200) naming `what`. */
+/* Allocate `bytes` (may exceed 1 GB) in the current context, or ERROR 53200. */
 extern void *gpt2_alloc(Size bytes, const char *what);
 
 #endif							/* PG_LLM_MODEL_H */

@@ -545,8 +545,12 @@ typedef struct DictParser
 llm_noreturn static void
 header_error(const DictParser *d, const char *problem)
 {
-	format_error(d->r, psprintf("member \"%s\": %s in the .npy header %s",
-								d->member, problem, d->text));
+	int			len = strcspn(d->text, "\n");	/* the dict, without its padding */
+
+	while (len > 0 && d->text[len - 1] == ' ')
+		len--;
+	format_error(d->r, psprintf("member \"%s\": %s in the .npy header %.*s",
+								d->member, problem, len, d->text));
 }
 
 static void

@@ -51,6 +51,10 @@ llm_check_status(int status)
 {
 	if (status == LLM_OK)
 		return;
+	if (status == LLM_NOMEM)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory in a pg_llm kernel")));
 	CHECK_FOR_INTERRUPTS();
 	/* Interrupts may be held off: the work is incomplete all the same. */
 	ereport(ERROR,

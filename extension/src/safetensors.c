@@ -107,7 +107,9 @@ parse_json_header(const StReader *r, const char *utf8, int len)
 		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
 			PG_RE_THROW();
 		FlushErrorState();
-		format_error(r, psprintf("the header is not valid JSON: %s", edata->message));
+		format_error(r, psprintf("the header is not valid JSON: %s%s%s%s", edata->message,
+								 edata->detail ? " (" : "", edata->detail ? edata->detail : "",
+								 edata->detail ? ")" : ""));
 	}
 	PG_END_TRY();
 	return jb;

@@ -42,13 +42,6 @@
 #define TARGET_AVX512 __attribute__((target("avx512f")))
 #endif
 
-#ifndef LLM_NOMEM
-#define LLM_NOMEM 2				/* scratch memory could not be allocated */
-#endif
-
-/* In ops.c: softmax of one row of n > 0 floats, in place allowed. */
-void		llm_softmax_row(const float *x, float *y, int64_t n);
-
 #define CHUNK_ROWS 64			/* query rows per task */
 #define TILE_ROWS 8				/* query rows per register tile */
 #define TILE_COLS 32			/* keys (for S) or head columns (for O) per tile */

@@ -23,6 +23,7 @@
 
 #define LLM_OK 0
 #define LLM_INTERRUPTED 1
+#define LLM_NOMEM 2				/* scratch memory could not be allocated */
 
 /* ---- worker pool (pool.c) --------------------------------------------- */
 
@@ -98,6 +99,9 @@ int			llm_gelu(const float *x, float *y, int64_t n);
 int			llm_softmax(const float *x, float *y, int64_t rows, int64_t cols,
 						int64_t causal_rows);
 
+/* Softmax of one row of n > 0 values (y may be x). */
+void		llm_softmax_row(const float *x, float *y, int64_t n);
+
 /* LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b */
 int			llm_layernorm(const float *x, const float *g, const float *b, float *y,
 						  int64_t rows, int64_t cols, float eps);
@@ -125,8 +129,9 @@ int			llm_cross_entropy(const float *logits, const int32_t *targets,
  * fused [T, 3C] output of GPT-2's c_attn is used in place.
  * Query row i sits at absolute position (Tk - Tq) + i: a KV-cached decode
  * step passes Tq = 1.  When causal, query i attends keys 0 .. (Tk - Tq) + i.
- * Work is split over (head, chunk of query rows), so memory stays
- * O(chunk * Tk) per thread.
+ * Work is split over (head, chunk of query rows); scratch is O(chunk * Tk)
+ * per task, plus packed copies of k and v (2 * Tk * C floats) for prefill.
+ * Returns LLM_NOMEM if that memory cannot be had.
  */
 int			llm_attention(const float *q, int64_t ldq,
 						  const float *k, int64_t ldk,

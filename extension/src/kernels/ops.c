@@ -446,7 +446,6 @@ softmax_row_avx2(const float *x, float *y, int64_t n)
  * Softmax of one row of n > 0 floats, for attention.c too.
  * (Not in kernels.h yet; declared here so -Wmissing-prototypes is quiet.)
  */
-void		llm_softmax_row(const float *x, float *y, int64_t n);
 
 void
 llm_softmax_row(const float *x, float *y, int64_t n)

@@ -1,0 +1,514 @@
+/*
+ * model_cache.c -- the decoded-weight cache: a model's parameters, read from
+ * llm_param once and kept in backend memory.
+ *
+ * A model's parameters are rows of llm_param, one `tensor` per HF name,
+ * stored out of line (TOAST).  Reading and decoding 500 MB of them takes
+ * about a second, far longer than generating a token, so we decode them
+ * once into a single float array (the "arena") in backend memory and keep
+ * it across calls, keyed by llm_model_config.version.  Every write to
+ * llm_param -- an import, an optimizer step, a learner's manual UPDATE --
+ * bumps that version through triggers (sql/30_model.sql), so a call that
+ * sees the same version as the cache may use the cache, and any other
+ * version forces a reload.  One model is cached at a time, per backend
+ * (each connection has its own backend, hence its own cache).
+ */
+#include "postgres.h"
+
+#include "access/detoast.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "model.h"
+#include "tensor.h"
+
+/* Arena offsets are rounded up to 16 floats: every tensor starts on 64 bytes. */
+#define ARENA_ALIGN_FLOATS 16
+/* A model bigger than this many floats (16 GB) is refused before allocating. */
+#define MAX_MODEL_FLOATS ((double) (INT64CONST(1) << 32))
+
+/* ---- memory ------------------------------------------------------------ */
+
+/*
+ * palloc that may exceed 1 GB (MCXT_ALLOC_HUGE) and that returns NULL instead
+ * of raising a generic error when memory runs out (MCXT_ALLOC_NO_OOM), so
+ * that we can say what we were allocating.
+ */
+void *
+gpt2_alloc(Size bytes, const char *what)
+{
+	void	   *p = MemoryContextAllocExtended(CurrentMemoryContext, Max(bytes, 1),
+											   MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+
+	if (p == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory allocating %s (%.1f MB)",
+						what, (double) bytes / (1024.0 * 1024.0))));
+	return p;
+}
+
+/* ---- the parameter table: HF name -> place in the arena ---------------- */
+
+/* One named tensor of the model and where it goes. */
+typedef struct ParamSlot
+{
+	char	   *name;			/* HF name, e.g. "h.0.attn.c_attn.weight" */
+	int			ndim;			/* 1 or 2 */
+	int64		dims[2];
+	int64		offset;			/* in floats, from the start of the arena */
+	const float **dst;			/* the model's pointer to set */
+	bool		loaded;
+} ParamSlot;
+
+typedef struct SlotList
+{
+	ParamSlot  *items;
+	int			n;
+	int64		n_floats;		/* arena size so far */
+} SlotList;
+
+static int64
+slot_numel(const ParamSlot *s)
+{
+	return s->ndim == 1 ? s->dims[0] : s->dims[0] * s->dims[1];
+}
+
+/* Append a tensor of shape [d0] (d1 == 0) or [d0, d1]. */
+static void
+slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
+{
+	ParamSlot  *s = &list->items[list->n++];
+
+	s->name = name;
+	s->ndim = d1 == 0 ? 1 : 2;
+	s->dims[0] = d0;
+	s->dims[1] = d1;
+	s->offset = list->n_floats;
+	s->dst = dst;
+	s->loaded = false;
+	list->n_floats += TYPEALIGN(ARENA_ALIGN_FLOATS, slot_numel(s));
+}
+
+/*
+ * Every parameter of the model, in llm_param_shapes() order, with the
+ * shapes that function gives (Conv1D weights [in, out]).  The pointers to
+ * set live in `m` (m->layers must be allocated).
+ */
+static SlotList
+build_slots(Gpt2Model *m)
+{
+	const Gpt2Config *c = &m->cfg;
+	int64		C = c->n_embd,
+				F = c->n_inner;
+	SlotList	list = {0};
+
+	list.items = palloc(sizeof(ParamSlot) * (4 + 12 * (Size) c->n_layer));
+	slot_add(&list, "wte.weight", &m->wte, c->vocab_size, C);
+	slot_add(&list, "wpe.weight", &m->wpe, c->n_positions, C);
+	for (int l = 0; l < c->n_layer; l++)
+	{
+		Gpt2Layer  *L = &m->layers[l];
+
+		slot_add(&list, psprintf("h.%d.ln_1.weight", l), &L->ln1_w, C, 0);
+		slot_add(&list, psprintf("h.%d.ln_1.bias", l), &L->ln1_b, C, 0);
+		slot_add(&list, psprintf("h.%d.attn.c_attn.weight", l), &L->attn_w, C, 3 * C);
+		slot_add(&list, psprintf("h.%d.attn.c_attn.bias", l), &L->attn_b, 3 * C, 0);
+		slot_add(&list, psprintf("h.%d.attn.c_proj.weight", l), &L->attn_proj_w, C, C);
+		slot_add(&list, psprintf("h.%d.attn.c_proj.bias", l), &L->attn_proj_b, C, 0);
+		slot_add(&list, psprintf("h.%d.ln_2.weight", l), &L->ln2_w, C, 0);
+		slot_add(&list, psprintf("h.%d.ln_2.bias", l), &L->ln2_b, C, 0);
+		slot_add(&list, psprintf("h.%d.mlp.c_fc.weight", l), &L->fc_w, C, F);
+		slot_add(&list, psprintf("h.%d.mlp.c_fc.bias", l), &L->fc_b, F, 0);
+		slot_add(&list, psprintf("h.%d.mlp.c_proj.weight", l), &L->mlp_proj_w, F, C);
+		slot_add(&list, psprintf("h.%d.mlp.c_proj.bias", l), &L->mlp_proj_b, C, 0);
+	}
+	slot_add(&list, "ln_f.weight", &m->lnf_w, C, 0);
+	slot_add(&list, "ln_f.bias", &m->lnf_b, C, 0);
+	return list;
+}
+
+static ParamSlot *
+find_slot(SlotList *list, const char *name)
+{
+	for (int i = 0; i < list->n; i++)
+		if (strcmp(list->items[i].name, name) == 0)
+			return &list->items[i];
+	return NULL;
+}
+
+/* ---- reading the tables (SPI) ------------------------------------------ */
+
+/*
+ * Every query here runs with read_only = true.  For SPI that means: run in
+ * the snapshot that is active for the calling SQL statement, do not take a
+ * new one per query.  So the version read by read_config() and the
+ * parameters read by load_parameters() come from the *same* snapshot, and
+ * the weights we cache are exactly the weights of the version we label
+ * them with -- even if another session commits new weights in between.
+ */
+
+/* The config row of `model`; false if there is none. */
+static bool
+read_config(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
+{
+	Oid			argtype = TEXTOID;
+	Datum		arg = CStringGetTextDatum(model);
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	int			ret;
+
+	ret = SPI_execute_with_args("SELECT tableoid, version, n_layer, n_head, n_embd, "
+								"n_positions, vocab_size, layer_norm_eps, n_inner "
+								"FROM llm_model_config WHERE model = $1",
+								1, &argtype, &arg, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "pg_llm: reading llm_model_config failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return false;
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	*relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+	*version = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	cfg->n_layer = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	cfg->n_head = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	cfg->n_embd = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+	cfg->n_positions = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+	cfg->vocab_size = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+	cfg->layer_norm_eps = DatumGetFloat4(SPI_getbinval(tup, desc, 8, &isnull));
+	cfg->n_inner = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+	if (isnull)
+		cfg->n_inner = 4 * cfg->n_embd;
+	return true;
+}
+
+/* Refuse configs the table constraints should have refused already. */
+static void
+check_config(const char *model, const Gpt2Config *c)
+{
+	double		floats;
+
+	if (c->n_layer < 1 || c->n_head < 1 || c->n_embd < 1 || c->n_positions < 1 ||
+		c->vocab_size < 1 || c->n_inner < 1 || c->n_embd % c->n_head != 0 ||
+		!(c->layer_norm_eps > 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("model \"%s\" has an invalid configuration", model)));
+
+	/* Count in double first: a silly config must not overflow int64. */
+	floats = (double) c->n_embd * ((double) c->vocab_size + c->n_positions + 2) +
+		(double) c->n_layer * (4.0 * c->n_embd * c->n_embd + 2.0 * c->n_embd * c->n_inner);
+	if (floats > MAX_MODEL_FLOATS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" has %.0f parameters, more than pg_llm can cache (%.0f)",
+						model, floats, MAX_MODEL_FLOATS)));
+}
+
+/* Error unless tensor header `t` has the slot's dtype and shape. */
+static void
+check_param_shape(const char *model, const ParamSlot *slot, const Tensor *t)
+{
+	bool		same_shape = t->dtype == LLM_DTYPE_FLOAT32 && t->ndim == slot->ndim;
+
+	for (int i = 0; same_shape && i < slot->ndim; i++)
+		same_shape = t->dims[i] == slot->dims[i];
+	if (!same_shape)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("model \"%s\": parameter \"%s\" has shape %s, expected %s",
+						model, slot->name, tensor_shape_str(t),
+						shape_str(slot->ndim, slot->dims))));
+}
+
+/*
+ * True when `raw` is stored out of line, uncompressed: the usual case for a
+ * big tensor (the type's STORAGE is EXTERNAL).  Then any byte range of it
+ * can be read from its TOAST chunks alone (PG_DETOAST_DATUM_SLICE).
+ */
+static bool
+is_sliceable(Datum raw)
+{
+	struct varlena *ptr = (struct varlena *) DatumGetPointer(raw);
+	struct varatt_external toast_pointer;
+
+	if (!VARATT_IS_EXTERNAL_ONDISK(ptr))
+		return false;
+	VARATT_EXTERNAL_GET_POINTER(toast_pointer, ptr);
+	return !VARATT_EXTERNAL_IS_COMPRESSED(toast_pointer);
+}
+
+/*
+ * Copy one llm_param value into its slot, after checking its shape.
+ *
+ * Detoasting a value makes a palloc'd copy of all of it.  For the biggest
+ * tensor (wte, 150 MB in GPT-2 small) that copy would sit next to the arena
+ * for a moment, so out-of-line values are read in slices of LOAD_SLICE_BYTES
+ * instead: peak memory stays the arena plus one slice.
+ */
+#define LOAD_SLICE_BYTES (8 << 20)
+
+static void
+copy_parameter(const char *model, ParamSlot *slot, Datum raw, float *arena)
+{
+	int64		nbytes = slot_numel(slot) * (int64) sizeof(float);
+	char	   *dst = (char *) (arena + slot->offset);
+
+	if (is_sliceable(raw))
+	{
+		/* the header: ndim, dtype, dims (the varlena length word excluded) */
+		Tensor	   *head = (Tensor *) PG_DETOAST_DATUM_SLICE(raw, 0, TENSOR_HDRSZ - VARHDRSZ);
+
+		check_param_shape(model, slot, head);
+		pfree(head);
+		for (int64 off = 0; off < nbytes; off += LOAD_SLICE_BYTES)
+		{
+			int64		len = Min(LOAD_SLICE_BYTES, nbytes - off);
+			struct varlena *part = PG_DETOAST_DATUM_SLICE(raw, TENSOR_HDRSZ - VARHDRSZ + off, len);
+
+			CHECK_FOR_INTERRUPTS();
+			if (VARSIZE(part) - VARHDRSZ != len)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("model \"%s\": parameter \"%s\" is shorter than its shape says",
+								model, slot->name)));
+			memcpy(dst + off, VARDATA(part), len);
+			pfree(part);
+		}
+	}
+	else
+	{
+		/* inline (small) or compressed: detoast the whole value */
+		Tensor	   *t = DatumGetTensorP(raw);
+
+		check_param_shape(model, slot, t);
+		if (VARSIZE(t) != TENSOR_HDRSZ + nbytes)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("model \"%s\": parameter \"%s\" has a size that does not match its shape",
+							model, slot->name)));
+		memcpy(dst, t->data, nbytes);
+		if ((Pointer) t != DatumGetPointer(raw))
+			pfree(t);
+	}
+	slot->loaded = true;
+}
+
+/* Read every llm_param row of the model into the arena. */
+static void
+load_parameters(const char *model, SlotList *slots, float *arena)
+{
+	Oid			argtype = TEXTOID;
+	Datum		arg = CStringGetTextDatum(model);
+	StringInfoData missing;
+	int			n_missing = 0;
+	int			ret;
+
+	/*
+	 * The result rows hold TOAST pointers, not the data: the tensors are
+	 * only read when copy_parameter() detoasts them, one at a time.
+	 */
+	ret = SPI_execute_with_args("SELECT name, data FROM llm_param WHERE model = $1",
+								1, &argtype, &arg, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "pg_llm: reading llm_param failed: %s", SPI_result_code_string(ret));
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tup, desc, 1);
+		ParamSlot  *slot = find_slot(slots, name);
+		bool		isnull;
+		Datum		raw = SPI_getbinval(tup, desc, 2, &isnull);
+
+		CHECK_FOR_INTERRUPTS();
+		if (slot == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("model \"%s\" has an unexpected parameter \"%s\"", model, name),
+					 errhint("SELECT * FROM llm_param_shapes(model) lists the names GPT-2 has.")));
+		if (!isnull)
+			copy_parameter(model, slot, raw, arena);
+		pfree(name);
+	}
+
+	/* Name the missing ones, like llm_check_complete() does. */
+	initStringInfo(&missing);
+	for (int i = 0; i < slots->n; i++)
+	{
+		if (slots->items[i].loaded)
+			continue;
+		if (n_missing < 5)
+			appendStringInfo(&missing, "%s%s", n_missing ? ", " : "", slots->items[i].name);
+		n_missing++;
+	}
+	if (n_missing > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("model \"%s\" is missing %d parameter(s): %s%s",
+						model, n_missing, missing.data, n_missing > 5 ? ", ..." : ""),
+				 errhint("Import weights, or run SELECT llm_init('%s', seed) for a fresh model.",
+						 model)));
+}
+
+/*
+ * Decode a model into a new memory context, a child of `parent`.  Should an
+ * error (or a cancel) interrupt us, that context goes away with its parent
+ * when the transaction aborts: a half-loaded model can never leak or be
+ * served.
+ */
+static Gpt2Model *
+load_model(MemoryContext parent, const char *model, Oid relid, int64 version,
+		   const Gpt2Config *cfg)
+{
+	MemoryContext mcxt = AllocSetContextCreate(parent, "pg_llm model cache",
+											   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(mcxt);
+	Gpt2Model  *m = palloc0(sizeof(Gpt2Model));
+	SlotList	slots;
+	char	   *raw_arena;
+	float	   *arena;
+
+	m->mcxt = mcxt;
+	m->name = pstrdup(model);
+	m->config_relid = relid;
+	m->version = version;
+	m->cfg = *cfg;
+	m->layers = palloc0(sizeof(Gpt2Layer) * cfg->n_layer);
+	slots = build_slots(m);
+	m->n_floats = slots.n_floats;
+
+	/* One allocation for all the weights, its start aligned to 64 bytes. */
+	raw_arena = gpt2_alloc(m->n_floats * sizeof(float) + 64,
+						   psprintf("the weights of model \"%s\"", model));
+	arena = (float *) TYPEALIGN(64, raw_arena);
+	for (int i = 0; i < slots.n; i++)
+		*slots.items[i].dst = arena + slots.items[i].offset;
+	MemoryContextSwitchTo(old);
+
+	/* Detoasted copies are made in `old` (SPI's context) and freed one by one. */
+	load_parameters(model, &slots, arena);
+	return m;
+}
+
+/* ---- the cache --------------------------------------------------------- */
+
+static Gpt2Model *cached_model = NULL;
+static int64 cache_loads = 0;	/* how many times a model was decoded */
+
+static void
+drop_cached_model(void)
+{
+	Gpt2Model  *m = cached_model;
+
+	cached_model = NULL;		/* first, so that no error can leave it dangling */
+	if (m != NULL)
+		MemoryContextDelete(m->mcxt);
+}
+
+/*
+ * The weights of `model`, from the cache when its version is unchanged.
+ *
+ * Why checking the version is enough (MVCC): the version is read through the
+ * calling statement's snapshot, the same snapshot the parameters would be
+ * read through.  If another session has changed the weights but not
+ * committed, we see the old version and the old weights -- both correct for
+ * us.  If it has committed, our snapshot (if taken later) sees the new
+ * version and we reload.  Our own transaction's writes are visible to us,
+ * version included.  A rollback restores the old version number, and since
+ * the numbers come from a sequence (never handed out twice), a version we
+ * cached always names the weights we cached for it.
+ *
+ * The key also holds the OID of llm_model_config: after DROP EXTENSION and
+ * CREATE EXTENSION the sequence starts over, but the table is a new one.
+ */
+const Gpt2Model *
+gpt2_model_get(const char *model)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			relid;
+	int64		version;
+	Gpt2Config	cfg;
+	Gpt2Model  *m;
+
+	SPI_connect();
+	if (!read_config(model, &relid, &version, &cfg))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown model \"%s\"", model),
+				 errhint("Models are registered in llm_model_config.")));
+
+	m = cached_model;
+	if (m != NULL && m->config_relid == relid && m->version == version &&
+		strcmp(m->name, model) == 0)
+	{
+		SPI_finish();
+		return m;
+	}
+
+	/* Free the old weights before decoding new ones: peak memory is one model. */
+	check_config(model, &cfg);
+	drop_cached_model();
+	m = load_model(caller, model, relid, version, &cfg);
+	SPI_finish();
+
+	/* Loaded completely: now it may outlive this call and this transaction. */
+	MemoryContextSetParent(m->mcxt, TopMemoryContext);
+	cached_model = m;
+	cache_loads++;
+	return m;
+}
+
+void
+gpt2_check_tokens(const char *who, const Gpt2Model *m, const int32 *ids, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s: token id %d at position %d is outside the vocabulary 0..%d of model \"%s\"",
+							who, ids[i], i + 1, m->cfg.vocab_size - 1, m->name)));
+}
+
+/* ---- SQL: look at the cache, empty it ---------------------------------- */
+
+/* llm_model_cache(): which model this backend holds, and how often it loaded. */
+PG_FUNCTION_INFO_V1(llm_model_cache_sql);
+Datum
+llm_model_cache_sql(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	Gpt2Model  *m = cached_model;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "llm_model_cache: return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	if (m != NULL)
+	{
+		values[0] = CStringGetTextDatum(m->name);
+		values[1] = Int64GetDatum(m->version);
+		values[2] = Int64GetDatum(m->n_floats * (int64) sizeof(float));
+	}
+	else
+		nulls[0] = nulls[1] = nulls[2] = true;
+	values[3] = Int64GetDatum(cache_loads);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/* llm_model_cache_clear(): give the cached weights' memory back now. */
+PG_FUNCTION_INFO_V1(llm_model_cache_clear_sql);
+Datum
+llm_model_cache_clear_sql(PG_FUNCTION_ARGS)
+{
+	drop_cached_model();
+	PG_RETURN_VOID();
+}
