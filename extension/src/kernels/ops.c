@@ -442,11 +442,7 @@ softmax_row_avx2(const float *x, float *y, int64_t n)
 
 #endif							/* LLM_X86 */
 
-/*
- * Softmax of one row of n > 0 floats, for attention.c too.
- * (Not in kernels.h yet; declared here so -Wmissing-prototypes is quiet.)
- */
-
+/* Softmax of one row of n > 0 floats, for attention.c too. */
 void
 llm_softmax_row(const float *x, float *y, int64_t n)
 {
