@@ -5,16 +5,18 @@
     conn.execute("SELECT llm_gelu('[[1,2],[3,4]]'::tensor)").fetchone()[0]   # an ndarray
 
 Modules: server (the embedded PostgreSQL), build (compile pg_llm), db
-(connections), adapters (numpy <-> tensor), cli (the `pg-llm-lab` command).
+(connections), adapters (numpy <-> tensor), hf (HuggingFace checkpoints in
+and out), cli (the `pg-llm-lab` command).
 """
 
 from .adapters import register_tensor
 from .build import ensure_installed, find_pg_config, install_extension, is_installed
 from .db import connect, engine
+from .hf import export_hf, import_hf
 from .server import data_dir, start, status, stop, url
 
 __all__ = [
-    "connect", "engine", "register_tensor",
+    "connect", "engine", "register_tensor", "import_hf", "export_hf",
     "start", "stop", "status", "url", "data_dir",
     "install_extension", "ensure_installed", "is_installed", "find_pg_config",
 ]

@@ -78,7 +78,7 @@ def to_text(array) -> str:
 
 def from_text(text: str) -> np.ndarray:
     """Parse the text format ('[[1,2],[3,4]]') into a float32 ndarray."""
-    return np.array(json.loads(text), dtype=np.float32)
+    return np.array(json.loads(text, parse_int=float), dtype=np.float32)  # keeps -0
 
 
 # -- psycopg adapters ---------------------------------------------------------
@@ -111,19 +111,22 @@ class TensorTextDumper(Dumper):
         return to_text(obj).encode()
 
 
-def register_tensor(conn) -> TypeInfo:
+def register_tensor(conn, load_numpy: bool = True) -> TypeInfo:
     """Teach one psycopg connection (or cursor) to load and dump `tensor`.
 
     Needs the extension in the database (CREATE EXTENSION pg_llm).  Also
-    registers `tensor[]`, which loads as a list of ndarrays.
+    registers `tensor[]`, which loads as a list of ndarrays.  With
+    load_numpy=False results keep their text form ('[[1,2],[3,4]]') and only
+    ndarray parameters are adapted.
     """
     info = TypeInfo.fetch(conn, "tensor")
     if info is None:
         raise LookupError("type \"tensor\" not found: run CREATE EXTENSION pg_llm first")
     info.register(conn)
     adapters = conn.adapters
-    adapters.register_loader(info.oid, TensorTextLoader)
-    adapters.register_loader(info.oid, TensorBinaryLoader)
+    if load_numpy:
+        adapters.register_loader(info.oid, TensorTextLoader)
+        adapters.register_loader(info.oid, TensorBinaryLoader)
     # Dumpers carry the type oid, so the server knows the parameter is a tensor.
     # Binary is registered last: it is the one used for plain %s placeholders.
     for dumper in (TensorTextDumper, TensorBinaryDumper):

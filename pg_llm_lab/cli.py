@@ -7,6 +7,9 @@
     pg-llm-lab url     [--data DIR]         print the connection URL (starts the server)
     pg-llm-lab psql    [--data DIR] [ARGS]  open psql on it (ARGS go to psql)
     pg-llm-lab demo    [--data DIR]         a first look at tensors in SQL
+    pg-llm-lab convert SRC OUT               HF checkpoint folder -> .npz / .safetensors
+    pg-llm-lab import-hf SRC NAME            load a HF checkpoint (folder or file) as model NAME
+    pg-llm-lab export-hf NAME DIR            write model NAME as a HF folder
 
 start, url, psql and demo first build pg_llm into the embedded PostgreSQL if
 it is missing or older than its sources.  $DATABASE_URL, if set, replaces the
@@ -16,6 +19,7 @@ embedded server everywhere (and nothing is built).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -23,7 +27,7 @@ import sys
 import numpy as np
 import psycopg
 
-from . import build, db, server
+from . import build, db, hf, server
 
 DEMO = [
     ("a tensor, typed as text", "SELECT '[[1,2,3],[4,5,6]]'::tensor"),
@@ -106,6 +110,31 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    config = hf.convert(args.src, args.out)
+    out = os.path.abspath(args.out)
+    name = args.name or os.path.basename(os.path.abspath(args.src))
+    importer = "pg_llm_import_npz" if out.endswith(".npz") else "pg_llm_import_safetensors"
+    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)\n"
+          f"to import it (the database server must be able to read the file):\n"
+          f"  SELECT llm_register_hf_config('{name}', '{json.dumps(config)}');\n"
+          f"  SELECT {importer}('{out}', '{name}');")
+    return 0
+
+
+def cmd_import_hf(args) -> int:
+    with db.connect(server_url(args.data)) as conn:
+        count = hf.import_hf(conn, args.src, args.name)
+    print(f"imported {count} tensors as model {args.name!r}")
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    with db.connect(server_url(args.data)) as conn:
+        print(f"wrote {hf.export_hf(conn, args.name, args.dir)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pg-llm-lab", description="pg_llm lab: GPT-2 inside PostgreSQL.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -128,6 +157,22 @@ def parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
         sub.add_argument("--data", metavar="DIR",
                          help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
+        sub.set_defaults(run=run)
+
+    convert = commands.add_parser("convert", help="turn a HuggingFace GPT-2 folder into .npz or .safetensors")
+    convert.add_argument("src", help="HuggingFace folder (config.json + model.safetensors or pytorch_model.bin)")
+    convert.add_argument("out", help="output file, .npz or .safetensors")
+    convert.add_argument("--name", help="model name for the printed SQL (default: the folder's name)")
+    convert.set_defaults(run=cmd_convert)
+
+    import_hf = commands.add_parser("import-hf", help="load a HuggingFace GPT-2 checkpoint over the connection")
+    import_hf.add_argument("src", help="HuggingFace folder, or a .safetensors / .npz file")
+    import_hf.add_argument("name", help="model name in llm_model_config")
+    export_hf = commands.add_parser("export-hf", help="write a model as a HuggingFace folder")
+    export_hf.add_argument("name", help="model name in llm_model_config")
+    export_hf.add_argument("dir", help="output folder (config.json + model.safetensors)")
+    for sub, run in ((import_hf, cmd_import_hf), (export_hf, cmd_export_hf)):
+        sub.add_argument("--data", metavar="DIR", help="data directory of the embedded server")
         sub.set_defaults(run=run)
     return p
 

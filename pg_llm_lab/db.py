@@ -1,7 +1,7 @@
 """Connections to the lab's database, ready to use.
 
     conn = pg_llm_lab.connect()       # psycopg 3: tensors arrive as ndarrays
-    eng = pg_llm_lab.engine()         # SQLAlchemy, for pandas and %sql (jupysql)
+    eng = pg_llm_lab.engine()         # SQLAlchemy, for %sql (jupysql) and pandas
 
 Without a URL both use $DATABASE_URL if set, else the embedded server (which
 they start, after building and installing pg_llm into it if needed).  Every
@@ -31,7 +31,7 @@ def default_url(install: bool = True, data=None) -> str:
     return server.url(data)
 
 
-def prepare(conn: psycopg.Connection, install: bool = True) -> None:
+def prepare(conn: psycopg.Connection, install: bool = True, load_numpy: bool = True) -> None:
     """CREATE EXTENSION pg_llm (if `install`) and register the tensor adapters."""
     if install:
         try:
@@ -39,7 +39,7 @@ def prepare(conn: psycopg.Connection, install: bool = True) -> None:
         except psycopg.errors.UniqueViolation:  # another session created it just now
             conn.rollback()
     if install or psycopg.types.TypeInfo.fetch(conn, "tensor"):
-        register_tensor(conn)
+        register_tensor(conn, load_numpy)
     if not conn.autocommit:
         conn.commit()
 
@@ -67,15 +67,20 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + rest
 
 
-def engine(url: str | None = None, *, install: bool = True, **kwargs) -> sqlalchemy.Engine:
+def engine(url: str | None = None, *, install: bool = True, numpy: bool = False,
+           **kwargs) -> sqlalchemy.Engine:
     """A SQLAlchemy engine (psycopg 3 driver) whose connections are prepared like connect()'s.
 
+    By default tensors in results keep their text form, which is what a %sql
+    table shows (jupysql compares result rows, which ndarrays of different
+    shapes cannot do); numpy=True loads them as ndarrays, e.g. for
+    pandas.read_sql.  ndarray parameters are sent as tensors either way.
     Extra keyword arguments go to sqlalchemy.create_engine.
     """
     eng = sqlalchemy.create_engine(sqlalchemy_url(url or default_url(install)), **kwargs)
 
     @sqlalchemy.event.listens_for(eng, "connect")
     def _prepare(dbapi_connection, connection_record):
-        prepare(dbapi_connection, install)
+        prepare(dbapi_connection, install, load_numpy=numpy)
 
     return eng

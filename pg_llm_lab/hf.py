@@ -150,7 +150,7 @@ def open_checkpoint(source, config=None):
     with contextlib.ExitStack() as stack:
         if hasattr(source, "state_dict") and hasattr(source, "config"):
             state = source.state_dict()
-            yield Checkpoint(config_dict(config or source.config), list(state),
+            yield Checkpoint(config_dict(source.config if config is None else config), list(state),
                              lambda name: to_float32(state[name]))
             return
         path = Path(source).expanduser()
@@ -208,7 +208,8 @@ def import_hf(conn, source, name: str, *, config=None, progress: bool = True) ->
 
         conn.execute("DELETE FROM llm_param WHERE model = %s", [name])
         params = checkpoint.params()
-        with conn.cursor() as cur, cur.copy("COPY llm_param (model, name, data) FROM STDIN (FORMAT BINARY)") as copy:
+        copy_sql = "COPY llm_param (model, name, data) FROM STDIN (FORMAT BINARY)"
+        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
             copy.set_types(["text", "text", "tensor"])
             for param, stored in _progress(params, progress, f"import {name}"):
                 array = checkpoint.load(stored)
@@ -260,7 +261,6 @@ def export_hf(conn, name: str, out_dir, *, progress: bool = True) -> Path:
         with conn.cursor(binary=True) as cur:  # binary: the float32 bytes as they are
             cur.execute("SELECT name, data FROM llm_param WHERE model = %s ORDER BY name", [name])
             tensors = dict(_progress(cur, progress, f"export {name}", total=count))
-    assert len(tensors) == count
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(out_dir / SAFETENSORS,
@@ -299,30 +299,3 @@ def convert(source, out_path, *, config=None) -> dict:
     else:
         _write_atomically(out_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     return {key: config[key] for key in CONFIG_KEYS if key in config}
-
-
-def convert_main(argv: list[str] | None = None) -> int:
-    """`pg-llm-lab convert SRC OUT [--name MODEL]`: convert, then print the SQL that imports it."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="pg-llm-lab convert",
-                                description="Convert a HuggingFace GPT-2 checkpoint folder into a .npz or "
-                                            ".safetensors file for pg_llm's server-side importers.")
-    p.add_argument("src", help="HuggingFace folder (config.json + model.safetensors or pytorch_model.bin)")
-    p.add_argument("out", help="output file, .npz or .safetensors")
-    p.add_argument("--name", default=None, help="model name for the printed SQL (default: the folder's name)")
-    args = p.parse_args(argv)
-
-    config = convert(args.src, args.out)
-    out = Path(args.out).expanduser().resolve()
-    name = args.name or Path(args.src).resolve().name
-    importer = "pg_llm_import_npz" if out.suffix == ".npz" else "pg_llm_import_safetensors"
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)\n"
-          f"to import it (the database server must be able to read the file):\n"
-          f"  SELECT llm_register_hf_config('{name}', '{json.dumps(config)}');\n"
-          f"  SELECT {importer}('{out}', '{name}');")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(convert_main())

@@ -85,6 +85,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     reader text := CASE p_format WHEN 'safetensors' THEN 'llm_read_safetensors'
                                  WHEN 'npz' THEN 'llm_read_npz' END;
+    tensors refcursor;
     t record;
     expected int[];
     imported int := 0;
@@ -96,9 +97,13 @@ BEGIN
     PERFORM llm_import_require_model(p_model);
 
     DELETE FROM llm_param p WHERE p.model = p_model;
-    FOR t IN EXECUTE format('SELECT f.name AS file_name, llm_hf_param_name(f.name) AS name, '
-                            'f.shape, f.data FROM %I($1) AS f', reader) USING p_path
+    -- An explicit cursor fetches one tensor at a time (a FOR loop would
+    -- fetch ten: ten big tensors in memory).
+    OPEN tensors FOR EXECUTE format('SELECT f.name AS file_name, llm_hf_param_name(f.name) AS name, '
+                                    'f.shape, f.data FROM %I($1) AS f', reader) USING p_path;
     LOOP
+        FETCH tensors INTO t;
+        EXIT WHEN NOT FOUND;
         CONTINUE WHEN t.name IS NULL;       -- a buffer, or the tied lm_head
 
         SELECT s.shape INTO expected FROM llm_param_shapes(p_model) s WHERE s.name = t.name;
@@ -124,6 +129,7 @@ BEGIN
         INSERT INTO llm_param (model, name, data) VALUES (p_model, t.name, t.data);
         imported := imported + 1;
     END LOOP;
+    CLOSE tensors;
 
     PERFORM llm_check_complete(p_model);    -- every parameter is there
     RETURN imported;

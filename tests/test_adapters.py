@@ -84,9 +84,13 @@ def test_server_rejects_ragged_text(conn):
         conn.execute("SELECT '[[1,2],[3]]'::tensor")
 
 
-def test_sqlalchemy_engine(db_url):
-    eng = pg_llm_lab.engine(db_url)
+@pytest.mark.parametrize("numpy", [True, False])
+def test_sqlalchemy_engine(db_url, numpy):
+    eng = pg_llm_lab.engine(db_url, numpy=numpy)
     with eng.connect() as c:
-        t = c.execute(sqlalchemy.text("SELECT CAST(:a AS tensor)"), {"a": np.eye(3)}).scalar_one()
+        t = c.execute(sqlalchemy.text("SELECT CAST(:a AS tensor)"), {"a": np.eye(2)}).scalar_one()
     eng.dispose()
-    np.testing.assert_array_equal(t, np.eye(3, dtype=np.float32))
+    if numpy:
+        np.testing.assert_array_equal(t, np.eye(2, dtype=np.float32))
+    else:
+        assert t == "[[1,0],[0,1]]"  # the text form, as %sql shows it

@@ -173,9 +173,11 @@ def test_import_converted_files(conn, models, workdir):
         assert sorted(f.files) == sorted(hf_state(model))  # HF names, no prefix, no buffers
 
 
-def test_convert_main_prints_the_sql(models, workdir, capsys):
+def test_convert_command_prints_the_sql(models, workdir, capsys):
+    from pg_llm_lab import cli
+
     _, folder = models["io_tiny"]
-    assert hf.convert_main([str(folder), str(workdir / "cli.npz"), "--name", "io_cli"]) == 0
+    assert cli.main(["convert", str(folder), str(workdir / "cli.npz"), "--name", "io_cli"]) == 0
     out = capsys.readouterr().out
     assert "llm_register_hf_config('io_cli'" in out and "pg_llm_import_npz(" in out
 

@@ -13,7 +13,6 @@ import json
 import random
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -23,7 +22,8 @@ from pg_llm_lab import hf
 
 torch = pytest.importorskip("torch", reason="the HF checkpoints are made with PyTorch")
 pytest.importorskip("transformers", reason="the HF checkpoints are made with transformers")
-from hf_checkpoints import CONFIGS, drop_io_models, make_hf_model, make_readable, models, workdir  # noqa: E402,F401
+from hf_checkpoints import (CONFIGS, drop_io_models, make_hf_model, make_readable,  # noqa: E402,F401
+                            models, workdir)  # (fixtures too)
 from safetensors.numpy import save as safetensors_bytes  # noqa: E402
 
 MODEL = "io_tiny"

@@ -1,14 +1,15 @@
 /*
  * formats.h -- reading and writing checkpoint files on the server.
  *
- * Three files share this header:
+ * These files share this header:
  *
  *   formats.c       what every format needs: privilege and path checks,
  *                   reading exact byte ranges, converting float16/bfloat16/
  *                   float64 to float32, writing a file atomically, and the
  *                   rows the readers return;
  *   safetensors.c   llm_read_safetensors(), llm_write_safetensors();
- *   npz.c           llm_read_npz() (a zip archive of .npy files).
+ *   npz.c           llm_read_npz(): .npy files in a zip archive, which
+ *                   zip.c reads.
  *
  * Files on the server need the privileges COPY ... FROM/TO a file needs:
  * superuser, or the privileges of pg_read_server_files (to read) or
@@ -103,6 +104,7 @@ extern void llm_read_values(LlmByteSource *src, LlmFileDtype dtype,
  * Set up a set-returning function that returns its rows in a tuplestore
  * (which spills to disk beyond work_mem), then add rows
  * (name text, dtype text, shape int[], data tensor) one tensor at a time.
+ * llm_rows_add() frees t once the tuplestore has its copy.
  */
 extern void llm_rows_begin(FunctionCallInfo fcinfo);
 extern void llm_rows_add(FunctionCallInfo fcinfo, const char *name,
