@@ -1,5 +1,5 @@
--- pg_llm: GPT-2 inference (extension/src/model.c, generate.c) and
--- initialisation (extension/src/init.c).
+-- pg_llm: GPT-2 inference (extension/src/model_cache.c, model.c,
+-- generate.c) and initialisation (extension/src/init.c).
 --
 -- The functions that read llm_param are STABLE: they see the weights of
 -- the calling statement's snapshot.  The weights are decoded once into
@@ -29,7 +29,8 @@ CREATE FUNCTION llm_logits(model text, tokens int[], last_only boolean DEFAULT f
 RETURNS tensor
     AS 'MODULE_PATHNAME', 'llm_logits_sql' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
 COMMENT ON FUNCTION llm_logits(text, int[], boolean) IS
-'GPT-2 logits [T, vocab]: row t scores the token after tokens[1..t+1]; last_only returns just the last row [1, vocab]';
+'GPT-2 logits [T, vocab]: row i (0-based) scores the token that follows the first i+1 tokens; '
+'last_only returns just the last row, [1, vocab]';
 
 CREATE FUNCTION llm_loss(model text, tokens int[], targets int[]) RETURNS real
     AS 'MODULE_PATHNAME', 'llm_loss_sql' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
