@@ -12,7 +12,7 @@ CREATE FUNCTION llm_add(a tensor, b tensor) RETURNS tensor
     AS 'MODULE_PATHNAME', 'llm_add_sql' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION llm_mul(a tensor, b tensor) RETURNS tensor
     AS 'MODULE_PATHNAME', 'llm_mul_sql' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION llm_scale(x tensor, s real) RETURNS tensor
+CREATE FUNCTION llm_scale(x tensor, s double precision) RETURNS tensor
     AS 'MODULE_PATHNAME', 'llm_scale_sql' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 CREATE FUNCTION llm_transpose(x tensor) RETURNS tensor

@@ -77,6 +77,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     expected int[];
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM llm_model_config WHERE model = NEW.model) THEN
+        RAISE EXCEPTION 'llm_param: unknown model "%"', NEW.model
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Models are registered in llm_model_config.';
+    END IF;
     SELECT s.shape INTO expected
     FROM llm_param_shapes(NEW.model) s WHERE s.name = NEW.name;
     IF expected IS NULL THEN

@@ -5,6 +5,7 @@
  */
 #include "postgres.h"
 
+#include <float.h>
 #include <math.h>
 
 #include "fmgr.h"
@@ -127,15 +128,15 @@ Datum
 llm_scale_sql(PG_FUNCTION_ARGS)
 {
 	Tensor	   *x = PG_GETARG_TENSOR_P(0);
-	float4		s = PG_GETARG_FLOAT4(1);
+	float8		s = PG_GETARG_FLOAT8(1);
 	Tensor	   *y;
 
-	if (!isfinite(s))
+	if (!isfinite(s) || fabs(s) > FLT_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
-				 errmsg("llm_scale: the factor must be finite, got %g", s)));
+				 errmsg("llm_scale: the factor must be a finite float32 value, got %g", s)));
 	y = tensor_new_like(x);
-	llm_scale(x->data, s, y->data, tensor_numel(x));
+	llm_scale(x->data, (float) s, y->data, tensor_numel(x));
 	PG_RETURN_TENSOR_P(y);
 }
 
