@@ -17,18 +17,22 @@ CONFIGS = {
 }
 
 
-def make_hf_model(seed=0, **config) -> GPT2LMHeadModel:
+def make_hf_model(seed=0, scale=1.0, **config) -> GPT2LMHeadModel:
     """A random GPT2LMHeadModel in eval mode.  Biases and LayerNorm weights are
     randomised too (HF initialises them to 0 and 1): every tensor differs, so a
-    mixed-up name shows."""
+    mixed-up name shows.  `scale` > 1 multiplies the other weights, which
+    sharpens the logits (well separated argmaxes for greedy tests)."""
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(bos_token_id=0, eos_token_id=0, **config)).eval()
+    model = GPT2LMHeadModel(GPT2Config(bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                                       **config)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.normal_(0, 0.05)
             elif ".ln_" in name or "ln_f" in name:
                 p.normal_(1, 0.1)
+            elif scale != 1.0:
+                p.mul_(scale)
     return model
 
 

@@ -13,67 +13,30 @@ import pg_llm_lab
 
 torch = pytest.importorskip("torch", reason="the parity tests compare with PyTorch")
 transformers = pytest.importorskip("transformers", reason="the parity tests compare with HF GPT-2")
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers.generation.logits_process import (  # noqa: E402
     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-# name -> (n_layer, n_head, n_embd, vocab_size, n_positions, n_inner, layer_norm_eps)
+from hf_checkpoints import make_hf_model  # noqa: E402
+
 CONFIGS = {
-    "t_tiny": (3, 3, 96, 1000, 64, None, 1e-5),
-    "t_odd": (2, 2, 34, 517, 40, 50, 1e-3),    # head size 17, odd MLP width, other eps
-    "t_one": (1, 1, 8, 11, 16, None, 1e-5),     # the smallest sensible model
+    "t_tiny": dict(n_layer=3, n_head=3, n_embd=96, vocab_size=1000, n_positions=64),
+    # head size 17, odd MLP width, another eps
+    "t_odd": dict(n_layer=2, n_head=2, n_embd=34, vocab_size=517, n_positions=40, n_inner=50,
+                  layer_norm_epsilon=1e-3),
+    "t_one": dict(n_layer=1, n_head=1, n_embd=8, vocab_size=11, n_positions=16),  # the smallest
 }
 # The real GPT-2 small shape (random weights): 124M parameters, ~500 MB.
-SMALL = ("t_gpt2_small", (12, 12, 768, 50257, 1024, None, 1e-5))
+SMALL = ("t_gpt2_small", dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024))
 
 
 def q(conn, sql, *params):
     return conn.execute(sql, params).fetchone()[0]
 
 
-def make_hf(n_layer, n_head, n_embd, vocab, n_positions, n_inner, eps, seed=0, scale=1.0):
-    """A random GPT2LMHeadModel in eval mode.  Biases and LayerNorm weights
-    are randomised too, so that a bug in any of them shows; `scale` > 1
-    sharpens the logits (well separated argmaxes for greedy tests)."""
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab,
-                     n_positions=n_positions, n_inner=n_inner, layer_norm_epsilon=eps,
-                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    model = GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.05)
-            elif ".ln_" in name or "ln_f" in name:
-                p.normal_(1, 0.1)
-            elif scale != 1.0:
-                p.mul_(scale)
-    return model
-
-
-def hf_params(model):
-    """(HF name, float32 array) of every parameter llm_param holds."""
-    for name, value in model.state_dict().items():
-        name = name.removeprefix("transformer.")
-        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
-            continue  # buffers, and the lm_head tied to wte
-        yield name, value.detach().numpy()
-
-
 def load_into_db(conn, model_name, model):
-    """Register `model` as `model_name` and write its weights into llm_param."""
-    c = model.config
-    with conn.transaction():
-        conn.execute("DELETE FROM llm_model_config WHERE model = %s", (model_name,))
-        conn.execute(
-            "INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size,"
-            " layer_norm_eps, n_inner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (model_name, c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size,
-             c.layer_norm_epsilon, c.n_inner))
-        with conn.cursor() as cur:
-            for name, value in hf_params(model):
-                cur.execute("INSERT INTO llm_param (model, name, data) VALUES (%s, %s, %b)",
-                            (model_name, name, value))
+    """Register `model` as `model_name` and copy its weights into llm_param."""
+    conn.execute("DELETE FROM llm_model_config WHERE model = %s", (model_name,))
+    pg_llm_lab.import_hf(conn, model, model_name, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +44,10 @@ def models(db_url):
     """The small test models, loaded once per module: name -> HF model."""
     out = {}
     with pg_llm_lab.connect(db_url) as conn:
-        for name, shape in CONFIGS.items():
-            out[name] = make_hf(*shape, seed=len(out))
+        for name, config in CONFIGS.items():
+            out[name] = make_hf_model(seed=len(out), **config)
             load_into_db(conn, name, out[name])
-        out["t_sharp"] = make_hf(*CONFIGS["t_tiny"], seed=7, scale=4.0)
+        out["t_sharp"] = make_hf_model(seed=7, scale=4.0, **CONFIGS["t_tiny"])
         load_into_db(conn, "t_sharp", out["t_sharp"])
     return out
 
@@ -147,8 +110,8 @@ def test_loss_ignores_minus_100(conn, models):
 @pytest.mark.slow
 def test_gpt2_small_shape(conn, db_url):
     """The full GPT-2 small shape: logits, loss and greedy decoding against HF."""
-    name, shape = SMALL
-    model = make_hf(*shape, seed=11)
+    name, config = SMALL
+    model = make_hf_model(seed=11, **config)
     load_into_db(conn, name, model)
     try:
         tokens = random_tokens(50257, 64, seed=5)
