@@ -13,7 +13,7 @@ VALUES ('tiny', 2, 2, 8, 16, 11);
 SELECT llm_init('tiny', 42);
 SELECT count(*) AS tensors FROM llm_param WHERE model = 'tiny';
 SELECT llm_check_complete('tiny');
-SELECT name, shape FROM llm_param WHERE model = 'tiny' AND name IN ('wte.weight', 'h.1.mlp.c_fc.weight');
+SELECT name, shape FROM llm_param WHERE model = 'tiny' AND name IN ('wte.weight', 'h.1.mlp.c_fc.weight') ORDER BY name;
 -- GPT-2's initialisation: biases 0, LayerNorm gains 1
 SELECT bool_and(x = 0) FROM llm_param, unnest(data::real[]) x WHERE model = 'tiny' AND name LIKE '%.bias';
 SELECT bool_and(x = 1) FROM llm_param, unnest(data::real[]) x WHERE model = 'tiny' AND name LIKE '%ln_%.weight';
