@@ -46,14 +46,8 @@ def assert_same_params(conn, model_name, hf_model):
         assert np.array_equal(got[name], want[name]), name
 
 
-def has_llm_logits(conn) -> bool:
-    return conn.execute("SELECT to_regproc('llm_logits') IS NOT NULL").fetchone()[0]
-
-
 def assert_same_logits(conn, model_name, hf_model):
-    """llm_logits within 1e-4 * max|logit| of HF's (the forward is another file's job)."""
-    if not has_llm_logits(conn):
-        pytest.skip("llm_logits is not in the extension yet: logits not compared")
+    """llm_logits within 1e-4 * max|logit| of HF's."""
     vocab, n_positions = hf_model.config.vocab_size, hf_model.config.n_positions
     tokens = [int(t) for t in np.random.default_rng(0).integers(0, vocab, n_positions)]
     got = conn.execute("SELECT llm_logits(%s, %s)", [model_name, tokens]).fetchone()[0]
