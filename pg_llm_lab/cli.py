@@ -36,6 +36,17 @@ DEMO = [
     ("softmax over the last dimension", "SELECT llm_softmax('[[1,2,3],[1,1,1]]')"),
 ]
 DEMO_ERROR = "SELECT llm_matmul('[[1,2]]', '[[1,2]]')"
+DEMO_GPT2 = [
+    ("register a small GPT-2 (2 layers, width 64) ...",
+     "INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+     "VALUES ('demo-tiny', 2, 2, 64, 128, 500) ON CONFLICT (model) DO NOTHING"),
+    ("... give it GPT-2's random initialisation, seeded", "SELECT llm_init('demo-tiny', 0)"),
+    ("its parameters are rows", "SELECT count(*) FROM llm_param WHERE model = 'demo-tiny'"),
+    ("next-token logits for 3 tokens: [tokens, vocab]",
+     "SELECT llm_shape(llm_logits('demo-tiny', ARRAY[1, 2, 3]))"),
+    ("10 tokens, greedy, with a KV cache",
+     "SELECT llm_generate_tokens('demo-tiny', ARRAY[1, 2, 3], 10, temperature => 0)"),
+]
 
 
 def cmd_install(args) -> int:
@@ -103,6 +114,11 @@ def cmd_demo(args) -> int:
             conn.execute(DEMO_ERROR)
         except psycopg.Error as err:
             print(f"-> {type(err).__name__} (SQLSTATE {err.sqlstate}): {str(err).strip()}\n")
+        print("-- GPT-2 in the database")
+        for title, sql in DEMO_GPT2:
+            cur = conn.execute(sql)
+            shown = cur.fetchone()[0] if cur.description else cur.statusmessage
+            print(f"-- {title}\n{sql};\n-> {shown if shown not in ('', None) else 'done'}\n")
     print("next:\n  pg-llm-lab psql          SQL prompt on this server\n"
           "  jupyter lab notebooks/   the notebooks, in order")
     if not server.external_url():
