@@ -3,49 +3,57 @@
 bench_matmul.py -- pg_llm's llm_matmul against OpenBLAS (numpy) and PyTorch.
 
     . /work/venv/bin/activate
-    python bench/bench_matmul.py                 # 2 threads, default shapes
-    python bench/bench_matmul.py --threads 1 --repeat 50
-    python bench/bench_matmul.py --sql           # + SELECT llm_matmul(...) column
+    python bench/bench_matmul.py                  # 2 threads, GPT-2 shapes
+    python bench/bench_matmul.py --threads 1
     python bench/bench_matmul.py --shapes 64x768x768,1x768x50257t
+    python bench/bench_matmul.py --isa avx2       # force the kernel's ISA
+    python bench/bench_matmul.py --sql            # + SELECT llm_matmul(...)
 
-Every library is limited to --threads threads.  OpenBLAS reads its thread
-count when numpy is imported, so the script sets OPENBLAS_NUM_THREADS /
-OMP_NUM_THREADS / MKL_NUM_THREADS before importing numpy (threadpoolctl is
-used on top when it is installed).  The kernel is built from
-extension/src/kernels/*.c into a temporary shared library and called
-through ctypes.
+Every library gets --threads threads: OpenBLAS reads its thread count when
+numpy is imported, so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS /
+MKL_NUM_THREADS are set before the import (and threadpoolctl is applied on
+top when installed); torch.set_num_threads; llm_pool_set_threads.  The
+kernel is compiled from extension/src/kernels/*.c into a temporary shared
+library and called through ctypes.
 
-GFLOP/s = 2*M*K*N / best time over --repeat runs (after warm-up).  Operands
-are the same float32 arrays for all three libraries, stored the way the
-kernel gets them (transB: B stored [N,K]; numpy and torch multiply by the
-transposed view, which is what they see in practice too).
+Timing: for each shape the libraries take turns, --rounds times, each turn
+a warm-up call then --repeat calls (and at least 30 ms of calls); the best
+call is reported (GFLOP/s = 2*M*K*N / best time).  Taking turns, with a short sleep before each (the
+thread pools of all three libraries spin for a while after a call, and a
+spinning pool steals a core from the next library on a small machine),
+keeps a burst of load from another process from favouring one library.
+Operands are stored the way the kernel gets them (transB: B is [N,K]);
+numpy and torch multiply by the transposed view.
 """
 import argparse
 import os
 import sys
 
+SHAPE_HELP = ("comma list of MxKxN; suffix t = transB (B stored [N,K]), "
+              "T = transA (A stored [K,M]); e.g. 64x768x50257t")
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=20,
-                   help="timed runs per shape and library (best is reported)")
-    p.add_argument("--shapes", default=None,
-                   help="comma list of MxKxN, suffix t for transB, T for transA "
-                        "(e.g. 64x768x50257t); default: GPT-2's shapes")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per turn")
+    p.add_argument("--rounds", type=int, default=4, help="turns per library and shape")
+    p.add_argument("--shapes", default=None, help=SHAPE_HELP + "; default: GPT-2's")
+    p.add_argument("--isa", choices=["scalar", "avx2", "avx512"], default=None,
+                   help="force a lower ISA for the kernel (default: the best)")
     p.add_argument("--sql", action="store_true",
                    help="also time SELECT llm_matmul(...) through pg_llm_lab")
     p.add_argument("--no-check", action="store_true",
-                   help="skip the correctness check against numpy")
+                   help="skip the accuracy check against float64 numpy")
     p.add_argument("--cc", default=os.environ.get("CC", "cc"))
     return p.parse_args()
 
 
 ARGS = parse_args()
 
-# Before numpy is imported: OpenBLAS sizes its pool at load time.
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(ARGS.threads)
+# Before numpy is imported: OpenBLAS sizes its thread pool at load time.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(ARGS.threads)
 
 import ctypes  # noqa: E402
 import glob  # noqa: E402
@@ -59,33 +67,33 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 try:
-    import threadpoolctl  # noqa: E402
+    import threadpoolctl
 except ImportError:
     threadpoolctl = None
-
 try:
-    import torch  # noqa: E402
+    import torch
 except ImportError:
     torch = None
-
 try:
-    import pandas as pd  # noqa: E402
+    import pandas as pd
 except ImportError:
     pd = None
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KDIR = ROOT / "extension" / "src" / "kernels"
+ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}
+SETTLE = 0.15  # s of sleep before each turn: OpenBLAS spins ~0.1 s after a call
 
-# (M, K, N, transA, transB, note)
+# (M, K, N, transA, transB, what it is in GPT-2 small)
 DEFAULT_SHAPES = [
     (64, 768, 768, 0, 0, "attn c_proj, T=64"),
+    (64, 768, 2304, 0, 0, "attn c_attn, T=64"),
     (64, 768, 3072, 0, 0, "mlp c_fc, T=64"),
     (64, 3072, 768, 0, 0, "mlp c_proj, T=64"),
-    (64, 768, 2304, 0, 0, "attn c_attn, T=64"),
     (768, 768, 768, 0, 0, "square"),
-    (64, 768, 50257, 0, 0, "lm_head as [K,N]"),
+    (64, 768, 50257, 0, 0, "lm_head, W as [K,N]"),
     (64, 768, 50257, 0, 1, "lm_head (wte [N,K])"),
-    (64, 768, 768, 1, 0, "transA (backward dW)"),
+    (64, 768, 768, 1, 0, "x^T @ dy (backward)"),
     (1, 768, 2304, 0, 0, "decode c_attn"),
     (1, 768, 3072, 0, 0, "decode c_fc"),
     (1, 3072, 768, 0, 0, "decode mlp c_proj"),
@@ -97,16 +105,14 @@ def parse_shapes(text):
     shapes = []
     for item in text.split(","):
         item = item.strip()
-        ta = tb = 0
-        while item and item[-1] in "tT":
-            if item[-1] == "t":
-                tb = 1
-            else:
-                ta = 1
-            item = item[:-1]
-        m, k, n = (int(x) for x in item.lower().split("x"))
+        ta, tb = int("T" in item), int("t" in item)
+        m, k, n = (int(x) for x in item.rstrip("tT").lower().split("x"))
         shapes.append((m, k, n, ta, tb, ""))
     return shapes
+
+
+def shape_name(m, k, n, ta, tb):
+    return f"{m}x{k}x{n}" + ("T" if ta else "") + ("t" if tb else "")
 
 
 # ---- the kernel, through ctypes ---------------------------------------------
@@ -114,9 +120,9 @@ def parse_shapes(text):
 def build_kernels(outdir, cc):
     """cc -O2 -fPIC -shared -pthread extension/src/kernels/*.c -lm.
 
-    Other kernel files are written concurrently and may not compile at any
-    given moment; llm_matmul only needs cpu.c, pool.c and matmul.c, so fall
-    back to those.
+    The other kernel files are written concurrently and may not compile at
+    any given moment; llm_matmul only needs cpu.c, pool.c and matmul.c, so
+    fall back to those.
     """
     out = os.path.join(outdir, "libpg_llm_kernels.so")
     base = [cc, "-O2", "-fPIC", "-shared", "-pthread"]
@@ -124,8 +130,7 @@ def build_kernels(outdir, cc):
     needed = [str(KDIR / f) for f in ("cpu.c", "pool.c", "matmul.c")]
     err = ""
     for srcs in (everything, needed):
-        r = subprocess.run(base + srcs + ["-o", out, "-lm"],
-                           capture_output=True, text=True)
+        r = subprocess.run(base + srcs + ["-o", out, "-lm"], capture_output=True, text=True)
         if r.returncode == 0:
             return out, srcs
         err = r.stderr
@@ -135,50 +140,57 @@ def build_kernels(outdir, cc):
 class Kernels:
     def __init__(self, path):
         lib = ctypes.CDLL(path)
-        fp = ctypes.POINTER(ctypes.c_float)
-        lib.llm_matmul.argtypes = [fp, fp, fp, fp, ctypes.c_int64, ctypes.c_int64,
-                                   ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+        self.fp = ctypes.POINTER(ctypes.c_float)
+        lib.llm_matmul.argtypes = [self.fp] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
         lib.llm_matmul.restype = ctypes.c_int
         lib.llm_pool_set_threads.argtypes = [ctypes.c_int]
+        lib.llm_set_isa.argtypes = [ctypes.c_int]
         lib.llm_cpu_isa.restype = ctypes.c_int
         lib.llm_isa_name.argtypes = [ctypes.c_int]
         lib.llm_isa_name.restype = ctypes.c_char_p
         self.lib = lib
-        self.fp = fp
 
     def set_threads(self, n):
         self.lib.llm_pool_set_threads(n)
+
+    def set_isa(self, name):
+        self.lib.llm_set_isa(ISA_CODES[name])
 
     def isa(self):
         return self.lib.llm_isa_name(self.lib.llm_cpu_isa()).decode()
 
     def matmul_fn(self, a, b, c, M, K, N, ta, tb):
-        """A zero-argument closure: ctypes conversions done once, up front."""
+        """A zero-argument closure; the ctypes conversions are done once."""
         f = self.lib.llm_matmul
         pa, pb, pc = (x.ctypes.data_as(self.fp) for x in (a, b, c))
-        return lambda: f(pa, pb, None, pc, M, K, N, ta, tb)
+
+        def run():
+            if f(pa, pb, None, pc, M, K, N, ta, tb) != 0:
+                raise RuntimeError("llm_matmul was interrupted")
+        return run
 
 
 # ---- timing -----------------------------------------------------------------
 
-def best_time(fn, repeat, min_warm=0.05, settle=0.2):
-    """Warm up (at least 2 calls and ~min_warm s), then best of `repeat`.
+def race(fns, rounds, repeat, min_turn=0.03):
+    """Best time of each function in `fns`, the functions taking turns.
 
-    Sleeps `settle` seconds first: OpenBLAS, torch's OpenMP and pg_llm's
-    pool all spin-wait for a while after a call, and on a small machine a
-    spinning pool of the library timed just before steals whole cores.
+    A turn is a warm-up call, then at least `repeat` timed calls and at
+    least `min_turn` seconds of them: short kernels need a few ms of
+    back-to-back calls before a freshly woken thread pool is spread over
+    the cores again.
     """
-    time.sleep(settle)
-    t_end = time.perf_counter() + min_warm
-    fn()
-    fn()
-    while time.perf_counter() < t_end:
-        fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            time.sleep(SETTLE)
+            fn()  # warm-up: caches, page faults, pool wake-up
+            calls, t_end = 0, time.perf_counter() + min_turn
+            while calls < repeat or time.perf_counter() < t_end:
+                t0 = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t0)
+                calls += 1
     return best
 
 
@@ -190,121 +202,134 @@ def operands(M, K, N, ta, tb, rng):
 
 # ---- SQL hook ---------------------------------------------------------------
 
-def time_sql(conn, M, K, N, repeat=5, ta=0, tb=0):
-    """Seconds for one `SELECT llm_matmul($1::tensor, $2::tensor)`, best of
-    `repeat`, including transfer and (de)serialisation of the tensors.
+def time_sql(conn, M, K, N, ta=0, tb=0, repeat=5):
+    """Best time of `llm_matmul($1::tensor, $2::tensor, ta, tb)` run by the
+    server, in seconds.
 
-    Relies on pg_llm_lab registering psycopg adapters for numpy arrays.  The
-    SQL function takes op(A) and op(B) as given, so only plain layouts are
-    timed here (ta/tb are accepted for symmetry and must be 0).
+    The operands are sent once, into a temporary table; the timed query is
+    SELECT pg_column_size(llm_matmul(a, b, ...)) FROM it, so the time is
+    the server's: reading the stored tensors, the kernel, building the
+    result -- not shipping megabytes over the socket.  Needs pg_llm_lab's
+    numpy adapters (ndarray parameters are sent as `tensor`).
     """
-    if ta or tb:
-        raise NotImplementedError("SQL timing covers plain layouts only")
     rng = np.random.default_rng(0)
-    a, b = operands(M, K, N, 0, 0, rng)
-    sql = "SELECT llm_matmul(%s::tensor, %s::tensor)"
-    with conn.cursor() as cur:
-        def once():
-            cur.execute(sql, (a, b))
-            cur.fetchone()
-        return best_time(once, repeat, min_warm=0.0, settle=0.0)
+    a, b = operands(M, K, N, ta, tb, rng)
+    conn.execute("DROP TABLE IF EXISTS bench_matmul_operands")
+    conn.execute("CREATE TEMP TABLE bench_matmul_operands (a tensor, b tensor)")
+    conn.execute("INSERT INTO bench_matmul_operands VALUES (%s::tensor, %s::tensor)", (a, b))
+    sql = ("SELECT pg_column_size(llm_matmul(a, b, %s, %s)) FROM bench_matmul_operands")
+    best = float("inf")
+    for i in range(repeat + 1):  # the first run warms up
+        t0 = time.perf_counter()
+        conn.execute(sql, (bool(ta), bool(tb))).fetchone()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    conn.execute("DROP TABLE bench_matmul_operands")
+    return best
 
 
-def open_sql():
-    """Connection for the SQL column, or (None, reason)."""
+def open_sql(threads):
+    """(connection, None) or (None, why not)."""
     try:
         import pg_llm_lab
-    except Exception as e:  # ImportError and anything it raises on import
-        return None, f"pg_llm_lab not importable: {e!r}"
+    except Exception as e:  # ImportError, or anything its import raises
+        return None, f"pg_llm_lab is not importable: {e!r}"
     try:
-        return pg_llm_lab.connect(), None
+        conn = pg_llm_lab.connect()
     except Exception as e:
         return None, f"pg_llm_lab.connect() failed: {e!r}"
+    try:
+        conn.execute(f"SET pg_llm.threads = {int(threads)}")
+    except Exception as e:
+        print(f"note: could not SET pg_llm.threads ({e!r}); the server's default is used")
+    return conn, None
 
 
 # ---- main -------------------------------------------------------------------
+
+def blas_name():
+    try:
+        dep = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{dep['name']} {dep.get('version', '')}".strip()
+    except Exception:
+        return "unknown BLAS"
+
 
 def main():
     shapes = parse_shapes(ARGS.shapes) if ARGS.shapes else DEFAULT_SHAPES
     threads = ARGS.threads
 
     tmp = tempfile.mkdtemp(prefix="pg_llm_bench_")
-    path, srcs = build_kernels(tmp, ARGS.cc)
-    kern = Kernels(path)
+    try:
+        path, srcs = build_kernels(tmp, ARGS.cc)
+        kern = Kernels(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the loaded library stays mapped
     kern.set_threads(threads)
-
+    if ARGS.isa:
+        kern.set_isa(ARGS.isa)
     if threadpoolctl is not None:
         threadpoolctl.threadpool_limits(threads)
     if torch is not None:
         torch.set_num_threads(threads)
 
-    conn, sql_reason = (None, None)
+    conn = None
     if ARGS.sql:
-        conn, sql_reason = open_sql()
+        conn, why = open_sql(threads)
+        if conn is None:
+            print(f"SQL column skipped: {why}")
 
-    print(f"cpu: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus; threads={threads}; repeat={ARGS.repeat}")
-    print(f"pg_llm kernel ISA: {kern.isa()}  (built from "
-          f"{', '.join(os.path.basename(s) for s in srcs)})")
-    blas = "?"
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg["Build Dependencies"]["blas"]["name"] + " " + \
-            cfg["Build Dependencies"]["blas"]["version"]
-    except Exception:
-        pass
-    print(f"numpy {np.__version__} ({blas}); "
-          f"torch {torch.__version__ if torch else 'not installed'}; "
-          f"threadpoolctl {'yes' if threadpoolctl else 'no (env vars)'}")
-    if ARGS.sql and conn is None:
-        print(f"SQL column skipped: {sql_reason}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; threads={threads}; "
+          f"{ARGS.rounds} rounds x {ARGS.repeat} calls, best reported")
+    print(f"pg_llm kernel ISA: {kern.isa()} (built from "
+          f"{' '.join(os.path.basename(s) for s in srcs)})")
+    print(f"numpy {np.__version__} with {blas_name()}; torch "
+          f"{torch.__version__ if torch else '(not installed: column skipped)'}; "
+          f"thread limits via {'threadpoolctl + ' if threadpoolctl else ''}environment")
 
     rng = np.random.default_rng(0)
     rows = []
     for M, K, N, ta, tb, note in shapes:
         a, b = operands(M, K, N, ta, tb, rng)
-        opa = a.T if ta else a
-        opb = b.T if tb else b
+        opa, opb = (a.T if ta else a), (b.T if tb else b)
         flop = 2.0 * M * K * N
-        row = {"shape": f"{M}x{K}x{N}" + ("T" if ta else "") + ("t" if tb else ""),
-               "note": note}
+        name = shape_name(M, K, N, ta, tb)
+        row = {"shape": name, "what": note}
 
-        out = np.empty((M, N), dtype=np.float32)
-        t_np = best_time(lambda: np.matmul(opa, opb, out=out), ARGS.repeat)
-        row["openblas"] = flop / t_np / 1e9
-
+        out_np = np.empty((M, N), dtype=np.float32)
+        out_k = np.empty((M, N), dtype=np.float32)
+        fns = [lambda: np.matmul(opa, opb, out=out_np),
+               kern.matmul_fn(a, b, out_k, M, K, N, ta, tb)]
         if torch is not None:
             ta_t, tb_t = torch.from_numpy(opa), torch.from_numpy(opb)
             out_t = torch.empty((M, N), dtype=torch.float32)
-            with torch.no_grad():
-                t_t = best_time(lambda: torch.matmul(ta_t, tb_t, out=out_t), ARGS.repeat)
-            row["torch"] = flop / t_t / 1e9
 
-        c = np.empty((M, N), dtype=np.float32)
-        fn = kern.matmul_fn(a, b, c, M, K, N, ta, tb)
-        t_k = best_time(fn, ARGS.repeat)
-        row["pg_llm"] = flop / t_k / 1e9
+            def torch_mm():
+                with torch.no_grad():
+                    torch.matmul(ta_t, tb_t, out=out_t)
+            fns.append(torch_mm)
+
+        best = race(fns, ARGS.rounds, ARGS.repeat)
+        row["openblas"] = flop / best[0] / 1e9
+        if torch is not None:
+            row["torch"] = flop / best[2] / 1e9
+        row["pg_llm"] = flop / best[1] / 1e9
         row["pg_llm/openblas"] = row["pg_llm"] / row["openblas"]
-        row["pg_llm ms"] = t_k * 1e3
+        row["pg_llm ms"] = best[1] * 1e3
 
         if not ARGS.no_check:
             ref = opa.astype(np.float64) @ opb.astype(np.float64)
-            rel = np.linalg.norm(c - ref) / max(np.linalg.norm(ref), 1e-30)
+            rel = np.linalg.norm(out_k - ref) / max(np.linalg.norm(ref), 1e-30)
             row["rel err"] = f"{rel:.1e}"
 
         if conn is not None:
             try:
-                t_s = time_sql(conn, M, K, N, ta=ta, tb=tb)
-                row["sql ms"] = t_s * 1e3
+                row["sql ms"] = time_sql(conn, M, K, N, ta, tb) * 1e3
             except Exception as e:
                 row["sql ms"] = float("nan")
-                print(f"  SQL {row['shape']}: {e!r}")
-                try:
-                    conn.rollback()
-                except Exception:
-                    pass
+                print(f"  SQL timing of {name} failed: {e!r}")
         rows.append(row)
-        print(f"  done {row['shape']}", file=sys.stderr, flush=True)
+        print(f"  {name:16s} done", file=sys.stderr, flush=True)
 
     print()
     if pd is not None:
@@ -315,11 +340,9 @@ def main():
         keys = list(rows[0])
         print("  ".join(keys))
         for r in rows:
-            print("  ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k])
-                            for k in keys))
-    print("\nGFLOP/s = 2*M*K*N / best time; 't' = transB (B stored [N,K]), "
-          "'T' = transA (A stored [K,M]).")
-    shutil.rmtree(tmp, ignore_errors=True)
+            print("  ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys))
+    print("\nGFLOP/s columns; 't' = transB (B stored [N,K]), 'T' = transA (A stored [K,M]); "
+          "rel err = ||C - C_float64|| / ||C_float64||.")
 
 
 if __name__ == "__main__":

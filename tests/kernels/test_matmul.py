@@ -20,14 +20,14 @@ KDIR = ROOT / "extension" / "src" / "kernels"
 ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
 
 
-def build_kernels(outdir):
-    """Build libpg_llm_kernels.so; returns its path or raises RuntimeError."""
+def build_kernels(outdir, extra=(), name="libpg_llm_kernels.so"):
+    """Build the kernels as a shared library; its path, or RuntimeError."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler ({cc})")
-    out = os.path.join(outdir, "libpg_llm_kernels.so")
+    out = os.path.join(outdir, name)
     flags = ["-O2", "-fPIC", "-shared", "-pthread", "-Wall",
-             "-fno-strict-aliasing", "-fwrapv"]
+             "-fno-strict-aliasing", "-fwrapv", *extra]
     everything = sorted(str(p) for p in KDIR.glob("*.c"))
     needed = [str(KDIR / f) for f in ("cpu.c", "pool.c", "matmul.c")]
     errors = ""
@@ -65,15 +65,29 @@ def run_matmul(lib, a, b, bias, M, K, N, ta, tb):
     return c
 
 
-@pytest.fixture(scope="module")
-def lib():
+def _built(extra=(), name="libpg_llm_kernels.so"):
     tmp = tempfile.mkdtemp(prefix="pg_llm_mm_")
     try:
-        yield load_kernels(build_kernels(tmp))
+        path = build_kernels(tmp, extra, name)
     except RuntimeError as e:
-        pytest.skip(str(e))
-    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        pytest.skip(str(e))
+    return tmp, load_kernels(path)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    tmp, lib = _built()
+    yield lib
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lib_no_memory():
+    """The same kernels with every scratch allocation failing."""
+    tmp, lib = _built(["-DLLM_MATMUL_TEST_NO_MEMORY"], "libpg_llm_kernels_nomem.so")
+    yield lib
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def isas(lib):
@@ -97,7 +111,7 @@ def operands(rng, M, K, N, ta, tb, with_bias):
 SHAPES = [(1, 1, 1), (1, 7, 1), (7, 1, 5), (2, 3, 4), (17, 33, 7), (33, 17, 65),
           (15, 16, 31), (14, 256, 32), (29, 257, 97), (64, 300, 50), (1, 769, 33),
           (3, 5, 769), (70, 520, 33), (1, 768, 130), (5, 1, 1), (33, 65, 1),
-          (200, 40, 1100)]
+          (200, 40, 1100), (2, 33, 50257), (1, 17, 50257), (769, 7, 17)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -151,3 +165,21 @@ def test_bit_identical_across_threads(lib, shape, ta, tb):
             assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32)), name
     lib.llm_set_isa(2)
     lib.llm_pool_set_threads(1)
+
+
+@pytest.mark.parametrize("shape", [(64, 768, 700), (300, 520, 97), (17, 33, 65)])
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_allocation_failure_same_bits(lib, lib_no_memory, shape, ta, tb):
+    """Without scratch memory GEMM packs micro-panels on the stack: slower,
+    but the very same arithmetic."""
+    M, K, N = shape
+    rng = np.random.default_rng(3)
+    a, b, bias, _, _ = operands(rng, M, K, N, ta, tb, True)
+    for name in isas(lib):
+        lib.llm_set_isa(ISA[name])
+        lib_no_memory.llm_set_isa(ISA[name])
+        lib_no_memory.llm_pool_set_threads(2)
+        want = run_matmul(lib, a, b, bias, M, K, N, ta, tb)
+        got = run_matmul(lib_no_memory, a, b, bias, M, K, N, ta, tb)
+        assert np.array_equal(want.view(np.uint32), got.view(np.uint32)), name
+    lib.llm_set_isa(2)

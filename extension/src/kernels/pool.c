@@ -26,6 +26,15 @@
 
 int			(*llm_interrupt_hook) (void) = 0;
 
+/* A polite busy-wait step. */
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
+
 static struct
 {
 	pthread_mutex_t lock;
@@ -110,10 +119,10 @@ worker_main(void *arg)
 		while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen &&
 			   spins < SPIN_ITERATIONS)
 		{
-#if defined(__x86_64__) || defined(__i386__)
-			__builtin_ia32_pause();
-#endif
-			spins++;
+			cpu_relax();
+			/* let the caller's thread run if the OS put us on its core */
+			if (++spins % 64 == 0)
+				sched_yield();
 		}
 		pthread_mutex_lock(&pool.lock);
 		while (pool.generation == seen)
@@ -134,7 +143,7 @@ worker_main(void *arg)
 		run_tasks(fn, ctx, n, grain, ntasks, 0);
 
 		pthread_mutex_lock(&pool.lock);
-		if (--pool.busy == 0)
+		if (__atomic_sub_fetch(&pool.busy, 1, __ATOMIC_RELEASE) == 0)
 			pthread_cond_signal(&pool.done);
 		pthread_mutex_unlock(&pool.lock);
 	}
@@ -231,6 +240,14 @@ llm_parallel_for(int64_t n, int64_t grain, llm_task_fn fn, void *ctx)
 
 	run_tasks(fn, ctx, n, grain, ntasks, 1);
 
+	/*
+	 * Wait for the workers' last tasks: spin first (they usually finish
+	 * within microseconds, and a sleeping caller can take far longer to
+	 * wake), then sleep on the condition variable.
+	 */
+	for (int spins = 0; spins < SPIN_ITERATIONS &&
+		 __atomic_load_n(&pool.busy, __ATOMIC_ACQUIRE) > 0; spins++)
+		cpu_relax();
 	pthread_mutex_lock(&pool.lock);
 	while (pool.busy > 0)
 		pthread_cond_wait(&pool.done, &pool.lock);
