@@ -56,15 +56,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(ARGS.threads)
 
 import ctypes  # noqa: E402
-import glob  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from pg_llm_lab.build import build_kernel_library  # noqa: E402
 
 try:
     import threadpoolctl
@@ -80,7 +80,6 @@ except ImportError:
     pd = None
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-KDIR = ROOT / "extension" / "src" / "kernels"
 ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}
 SETTLE = 0.15  # s of sleep before each turn: OpenBLAS spins ~0.1 s after a call
 
@@ -116,26 +115,6 @@ def shape_name(m, k, n, ta, tb):
 
 
 # ---- the kernel, through ctypes ---------------------------------------------
-
-def build_kernels(outdir, cc):
-    """cc -O2 -fPIC -shared -pthread extension/src/kernels/*.c -lm.
-
-    The other kernel files are written concurrently and may not compile at
-    any given moment; llm_matmul only needs cpu.c, pool.c and matmul.c, so
-    fall back to those.
-    """
-    out = os.path.join(outdir, "libpg_llm_kernels.so")
-    base = [cc, "-O2", "-fPIC", "-shared", "-pthread"]
-    everything = sorted(glob.glob(str(KDIR / "*.c")))
-    needed = [str(KDIR / f) for f in ("cpu.c", "pool.c", "matmul.c")]
-    err = ""
-    for srcs in (everything, needed):
-        r = subprocess.run(base + srcs + ["-o", out, "-lm"], capture_output=True, text=True)
-        if r.returncode == 0:
-            return out, srcs
-        err = r.stderr
-    sys.exit("building the kernels failed:\n" + err)
-
 
 class Kernels:
     def __init__(self, path):
@@ -261,8 +240,10 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="pg_llm_bench_")
     try:
-        path, srcs = build_kernels(tmp, ARGS.cc)
-        kern = Kernels(path)
+        try:
+            kern = Kernels(str(build_kernel_library(tmp)))
+        except RuntimeError as err:
+            sys.exit(str(err))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the loaded library stays mapped
     kern.set_threads(threads)
@@ -281,8 +262,7 @@ def main():
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; threads={threads}; "
           f"{ARGS.rounds} rounds x {ARGS.repeat} calls, best reported")
-    print(f"pg_llm kernel ISA: {kern.isa()} (built from "
-          f"{' '.join(os.path.basename(s) for s in srcs)})")
+    print(f"pg_llm kernel ISA: {kern.isa()}")
     print(f"numpy {np.__version__} with {blas_name()}; torch "
           f"{torch.__version__ if torch else '(not installed: column skipped)'}; "
           f"thread limits via {'threadpoolctl + ' if threadpoolctl else ''}environment")

@@ -3,7 +3,6 @@ and neither ever takes the backend down."""
 import threading
 import time
 
-import numpy as np
 import psycopg
 import pytest
 

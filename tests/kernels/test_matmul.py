@@ -6,40 +6,18 @@ through ctypes; every test is skipped when no C compiler is available or
 the build fails.  Run:  pytest tests/kernels/test_matmul.py -q
 """
 import ctypes
-import os
 import pathlib
 import shutil
-import subprocess
 import tempfile
 
 import numpy as np
 import pytest
 
+from pg_llm_lab.build import build_kernel_library
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KDIR = ROOT / "extension" / "src" / "kernels"
 ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
-
-
-def build_kernels(outdir, extra=(), name="libpg_llm_kernels.so"):
-    """Build the kernels as a shared library; its path, or RuntimeError."""
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise RuntimeError(f"no C compiler ({cc})")
-    out = os.path.join(outdir, name)
-    flags = ["-O2", "-fPIC", "-shared", "-pthread", "-Wall",
-             "-fno-strict-aliasing", "-fwrapv", *extra]
-    everything = sorted(str(p) for p in KDIR.glob("*.c"))
-    needed = [str(KDIR / f) for f in ("cpu.c", "pool.c", "matmul.c")]
-    errors = ""
-    # all kernel sources first; other files may be mid-edit, so fall back
-    # to just what llm_matmul needs
-    for srcs in (everything, needed):
-        r = subprocess.run([cc, *flags, *srcs, "-o", out, "-lm"],
-                           capture_output=True, text=True)
-        if r.returncode == 0:
-            return out
-        errors = r.stderr
-    raise RuntimeError("kernel build failed:\n" + errors[-2000:])
 
 
 def load_kernels(path):
@@ -68,7 +46,7 @@ def run_matmul(lib, a, b, bias, M, K, N, ta, tb):
 def _built(extra=(), name="libpg_llm_kernels.so"):
     tmp = tempfile.mkdtemp(prefix="pg_llm_mm_")
     try:
-        path = build_kernels(tmp, extra, name)
+        path = build_kernel_library(tmp, extra, name)
     except RuntimeError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         pytest.skip(str(e))

@@ -12,14 +12,14 @@ Skipped when no C compiler is available or the build fails.
 Run:  pytest tests/kernels/test_ops_kernels.py -q
 """
 import ctypes
-import os
 import pathlib
 import shutil
-import subprocess
 import tempfile
 
 import numpy as np
 import pytest
+
+from pg_llm_lab.build import build_kernel_library
 
 try:
     import torch
@@ -34,27 +34,6 @@ SIZES = [1, 7, 17, 33, 769]
 c_float_p = ctypes.POINTER(ctypes.c_float)
 c_int32_p = ctypes.POINTER(ctypes.c_int32)
 i64 = ctypes.c_int64
-
-
-def build_kernels(outdir):
-    """Build the kernel library; returns its path or raises RuntimeError."""
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise RuntimeError(f"no C compiler ({cc})")
-    out = os.path.join(outdir, "libpg_llm_ops.so")
-    flags = ["-O2", "-fPIC", "-shared", "-pthread", "-Wall",
-             "-fno-strict-aliasing", "-fwrapv"]
-    everything = sorted(str(p) for p in KDIR.glob("*.c"))
-    needed = [str(KDIR / f) for f in ("cpu.c", "pool.c", "ops.c", "attention.c")]
-    errors = ""
-    # other kernel files may be mid-edit: fall back to what these tests need
-    for srcs in (everything, needed):
-        r = subprocess.run([cc, *flags, *srcs, "-o", out, "-lm"],
-                           capture_output=True, text=True)
-        if r.returncode == 0:
-            return out
-        errors = r.stderr
-    raise RuntimeError("kernel build failed:\n" + errors[-2000:])
 
 
 def load_kernels(path):
@@ -88,7 +67,7 @@ def load_kernels(path):
 def lib():
     tmp = tempfile.mkdtemp(prefix="pg_llm_ops_")
     try:
-        yield load_kernels(build_kernels(tmp))
+        yield load_kernels(build_kernel_library(tmp))
     except RuntimeError as e:
         pytest.skip(str(e))
     finally:
