@@ -35,12 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define LLM_X86 1
-#define TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define TARGET_AVX512 __attribute__((target("avx512f")))
-#endif
+#include "simd.h"
 
 #define CHUNK_ROWS 64			/* query rows per task */
 #define TILE_ROWS 8				/* query rows per register tile */
@@ -158,12 +153,6 @@ weighted_sum_scalar(const float *p, const float *v, int64_t ldv, int64_t nk,
 
 #ifdef LLM_X86
 
-static inline __mmask16
-tail_mask(int64_t count)
-{
-	return count >= 16 ? (__mmask16) 0xFFFF : (__mmask16) ((1u << count) - 1);
-}
-
 TARGET_AVX512 static void
 scores_row_avx512(const float *q, const float *k, int64_t ldk, int64_t nk,
 				  int64_t hd, float scale, float *scores)
@@ -177,7 +166,7 @@ scores_row_avx512(const float *q, const float *k, int64_t ldk, int64_t nk,
 			prefetch_row(kj + PREFETCH_ROWS * ldk, hd);
 		for (int64_t d = 0; d < hd; d += 16)
 		{
-			__mmask16	m = tail_mask(hd - d);
+			__mmask16	m = mask16(hd - d);
 
 			acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d),
 								  _mm512_maskz_loadu_ps(m, kj + d), acc);
@@ -220,7 +209,7 @@ weighted_sum_avx512(const float *p, const float *v, int64_t ldv, int64_t nk,
 	/* the rest, 16 (or fewer) at a time */
 	for (; d < hd; d += 16)
 	{
-		__mmask16	m = tail_mask(hd - d);
+		__mmask16	m = mask16(hd - d);
 		__m512		acc = _mm512_setzero_ps();
 
 		for (int64_t j = 0; j < nk; j++)
@@ -228,16 +217,6 @@ weighted_sum_avx512(const float *p, const float *v, int64_t ldv, int64_t nk,
 								  _mm512_maskz_loadu_ps(m, v + j * ldv + d), acc);
 		_mm512_mask_storeu_ps(out + d, m, acc);
 	}
-}
-
-TARGET_AVX2 static float
-hsum_avx2(__m256 v)
-{
-	__m128		s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-	return _mm_cvtss_f32(s);
 }
 
 TARGET_AVX2 static void

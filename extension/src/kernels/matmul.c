@@ -58,12 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define LLM_X86 1
-#else
-#define LLM_X86 0
-#endif
+#include "simd.h"
 
 /* ---- blocking parameters (tuned on Sapphire Rapids: 48 KB L1d, 2 MB L2;
  *      each can be overridden with -D for experiments) --------------------- */
@@ -443,13 +438,6 @@ pack_b_block(const mm_ctx *c, float *dst, int64_t k0, int64_t kc,
 #if MR512 > MR_MAX || NR512 > NR_MAX
 #error "MR512/NV512 exceed MR_MAX/NR_MAX"
 #endif
-
-static inline __attribute__((always_inline, target("avx512f"))) __mmask16
-mask16(int64_t n)
-{
-	return n >= 16 ? (__mmask16) 0xFFFF : n <= 0 ? (__mmask16) 0 :
-		(__mmask16) ((1u << n) - 1);
-}
 
 /*
  * The body is always_inline and instantiated with a constant `mr`, so the

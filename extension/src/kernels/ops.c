@@ -28,12 +28,7 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define LLM_X86 1
-#define TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define TARGET_AVX512 __attribute__((target("avx512f")))
-#endif
+#include "simd.h"
 
 /*
  * Work per task, in floats: big enough that a task dwarfs the cost of
@@ -193,16 +188,6 @@ exp_avx2(__m256 x)
 	half2 = _mm256_slli_epi32(_mm256_add_epi32(half2, _mm256_set1_epi32(127)), 23);
 	p = _mm256_mul_ps(p, _mm256_castsi256_ps(half1));
 	return _mm256_mul_ps(p, _mm256_castsi256_ps(half2));
-}
-
-TARGET_AVX2 static inline float
-hsum_avx2(__m256 v)
-{
-	__m128		s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-	return _mm_cvtss_f32(s);
 }
 
 TARGET_AVX2 static inline float
