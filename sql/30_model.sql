@@ -25,37 +25,12 @@ INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab
 VALUES ('gpt2-small', 12, 12, 768, 1024, 50257);
 
 -- The parameters GPT-2 has, with HuggingFace names and shapes (Conv1D
--- weights are [in, out]; lm_head is tied to wte and not listed).
+-- weights are [in, out]; lm_head is tied to wte and not listed).  The list
+-- lives in C (extension/src/gpt2/model_cache.c), next to the weight cache
+-- that reads it.
 CREATE FUNCTION llm_param_shapes(p_model text)
 RETURNS TABLE (name text, shape int[])
-LANGUAGE sql STABLE AS $$
-    WITH c AS (
-        SELECT n_layer, n_embd AS e, coalesce(n_inner, 4 * n_embd) AS f,
-               n_positions AS p, vocab_size AS v
-        FROM llm_model_config WHERE model = p_model
-    )
-    SELECT 'wte.weight', ARRAY[v, e] FROM c
-    UNION ALL SELECT 'wpe.weight', ARRAY[p, e] FROM c
-    UNION ALL
-    SELECT format('h.%s.%s', l, t.suffix), t.shape
-    FROM c, generate_series(0, c.n_layer - 1) AS l,
-    LATERAL (VALUES
-        ('ln_1.weight',        ARRAY[e]),
-        ('ln_1.bias',          ARRAY[e]),
-        ('attn.c_attn.weight', ARRAY[e, 3 * e]),
-        ('attn.c_attn.bias',   ARRAY[3 * e]),
-        ('attn.c_proj.weight', ARRAY[e, e]),
-        ('attn.c_proj.bias',   ARRAY[e]),
-        ('ln_2.weight',        ARRAY[e]),
-        ('ln_2.bias',          ARRAY[e]),
-        ('mlp.c_fc.weight',    ARRAY[e, f]),
-        ('mlp.c_fc.bias',      ARRAY[f]),
-        ('mlp.c_proj.weight',  ARRAY[f, e]),
-        ('mlp.c_proj.bias',    ARRAY[e])
-    ) AS t(suffix, shape)
-    UNION ALL SELECT 'ln_f.weight', ARRAY[e] FROM c
-    UNION ALL SELECT 'ln_f.bias', ARRAY[e] FROM c
-$$;
+    AS 'MODULE_PATHNAME', 'llm_param_shapes_sql' LANGUAGE C STABLE STRICT;
 
 CREATE TABLE llm_param (
     model  text NOT NULL REFERENCES llm_model_config (model)

@@ -8,9 +8,10 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 
-#include "kernels.h"
-#include "tensor.h"
+#include "kernels/kernels.h"
+#include "pg_llm.h"
 
 PG_MODULE_MAGIC;
 
@@ -92,4 +93,23 @@ llm_info(PG_FUNCTION_ARGS)
 							 llm_isa_name(llm_cpu_isa()), llm_pool_threads(), llm_cpu_count());
 
 	PG_RETURN_TEXT_P(cstring_to_text(s));
+}
+
+/*
+ * palloc that may exceed 1 GB (MCXT_ALLOC_HUGE) and that returns NULL instead
+ * of raising a generic error when memory runs out (MCXT_ALLOC_NO_OOM), so
+ * that we can say what we were allocating.
+ */
+void *
+llm_alloc_huge(Size bytes, const char *what)
+{
+	void	   *p = MemoryContextAllocExtended(CurrentMemoryContext, Max(bytes, 1),
+											   MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+
+	if (p == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory allocating %s (%.1f MB)",
+						what, (double) bytes / (1024.0 * 1024.0))));
+	return p;
 }

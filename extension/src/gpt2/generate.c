@@ -30,9 +30,9 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 
-#include "model.h"
-#include "prng.h"
-#include "tensor.h"
+#include "gpt2/forward.h"
+#include "kernels/prng.h"
+#include "tensor/tensor.h"
 
 /* A token still in the running, with its unnormalised probability. */
 typedef struct Candidate
@@ -232,7 +232,7 @@ generate(const Gpt2Model *m, const int32 *prompt, int n_prompt, int max_new,
 	int64		V = m->cfg.vocab_size;
 	/* the last generated token is never fed back: it needs no position */
 	Gpt2State  *st = gpt2_state_new(m, n_prompt, n_prompt + max_new - 1);
-	float	   *logits = gpt2_alloc(V * sizeof(float), "logits");
+	float	   *logits = llm_alloc_huge(V * sizeof(float), "logits");
 	int			n = 0;
 
 	/* Prefill: the whole prompt at once; only its last row's logits matter. */
@@ -335,17 +335,14 @@ llm_generate_tokens_sql(PG_FUNCTION_ARGS)
 				 errmsg("%s: a prompt of %d tokens plus %d new tokens is longer than model \"%s\" takes (n_positions = %d)",
 						who, n_prompt, max_new, m->name, m->cfg.n_positions)));
 	gpt2_check_tokens(who, m, prompt, n_prompt);
-	if (has_stop && (stop_token < 0 || stop_token >= m->cfg.vocab_size))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: stop_token %d is outside the vocabulary 0..%d",
-						who, stop_token, m->cfg.vocab_size - 1)));
+	if (has_stop)
+		check_token_ids(who, "stop_token", &stop_token, 1, m->cfg.vocab_size, false, "");
 
 	out = palloc(sizeof(int32) * Max(max_new, 1));
 	if (max_new > 0)
 	{
-		s.select = gpt2_alloc(m->cfg.vocab_size * sizeof(float), "sampling scratch");
-		s.cand = gpt2_alloc(m->cfg.vocab_size * sizeof(Candidate), "sampling scratch");
+		s.select = llm_alloc_huge(m->cfg.vocab_size * sizeof(float), "sampling scratch");
+		s.cand = llm_alloc_huge(m->cfg.vocab_size * sizeof(Candidate), "sampling scratch");
 		n_out = generate(m, prompt, n_prompt, max_new, &s, has_stop, stop_token, out);
 	}
 

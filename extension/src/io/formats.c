@@ -20,7 +20,7 @@
 #include "utils/builtins.h"
 #include "utils/tuplestore.h"
 
-#include "formats.h"
+#include "io/formats.h"
 
 #if PG_VERSION_NUM < 160000
 #define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
@@ -335,10 +335,9 @@ ensure_directory(const char *who, const char *path)
 				 errmsg("%s: could not create directory \"%s\": %m", who, dir)));
 }
 
-LlmOutFile *
-llm_out_open(const char *who, const char *path)
+static void
+out_open(LlmOutFile *out, const char *who, const char *path)
 {
-	LlmOutFile *out = palloc0(sizeof(LlmOutFile));
 	mode_t		oumask;
 
 	out->who = who;
@@ -364,7 +363,6 @@ llm_out_open(const char *who, const char *path)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("%s: could not create file \"%s\": %m", who, out->tmp_path)));
-	return out;
 }
 
 void
@@ -377,8 +375,8 @@ llm_out_write(LlmOutFile *out, const void *buf, size_t len)
 	out->written += len;
 }
 
-void
-llm_out_commit(LlmOutFile *out)
+static void
+out_commit(LlmOutFile *out)
 {
 	FILE	   *fp = out->fp;
 
@@ -389,19 +387,37 @@ llm_out_commit(LlmOutFile *out)
 				 errmsg("%s: could not write to file \"%s\": %m", out->who, out->tmp_path)));
 	/* fsync the file, rename it into place, fsync the directory. */
 	durable_rename(out->tmp_path, out->path, ERROR);
-	out->done = true;
 }
 
-void
-llm_out_abort(LlmOutFile *out)
+/* Close and remove the temporary file (on error). */
+static void
+out_abort(LlmOutFile *out)
 {
-	if (out->done)
-		return;
 	if (out->fp != NULL)
 		FreeFile(out->fp);
 	out->fp = NULL;
 	unlink(out->tmp_path);
-	out->done = true;
+}
+
+int64
+llm_write_file_atomically(const char *who, const char *path, llm_out_writer write, void *arg)
+{
+	/* In palloc'd memory: PG_CATCH must see what the writer changed. */
+	LlmOutFile *out = palloc0(sizeof(LlmOutFile));
+
+	out_open(out, who, path);
+	PG_TRY();
+	{
+		write(out, arg);
+		out_commit(out);
+	}
+	PG_CATCH();
+	{
+		out_abort(out);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return out->written;
 }
 
 /* ---- text files (config.json) --------------------------------------------- */
@@ -419,7 +435,7 @@ llm_read_text_file(PG_FUNCTION_ARGS)
 
 	llm_require_read_privilege(who);
 	llm_in_open(&f, who, path);
-	if (f.size > MaxAllocSize - VARHDRSZ - 1)
+	if (f.size > (int64) (MaxAllocSize - VARHDRSZ - 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("%s: file \"%s\" is too large for a text value (" INT64_FORMAT " bytes)",
@@ -433,6 +449,12 @@ llm_read_text_file(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(converted));
 }
 
+static void
+write_string(LlmOutFile *out, void *arg)
+{
+	llm_out_write(out, arg, strlen(arg));
+}
+
 /* llm_write_text_file(path text, content text) RETURNS bigint: bytes written. */
 PG_FUNCTION_INFO_V1(llm_write_text_file);
 Datum
@@ -441,24 +463,8 @@ llm_write_text_file(PG_FUNCTION_ARGS)
 	const char *who = "llm_write_text_file";
 	char	   *path = llm_absolute_path(who, PG_GETARG_TEXT_PP(0));
 	char	   *content = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *utf8;
-	LlmOutFile *out;
-	int64		written;
 
 	llm_require_write_privilege(who);
-	utf8 = pg_server_to_any(content, strlen(content), PG_UTF8);
-	out = llm_out_open(who, path);
-	PG_TRY();
-	{
-		llm_out_write(out, utf8, strlen(utf8));
-		llm_out_commit(out);
-	}
-	PG_CATCH();
-	{
-		llm_out_abort(out);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	written = out->written;
-	PG_RETURN_INT64(written);
+	PG_RETURN_INT64(llm_write_file_atomically(who, path, write_string,
+											  pg_server_to_any(content, strlen(content), PG_UTF8)));
 }

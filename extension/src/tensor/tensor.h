@@ -15,12 +15,12 @@
 #define PG_LLM_TENSOR_H
 
 #include "postgres.h"
+
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/memutils.h"
 
-/* Prefix form works on every PostgreSQL version we build against. */
-#define llm_noreturn __attribute__((noreturn))
+#include "pg_llm.h"
 
 #define LLM_MAX_NDIM 8
 #define LLM_DTYPE_FLOAT32 0
@@ -82,11 +82,16 @@ extern int	shape_from_array(const char *who, ArrayType *arr, int64 *dims);
 /* Values of an int[] argument (no NULLs); returns count, palloc'd ints. */
 extern int32 *int_array_values(const char *who, ArrayType *arr, int *count);
 
+/*
+ * ERROR 22023 unless every id is in [0, vocab), or is -100 when ignore_ok.
+ * The message reads "<who>: <what> <id> at position <i> is outside the
+ * vocabulary 0..<vocab-1><suffix>".
+ */
+extern void check_token_ids(const char *who, const char *what, const int32 *ids, int n,
+							int64 vocab, bool ignore_ok, const char *suffix);
+
 /* Raw little-endian float32 bytea <-> tensor (ndim 0: a flat 1-D tensor). */
 extern Tensor *tensor_from_bytea(const char *who, bytea *b, int ndim, const int64 *dims);
 extern bytea *tensor_to_bytea(const Tensor *t);
-
-/* Run a kernel status through PostgreSQL: cancel raises the usual error. */
-extern void llm_check_status(int status);
 
 #endif							/* PG_LLM_TENSOR_H */

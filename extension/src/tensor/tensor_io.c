@@ -1,5 +1,6 @@
 /*
- * tensor.c -- the `tensor` type: text and binary I/O, casts, constructors.
+ * tensor_io.c -- the `tensor` type's text and binary I/O, and its casts to
+ * and from real[] and raw little-endian bytea.
  */
 #include "postgres.h"
 
@@ -16,137 +17,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
-#include "tensor.h"
-
-/* ---- helpers shared by every C file ---------------------------------- */
-
-char *
-shape_str(int ndim, const int64 *dims)
-{
-	StringInfoData s;
-
-	initStringInfo(&s);
-	appendStringInfoChar(&s, '[');
-	for (int i = 0; i < ndim; i++)
-		appendStringInfo(&s, "%s" INT64_FORMAT, i ? "," : "", dims[i]);
-	appendStringInfoChar(&s, ']');
-	return s.data;
-}
-
-char *
-tensor_shape_str(const Tensor *t)
-{
-	int64		dims[LLM_MAX_NDIM];
-
-	for (int i = 0; i < t->ndim; i++)
-		dims[i] = t->dims[i];
-	return shape_str(t->ndim, dims);
-}
-
-int64
-tensor_check_shape(const char *who, int ndim, const int64 *dims)
-{
-	int64		n = 1;
-
-	if (ndim < 1 || ndim > LLM_MAX_NDIM)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: a tensor has 1 to %d dimensions, got %d",
-						who, LLM_MAX_NDIM, ndim)));
-	for (int i = 0; i < ndim; i++)
-	{
-		if (dims[i] < 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s: shape %s has a dimension < 1; empty tensors are not supported",
-							who, shape_str(ndim, dims))));
-		if (dims[i] > PG_INT32_MAX || n > LLM_MAX_ELEMS / dims[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("%s: shape %s is too large (the limit is " INT64_FORMAT " elements)",
-							who, shape_str(ndim, dims), (int64) LLM_MAX_ELEMS)));
-		n *= dims[i];
-	}
-	return n;
-}
-
-Tensor *
-tensor_new(int ndim, const int64 *dims)
-{
-	int64		n = tensor_check_shape("tensor", ndim, dims);
-	Tensor	   *t = (Tensor *) palloc0(TENSOR_HDRSZ + n * sizeof(float));
-
-	SET_VARSIZE(t, TENSOR_HDRSZ + n * sizeof(float));
-	t->ndim = ndim;
-	t->dtype = LLM_DTYPE_FLOAT32;
-	for (int i = 0; i < ndim; i++)
-		t->dims[i] = (int32) dims[i];
-	return t;
-}
-
-Tensor *
-tensor_new_like(const Tensor *like)
-{
-	Tensor	   *t = (Tensor *) palloc(VARSIZE(like));
-
-	memcpy(t, like, TENSOR_HDRSZ);
-	return t;
-}
-
-void
-tensor_check_finite(const char *who, const Tensor *t)
-{
-	int64		n = tensor_numel(t);
-
-	for (int64 i = 0; i < n; i++)
-		if (!isfinite(t->data[i]))
-			ereport(ERROR,
-					(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
-					 errmsg("%s: input has a non-finite value (%s) at flat index " INT64_FORMAT,
-							who, isnan(t->data[i]) ? "NaN" : "Infinity", i)));
-}
-
-int32 *
-int_array_values(const char *who, ArrayType *arr, int *count)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int32	   *out;
-
-	if (ARR_ELEMTYPE(arr) != INT4OID)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("%s: expected an int[] array", who)));
-	deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
-					  &elems, &nulls, count);
-	out = palloc(sizeof(int32) * Max(*count, 1));
-	for (int i = 0; i < *count; i++)
-	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s: array element %d is NULL", who, i + 1)));
-		out[i] = DatumGetInt32(elems[i]);
-	}
-	return out;
-}
-
-int
-shape_from_array(const char *who, ArrayType *arr, int64 *dims)
-{
-	int			n;
-	int32	   *vals = int_array_values(who, arr, &n);
-
-	if (n < 1 || n > LLM_MAX_NDIM)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: a shape has 1 to %d dimensions, got %d",
-						who, LLM_MAX_NDIM, n)));
-	for (int i = 0; i < n; i++)
-		dims[i] = vals[i];
-	tensor_check_shape(who, n, dims);
-	return n;
-}
+#include "tensor/tensor.h"
 
 /* ---- text I/O ------------------------------------------------------- */
 

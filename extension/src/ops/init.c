@@ -14,8 +14,8 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 
-#include "prng.h"
-#include "tensor.h"
+#include "kernels/prng.h"
+#include "tensor/tensor.h"
 
 /*
  * llm_randn(shape int[], std double precision, seed bigint) -> tensor

@@ -18,7 +18,7 @@
 
 #include "miscadmin.h"
 
-#include "zip.h"
+#include "io/zip.h"
 
 /* numpy refuses headers over 10000 bytes by default; we allow more. */
 #define NPY_MAX_HEADER		(1024 * 1024)
@@ -331,7 +331,7 @@ PG_FUNCTION_INFO_V1(llm_read_npz);
 Datum
 llm_read_npz(PG_FUNCTION_ARGS)
 {
-	ZipArchive	z = {"llm_read_npz", NULL};
+	ZipArchive	z = {.who = "llm_read_npz"};
 	ZipMember  *members;
 	int64		count;
 

@@ -34,7 +34,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 
-#include "formats.h"
+#include "io/formats.h"
 
 /* The format's own limit (the reference implementation refuses more). */
 #define ST_MAX_HEADER (100 * 1024 * 1024)
@@ -163,7 +163,7 @@ parse_dtype(const StReader *r, const char *name, const JsonbValue *v, const char
 	if (v == NULL || v->type != jbvString)
 		format_error(r, psprintf("tensor \"%s\" has no \"dtype\" string", name));
 	s = pnstrdup(v->val.string.val, v->val.string.len);
-	for (int i = 0; i < lengthof(known); i++)
+	for (size_t i = 0; i < lengthof(known); i++)
 		if (strcmp(s, known[i].name) == 0)
 		{
 			*dtype_name = known[i].name;
@@ -541,6 +541,28 @@ write_data(LlmOutFile *out, const char *model, const StEntry *entries, int count
 	MemoryContextDelete(row_mcxt);
 }
 
+/* What write_safetensors() writes. */
+typedef struct StFile
+{
+	const char *model;
+	StEntry    *entries;
+	int			count;
+	StringInfo	header;
+} StFile;
+
+static void
+write_safetensors(LlmOutFile *out, void *arg)
+{
+	StFile	   *f = arg;
+	unsigned char len_bytes[8];
+
+	for (int i = 0; i < 8; i++)
+		len_bytes[i] = (unsigned char) ((uint64) f->header->len >> (8 * i));
+	llm_out_write(out, len_bytes, 8);
+	llm_out_write(out, f->header->data, f->header->len);
+	write_data(out, f->model, f->entries, f->count);
+}
+
 /* llm_write_safetensors(path text, model text) RETURNS bigint: bytes written. */
 PG_FUNCTION_INFO_V1(llm_write_safetensors);
 Datum
@@ -548,37 +570,15 @@ llm_write_safetensors(PG_FUNCTION_ARGS)
 {
 	const char *who = "llm_write_safetensors";
 	char	   *path;
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	StEntry    *entries;
-	int			count;
-	StringInfo	header;
-	unsigned char len_bytes[8];
-	LlmOutFile *out;
+	StFile		f = {.model = text_to_cstring(PG_GETARG_TEXT_PP(1))};
 	int64		written;
 
 	llm_require_write_privilege(who);
 	path = llm_absolute_path(who, PG_GETARG_TEXT_PP(0));
 	SPI_connect();
-	entries = list_params(who, model, &count);
-	header = build_header(entries, count);
-	for (int i = 0; i < 8; i++)
-		len_bytes[i] = (unsigned char) ((uint64) header->len >> (8 * i));
-
-	out = llm_out_open(who, path);
-	PG_TRY();
-	{
-		llm_out_write(out, len_bytes, 8);
-		llm_out_write(out, header->data, header->len);
-		write_data(out, model, entries, count);
-		llm_out_commit(out);
-	}
-	PG_CATCH();
-	{
-		llm_out_abort(out);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	written = out->written;
+	f.entries = list_params(who, f.model, &f.count);
+	f.header = build_header(f.entries, f.count);
+	written = llm_write_file_atomically(who, path, write_safetensors, &f);
 	SPI_finish();
 	PG_RETURN_INT64(written);
 }

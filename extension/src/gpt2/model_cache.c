@@ -22,35 +22,15 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/tuplestore.h"
 
-#include "model.h"
-#include "tensor.h"
+#include "gpt2/model_cache.h"
+#include "tensor/tensor.h"
 
 /* Arena offsets are rounded up to 16 floats: every tensor starts on 64 bytes. */
 #define ARENA_ALIGN_FLOATS 16
 /* A model bigger than this many floats (16 GB) is refused before allocating. */
 #define MAX_MODEL_FLOATS ((double) (INT64CONST(1) << 32))
-
-/* ---- memory ------------------------------------------------------------ */
-
-/*
- * palloc that may exceed 1 GB (MCXT_ALLOC_HUGE) and that returns NULL instead
- * of raising a generic error when memory runs out (MCXT_ALLOC_NO_OOM), so
- * that we can say what we were allocating.
- */
-void *
-gpt2_alloc(Size bytes, const char *what)
-{
-	void	   *p = MemoryContextAllocExtended(CurrentMemoryContext, Max(bytes, 1),
-											   MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
-
-	if (p == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory allocating %s (%.1f MB)",
-						what, (double) bytes / (1024.0 * 1024.0))));
-	return p;
-}
 
 /* ---- the parameter table: HF name -> place in the arena ---------------- */
 
@@ -95,9 +75,10 @@ slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
 }
 
 /*
- * Every parameter of the model, in llm_param_shapes() order, with the
- * shapes that function gives (Conv1D weights [in, out]).  The pointers to
- * set live in `m` (m->layers must be allocated).
+ * Every parameter of the model: the one list of GPT-2's tensors, with
+ * HuggingFace's names and shapes (Conv1D weights are [in, out]; lm_head is
+ * tied to wte and not listed).  SQL sees it as llm_param_shapes(model).
+ * The pointers to set live in `m` (m->layers must be allocated).
  */
 static SlotList
 build_slots(Gpt2Model *m)
@@ -386,7 +367,7 @@ load_model(MemoryContext parent, const char *model, Oid relid, int64 version,
 	m->n_floats = slots.n_floats;
 
 	/* One allocation for all the weights, its start aligned to 64 bytes. */
-	raw_arena = gpt2_alloc(m->n_floats * sizeof(float) + 64,
+	raw_arena = llm_alloc_huge(m->n_floats * sizeof(float) + 64,
 						   psprintf("the weights of model \"%s\"", model));
 	arena = (float *) TYPEALIGN(64, raw_arena);
 	for (int i = 0; i < slots.n; i++)
@@ -469,15 +450,54 @@ gpt2_model_get(const char *model)
 void
 gpt2_check_tokens(const char *who, const Gpt2Model *m, const int32 *ids, int n)
 {
-	for (int i = 0; i < n; i++)
-		if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s: token id %d at position %d is outside the vocabulary 0..%d of model \"%s\"",
-							who, ids[i], i + 1, m->cfg.vocab_size - 1, m->name)));
+	check_token_ids(who, "token id", ids, n, m->cfg.vocab_size, false,
+					psprintf(" of model \"%s\"", m->name));
 }
 
-/* ---- SQL: look at the cache, empty it ---------------------------------- */
+/* ---- SQL: the parameter list, the cache ---------------------------------- */
+
+/*
+ * llm_param_shapes(model) RETURNS TABLE (name text, shape int[]): the
+ * tensors `model` has (build_slots), none for an unknown model.  The
+ * llm_param trigger checks every written row against it.
+ */
+PG_FUNCTION_INFO_V1(llm_param_shapes_sql);
+Datum
+llm_param_shapes_sql(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			relid;
+	int64		version;
+	Gpt2Config	cfg;
+	bool		found;
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	found = read_config(model, &relid, &version, &cfg);
+	SPI_finish();
+	if (found)
+	{
+		Gpt2Model	m = {.cfg = cfg};
+		SlotList	slots;
+
+		m.layers = palloc0(sizeof(Gpt2Layer) * cfg.n_layer);
+		slots = build_slots(&m);
+		for (int i = 0; i < slots.n; i++)
+		{
+			Datum		dims[2] = {Int32GetDatum(slots.items[i].dims[0]),
+			Int32GetDatum(slots.items[i].dims[1])};
+			Datum		values[2];
+			bool		nulls[2] = {false, false};
+
+			values[0] = CStringGetTextDatum(slots.items[i].name);
+			values[1] = PointerGetDatum(construct_array(dims, slots.items[i].ndim, INT4OID,
+														sizeof(int32), true, TYPALIGN_INT));
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	return (Datum) 0;
+}
 
 /* llm_model_cache(): which model this backend holds, and how often it loaded. */
 PG_FUNCTION_INFO_V1(llm_model_cache_sql);

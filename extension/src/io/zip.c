@@ -25,7 +25,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 
-#include "zip.h"
+#include "io/zip.h"
 
 /* Signatures that start each zip record ("PK\3\4", ...). */
 #define ZIP_LOCAL_SIG		0x04034b50

@@ -18,7 +18,7 @@
 
 #include <zlib.h>
 
-#include "formats.h"
+#include "io/formats.h"
 
 #define ZIP_STORED			0
 #define ZIP_DEFLATED		8

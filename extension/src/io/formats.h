@@ -31,7 +31,7 @@
 
 #include "fmgr.h"
 
-#include "tensor.h"
+#include "tensor/tensor.h"
 
 /* ---- privileges and paths ----------------------------------------------- */
 
@@ -114,9 +114,9 @@ extern void llm_rows_add(FunctionCallInfo fcinfo, const char *name,
 
 /*
  * A file being written: bytes go to "<path>.tmp<pid>", which replaces
- * <path> only in llm_out_commit() (rename is atomic), so readers never see a
- * half-written checkpoint.  Call llm_out_abort() on error (in PG_CATCH) to
- * close and remove the temporary file.
+ * <path> only once everything is written (rename is atomic), so readers
+ * never see a half-written checkpoint; on error the temporary file is
+ * removed.
  */
 typedef struct LlmOutFile
 {
@@ -125,12 +125,17 @@ typedef struct LlmOutFile
 	char	   *tmp_path;
 	const char *who;
 	int64		written;		/* bytes so far */
-	bool		done;			/* committed or aborted */
 } LlmOutFile;
 
-extern LlmOutFile *llm_out_open(const char *who, const char *path);
+/* Writes the file's contents with llm_out_write(); raises ERRORs freely. */
+typedef void (*llm_out_writer) (LlmOutFile *out, void *arg);
+
+/*
+ * Create `path` atomically with what write(out, arg) writes; returns the
+ * number of bytes written.
+ */
+extern int64 llm_write_file_atomically(const char *who, const char *path,
+									   llm_out_writer write, void *arg);
 extern void llm_out_write(LlmOutFile *out, const void *buf, size_t len);
-extern void llm_out_commit(LlmOutFile *out);
-extern void llm_out_abort(LlmOutFile *out);
 
 #endif							/* PG_LLM_FORMATS_H */

@@ -1,5 +1,5 @@
 /*
- * model.c -- the GPT-2 forward pass, exactly as HuggingFace's
+ * forward.c -- the GPT-2 forward pass, exactly as HuggingFace's
  * GPT2LMHeadModel computes it in eval mode (no dropout):
  *
  *   x = wte[token] + wpe[position]
@@ -28,9 +28,9 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
-#include "kernels.h"
-#include "model.h"
-#include "tensor.h"
+#include "kernels/kernels.h"
+#include "gpt2/forward.h"
+#include "tensor/tensor.h"
 
 /* ---- the per-call state: KV cache and scratch --------------------------- */
 
@@ -63,16 +63,16 @@ gpt2_state_new(const Gpt2Model *m, int64 max_rows, int64 n_ctx)
 		st->v_cache = palloc(sizeof(float *) * m->cfg.n_layer);
 		for (int l = 0; l < m->cfg.n_layer; l++)
 		{
-			st->k_cache[l] = gpt2_alloc(n_ctx * C * sizeof(float), "the KV cache");
-			st->v_cache[l] = gpt2_alloc(n_ctx * C * sizeof(float), "the KV cache");
+			st->k_cache[l] = llm_alloc_huge(n_ctx * C * sizeof(float), "the KV cache");
+			st->v_cache[l] = llm_alloc_huge(n_ctx * C * sizeof(float), "the KV cache");
 		}
 	}
-	st->x = gpt2_alloc(max_rows * C * sizeof(float), "activations");
-	st->hidden = gpt2_alloc(max_rows * C * sizeof(float), "activations");
-	st->qkv = gpt2_alloc(max_rows * 3 * C * sizeof(float), "activations");
-	st->att = gpt2_alloc(max_rows * C * sizeof(float), "activations");
-	st->proj = gpt2_alloc(max_rows * C * sizeof(float), "activations");
-	st->fc = gpt2_alloc(max_rows * F * sizeof(float), "activations");
+	st->x = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
+	st->hidden = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
+	st->qkv = llm_alloc_huge(max_rows * 3 * C * sizeof(float), "activations");
+	st->att = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
+	st->proj = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
+	st->fc = llm_alloc_huge(max_rows * F * sizeof(float), "activations");
 	MemoryContextSwitchTo(old);
 	return st;
 }
@@ -377,15 +377,9 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("llm_loss: %d targets for %d tokens (one target per token)", n_targets, T)));
+	check_token_ids("llm_loss", "target", targets, T, V, true, " (or -100 to ignore)");
 	for (int i = 0; i < T; i++)
-	{
-		if (targets[i] != -100 && (targets[i] < 0 || targets[i] >= V))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("llm_loss: target %d at position %d is outside the vocabulary 0..%d (or -100 to ignore)",
-							targets[i], i + 1, (int) V - 1)));
 		total_counted += targets[i] != -100;
-	}
 	if (total_counted == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -393,7 +387,7 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 
 	st = gpt2_state_new(m, T, T);
 	gpt2_forward(st, ids, T);
-	logits = gpt2_alloc(chunk * V * sizeof(float), "logits");
+	logits = llm_alloc_huge(chunk * V * sizeof(float), "logits");
 	total_counted = 0;
 	for (int64 r0 = 0; r0 < T; r0 += chunk)
 	{

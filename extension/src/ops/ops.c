@@ -11,8 +11,8 @@
 #include "fmgr.h"
 #include "utils/array.h"
 
-#include "kernels.h"
-#include "tensor.h"
+#include "kernels/kernels.h"
+#include "tensor/tensor.h"
 
 /* ---- argument checks --------------------------------------------------- */
 
@@ -95,32 +95,34 @@ llm_matmul_sql(PG_FUNCTION_ARGS)
 
 /* ---- elementwise --------------------------------------------------------- */
 
-PG_FUNCTION_INFO_V1(llm_add_sql);
-Datum
-llm_add_sql(PG_FUNCTION_ARGS)
+typedef void (*binary_kernel) (const float *a, const float *b, float *y, int64_t n, int64_t bn);
+
+/* y = kernel(a, b) where b equals a's shape or its trailing dimensions. */
+static Datum
+binary_op(FunctionCallInfo fcinfo, const char *who, binary_kernel kernel)
 {
 	Tensor	   *a = PG_GETARG_TENSOR_P(0);
 	Tensor	   *b = PG_GETARG_TENSOR_P(1);
 	Tensor	   *y;
 
-	require_broadcast("llm_add", a, b);
+	require_broadcast(who, a, b);
 	y = tensor_new_like(a);
-	llm_add(a->data, b->data, y->data, tensor_numel(a), tensor_numel(b));
+	kernel(a->data, b->data, y->data, tensor_numel(a), tensor_numel(b));
 	PG_RETURN_TENSOR_P(y);
+}
+
+PG_FUNCTION_INFO_V1(llm_add_sql);
+Datum
+llm_add_sql(PG_FUNCTION_ARGS)
+{
+	return binary_op(fcinfo, "llm_add", llm_add);
 }
 
 PG_FUNCTION_INFO_V1(llm_mul_sql);
 Datum
 llm_mul_sql(PG_FUNCTION_ARGS)
 {
-	Tensor	   *a = PG_GETARG_TENSOR_P(0);
-	Tensor	   *b = PG_GETARG_TENSOR_P(1);
-	Tensor	   *y;
-
-	require_broadcast("llm_mul", a, b);
-	y = tensor_new_like(a);
-	llm_mul(a->data, b->data, y->data, tensor_numel(a), tensor_numel(b));
-	PG_RETURN_TENSOR_P(y);
+	return binary_op(fcinfo, "llm_mul", llm_mul);
 }
 
 PG_FUNCTION_INFO_V1(llm_scale_sql);
@@ -300,18 +302,6 @@ llm_layernorm_sql(PG_FUNCTION_ARGS)
 
 /* ---- embedding and loss -------------------------------------------------- */
 
-/* Check token ids against a vocabulary of `vocab` rows. */
-static void
-check_ids(const char *who, const int32 *ids, int n, int64 vocab, bool allow_ignore)
-{
-	for (int i = 0; i < n; i++)
-		if (ids[i] >= vocab || (ids[i] < 0 && !(allow_ignore && ids[i] == -100)))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s: id %d at position %d is outside the vocabulary 0..%lld",
-							who, ids[i], i + 1, (long long) vocab - 1)));
-}
-
 PG_FUNCTION_INFO_V1(llm_embedding_sql);
 Datum
 llm_embedding_sql(PG_FUNCTION_ARGS)
@@ -327,7 +317,7 @@ llm_embedding_sql(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("llm_embedding: the id array is empty")));
-	check_ids("llm_embedding", ids, n, w->dims[0], false);
+	check_token_ids("llm_embedding", "id", ids, n, w->dims[0], false, "");
 	dims[0] = n;
 	dims[1] = w->dims[1];
 	y = tensor_new(2, dims);
@@ -351,7 +341,7 @@ llm_cross_entropy_sql(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("llm_cross_entropy: %d targets for logits of shape %s (one per row)",
 						n, tensor_shape_str(logits))));
-	check_ids("llm_cross_entropy", targets, n, logits->dims[1], true);
+	check_token_ids("llm_cross_entropy", "id", targets, n, logits->dims[1], true, "");
 	tensor_check_finite("llm_cross_entropy", logits);
 	llm_check_status(llm_cross_entropy(logits->data, targets, n, logits->dims[1],
 									   &loss, &counted));
