@@ -222,7 +222,9 @@ is_sliceable(Datum raw)
 	if (!VARATT_IS_EXTERNAL_ONDISK(ptr))
 		return false;
 	VARATT_EXTERNAL_GET_POINTER(toast_pointer, ptr);
-	return !VARATT_EXTERNAL_IS_COMPRESSED(toast_pointer);
+	/* VARATT_EXTERNAL_IS_COMPRESSED(), without its signed/unsigned comparison */
+	return VARATT_EXTERNAL_GET_EXTSIZE(toast_pointer) ==
+		(uint32) (toast_pointer.va_rawsize - VARHDRSZ);
 }
 
 /*
