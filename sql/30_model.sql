@@ -5,6 +5,8 @@
 -- across rollbacks, so (model, version) names one set of weights exactly:
 -- the backend's decoded-weight cache is keyed by it.
 CREATE SEQUENCE llm_param_version_seq;
+COMMENT ON SEQUENCE llm_param_version_seq IS
+    'the numbers llm_model_config.version takes: every write to llm_param draws a new one';
 
 CREATE TABLE llm_model_config (
     model          text PRIMARY KEY,
@@ -20,6 +22,17 @@ CREATE TABLE llm_model_config (
     CONSTRAINT heads_divide_width CHECK (n_embd % n_head = 0)
 );
 COMMENT ON TABLE llm_model_config IS 'GPT-2 shapes, one row per model; version changes with every write to llm_param';
+COMMENT ON COLUMN llm_model_config.model IS 'the model''s name, e.g. gpt2-small; llm_param.model refers to it';
+COMMENT ON COLUMN llm_model_config.n_layer IS 'transformer blocks: parameters h.0.* .. h.<n_layer-1>.*';
+COMMENT ON COLUMN llm_model_config.n_head IS 'attention heads per block; divides n_embd';
+COMMENT ON COLUMN llm_model_config.n_embd IS 'width C of the residual stream (and of every token''s embedding)';
+COMMENT ON COLUMN llm_model_config.n_positions IS 'longest sequence the model reads: the rows of wpe.weight';
+COMMENT ON COLUMN llm_model_config.vocab_size IS 'number of token ids: the rows of wte.weight';
+COMMENT ON COLUMN llm_model_config.layer_norm_eps IS 'the eps of every LayerNorm';
+COMMENT ON COLUMN llm_model_config.n_inner IS 'width of the MLP''s hidden layer; NULL means 4 * n_embd';
+COMMENT ON COLUMN llm_model_config.version IS
+    'changes with every write to this model''s llm_param rows: the backend weight cache is keyed by it';
+COMMENT ON COLUMN llm_model_config.created_at IS 'when the model was registered';
 
 INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size)
 VALUES ('gpt2-small', 12, 12, 768, 1024, 50257);
@@ -31,6 +44,8 @@ VALUES ('gpt2-small', 12, 12, 768, 1024, 50257);
 CREATE FUNCTION llm_param_shapes(p_model text)
 RETURNS TABLE (name text, shape int[])
     AS 'MODULE_PATHNAME', 'llm_param_shapes_sql' LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION llm_param_shapes(text) IS
+    'the (name, shape) of every parameter of a registered GPT-2 model: HF names, Conv1D weights [in, out], no lm_head (tied to wte)';
 
 CREATE TABLE llm_param (
     model  text NOT NULL REFERENCES llm_model_config (model)
@@ -45,6 +60,14 @@ CREATE TABLE llm_param (
     PRIMARY KEY (model, name)
 );
 COMMENT ON TABLE llm_param IS 'one row per named GPT-2 tensor (HuggingFace names), with gradient and AdamW state';
+COMMENT ON COLUMN llm_param.model IS 'the model (llm_model_config.model) the parameter belongs to';
+COMMENT ON COLUMN llm_param.name IS 'HuggingFace name without "transformer.", e.g. h.0.attn.c_attn.weight';
+COMMENT ON COLUMN llm_param.shape IS 'the shape of data (generated: llm_shape(data))';
+COMMENT ON COLUMN llm_param.data IS 'the parameter''s values';
+COMMENT ON COLUMN llm_param.grad IS 'gradient of the loss with respect to data, same shape; NULL when none was computed';
+COMMENT ON COLUMN llm_param.m IS 'AdamW first moment (running mean of grad), same shape as data';
+COMMENT ON COLUMN llm_param.v IS 'AdamW second moment (running mean of grad^2), same shape as data';
+COMMENT ON COLUMN llm_param.step IS 'AdamW steps taken on this parameter';
 
 -- Every row is checked against the model's shapes, whoever writes it.
 CREATE FUNCTION llm_param_check() RETURNS trigger
@@ -76,6 +99,8 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
+COMMENT ON FUNCTION llm_param_check() IS
+    'trigger on llm_param, each row: refuse an unknown model, a name not in llm_param_shapes(model), or a data/grad/m/v of another shape';
 
 CREATE TRIGGER llm_param_check BEFORE INSERT OR UPDATE ON llm_param
     FOR EACH ROW EXECUTE FUNCTION llm_param_check();
@@ -98,6 +123,8 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+COMMENT ON FUNCTION llm_param_bump_version() IS
+    'trigger on llm_param, each statement: a new llm_model_config.version for every model it touched (TRUNCATE: all)';
 
 CREATE TRIGGER llm_param_version_ins AFTER INSERT ON llm_param
     REFERENCING NEW TABLE AS new_rows
@@ -132,6 +159,8 @@ BEGIN
             USING ERRCODE = 'data_exception';
     END IF;
 END $$;
+COMMENT ON FUNCTION llm_check_complete(text) IS
+    'raise an error unless the model is registered and llm_param has a row for each name of llm_param_shapes(model)';
 
 -- One token's embedding row, read with a TOAST slice (not all of wte).
 CREATE FUNCTION llm_embedding_row(p_model text, token_id int) RETURNS tensor
@@ -139,3 +168,5 @@ LANGUAGE sql STABLE AS $$
     SELECT llm_reshape(llm_slice(data, token_id, token_id + 1), ARRAY[-1])
     FROM llm_param WHERE model = p_model AND name = 'wte.weight'
 $$;
+COMMENT ON FUNCTION llm_embedding_row(text, int) IS
+    'row token_id (0-based) of the model''s wte.weight as a 1-D tensor [n_embd]; reads only that row from storage';

@@ -61,6 +61,8 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     END
     FROM (SELECT regexp_replace(hf_name, '^transformer\.', '') AS n) AS stripped
 $$;
+COMMENT ON FUNCTION llm_hf_param_name(text) IS
+    'the llm_param name of a HF GPT-2 checkpoint tensor ("transformer." removed), or NULL for attn.bias, attn.masked_bias, lm_head.weight';
 
 -- ---- importing ---------------------------------------------------------------------
 
@@ -75,6 +77,8 @@ BEGIN
                          'HuggingFace folder with llm_import_hf(dir, model), which reads config.json.';
     END IF;
 END $$;
+COMMENT ON FUNCTION llm_import_require_model(text) IS
+    'raise an error, with a hint how to register it, unless the model has a row in llm_model_config';
 
 -- Replace all parameters of p_model with the tensors of a file, checking
 -- every name and shape.  A function runs as one statement: if anything
@@ -134,6 +138,8 @@ BEGIN
     PERFORM llm_check_complete(p_model);    -- every parameter is there
     RETURN imported;
 END $$;
+COMMENT ON FUNCTION llm_import_tensors(text, text, text) IS
+    'replace all parameters of p_model with the tensors of server file p_path (p_format safetensors or npz), all or nothing; returns the count';
 
 CREATE FUNCTION pg_llm_import_safetensors(path text, model text) RETURNS int
 LANGUAGE sql AS $$ SELECT llm_import_tensors(model, path, 'safetensors') $$;
@@ -162,6 +168,8 @@ BEGIN
     END IF;
     RETURN v::text::int;
 END $$;
+COMMENT ON FUNCTION llm_hf_config_int(jsonb, text, int) IS
+    'the integer p_key of a config.json object, or p_default when absent or null; an error for anything but a non-negative integer';
 
 -- Register p_model in llm_model_config from a HuggingFace GPT-2 config
 -- (the contents of config.json), or check that its row agrees.  Configs
@@ -245,6 +253,8 @@ BEGIN
                   HINT = 'Import under another model name, or DELETE FROM llm_model_config WHERE model = ... first.';
     END IF;
 END $$;
+COMMENT ON FUNCTION llm_register_hf_config(text, jsonb) IS
+    'register a model in llm_model_config from a HF GPT-2 config.json (jsonb), or check that its row agrees; refuses what GPT-2 here does not compute';
 
 -- The config.json of a model, as GPT2LMHeadModel.from_pretrained() expects.
 CREATE FUNCTION llm_hf_config(p_model text) RETURNS jsonb
@@ -277,6 +287,8 @@ BEGIN
         'bos_token_id', least(50256, c.vocab_size - 1),    -- <|endoftext|>
         'eos_token_id', least(50256, c.vocab_size - 1));
 END $$;
+COMMENT ON FUNCTION llm_hf_config(text) IS
+    'the config.json (jsonb) of a registered model, as GPT2LMHeadModel.from_pretrained expects it';
 
 -- Import a HuggingFace checkpoint folder: register config.json (or check it
 -- against the model's row), then import model.safetensors.
