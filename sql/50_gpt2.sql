@@ -1,5 +1,5 @@
--- pg_llm: GPT-2 inference (extension/src/model_cache.c, model.c,
--- generate.c) and initialisation (extension/src/init.c).
+-- pg_llm: GPT-2 inference (extension/src/gpt2/: model_cache.c, forward.c,
+-- generate.c) and initialisation (extension/src/ops/init.c).
 --
 -- The functions that read llm_param are STABLE: they see the weights of
 -- the calling statement's snapshot.  The weights are decoded once into

@@ -1,5 +1,5 @@
 /*
- * ops_sql.c -- SQL functions over `tensor`: check arguments, then call a
+ * ops.c -- SQL functions over `tensor`: check arguments, then call a
  * kernel.  Every shape check happens here, before any kernel runs, so a bad
  * call is an ERROR that names the shapes and never a crash.
  */
