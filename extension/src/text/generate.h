@@ -1,0 +1,67 @@
+/*
+ * generate.h -- token-by-token generation (generate.c): the prompt through
+ * GPT-2 once (prefill), then one token at a time (decode, with the KV
+ * cache), each picked by a Sampler.
+ *
+ *   Generator *g = generator_new("llm_generate", model, prompt, n, max_new,
+ *                                &params, seed, stop_ids, n_stop);
+ *   while (generator_next(g, &token))
+ *       ... use token; generator_finished(g) says whether it was the last ...
+ *   generator_free(g);
+ *
+ * A generator that lives across calls (a streaming SRF) calls
+ * generator_resume() at the start of each call: the weight cache may have
+ * been replaced in between.
+ */
+#ifndef PG_LLM_TEXT_GENERATE_H
+#define PG_LLM_TEXT_GENERATE_H
+
+#include "postgres.h"
+
+#include "gpt2/forward.h"
+#include "text/sampling.h"
+
+typedef struct Generator
+{
+	const char *who;			/* the SQL function, for messages */
+	char	   *model_name;
+	const Gpt2Model *model;
+	int64		model_version;
+	Gpt2State  *state;
+	Sampler    *sampler;
+	float	   *logits;			/* [V] */
+	int32	   *prompt;
+	int			n_prompt;
+	int32	   *stop_ids;		/* generation ends after any of these */
+	int			n_stop;
+	int			max_new;
+	int			n_new;			/* tokens generated so far */
+	int32		last;			/* the last of them (fed at the next step) */
+	bool		stopped;		/* the last token was a stop id */
+} Generator;
+
+/*
+ * Check the arguments against the model and set up (no forward yet).  The
+ * prompt must be non-empty and, with max_new >= 1 new tokens, fit in the
+ * context (error 22023 otherwise).
+ */
+extern Generator *generator_new(const char *who, const char *model_name,
+								const int32 *prompt, int n_prompt, int max_new,
+								const SamplingParams *params, uint64 seed,
+								const int32 *stop_ids, int n_stop);
+
+/* The next token into *token; false (and no token) once finished. */
+extern bool generator_next(Generator *g, int32 *token);
+
+/* True when no token follows: max_new reached or a stop id generated. */
+extern bool generator_finished(const Generator *g);
+
+/* Re-attach to the cached weights (same version, else error 55000). */
+extern void generator_resume(Generator *g);
+
+extern void generator_free(Generator *g);
+
+/* Error 22023 naming the first stop id outside the vocabulary. */
+extern void check_stop_ids(const char *who, const Gpt2Model *m, const int32 *ids, int n);
+
+#endif							/* PG_LLM_TEXT_GENERATE_H */

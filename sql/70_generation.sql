@@ -1,0 +1,64 @@
+-- pg_llm: text generation (extension/src/text/: sampling.c, generate.c,
+-- stream.c, beam_search.c).
+--
+-- Sampling follows HuggingFace's generate(): repetition_penalty, then
+-- temperature (0 = greedy), then top_k (0 = off), then top_p (1 = off), then
+-- a draw from a generator seeded by `seed` (NULL = a random seed).  A fixed
+-- seed gives the same tokens every time, at any pg_llm.threads.
+--
+-- The functions that generate are VOLATILE (a NULL seed draws a new one) and
+-- PARALLEL RESTRICTED (a parallel worker must not decode its own copy of
+-- the weights).
+
+CREATE FUNCTION llm_sampling_probs(logits tensor,
+                                   temperature double precision DEFAULT 1.0,
+                                   top_k int DEFAULT 0,
+                                   top_p double precision DEFAULT 1.0,
+                                   repetition_penalty double precision DEFAULT 1.0,
+                                   previous int[] DEFAULT NULL)
+RETURNS tensor
+    AS 'MODULE_PATHNAME', 'llm_sampling_probs_sql' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION llm_sampling_probs(tensor, double precision, int, double precision, double precision, int[]) IS
+'the probabilities the next token is drawn with, for each row of logits ([vocab] or [rows, vocab]): '
+'repetition_penalty on the ids in previous, then temperature (0 = greedy: 1 for the argmax), top_k (0 = off), '
+'top_p (1 = off) as HuggingFace''s logits processors; 0 for the tokens filtered out';
+
+-- ---- token ids in, token ids out ------------------------------------------------
+
+CREATE FUNCTION llm_generate_tokens(model text, prompt int[], max_new_tokens int,
+                                    temperature double precision DEFAULT 1.0,
+                                    top_k int DEFAULT 0,
+                                    top_p double precision DEFAULT 1.0,
+                                    seed bigint DEFAULT NULL,
+                                    stop_token int DEFAULT NULL,
+                                    stop_ids int[] DEFAULT NULL,
+                                    repetition_penalty double precision DEFAULT 1.0)
+RETURNS int[]
+    AS 'MODULE_PATHNAME', 'llm_generate_tokens_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION llm_generate_tokens(text, int[], int, double precision, int, double precision, bigint, int, int[], double precision) IS
+'the max_new_tokens tokens GPT-2 writes after prompt (only the new ones). temperature 0 = greedy; '
+'else repetition_penalty, softmax(logits/temperature), top_k (0 = off), top_p (1 = off), then a draw from a '
+'generator seeded by seed (NULL = random). Stops after stop_token or any of stop_ids (included in the result)';
+
+-- Streams: call in the select list through a cursor, one FETCH per token:
+--   BEGIN;
+--   DECLARE gen NO SCROLL CURSOR FOR
+--       SELECT (r).* FROM (SELECT llm_generate_stream_tokens('m', ARRAY[1,2], 20) AS r) AS s;
+--   FETCH 1 FROM gen;   -- until is_complete
+--   COMMIT;
+-- In FROM (SELECT * FROM llm_generate_stream_tokens(...)) the rows come all
+-- at the end.
+CREATE FUNCTION llm_generate_stream_tokens(model text, prompt int[], max_tokens int,
+                                           temperature double precision DEFAULT 1.0,
+                                           top_k int DEFAULT 0,
+                                           top_p double precision DEFAULT 1.0,
+                                           seed bigint DEFAULT NULL,
+                                           stop_ids int[] DEFAULT NULL,
+                                           repetition_penalty double precision DEFAULT 1.0,
+                                           OUT step int, OUT token_id int, OUT is_complete boolean)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'llm_generate_stream_tokens_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    ROWS 64;
+COMMENT ON FUNCTION llm_generate_stream_tokens(text, int[], int, double precision, int, double precision, bigint, int[], double precision) IS
+'llm_generate_tokens one row per token (step from 1, token_id, is_complete on the last row), each computed '
+'when fetched: call it in the select list through a cursor (FETCH 1) to receive tokens while the model runs';
