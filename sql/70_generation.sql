@@ -62,3 +62,18 @@ RETURNS SETOF record
 COMMENT ON FUNCTION llm_generate_stream_tokens(text, int[], int, double precision, int, double precision, bigint, int[], double precision) IS
 'llm_generate_tokens one row per token (step from 1, token_id, is_complete on the last row), each computed '
 'when fetched: call it in the select list through a cursor (FETCH 1) to receive tokens while the model runs';
+
+CREATE FUNCTION llm_beam_search_tokens(model text, prompt int[], beam_width int, max_tokens int,
+                                       length_penalty double precision DEFAULT 1.0,
+                                       early_stopping text DEFAULT 'false',
+                                       stop_ids int[] DEFAULT NULL,
+                                       num_return int DEFAULT NULL,
+                                       repetition_penalty double precision DEFAULT 1.0,
+                                       OUT rank int, OUT score double precision, OUT tokens int[])
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'llm_beam_search_tokens_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    ROWS 4;
+COMMENT ON FUNCTION llm_beam_search_tokens(text, int[], int, int, double precision, text, int[], int, double precision) IS
+'beam search as HuggingFace''s generate(num_beams=beam_width, do_sample=False): the num_return (default '
+'beam_width) best hypotheses, rank 1 first, score = sum of log-probabilities / length^length_penalty, tokens '
+'= the new ones (a stop id included). early_stopping: ''false'' (HF''s default), ''true'' or ''never''';
