@@ -380,10 +380,12 @@ count_words(Trainer *t, const char *s, size_t len)
 	while (pos < len)
 	{
 		size_t		n = llm_gpt2_piece_len(u + pos, len - pos);
+		int			word;
 
 		if (n > PG_INT32_MAX / 4)
 			n = PG_INT32_MAX / 4;
-		t->word_counts.value[bytes_map_entry(&t->word_counts, u + pos, (int) n, 0)]++;
+		word = bytes_map_entry(&t->word_counts, u + pos, (int) n, 0);	/* may move .value */
+		t->word_counts.value[word]++;
 		pos += n;
 	}
 }
@@ -398,6 +400,15 @@ count_text(Trainer *t, text *value)
 	count_words(t, utf8, utf8 == s ? (size_t) len : strlen(utf8));
 	if (utf8 != s)
 		pfree((char *) utf8);
+}
+
+/* text, varchar, char(n), or a domain over one: all stored as text is. */
+static bool
+is_text_type(Oid type)
+{
+	Oid			base = getBaseType(type);
+
+	return base == TEXTOID || base == VARCHAROID || base == BPCHAROID;
 }
 
 /* Every row of the query's one text column. */
@@ -426,7 +437,7 @@ count_query(Trainer *t, const char *query)
 		if (SPI_processed == 0)
 			break;
 		desc = SPI_tuptable->tupdesc;
-		if (desc->natts != 1 || getBaseType(SPI_gettypeid(desc, 1)) != TEXTOID)
+		if (desc->natts != 1 || !is_text_type(SPI_gettypeid(desc, 1)))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("llm_bpe_train: corpus_query must return one text column, not %d column(s) of %s",
