@@ -77,3 +77,68 @@ COMMENT ON FUNCTION llm_beam_search_tokens(text, int[], int, int, double precisi
 'beam search as HuggingFace''s generate(num_beams=beam_width, do_sample=False): the num_return (default '
 'beam_width) best hypotheses, rank 1 first, score = sum of log-probabilities / length^length_penalty, tokens '
 '= the new ones (a stop id included). early_stopping: ''false'' (HF''s default), ''true'' or ''never''';
+
+-- ---- text in, text out (the model's tokenizer: llm_bpe_vocab/llm_bpe_merges of the same name) ----
+--
+-- model NULL (or left out) is the setting pg_llm.default_model.  The
+-- prompt may hold special tokens (<|endoftext|>); an empty prompt starts
+-- from <|endoftext|>.  A prompt longer than the context leaves room for
+-- max_tokens by dropping its oldest tokens, with a NOTICE.  Generation ends
+-- after max_tokens, at a stop id (NULL stop_ids: <|endoftext|>; '{}': none)
+-- or at the first of the stop strings; neither is part of the text.
+
+CREATE FUNCTION llm_generate(prompt text, max_tokens int DEFAULT 64,
+                             temperature double precision DEFAULT 1.0,
+                             top_k int DEFAULT 0,
+                             top_p double precision DEFAULT 1.0,
+                             model text DEFAULT NULL,
+                             seed bigint DEFAULT NULL,
+                             stop text[] DEFAULT NULL,
+                             stop_ids int[] DEFAULT NULL,
+                             repetition_penalty double precision DEFAULT 1.0)
+RETURNS text
+    AS 'MODULE_PATHNAME', 'llm_generate_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION llm_generate(text, int, double precision, int, double precision, text, bigint, text[], int[], double precision) IS
+'the text GPT-2 writes after prompt: at most max_tokens tokens, sampled as llm_generate_tokens (temperature 0 = '
+'greedy); model NULL = pg_llm.default_model; ends at a stop id (default <|endoftext|>) or stop string, '
+'which are left out; a fixed seed gives the same text every time';
+
+-- Streams as llm_generate_stream_tokens does (select list + cursor):
+--   BEGIN;
+--   DECLARE gen NO SCROLL CURSOR FOR
+--       SELECT (r).* FROM (SELECT llm_generate_stream('Once upon a time', 40, 0.8, 40, 0.95) AS r) AS s;
+--   FETCH 1 FROM gen;   -- one token a FETCH, until is_complete
+--   COMMIT;
+CREATE FUNCTION llm_generate_stream(prompt text, max_tokens int DEFAULT 64,
+                                    temperature double precision DEFAULT 1.0,
+                                    top_k int DEFAULT 0,
+                                    top_p double precision DEFAULT 1.0,
+                                    model text DEFAULT NULL,
+                                    seed bigint DEFAULT NULL,
+                                    stop text[] DEFAULT NULL,
+                                    stop_ids int[] DEFAULT NULL,
+                                    repetition_penalty double precision DEFAULT 1.0,
+                                    OUT step int, OUT token_id int, OUT token text, OUT text text,
+                                    OUT is_complete boolean)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'llm_generate_stream_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    ROWS 64;
+COMMENT ON FUNCTION llm_generate_stream(text, int, double precision, int, double precision, text, bigint, text[], int[], double precision) IS
+'llm_generate one row per token: step (from 1), token_id, token (the text it adds: complete UTF-8 '
+'characters only, '''' while one is split), text (all so far), is_complete (the last row). Rows reach the '
+'client as they are made when called in the select list through a cursor (FETCH 1)';
+
+CREATE FUNCTION llm_beam_search(prompt text, beam_width int, max_tokens int,
+                                model text DEFAULT NULL,
+                                length_penalty double precision DEFAULT 1.0,
+                                early_stopping text DEFAULT 'false',
+                                stop_ids int[] DEFAULT NULL,
+                                num_return int DEFAULT NULL,
+                                repetition_penalty double precision DEFAULT 1.0,
+                                OUT rank int, OUT score double precision, OUT tokens int[], OUT text text)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'llm_beam_search_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    ROWS 4;
+COMMENT ON FUNCTION llm_beam_search(text, int, int, text, double precision, text, int[], int, double precision) IS
+'llm_beam_search_tokens from a text prompt: the best hypotheses (rank 1 first) with their score, new tokens '
+'and text (without the stop id, by default <|endoftext|>); model NULL = pg_llm.default_model';

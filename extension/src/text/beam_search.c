@@ -45,6 +45,11 @@
 #include "pg_llm.h"
 #include "text/beam_search.h"
 #include "text/generate.h"
+#include "text/prompt.h"
+
+#if PG_VERSION_NUM < 160000
+#define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
+#endif
 
 /* HF's score for what may not be chosen (added, in float32). */
 #define NOT_POSSIBLE (-1.0e9f)
@@ -567,6 +572,48 @@ beam_search(const char *who, const Gpt2Model *m, const int32 *prompt, int n_prom
 
 /* ---- SQL ---------------------------------------------------------------------- */
 
+/* One row per hypothesis: rank, score, tokens (and text when tok is given). */
+static void
+return_hyps(FunctionCallInfo fcinfo, const BeamResult *r, const LlmTokenizer *tok,
+			const Gpt2Model *m, const int32 *eos, int n_eos)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	for (int i = 0; i < r->n; i++)
+	{
+		const BeamHyp *h = &r->hyps[i];
+		Datum	   *elems = palloc(sizeof(Datum) * Max(h->len, 1));
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		for (int k = 0; k < h->len; k++)
+			elems[k] = Int32GetDatum(h->tokens[k]);
+		values[0] = Int32GetDatum(i + 1);
+		values[1] = Float8GetDatum(h->score);
+		values[2] = PointerGetDatum(construct_array(elems, h->len, INT4OID, sizeof(int32), true,
+													TYPALIGN_INT));
+		if (tok != NULL)
+		{
+			int			n = h->len;
+			StringInfoData text;
+
+			/* a stop id ends the tokens, not the text */
+			for (int e = 0; e < n_eos && n > 0; e++)
+				if (h->tokens[n - 1] == eos[e])
+				{
+					n--;
+					break;
+				}
+			for (int k = 0; k < n; k++)
+				check_decodable("llm_beam_search", tok, m, h->tokens[k]);
+			initStringInfo(&text);
+			llm_bpe_decode_text(tok, h->tokens, n, &text);
+			values[3] = PointerGetDatum(utf8_to_text(text.data, text.len));
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+}
+
 /*
  * llm_beam_search_tokens(model, prompt int[], beam_width, max_tokens,
  *                        length_penalty, early_stopping, stop_ids,
@@ -582,11 +629,11 @@ Datum
 llm_beam_search_tokens_sql(PG_FUNCTION_ARGS)
 {
 	const char *who = "llm_beam_search_tokens";
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			n_prompt,
 				n_eos = 0;
 	int32	   *prompt;
 	int32	   *eos = NULL;
+	const Gpt2Model *m;
 	BeamParams	p;
 	BeamResult	r;
 
@@ -599,21 +646,49 @@ llm_beam_search_tokens_sql(PG_FUNCTION_ARGS)
 	p = beam_params_from_args(fcinfo, who, 2, 3, 4, 5, 7, 8);
 	beam_params_check(who, &p);
 
-	r = beam_search(who, gpt2_model_get(text_to_cstring(PG_GETARG_TEXT_PP(0))),
-					prompt, n_prompt, &p, eos, n_eos);
-	for (int i = 0; i < r.n; i++)
-	{
-		Datum	   *elems = palloc(sizeof(Datum) * Max(r.hyps[i].len, 1));
-		Datum		values[3];
-		bool		nulls[3] = {false, false, false};
+	m = gpt2_model_get(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	r = beam_search(who, m, prompt, n_prompt, &p, eos, n_eos);
+	return_hyps(fcinfo, &r, NULL, m, eos, n_eos);
+	return (Datum) 0;
+}
 
-		for (int k = 0; k < r.hyps[i].len; k++)
-			elems[k] = Int32GetDatum(r.hyps[i].tokens[k]);
-		values[0] = Int32GetDatum(i + 1);
-		values[1] = Float8GetDatum(r.hyps[i].score);
-		values[2] = PointerGetDatum(construct_array(elems, r.hyps[i].len, INT4OID,
-													sizeof(int32), true, TYPALIGN_INT));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
+/*
+ * llm_beam_search(prompt text, beam_width, max_tokens, model, length_penalty,
+ *                 early_stopping, stop_ids, num_return, repetition_penalty)
+ *     -> SETOF (rank int, score double precision, tokens int[], text text)
+ *
+ * llm_beam_search_tokens from a text prompt (cut from the left to fit, as
+ * llm_generate's), with <|endoftext|> as the stop id by default; `text` is
+ * the decoded tokens, without the stop id.  NULL prompt, beam_width or
+ * max_tokens: no rows.
+ */
+PG_FUNCTION_INFO_V1(llm_beam_search_sql);
+Datum
+llm_beam_search_sql(PG_FUNCTION_ARGS)
+{
+	const char *who = "llm_beam_search";
+	const char *model;
+	const Gpt2Model *m;
+	const LlmTokenizer *tok;
+	int			n_prompt,
+				n_eos;
+	int32	   *prompt;
+	int32	   *eos;
+	BeamParams	p;
+	BeamResult	r;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		return (Datum) 0;
+	model = llm_model_or_default(who, PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3)));
+	p = beam_params_from_args(fcinfo, who, 1, 2, 4, 5, 7, 8);
+	beam_params_check(who, &p);
+	m = gpt2_model_get(model);
+	tok = llm_tokenizer_get(model);
+	prompt = prompt_ids(who, tok, m, PG_GETARG_TEXT_PP(0), p.max_new, &n_prompt);
+	eos = stop_ids_or_eot(fcinfo, 6, who, tok, m, &n_eos);
+
+	r = beam_search(who, m, prompt, n_prompt, &p, eos, n_eos);
+	return_hyps(fcinfo, &r, tok, m, eos, n_eos);
 	return (Datum) 0;
 }

@@ -14,7 +14,8 @@
  *   ...                        -- is_complete, or FETCH returns no row
  *   COMMIT;
  *
- * Each FETCH runs the model for one more token and sends that row at once.
+ * Each FETCH runs the model for one more token and sends that row at once
+ * (the first FETCH: the prompt's forward pass and the first token).
  * The subquery keeps the call single: `SELECT (f(...)).*` would call f once
  * per output column.  The generator lives in the SRF's multi-call memory
  * and goes away with the cursor.
@@ -27,6 +28,8 @@
 #include "utils/builtins.h"
 
 #include "text/generate.h"
+#include "text/prompt.h"
+#include "text/text_generation.h"
 
 /*
  * llm_generate_stream_tokens(model, prompt int[], max_tokens, temperature,
@@ -90,5 +93,68 @@ llm_generate_stream_tokens_sql(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(g->n_new);
 	values[1] = Int32GetDatum(token);
 	values[2] = BoolGetDatum(generator_finished(g));
+	SRF_RETURN_NEXT(funcctx, HeapTupleGetDatum(heap_form_tuple(funcctx->tuple_desc, values, nulls)));
+}
+
+/*
+ * llm_generate_stream(prompt, max_tokens, temperature, top_k, top_p, model,
+ *                     seed, stop, stop_ids, repetition_penalty)
+ *     -> SETOF (step int, token_id int, token text, text text,
+ *               is_complete boolean)
+ *
+ * llm_generate one row per token: `token` is the text this step adds
+ * (complete characters only, so '' while a character spans tokens, or while
+ * the text may be the start of a stop string), `text` all of it so far;
+ * is_complete is true on the last row.  A stop id ends the stream with its
+ * own row (its text is not added).  NULL prompt or max_tokens: no rows.
+ */
+PG_FUNCTION_INFO_V1(llm_generate_stream_sql);
+Datum
+llm_generate_stream_sql(PG_FUNCTION_ARGS)
+{
+	FuncCallContext *funcctx;
+	TextGen    *t;
+	int32		token;
+	int			from,
+				to;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (SRF_IS_FIRSTCALL())
+	{
+		MemoryContext old;
+		TupleDesc	desc;
+
+		funcctx = SRF_FIRSTCALL_INIT();
+		if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+			SRF_RETURN_DONE(funcctx);
+		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
+		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "llm_generate_stream: return type must be a row type");
+		funcctx->tuple_desc = BlessTupleDesc(desc);
+		funcctx->user_fctx = textgen_from_args(fcinfo, "llm_generate_stream");
+		MemoryContextSwitchTo(old);
+	}
+
+	funcctx = SRF_PERCALL_SETUP();
+	t = funcctx->user_fctx;
+	if (textgen_finished(t))
+	{
+		textgen_free(t);
+		SRF_RETURN_DONE(funcctx);
+	}
+	textgen_resume(t);
+	{
+		/* the decoded text grows in the multi-call context */
+		MemoryContext old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
+
+		textgen_next(t, &token, &from, &to);
+		MemoryContextSwitchTo(old);
+	}
+	values[0] = Int32GetDatum(t->gen->n_new);
+	values[1] = Int32GetDatum(token);
+	values[2] = PointerGetDatum(utf8_to_text(t->text.data + from, to - from));
+	values[3] = PointerGetDatum(utf8_to_text(t->text.data, to));
+	values[4] = BoolGetDatum(textgen_finished(t));
 	SRF_RETURN_NEXT(funcctx, HeapTupleGetDatum(heap_form_tuple(funcctx->tuple_desc, values, nulls)));
 }
