@@ -6,11 +6,13 @@
 
 Modules: server (the embedded PostgreSQL), build (compile pg_llm), db
 (connections), adapters (numpy <-> tensor), hf (HuggingFace checkpoints in
-and out), cli (the `pg-llm-lab` command).
+and out), client (PGLLMClient: generation, streaming, beam search), cli
+(the `pg-llm-lab` command).
 """
 
 from .adapters import register_tensor
 from .build import ensure_installed, find_pg_config, install_extension, is_installed
+from .client import PGLLMClient
 from .db import connect, engine
 from .hf import export_hf, import_hf
 from .server import data_dir, start, status, stop, url
@@ -19,5 +21,6 @@ __all__ = [
     "connect", "engine", "register_tensor", "import_hf", "export_hf",
     "start", "stop", "status", "url", "data_dir",
     "install_extension", "ensure_installed", "is_installed", "find_pg_config",
+    "PGLLMClient",
 ]
 __version__ = "0.1.0"

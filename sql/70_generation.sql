@@ -87,6 +87,12 @@ COMMENT ON FUNCTION llm_beam_search_tokens(text, int[], int, int, double precisi
 -- after max_tokens, at a stop id (NULL stop_ids: <|endoftext|>; '{}': none)
 -- or at the first of the stop strings; neither is part of the text.
 
+CREATE FUNCTION llm_default_model() RETURNS text
+    AS 'MODULE_PATHNAME', 'llm_default_model_sql' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION llm_default_model() IS
+'the model llm_generate, llm_generate_stream and llm_beam_search use when none is named: the setting '
+'pg_llm.default_model (an error if empty)';
+
 CREATE FUNCTION llm_generate(prompt text, max_tokens int DEFAULT 64,
                              temperature double precision DEFAULT 1.0,
                              top_k int DEFAULT 0,

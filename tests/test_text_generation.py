@@ -12,49 +12,38 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the test models are HF GPT-2s")
 pytest.importorskip("transformers", reason="the test models are HF GPT-2s")
-from hf_checkpoints import make_hf_model  # noqa: E402
+from text_models import CORPUS, N_POSITIONS, VOCAB, drop, load_model, train_tokenizer  # noqa: E402
 
 import pg_llm_lab  # noqa: E402
 
-CORPUS = [
-    "The cat sat on the mat. The dog sat on the log.",
-    "Le café est très chaud, déjà prêt à être bu.",
-    "日本語のテキストも少し。東京と京都。",
-    "Emoji too: 🐘 and 🐍 and 🚀, why not?",
-    "Once upon a time there was a database that dreamed of language.",
-]
-VOCAB = 320
-N_POSITIONS = 64
 STREAM = ("SELECT (r).* FROM (SELECT llm_generate_stream(%s, %s, %s, %s, %s, model => %s, seed => %s,"
           " stop => %s, stop_ids => %s) AS r) AS s")
+
+
+def always_325(model):
+    """ln_f's output is always 10 u, and only wte[325] points along u: greedy writes 325."""
+    with torch.no_grad():
+        u = torch.zeros(model.config.n_embd)
+        u[0] = 1.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(10 * u)
+        model.transformer.wte.weight[325] = 5 * u
 
 
 @pytest.fixture(scope="module")
 def tg(db_url):
     """Model and tokenizer 'tg'; model 'tg_notok' without a tokenizer; model
     'tg_big' (330 ids) with a 320-token tokenizer, whose greedy choice is
-    always id 325."""
+    always id 325.  Yields the id of <|endoftext|>."""
     with pg_llm_lab.connect(db_url) as conn:
-        for name in ("tg", "tg_big"):
-            assert conn.execute("SELECT llm_bpe_train(%s, %s::text[], %s)", (name, CORPUS, VOCAB)).fetchone()[0] \
-                == VOCAB
-        for name, vocab in (("tg", VOCAB), ("tg_notok", VOCAB), ("tg_big", 330)):
-            model = make_hf_model(seed=3, n_layer=2, n_head=2, n_embd=64, vocab_size=vocab,
-                                  n_positions=N_POSITIONS)
-            if name == "tg_big":
-                with torch.no_grad():
-                    u = torch.zeros(64)
-                    u[0] = 1.0
-                    model.transformer.ln_f.weight.zero_()
-                    model.transformer.ln_f.bias.copy_(10 * u)
-                    model.transformer.wte.weight[325] = 5 * u
-            conn.execute("DELETE FROM llm_model_config WHERE model = %s", (name,))
-            pg_llm_lab.import_hf(conn, model, name, progress=False)
-        eot = conn.execute("SELECT eot_id FROM llm_tokenizer_info('tg')").fetchone()[0]
+        eot = train_tokenizer(conn, "tg")
+        train_tokenizer(conn, "tg_big")
+        load_model(conn, "tg")
+        load_model(conn, "tg_notok")
+        load_model(conn, "tg_big", vocab_size=330, tweak=always_325)
     yield eot
     with pg_llm_lab.connect(db_url) as conn:
-        conn.execute("DELETE FROM llm_model_config WHERE model LIKE 'tg%'")
-        conn.execute("DELETE FROM llm_tokenizer WHERE model LIKE 'tg%'")
+        drop(conn, "tg%")
 
 
 def q(conn, sql, *params):

@@ -104,6 +104,14 @@ llm_model_or_default(const char *who, const char *model)
 	return llm_default_model;
 }
 
+/* llm_default_model(): the model text functions use when none is named. */
+PG_FUNCTION_INFO_V1(llm_default_model_sql);
+Datum
+llm_default_model_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(llm_model_or_default("llm_default_model", NULL)));
+}
+
 /* llm_info(): what the kernels run with, for humans and tests. */
 PG_FUNCTION_INFO_V1(llm_info);
 Datum
