@@ -15,7 +15,8 @@
  *
  * So a reader trusts nothing: the header length must fit in the file, every
  * [begin, end) must fit in the data section and hold exactly
- * prod(shape) * sizeof(dtype) bytes, and tensors must not overlap.
+ * prod(shape) * sizeof(dtype) bytes, and the tensors must tile the data
+ * section exactly: no overlap, no gap, nothing after the last one.
  *
  *   llm_read_safetensors(path) -> (name, dtype, shape, data) per tensor
  *   llm_write_safetensors(path, model) -> bytes written, from llm_param
@@ -262,11 +263,47 @@ compare_begin(const void *a, const void *b)
 }
 
 /*
+ * The data section is exactly the tensors, back to back: sorted by begin,
+ * the first starts at 0, each starts where the one before ends, the last
+ * ends at the end of the file (the reference implementation refuses anything
+ * else: "file not fully covered").  A header length a few bytes short still
+ * parses -- the JSON ends inside its padding -- but moves the data section:
+ * only this check tells such a file from a good one.
+ */
+static void
+check_coverage(const StReader *r, const StEntry *entries, int n, int64 data_start,
+			   int64 data_size)
+{
+	int64		covered = 0;
+
+	for (int i = 0; i <= n; i++)
+	{
+		int64		next = i < n ? entries[i].begin : data_size;
+
+		if (i < n && next < covered)
+			format_error(r, psprintf("tensors \"%s\" and \"%s\" overlap in the data section",
+									 entries[i - 1].name, entries[i].name));
+		if (next > covered)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("%s: invalid safetensors file \"%s\": bytes [" INT64_FORMAT ", " INT64_FORMAT
+							") of the " INT64_FORMAT "-byte data section belong to no tensor",
+							r->who, r->path, covered, next, data_size),
+					 errdetail("The tensors' data_offsets must cover the data section exactly, "
+							   "which starts after the header, at byte " INT64_FORMAT " of the file.",
+							   data_start),
+					 i == n ? errhint("Is the header length (the first 8 bytes) right?") : 0));
+		if (i < n)
+			covered = entries[i].end;
+	}
+}
+
+/*
  * The tensors of the header, sorted by their place in the file (reading in
  * file order is the fast way through a big file).
  */
 static StEntry *
-parse_entries(const StReader *r, Jsonb *jb, int64 data_size, int *count)
+parse_entries(const StReader *r, Jsonb *jb, int64 data_start, int64 data_size, int *count)
 {
 	StEntry    *entries;
 	JsonbIterator *it;
@@ -297,10 +334,7 @@ parse_entries(const StReader *r, Jsonb *jb, int64 data_size, int *count)
 	}
 
 	qsort(entries, n, sizeof(StEntry), compare_begin);
-	for (int i = 1; i < n; i++)
-		if (entries[i].begin < entries[i - 1].end)
-			format_error(r, psprintf("tensors \"%s\" and \"%s\" overlap in the data section",
-									 entries[i - 1].name, entries[i].name));
+	check_coverage(r, entries, n, data_start, data_size);
 	*count = n;
 	return entries;
 }
@@ -333,7 +367,7 @@ read_header(const StReader *r, LlmInFile *f, int *count, int64 *data_start)
 
 	*data_start = 8 + (int64) header_len;
 	return parse_entries(r, parse_json_header(r, header, (int) header_len),
-						 f->size - *data_start, count);
+						 *data_start, f->size - *data_start, count);
 }
 
 /* ---- llm_read_safetensors ------------------------------------------------------ */

@@ -1,0 +1,134 @@
+"""Defects an attacker / careless-user campaign found (issue 7), one test each:
+silent misreads, privilege bypasses through the weight cache, crashes, hangs,
+stale weights, leftover files, unclear errors, search_path hijacks.
+
+Every test here failed on the code before its fix.
+"""
+import json
+import os
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+import pg_llm_lab
+from hf_checkpoints import make_readable, workdir  # noqa: F401 (fixture)
+
+MODEL = "h_tiny"          # a tiny GPT-2, made with llm_init (no torch needed)
+OTHER = "h_other"
+TOKENS = [1, 2, 3]
+
+
+def q(conn, sql, *params):
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def expect_error(conn, sql, params, sqlstate, *words):
+    """sql fails with sqlstate and every word in the message; the backend is alive."""
+    with pytest.raises(psycopg.Error) as info:
+        with conn.transaction():  # a savepoint inside a transaction
+            conn.execute(sql, params)
+    assert info.value.sqlstate == sqlstate, str(info.value)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+    return info.value
+
+
+def write(directory: Path, name: str, data: bytes) -> str:
+    path = directory / name
+    path.write_bytes(data)
+    make_readable(path)
+    return str(path)
+
+
+def new_model(conn, name, seed=1, n_head=2, n_positions=16):
+    conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
+    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size)"
+                 " VALUES (%s, 1, %s, 8, %s, 11)", [name, n_head, n_positions])
+    conn.execute("SELECT llm_init(%s, %s)", [name, seed])
+
+
+@pytest.fixture
+def tiny(conn):
+    new_model(conn, MODEL)
+    new_model(conn, OTHER, seed=2)
+    yield MODEL
+    conn.execute("RESET ROLE")
+    conn.execute(r"DELETE FROM llm_model_config WHERE model LIKE 'h\_%'")
+
+
+@pytest.fixture
+def role(conn):
+    """An ordinary role, dropped (with whatever it was granted or owns) afterwards."""
+    name = "llm_hardening_user"
+    if q(conn, "SELECT count(*) FROM pg_roles WHERE rolname = %s", name):
+        conn.execute(f"DROP OWNED BY {name}")
+        conn.execute(f"DROP ROLE {name}")
+    conn.execute(f"CREATE ROLE {name}")
+    yield name
+    conn.execute("RESET ROLE")
+    conn.execute(f"DROP OWNED BY {name}")
+    conn.execute(f"DROP ROLE {name}")
+
+
+# ---- 1. safetensors: the data section is exactly what the offsets cover -------------
+
+def safetensors_file(tensors: dict, padding=7, header_len_delta=0) -> bytes:
+    """A safetensors file by hand: the header padded with `padding` spaces,
+    its length field off by header_len_delta."""
+    header, data, offset = {}, b"", 0
+    for name, array in tensors.items():
+        raw = array.astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        data, offset = data + raw, offset + len(raw)
+    raw_header = json.dumps(header).encode() + b" " * padding
+    return struct.pack("<Q", len(raw_header) + header_len_delta) + raw_header + data
+
+
+def test_safetensors_reference_file_reads(conn, workdir):
+    path = write(workdir, "ok.safetensors", safetensors_file({"x": np.arange(1, 9, dtype=np.float32)}))
+    name, data = conn.execute("SELECT name, data FROM llm_read_safetensors(%s)", [path]).fetchone()
+    assert name == "x" and data.tolist() == list(range(1, 9))
+
+
+@pytest.mark.parametrize("short_by", range(1, 8))
+def test_safetensors_header_length_too_short_is_refused(conn, workdir, short_by):
+    """The header still parses (it ends in its padding) but the data would start
+    early: the offsets no longer cover the data section."""
+    from safetensors.numpy import load
+    blob = safetensors_file({"x": np.arange(1, 9, dtype=np.float32)}, header_len_delta=-short_by)
+    with pytest.raises(Exception):  # the reference implementation refuses it too
+        load(blob)
+    path = write(workdir, "short.safetensors", blob)
+    expect_error(conn, "SELECT * FROM llm_read_safetensors(%s)", [path], "22P03", path,
+                 f"bytes [32, {32 + short_by}) of the {32 + short_by}-byte data section")
+
+
+def test_safetensors_gaps_and_trailing_bytes_are_refused(conn, workdir):
+    x, y = np.ones(2, np.float32), np.zeros(3, np.float32)
+    good = safetensors_file({"x": x, "y": y})
+    n = struct.unpack_from("<Q", good)[0]
+    header = json.loads(good[8:8 + n])
+    data = good[8 + n:]
+
+    def with_header(h, tail=b""):
+        raw = json.dumps(h).encode()
+        return struct.pack("<Q", len(raw)) + raw + data + tail
+
+    cases = {
+        "trailing bytes": (with_header(header, b"\0" * 4), "[20, 24) of the 24-byte"),
+        "a gap before the first tensor": (
+            with_header({"x": {**header["x"], "data_offsets": [4, 12]},
+                         "y": {**header["y"], "data_offsets": [12, 24]}}, b"\0" * 4), "[0, 4) of the 24-byte"),
+        "a gap between tensors": (
+            with_header({"x": header["x"], "y": {**header["y"], "data_offsets": [12, 24]}}, b"\0" * 4),
+            "[8, 12) of the 24-byte"),
+    }
+    for case, (blob, words) in cases.items():
+        path = write(workdir, "gap.safetensors", blob)
+        expect_error(conn, "SELECT * FROM llm_read_safetensors(%s)", [path], "22P03", path, words)
