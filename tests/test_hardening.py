@@ -132,3 +132,60 @@ def test_safetensors_gaps_and_trailing_bytes_are_refused(conn, workdir):
     for case, (blob, words) in cases.items():
         path = write(workdir, "gap.safetensors", blob)
         expect_error(conn, "SELECT * FROM llm_read_safetensors(%s)", [path], "22P03", path, words)
+
+
+# ---- 2. the weight cache serves no one who could not SELECT the weights -----------------
+
+def test_cache_checks_select_privilege_on_llm_param(conn, tiny, role):
+    conn.execute(f"GRANT SELECT ON llm_model_config TO {role}")
+    conn.execute(f"SET ROLE {role}")
+    uncached = expect_error(conn, "SELECT llm_logits(%s, %s)", [MODEL, TOKENS], "42501")
+    conn.execute("RESET ROLE")
+    q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)           # the superuser fills the cache
+    assert q(conn, "SELECT model FROM llm_model_cache()") == MODEL
+    conn.execute(f"SET ROLE {role}")
+    cached = expect_error(conn, "SELECT llm_logits(%s, %s)", [MODEL, TOKENS], "42501", "llm_param")
+    assert cached.diag.message_primary == uncached.diag.message_primary
+    expect_error(conn, "SELECT llm_generate_tokens(%s, %s, 2, 0)", [MODEL, TOKENS], "42501")
+    expect_error(conn, "SELECT llm_loss(%s, %s, %s)", [MODEL, TOKENS, [2, 3, -100]], "42501")
+
+
+def test_cache_accepts_column_privileges(conn, tiny, role):
+    want = q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)
+    conn.execute(f"GRANT SELECT ON llm_model_config TO {role}")
+    conn.execute(f"GRANT SELECT (model, name) ON llm_param TO {role}")
+    conn.execute(f"SET ROLE {role}")
+    expect_error(conn, "SELECT llm_logits(%s, %s)", [MODEL, TOKENS], "42501", "llm_param")
+    conn.execute("RESET ROLE")
+    conn.execute(f"GRANT SELECT (data) ON llm_param TO {role}")  # what the cache reads
+    conn.execute(f"SET ROLE {role}")
+    np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS), want)
+
+
+@pytest.fixture
+def hidden_model(conn, tiny, role):
+    """Row-level security on llm_param hides MODEL's rows from `role`."""
+    conn.execute(f"GRANT SELECT ON llm_model_config, llm_param TO {role}")
+    conn.execute("ALTER TABLE llm_param ENABLE ROW LEVEL SECURITY")
+    conn.execute(f"CREATE POLICY llm_hardening_hide ON llm_param TO {role} USING (model <> '{MODEL}')")
+    yield role
+    conn.execute("RESET ROLE")
+    conn.execute("DROP POLICY llm_hardening_hide ON llm_param")
+    conn.execute("ALTER TABLE llm_param DISABLE ROW LEVEL SECURITY")
+
+
+def test_cache_is_not_served_under_row_level_security(conn, hidden_model):
+    q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)            # the superuser fills the cache
+    want_other = q(conn, "SELECT llm_logits(%s, %s)", OTHER, TOKENS)
+    conn.execute(f"SET ROLE {hidden_model}")
+    expect_error(conn, "SELECT llm_logits(%s, %s)", [MODEL, TOKENS], "22000", "missing")
+    # A model the policy shows is computed, from weights loaded for that call only.
+    loads = q(conn, "SELECT loads FROM llm_model_cache()")
+    for i in (1, 2):
+        np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", OTHER, TOKENS), want_other)
+        assert q(conn, "SELECT loads FROM llm_model_cache()") == loads + i
+    assert q(conn, "SELECT model FROM llm_model_cache()") is None
+    # ... and what it loaded is not served to anyone afterwards either
+    conn.execute("RESET ROLE")
+    np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", OTHER, TOKENS), want_other)
+    assert q(conn, "SELECT loads FROM llm_model_cache()") == loads + 3

@@ -4,10 +4,18 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "kernels/kernels.h"
@@ -112,4 +120,51 @@ llm_alloc_huge(Size bytes, const char *what)
 				 errmsg("out of memory allocating %s (%.1f MB)",
 						what, (double) bytes / (1024.0 * 1024.0))));
 	return p;
+}
+
+/* ---- the extension's schema and tables ------------------------------------ */
+
+Oid
+llm_extension_schema(void)
+{
+	Oid			extension = get_extension_oid("pg_llm", false);
+
+#if PG_VERSION_NUM >= 160000
+	return get_extension_schema(extension);
+#else
+	/* get_extension_schema() is static before PostgreSQL 16: read pg_extension. */
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			schema = InvalidOid;
+
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extension));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		schema = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return schema;
+#endif
+}
+
+char *
+llm_table_name(const char *name)
+{
+	return quote_qualified_identifier(get_namespace_name(llm_extension_schema()), name);
+}
+
+Oid
+llm_table_oid(const char *name)
+{
+	Oid			relid = get_relname_relid(name, llm_extension_schema());
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("pg_llm: table \"%s\" of the extension is missing", name)));
+	return relid;
 }

@@ -12,6 +12,13 @@
  * sees the same version as the cache may use the cache, and any other
  * version forces a reload.  One model is cached at a time, per backend
  * (each connection has its own backend, hence its own cache).
+ *
+ * The cache never serves a role what it could not SELECT itself: every call
+ * checks the current user's SELECT privilege on llm_param (the role may have
+ * changed since the weights were cached: SET ROLE, SECURITY DEFINER), and
+ * when row-level security applies to llm_param for that role, the weights
+ * are read through its policies for that call only, neither served from the
+ * cache nor kept in it.
  */
 #include "postgres.h"
 
@@ -20,8 +27,11 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rls.h"
 #include "utils/tuplestore.h"
 
 #include "gpt2/model_cache.h"
@@ -144,9 +154,10 @@ read_config(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 	bool		isnull;
 	int			ret;
 
-	ret = SPI_execute_with_args("SELECT tableoid, version, n_layer, n_head, n_embd, "
-								"n_positions, vocab_size, layer_norm_eps, n_inner "
-								"FROM llm_model_config WHERE model = $1",
+	ret = SPI_execute_with_args(psprintf("SELECT tableoid, version, n_layer, n_head, n_embd, "
+										 "n_positions, vocab_size, layer_norm_eps, n_inner "
+										 "FROM %s WHERE model = $1",
+										 llm_table_name("llm_model_config")),
 								1, &argtype, &arg, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: reading llm_model_config failed: %s", SPI_result_code_string(ret));
@@ -295,7 +306,8 @@ load_parameters(const char *model, SlotList *slots, float *arena)
 	 * The result rows hold TOAST pointers, not the data: the tensors are
 	 * only read when copy_parameter() detoasts them, one at a time.
 	 */
-	ret = SPI_execute_with_args("SELECT name, data FROM llm_param WHERE model = $1",
+	ret = SPI_execute_with_args(psprintf("SELECT name, data FROM %s WHERE model = $1",
+										 llm_table_name("llm_param")),
 								1, &argtype, &arg, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: reading llm_param failed: %s", SPI_result_code_string(ret));
@@ -395,6 +407,29 @@ drop_cached_model(void)
 }
 
 /*
+ * ERROR 42501, as the query in load_parameters() would raise it, unless the
+ * current user may SELECT the columns it reads (the whole table or each
+ * column).
+ */
+static void
+check_select_privilege(Oid param_relid)
+{
+	static const char *const columns[] = {"model", "name", "data"};
+	Oid			user = GetUserId();
+
+	if (pg_class_aclcheck(param_relid, user, ACL_SELECT) == ACLCHECK_OK)
+		return;
+	for (size_t i = 0; i < lengthof(columns); i++)
+	{
+		AttrNumber	attnum = get_attnum(param_relid, columns[i]);
+
+		if (attnum == InvalidAttrNumber ||
+			pg_attribute_aclcheck(param_relid, attnum, user, ACL_SELECT) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(param_relid));
+	}
+}
+
+/*
  * The weights of `model`, from the cache when its version is unchanged.
  *
  * Why checking the version is enough (MVCC): the version is read through the
@@ -409,15 +444,21 @@ drop_cached_model(void)
  *
  * The key also holds the OID of llm_model_config: after DROP EXTENSION and
  * CREATE EXTENSION the sequence starts over, but the table is a new one.
+ *
+ * Under row-level security the weights are loaded for this call only (into
+ * the caller's memory context, freed with it): what a role's policies let
+ * it see is not what the cache holds for everyone.
  */
 const Gpt2Model *
 gpt2_model_get(const char *model)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	Oid			relid;
+	Oid			param_relid;
 	int64		version;
 	Gpt2Config	cfg;
 	Gpt2Model  *m;
+	bool		shared;
 
 	SPI_connect();
 	if (!read_config(model, &relid, &version, &cfg))
@@ -425,9 +466,12 @@ gpt2_model_get(const char *model)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown model \"%s\"", model),
 				 errhint("Models are registered in llm_model_config.")));
+	param_relid = llm_table_oid("llm_param");
+	check_select_privilege(param_relid);
+	shared = check_enable_rls(param_relid, InvalidOid, false) != RLS_ENABLED;
 
 	m = cached_model;
-	if (m != NULL && m->config_relid == relid && m->version == version &&
+	if (shared && m != NULL && m->config_relid == relid && m->version == version &&
 		strcmp(m->name, model) == 0)
 	{
 		SPI_finish();
@@ -439,11 +483,14 @@ gpt2_model_get(const char *model)
 	drop_cached_model();
 	m = load_model(caller, model, relid, version, &cfg);
 	SPI_finish();
+	cache_loads++;
 
 	/* Loaded completely: now it may outlive this call and this transaction. */
-	MemoryContextSetParent(m->mcxt, TopMemoryContext);
-	cached_model = m;
-	cache_loads++;
+	if (shared)
+	{
+		MemoryContextSetParent(m->mcxt, TopMemoryContext);
+		cached_model = m;
+	}
 	return m;
 }
 
