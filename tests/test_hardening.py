@@ -189,3 +189,26 @@ def test_cache_is_not_served_under_row_level_security(conn, hidden_model):
     conn.execute("RESET ROLE")
     np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", OTHER, TOKENS), want_other)
     assert q(conn, "SELECT loads FROM llm_model_cache()") == loads + 3
+
+
+# ---- 3. shapes whose product overflows ---------------------------------------------------
+
+@pytest.mark.parametrize("shape", [[-1, 65536, 65536, 65536, 65536], [65536, 65536, 65536, 65536],
+                                   [-1, 2147483647, 2147483647, 2147483647]])
+def test_reshape_overflow_is_out_of_range(conn, shape):
+    expect_error(conn, "SELECT llm_reshape('[1]', %s)", [shape], "22003",
+                 "[" + ",".join(map(str, shape)) + "]")
+
+
+def test_param_shapes_of_a_huge_config_do_not_wrap(conn):
+    conn.execute("DELETE FROM llm_model_config WHERE model = 'h_huge'")
+    try:
+        conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size)"
+                     " VALUES ('h_huge', 1, 1, 1000000000, 1, 1)")
+        with pytest.raises(psycopg.Error) as info:
+            rows = conn.execute("SELECT name, shape FROM llm_param_shapes('h_huge')").fetchall()
+            assert all(d > 0 for _, shape in rows for d in shape), rows  # before: [1000000000,-1294967296]
+        assert info.value.sqlstate in ("22003", "54000"), str(info.value)
+        assert "h_huge" in str(info.value)
+    finally:
+        conn.execute("DELETE FROM llm_model_config WHERE model = 'h_huge'")

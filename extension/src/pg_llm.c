@@ -10,6 +10,7 @@
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
+#include "common/int.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -120,6 +121,21 @@ llm_alloc_huge(Size bytes, const char *what)
 				 errmsg("out of memory allocating %s (%.1f MB)",
 						what, (double) bytes / (1024.0 * 1024.0))));
 	return p;
+}
+
+float *
+llm_alloc_floats(int64 rows, int64 cols, const char *what)
+{
+	int64		n;
+	int64		bytes;
+
+	if (rows < 0 || cols < 0 || pg_mul_s64_overflow(rows, cols, &n) ||
+		pg_mul_s64_overflow(n, (int64) sizeof(float), &bytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s of shape [" INT64_FORMAT "," INT64_FORMAT "] are too large",
+						what, rows, cols)));
+	return llm_alloc_huge((Size) bytes, what);
 }
 
 /* ---- the extension's schema and tables ------------------------------------ */

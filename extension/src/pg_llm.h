@@ -28,6 +28,12 @@ extern void llm_check_status(int status);
 extern void *llm_alloc_huge(Size bytes, const char *what);
 
 /*
+ * llm_alloc_huge() for a [rows, cols] float32 matrix; the product is
+ * overflow-checked (ERROR 22003 naming `what` and the shape).
+ */
+extern float *llm_alloc_floats(int64 rows, int64 cols, const char *what);
+
+/*
  * The extension's own tables, for SPI queries: "schema"."name", quoted as
  * needed, never resolved through the caller's search_path (a temporary table
  * or a table planted in an earlier schema could shadow it).

@@ -57,6 +57,7 @@ typedef struct ParamSlot
 
 typedef struct SlotList
 {
+	const char *model;			/* for messages */
 	ParamSlot  *items;
 	int			n;
 	int64		n_floats;		/* arena size so far */
@@ -68,7 +69,13 @@ slot_numel(const ParamSlot *s)
 	return s->ndim == 1 ? s->dims[0] : s->dims[0] * s->dims[1];
 }
 
-/* Append a tensor of shape [d0] (d1 == 0) or [d0, d1]. */
+/*
+ * Append a tensor of shape [d0] (d1 == 0) or [d0, d1].  A config whose
+ * shapes are not tensors (a dimension over 2^31 - 1, more than
+ * LLM_MAX_ELEMS values) is ERROR 22003 naming the parameter and its shape.
+ * So every slot is under 2^28 floats and there are fewer than 2^25 slots
+ * (see build_slots): the arena size cannot overflow.
+ */
 static void
 slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
 {
@@ -78,6 +85,8 @@ slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
 	s->ndim = d1 == 0 ? 1 : 2;
 	s->dims[0] = d0;
 	s->dims[1] = d1;
+	tensor_check_shape(psprintf("model \"%s\": parameter \"%s\"", list->model, name),
+					   s->ndim, s->dims);
 	s->offset = list->n_floats;
 	s->dst = dst;
 	s->loaded = false;
@@ -88,7 +97,7 @@ slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
  * Every parameter of the model: the one list of GPT-2's tensors, with
  * HuggingFace's names and shapes (Conv1D weights are [in, out]; lm_head is
  * tied to wte and not listed).  SQL sees it as llm_param_shapes(model).
- * The pointers to set live in `m` (m->layers must be allocated).
+ * The pointers to set live in `m`; m->layers is allocated here.
  */
 static SlotList
 build_slots(Gpt2Model *m)
@@ -96,9 +105,16 @@ build_slots(Gpt2Model *m)
 	const Gpt2Config *c = &m->cfg;
 	int64		C = c->n_embd,
 				F = c->n_inner;
-	SlotList	list = {0};
+	SlotList	list = {.model = m->name};
+	Size		n_slots = 4 + 12 * (Size) c->n_layer;
 
-	list.items = palloc(sizeof(ParamSlot) * (4 + 12 * (Size) c->n_layer));
+	if (n_slots > MaxAllocSize / sizeof(ParamSlot))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" has n_layer = %d, more layers than pg_llm can list",
+						m->name, c->n_layer)));
+	m->layers = palloc0(sizeof(Gpt2Layer) * c->n_layer);
+	list.items = palloc(sizeof(ParamSlot) * n_slots);
 	slot_add(&list, "wte.weight", &m->wte, c->vocab_size, C);
 	slot_add(&list, "wpe.weight", &m->wpe, c->n_positions, C);
 	for (int l = 0; l < c->n_layer; l++)
@@ -374,7 +390,6 @@ load_model(MemoryContext parent, const char *model, Oid relid, int64 version,
 	m->config_relid = relid;
 	m->version = version;
 	m->cfg = *cfg;
-	m->layers = palloc0(sizeof(Gpt2Layer) * cfg->n_layer);
 	slots = build_slots(m);
 	m->n_floats = slots.n_floats;
 
@@ -525,10 +540,9 @@ llm_param_shapes_sql(PG_FUNCTION_ARGS)
 	SPI_finish();
 	if (found)
 	{
-		Gpt2Model	m = {.cfg = cfg};
+		Gpt2Model	m = {.name = model, .cfg = cfg};
 		SlotList	slots;
 
-		m.layers = palloc0(sizeof(Gpt2Layer) * cfg.n_layer);
 		slots = build_slots(&m);
 		for (int i = 0; i < slots.n; i++)
 		{

@@ -459,16 +459,19 @@ list_params(const char *who, const char *model, int *count)
 		e->name = SPI_getvalue(row, desc, 1);
 		dims = int_array_values(who, DatumGetArrayTypeP(SPI_getbinval(row, desc, 2, &isnull)),
 								&e->ndim);
-		e->numel = 1;
+		if (e->ndim < 1 || e->ndim > LLM_MAX_NDIM)
+			elog(ERROR, "%s: parameter \"%s\" has %d dimensions", who, e->name, e->ndim);
 		for (int d = 0; d < e->ndim; d++)
-		{
 			e->dims[d] = dims[d];
-			e->numel *= dims[d];
-		}
+		e->numel = tensor_check_shape(who, e->ndim, e->dims);
 		e->dtype = LLM_FILE_F32;
 		e->dtype_name = "F32";
 		e->begin = offset;
-		e->end = offset = offset + e->numel * (int64) sizeof(float);
+		if (pg_add_s64_overflow(offset, e->numel * (int64) sizeof(float), &offset))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("%s: model \"%s\" is too large for a safetensors file", who, model)));
+		e->end = offset;
 	}
 	return entries;
 }

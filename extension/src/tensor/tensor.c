@@ -62,6 +62,14 @@ tensor_check_shape(const char *who, int ndim, const int64 *dims)
 	return n;
 }
 
+void
+tensor_numel_overflow(const Tensor *t)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("tensor of shape %s has more elements than fit in 64 bits", tensor_shape_str(t))));
+}
+
 Tensor *
 tensor_new(int ndim, const int64 *dims)
 {
