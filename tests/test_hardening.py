@@ -212,3 +212,39 @@ def test_param_shapes_of_a_huge_config_do_not_wrap(conn):
         assert "h_huge" in str(info.value)
     finally:
         conn.execute("DELETE FROM llm_model_config WHERE model = 'h_huge'")
+
+
+# ---- 4. only regular files are read -------------------------------------------------------
+
+def test_a_fifo_is_refused_not_waited_on(db_url, workdir):
+    fifo = workdir / "pipe"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    fifo.chmod(0o666)
+    outcome = {}
+
+    def read():
+        try:
+            with pg_llm_lab.connect(db_url) as other:
+                other.execute("SET statement_timeout = '2s'")
+                other.execute("SELECT llm_read_text_file(%s)", [str(fifo)])
+            outcome["result"] = "read"
+        except psycopg.Error as err:
+            outcome["result"] = err
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the backend before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("llm_read_text_file waited on a FIFO past statement_timeout")
+    err = outcome["result"]
+    assert isinstance(err, psycopg.Error) and err.sqlstate == "42809", err
+    assert str(fifo) in str(err) and "not a regular file" in str(err)
+
+
+@pytest.mark.parametrize("reader", ["SELECT llm_read_text_file(%s)", "SELECT * FROM llm_read_safetensors(%s)",
+                                    "SELECT * FROM llm_read_npz(%s)"])
+def test_devices_are_refused(conn, reader):
+    expect_error(conn, reader, ["/dev/zero"], "42809", "/dev/zero", "not a regular file")

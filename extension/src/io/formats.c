@@ -5,6 +5,7 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -77,6 +78,31 @@ llm_absolute_path(const char *who, text *path)
 
 /* ---- reading ------------------------------------------------------------- */
 
+/*
+ * Only regular files are read.  Opening a FIFO waits for a writer, and
+ * reading a device may never end, inside system calls that neither a cancel
+ * nor statement_timeout interrupts.
+ */
+static void
+require_regular_file(const char *who, const char *path, mode_t mode)
+{
+	const char *kind = S_ISFIFO(mode) ? "a FIFO" :
+		S_ISCHR(mode) ? "a character device" :
+		S_ISBLK(mode) ? "a block device" :
+		S_ISSOCK(mode) ? "a socket" : "of another kind";
+
+	if (S_ISDIR(mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s: \"%s\" is a directory", who, path)));
+	if (!S_ISREG(mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s: \"%s\" is not a regular file (it is %s)", who, path, kind),
+				 errdetail("pg_llm reads regular files only: a FIFO or a device could keep "
+						   "the server waiting forever.")));
+}
+
 void
 llm_in_open(LlmInFile *f, const char *who, const char *path)
 {
@@ -84,31 +110,41 @@ llm_in_open(LlmInFile *f, const char *who, const char *path)
 
 	f->who = who;
 	f->path = path;
-	/* AllocateFile: PostgreSQL closes the file for us if an ERROR aborts. */
-	f->fp = AllocateFile(path, PG_BINARY_R);
-	if (f->fp == NULL)
+	f->fd = -1;
+	/* Look before opening: a FIFO or a device is refused unopened. */
+	if (stat(path, &st) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("%s: could not open file \"%s\" for reading: %m", who, path)));
-	if (fstat(fileno(f->fp), &st) != 0)
+	require_regular_file(who, path, st.st_mode);
+
+	/*
+	 * O_NONBLOCK: should the path have become a FIFO since stat(), open()
+	 * returns at once instead of waiting for a writer, and fstat() below
+	 * refuses it.  (On a regular file O_NONBLOCK changes nothing.)  A
+	 * transient file is closed by PostgreSQL if an ERROR aborts.
+	 */
+	f->fd = OpenTransientFile(path, O_RDONLY | PG_BINARY | O_NONBLOCK);
+	if (f->fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("%s: could not open file \"%s\" for reading: %m", who, path)));
+	if (fstat(f->fd, &st) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("%s: could not stat file \"%s\": %m", who, path)));
-	if (S_ISDIR(st.st_mode))
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("%s: \"%s\" is a directory", who, path)));
+	require_regular_file(who, path, st.st_mode);
 	f->size = (int64) st.st_size;
 }
 
 void
 llm_in_close(LlmInFile *f)
 {
-	if (f->fp != NULL && FreeFile(f->fp) != 0)
+	if (f->fd >= 0 && CloseTransientFile(f->fd) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("%s: could not close file \"%s\": %m", f->who, f->path)));
-	f->fp = NULL;
+	f->fd = -1;
 }
 
 void
@@ -122,19 +158,21 @@ llm_in_read(LlmInFile *f, int64 offset, void *buf, size_t len, const char *what)
 				 errdetail("%s needs bytes " INT64_FORMAT " to " INT64_FORMAT
 						   ", but the file has " INT64_FORMAT " bytes.",
 						   what, offset, offset + (int64) len, f->size)));
-	if (fseeko(f->fp, (off_t) offset, SEEK_SET) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("%s: could not seek in file \"%s\": %m", f->who, f->path)));
-	if (fread(buf, 1, len, f->fp) != len)
+	for (size_t done = 0; done < len;)
 	{
-		if (ferror(f->fp))
+		ssize_t		got = pread(f->fd, (char *) buf + done, len - done, (off_t) (offset + done));
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
 			ereport(ERROR,
 					(errcode_for_file_access(),
 					 errmsg("%s: could not read file \"%s\": %m", f->who, f->path)));
-		ereport(ERROR,			/* it shrank while we read it */
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("%s: file \"%s\" ended early while reading %s", f->who, f->path, what)));
+		if (got == 0)
+			ereport(ERROR,		/* it shrank while we read it */
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("%s: file \"%s\" ended early while reading %s", f->who, f->path, what)));
+		done += got;
 	}
 }
 

@@ -44,10 +44,14 @@ extern char *llm_absolute_path(const char *who, text *path);
 
 /* ---- reading ------------------------------------------------------------- */
 
-/* A file opened for reading, with its size (known before we trust offsets). */
+/*
+ * A regular file opened for reading, with its size (known before we trust
+ * offsets).  llm_in_open() refuses directories, FIFOs and devices (42809)
+ * before opening them.
+ */
 typedef struct LlmInFile
 {
-	FILE	   *fp;				/* from AllocateFile: closed at abort too */
+	int			fd;				/* from OpenTransientFile: closed at abort too */
 	const char *path;			/* for messages */
 	const char *who;			/* the SQL function, for messages */
 	int64		size;			/* bytes */
