@@ -1,9 +1,9 @@
 -- pg_llm: the model registry and its parameters.
 
--- Every write to llm_param takes a fresh number from this sequence into
--- llm_model_config.version.  Sequences never hand out a number twice, even
--- across rollbacks, so (model, version) names one set of weights exactly:
--- the backend's decoded-weight cache is keyed by it.
+-- Every write to llm_param, and every change to a model's row, takes a fresh
+-- number from this sequence into llm_model_config.version.  Sequences never
+-- hand out a number twice, even across rollbacks, so (model, version) names
+-- one set of weights exactly: the backend's decoded-weight cache is keyed by it.
 CREATE SEQUENCE llm_param_version_seq;
 
 CREATE TABLE llm_model_config (
@@ -110,6 +110,63 @@ CREATE TRIGGER llm_param_version_del AFTER DELETE ON llm_param
     FOR EACH STATEMENT EXECUTE FUNCTION llm_param_bump_version();
 CREATE TRIGGER llm_param_version_trunc AFTER TRUNCATE ON llm_param
     FOR EACH STATEMENT EXECUTE FUNCTION llm_param_bump_version();
+
+-- A model's row that changes gets a fresh version too, whatever the
+-- statement set version to: backends that cached the model reload it with
+-- its new settings (n_head, layer_norm_eps, ...), and no one can hand an old
+-- version number back to new weights.
+CREATE FUNCTION llm_model_config_new_version() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+BEGIN
+    NEW.version := nextval('llm_param_version_seq');
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER llm_model_config_version BEFORE INSERT OR UPDATE ON llm_model_config
+    FOR EACH ROW EXECUTE FUNCTION llm_model_config_new_version();
+
+-- A model with stored parameters keeps shapes that fit them: a change of
+-- n_layer, n_embd, n_positions, vocab_size or n_inner is refused unless the
+-- stored parameters are exactly what the new settings have.
+CREATE FUNCTION llm_model_config_check() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+DECLARE
+    misfits text[];
+    missing text[];
+BEGIN
+    IF (NEW.n_layer, NEW.n_embd, NEW.n_positions, NEW.vocab_size, coalesce(NEW.n_inner, 4 * NEW.n_embd))
+       = (OLD.n_layer, OLD.n_embd, OLD.n_positions, OLD.vocab_size, coalesce(OLD.n_inner, 4 * OLD.n_embd))
+       OR NOT EXISTS (SELECT 1 FROM llm_param p WHERE p.model = NEW.model) THEN
+        RETURN NULL;
+    END IF;
+    -- (an AFTER trigger: llm_param_shapes() reads the new row)
+    SELECT array_agg(CASE WHEN s.shape IS NULL
+                          THEN format('"%s" is not a parameter of the new settings', p.name)
+                          ELSE format('"%s" has shape %s, the new settings give it %s', p.name, p.shape, s.shape)
+                     END ORDER BY p.name COLLATE "C")
+    INTO misfits
+    FROM llm_param p LEFT JOIN llm_param_shapes(NEW.model) s ON s.name = p.name
+    WHERE p.model = NEW.model AND s.shape IS DISTINCT FROM p.shape;
+    SELECT array_agg(s.name ORDER BY s.name COLLATE "C") INTO missing
+    FROM llm_param_shapes(NEW.model) s
+    WHERE NOT EXISTS (SELECT 1 FROM llm_param p WHERE p.model = NEW.model AND p.name = s.name);
+    IF misfits IS NOT NULL OR missing IS NOT NULL THEN
+        RAISE EXCEPTION 'llm_model_config: the new settings of model "%" do not fit its stored parameters: %',
+            NEW.model,
+            concat_ws('; ', array_to_string(misfits[1:5], '; ')
+                            || CASE WHEN cardinality(misfits) > 5 THEN '; ...' ELSE '' END,
+                      'missing ' || cardinality(missing) || ' parameter(s): '
+                            || array_to_string(missing[1:5], ', ')
+                            || CASE WHEN cardinality(missing) > 5 THEN ', ...' ELSE '' END)
+            USING ERRCODE = 'data_exception',
+                  HINT = 'Delete the model''s parameters first (DELETE FROM llm_param WHERE model = ...), '
+                         'or register the new settings under another model name.';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER llm_model_config_check AFTER UPDATE ON llm_model_config
+    FOR EACH ROW EXECUTE FUNCTION llm_model_config_check();
 
 -- Error unless `model` has every parameter it should (used after imports).
 CREATE FUNCTION llm_check_complete(p_model text) RETURNS void

@@ -248,3 +248,41 @@ def test_a_fifo_is_refused_not_waited_on(db_url, workdir):
                                     "SELECT * FROM llm_read_npz(%s)"])
 def test_devices_are_refused(conn, reader):
     expect_error(conn, reader, ["/dev/zero"], "42809", "/dev/zero", "not a regular file")
+
+
+# ---- 5. a changed configuration is a new version, and must fit the parameters ------------------
+
+def test_config_change_reaches_a_backend_with_the_model_cached(conn, tiny, db_url):
+    with pg_llm_lab.connect(db_url) as other:
+        before = q(other, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)     # cached there
+        version = q(conn, "SELECT version FROM llm_model_config WHERE model = %s", MODEL)
+        conn.execute("UPDATE llm_model_config SET n_head = 1 WHERE model = %s", [MODEL])
+        assert q(conn, "SELECT version FROM llm_model_config WHERE model = %s", MODEL) > version
+        after = q(other, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)
+        other.execute("SELECT llm_model_cache_clear()")
+        fresh = q(other, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, fresh)
+
+
+def test_config_version_cannot_be_set_by_hand(conn, tiny):
+    version = q(conn, "SELECT version FROM llm_model_config WHERE model = %s", MODEL)
+    conn.execute("UPDATE llm_param SET data = llm_scale(data, 2) WHERE model = %s AND name = 'ln_f.weight'",
+                 [MODEL])
+    conn.execute("UPDATE llm_model_config SET version = %s WHERE model = %s", [version, MODEL])
+    assert q(conn, "SELECT version FROM llm_model_config WHERE model = %s", MODEL) > version
+
+
+def test_config_change_must_fit_the_stored_parameters(conn, tiny):
+    expect_error(conn, "UPDATE llm_model_config SET n_positions = 32 WHERE model = %s", [MODEL],
+                 "22000", "wpe.weight", "{16,8}", "{32,8}")
+    expect_error(conn, "UPDATE llm_model_config SET n_layer = 2 WHERE model = %s", [MODEL],
+                 "22000", "h.1.")
+    expect_error(conn, "UPDATE llm_model_config SET n_inner = 16 WHERE model = %s", [MODEL],
+                 "22000", "h.0.mlp.c_fc.weight")
+    # a model without parameters may change freely; a rename keeps them
+    conn.execute("DELETE FROM llm_param WHERE model = %s", [OTHER])
+    conn.execute("UPDATE llm_model_config SET n_positions = 32, n_layer = 2 WHERE model = %s", [OTHER])
+    conn.execute("UPDATE llm_model_config SET model = 'h_renamed' WHERE model = %s", [MODEL])
+    assert q(conn, "SELECT count(*) FROM llm_param WHERE model = 'h_renamed'") == 16
+    assert q(conn, "SELECT llm_shape(llm_logits('h_renamed', %s))", TOKENS) == [3, 11]

@@ -8,7 +8,8 @@
  * once into a single float array (the "arena") in backend memory and keep
  * it across calls, keyed by llm_model_config.version.  Every write to
  * llm_param -- an import, an optimizer step, a learner's manual UPDATE --
- * bumps that version through triggers (sql/30_model.sql), so a call that
+ * and every change to the model's row (n_head, layer_norm_eps, ...) bumps
+ * that version through triggers (sql/30_model.sql), so a call that
  * sees the same version as the cache may use the cache, and any other
  * version forces a reload.  One model is cached at a time, per backend
  * (each connection has its own backend, hence its own cache).
