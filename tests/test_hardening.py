@@ -286,3 +286,24 @@ def test_config_change_must_fit_the_stored_parameters(conn, tiny):
     conn.execute("UPDATE llm_model_config SET model = 'h_renamed' WHERE model = %s", [MODEL])
     assert q(conn, "SELECT count(*) FROM llm_param WHERE model = 'h_renamed'") == 16
     assert q(conn, "SELECT llm_shape(llm_logits('h_renamed', %s))", TOKENS) == [3, 11]
+
+
+# ---- 6. exports clean up what killed backends left -----------------------------------------
+
+def test_export_removes_temporary_files_of_dead_backends(conn, tiny, workdir):
+    target = workdir / "export" / "model.safetensors"
+    target.parent.mkdir(exist_ok=True)
+    target.parent.chmod(0o777)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead, alive = finished.pid, os.getpid()
+    leftovers = {f"model.safetensors.tmp{dead}": False,         # removed
+                 f"model.safetensors.tmp{alive}": True,         # its writer may still be at work
+                 "model.safetensors.tmpx1": True,               # not ours
+                 f"other.safetensors.tmp{dead}": True}          # another target's
+    for name in leftovers:
+        write(target.parent, name, b"half a checkpoint")
+    assert q(conn, "SELECT pg_llm_export_safetensors(%s, %s)", MODEL, str(target)) > 0
+    for name, kept in leftovers.items():
+        assert (target.parent / name).exists() == kept, name
+    assert target.exists()

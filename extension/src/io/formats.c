@@ -5,8 +5,10 @@
  */
 #include "postgres.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -373,6 +375,69 @@ ensure_directory(const char *who, const char *path)
 				 errmsg("%s: could not create directory \"%s\": %m", who, dir)));
 }
 
+/*
+ * The pid in "<base>.tmp<pid>", the name of a temporary file of the target
+ * <dir>/<base>; 0 if `name` is not one.
+ */
+static int
+temporary_file_pid(const char *name, const char *base)
+{
+	size_t		len = strlen(base);
+	const char *digits = name + len + 4;
+	char	   *end;
+	long		pid;
+
+	if (strncmp(name, base, len) != 0 || strncmp(name + len, ".tmp", 4) != 0 ||
+		!isdigit((unsigned char) *digits))
+		return 0;
+	errno = 0;
+	pid = strtol(digits, &end, 10);
+	if (*end != '\0' || errno != 0 || pid <= 0 || pid > PG_INT32_MAX)
+		return 0;
+	return (int) pid;
+}
+
+/*
+ * Remove the temporary files that writers which died left for this target.
+ *
+ * A backend killed mid-export (or terminated: FATAL does not pass through
+ * the PG_CATCH of llm_write_file_atomically) leaves "<path>.tmp<pid>"
+ * behind.  The next export to the same path removes such files whose pid is
+ * no running process (kill(pid, 0) says ESRCH).  A live pid -- or one we may
+ * not signal -- may still be writing: its file stays.  (A writer on another
+ * machine sharing the directory would look dead from here: keep exports of
+ * different servers in different directories.)
+ */
+static void
+remove_stale_temporaries(const char *who, const char *path)
+{
+	const char *base = last_dir_separator(path) + 1;	/* the path is absolute */
+	char	   *dir = base - path > 1 ? pnstrdup(path, base - path - 1) : pstrdup("/");
+	DIR		   *d;
+	struct dirent *de;
+
+	if (*base == '\0')
+		return;					/* a directory's path: no file of ours */
+	d = AllocateDir(dir);
+	if (d == NULL)
+		return;					/* a missing directory: nothing to clean */
+	while ((de = ReadDirExtended(d, dir, LOG)) != NULL)
+	{
+		int			pid = temporary_file_pid(de->d_name, base);
+		char	   *stale;
+
+		if (pid == 0 || pid == MyProcPid || kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		stale = psprintf("%s/%s", strcmp(dir, "/") == 0 ? "" : dir, de->d_name);
+		if (unlink(stale) == 0)
+			ereport(NOTICE,
+					(errmsg("%s: removed \"%s\", left by process %d which no longer runs",
+							who, stale, pid)));
+		pfree(stale);
+	}
+	FreeDir(d);
+}
+
 static void
 out_open(LlmOutFile *out, const char *who, const char *path)
 {
@@ -381,6 +446,7 @@ out_open(LlmOutFile *out, const char *who, const char *path)
 	out->who = who;
 	out->path = pstrdup(path);
 	out->tmp_path = psprintf("%s.tmp%d", path, MyProcPid);
+	remove_stale_temporaries(who, path);
 
 	/*
 	 * Like COPY TO a file: files readable by all, writable by us only (the

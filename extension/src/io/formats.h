@@ -120,7 +120,9 @@ extern void llm_rows_add(FunctionCallInfo fcinfo, const char *name,
  * A file being written: bytes go to "<path>.tmp<pid>", which replaces
  * <path> only once everything is written (rename is atomic), so readers
  * never see a half-written checkpoint; on error the temporary file is
- * removed.
+ * removed.  A backend killed mid-write leaves its temporary file: the next
+ * write to the same path removes "<path>.tmp<pid>" files whose pid is no
+ * running process.
  */
 typedef struct LlmOutFile
 {
