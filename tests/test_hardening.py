@@ -307,3 +307,70 @@ def test_export_removes_temporary_files_of_dead_backends(conn, tiny, workdir):
     for name, kept in leftovers.items():
         assert (target.parent / name).exists() == kept, name
     assert target.exists()
+
+
+# ---- clearer answers ------------------------------------------------------------------------
+
+NULL_CALLS = [
+    ("SELECT llm_init(%s, NULL)", [MODEL], "seed"),
+    ("SELECT llm_init(NULL, 1)", [], "model"),
+    ("SELECT llm_import_hf('/tmp', NULL)", [], "model"),
+    ("SELECT llm_import_hf(NULL, %s)", [MODEL], "dir"),
+    ("SELECT llm_register_hf_config(NULL, '{}')", [], "p_model"),
+    ("SELECT llm_register_hf_config(%s, NULL)", [MODEL], "p_config"),
+    ("SELECT pg_llm_import_safetensors(NULL, %s)", [MODEL], "path"),
+    ("SELECT pg_llm_import_npz('/tmp/x.npz', NULL)", [], "model"),
+    ("SELECT llm_import_tensors(%s, '/tmp/x', NULL)", [MODEL], "p_format"),
+    ("SELECT pg_llm_export_safetensors(%s, NULL)", [MODEL], "path"),
+    ("SELECT llm_export_hf(NULL, '/tmp/x')", [], "model"),
+    ("SELECT llm_export_hf(%s, NULL)", [MODEL], "dir"),
+    ("SELECT llm_check_complete(NULL)", [], "p_model"),
+    ("SELECT llm_hf_config(NULL)", [], "p_model"),
+    ("SELECT llm_import_require_model(NULL)", [], "p_model"),
+]
+
+
+@pytest.mark.parametrize("sql,params,argument", NULL_CALLS)
+def test_null_arguments_are_named(conn, tiny, sql, params, argument):
+    function = sql.split("(")[0].split()[-1]
+    expect_error(conn, sql, params, "22004", function, f'"{argument}"')
+
+
+def test_bad_config_json_names_the_file(conn, workdir):
+    folder = workdir / "bad_json"
+    folder.mkdir(exist_ok=True)
+    make_readable(folder)
+    write(folder, "config.json", b"{not json")
+    expect_error(conn, "SELECT llm_import_hf(%s, 'h_x')", [str(folder)], "22P02", str(folder / "config.json"))
+    write(folder, "config.json", b'{"n_layer": 1,\0 "n_head": 1}')
+    expect_error(conn, "SELECT llm_import_hf(%s, 'h_x')", [str(folder)], "22021",
+                 str(folder / "config.json"), "byte 14")
+
+
+def test_text_files_are_read_to_the_end(conn):
+    """/proc files say they are empty (st_size 0) but have content."""
+    assert os.stat("/proc/version").st_size == 0
+    assert q(conn, "SELECT llm_read_text_file('/proc/version')") == Path("/proc/version").read_text()
+
+
+@pytest.mark.parametrize("factor", [3.5e38, -1e39, 1e-50])
+def test_scale_factor_out_of_real_range(conn, factor):
+    expect_error(conn, "SELECT llm_scale('[1]', %s)", [factor], "22003", "out of range")
+
+
+def test_tensor_input_follows_real(conn):
+    expect_error(conn, "SELECT '[1, 1e-50]'::tensor", [], "22003", "1e-50", "out of range for type real")
+    expect_error(conn, "SELECT '1e-50'::real", [], "22003")  # what real does
+    denormal = q(conn, "SELECT real_array('[1e-45]'::tensor)")[0]
+    assert denormal == q(conn, "SELECT '1e-45'::real") > 0
+    canonical_nan = struct.pack("<f", float("nan"))
+    for spelling in ["NaN", "nan(0x123)", "-nan"]:
+        assert q(conn, f"SELECT llm_bytea('[{spelling}]'::tensor)") == canonical_nan, spelling
+
+
+@pytest.mark.parametrize("sql", ["SELECT llm_fill('{{2},{2}}', 0)", "SELECT llm_randn('{{2,2}}', 1, 1)",
+                                 "SELECT llm_tensor('{1,2,3,4}'::real[], '{{2},{2}}')",
+                                 "SELECT llm_reshape('[1,2,3,4]', '{{2},{2}}')",
+                                 "SELECT llm_embedding('[[1],[2]]', '{{0},{1}}')"])
+def test_int_arrays_must_be_one_dimensional(conn, sql):
+    expect_error(conn, sql, [], "22023", "one-dimensional", "2 dimensions")

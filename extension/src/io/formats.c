@@ -526,6 +526,49 @@ llm_write_file_atomically(const char *who, const char *path, llm_out_writer writ
 
 /* ---- text files (config.json) --------------------------------------------- */
 
+/*
+ * All of a file, read to its end: st_size is only a first guess (files in
+ * /proc say 0 and have content).  NUL-terminated; *len without the NUL.
+ */
+static char *
+read_to_end(LlmInFile *f, int *len)
+{
+	const int64 limit = MaxAllocSize - VARHDRSZ - 1;	/* what a text value holds */
+	int64		cap = Min(Max(f->size, 8192), limit);
+	int64		done = 0;
+	char	   *buf = palloc(cap + 1);
+
+	for (;;)
+	{
+		ssize_t		got;
+
+		CHECK_FOR_INTERRUPTS();
+		if (done == cap)
+		{
+			if (cap == limit)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("%s: file \"%s\" is too large for a text value (more than " INT64_FORMAT
+								" bytes)", f->who, f->path, limit)));
+			cap = Min(cap * 2, limit);
+			buf = repalloc(buf, cap + 1);
+		}
+		got = pread(f->fd, buf + done, cap - done, (off_t) done);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("%s: could not read file \"%s\": %m", f->who, f->path)));
+		if (got == 0)
+			break;
+		done += got;
+	}
+	buf[done] = '\0';
+	*len = (int) done;
+	return buf;
+}
+
 /* llm_read_text_file(path text) RETURNS text: a UTF-8 file's contents. */
 PG_FUNCTION_INFO_V1(llm_read_text_file);
 Datum
@@ -535,22 +578,23 @@ llm_read_text_file(PG_FUNCTION_ARGS)
 	char	   *path = llm_absolute_path(who, PG_GETARG_TEXT_PP(0));
 	LlmInFile	f;
 	char	   *buf;
-	char	   *converted;
+	int			len;
+	int			valid;
 
 	llm_require_read_privilege(who);
 	llm_in_open(&f, who, path);
-	if (f.size > (int64) (MaxAllocSize - VARHDRSZ - 1))
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s: file \"%s\" is too large for a text value (" INT64_FORMAT " bytes)",
-						who, path, f.size)));
-	buf = palloc(f.size + 1);
-	llm_in_read(&f, 0, buf, f.size, "the text");
-	buf[f.size] = '\0';
+	buf = read_to_end(&f, &len);
 	llm_in_close(&f);
-	/* Validates the UTF-8 (no NUL bytes either) and converts if needed. */
-	converted = pg_any_to_server(buf, (int) f.size, PG_UTF8);
-	PG_RETURN_TEXT_P(cstring_to_text(converted));
+	/* UTF-8 (no NUL bytes either), or an error that names the file and the byte. */
+	valid = pg_encoding_verifymbstr(PG_UTF8, buf, len);
+	if (valid < len)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("%s: file \"%s\" is not valid UTF-8", who, path),
+				 errdetail("Invalid byte sequence at byte %d (counting from 0): 0x%02x%s.",
+						   valid, (unsigned char) buf[valid],
+						   buf[valid] == '\0' ? ", a NUL byte" : "")));
+	PG_RETURN_TEXT_P(cstring_to_text(pg_any_to_server(buf, len, PG_UTF8)));
 }
 
 static void

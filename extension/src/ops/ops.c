@@ -134,10 +134,15 @@ llm_scale_sql(PG_FUNCTION_ARGS)
 	float8		s = PG_GETARG_FLOAT8(1);
 	Tensor	   *y;
 
-	if (!isfinite(s) || fabs(s) > FLT_MAX)
+	if (!isfinite(s))
 		ereport(ERROR,
 				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
 				 errmsg("llm_scale: the factor must be a finite float32 value, got %g", s)));
+	/* As double precision to real: overflow and underflow are out of range. */
+	if (fabs(s) > FLT_MAX || ((float) s == 0 && s != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("llm_scale: the factor %g is out of range for type real", s)));
 	y = tensor_new_like(x);
 	llm_scale(x->data, (float) s, y->data, tensor_numel(x));
 	PG_RETURN_TENSOR_P(y);

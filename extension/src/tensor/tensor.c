@@ -117,6 +117,12 @@ int_array_values(const char *who, ArrayType *arr, int *count)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("%s: expected an int[] array", who)));
+	/* '{{2},{2}}' is not the shape [2,2], nor are '{{1,2}}' two token ids */
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: expected a one-dimensional int[] array, got %d dimensions",
+						who, ARR_NDIM(arr))));
 	deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
 					  &elems, &nulls, count);
 	out = palloc(sizeof(int32) * Max(*count, 1));

@@ -82,9 +82,9 @@ extern char *tensor_shape_str(const Tensor *t);
 extern char *shape_str(int ndim, const int64 *dims);
 /* Error if any value is NaN or infinite. */
 extern void tensor_check_finite(const char *who, const Tensor *t);
-/* Shape from an int[] argument (no NULLs, 1..8 dims). */
+/* Shape from an int[] argument (one-dimensional, no NULLs, 1..8 values). */
 extern int	shape_from_array(const char *who, ArrayType *arr, int64 *dims);
-/* Values of an int[] argument (no NULLs); returns count, palloc'd ints. */
+/* Values of a one-dimensional int[] argument (no NULLs); returns count, palloc'd ints. */
 extern int32 *int_array_values(const char *who, ArrayType *arr, int *count);
 
 /*
