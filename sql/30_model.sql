@@ -1,5 +1,16 @@
 -- pg_llm: the model registry and its parameters.
 
+-- ERROR 22004 naming the argument, for the functions that need every
+-- argument (a NULL would otherwise surface as 'null value in column ...').
+CREATE FUNCTION llm_require_arg(p_function text, p_argument text, p_is_null boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+BEGIN
+    IF p_is_null THEN
+        RAISE EXCEPTION '%: argument "%" must not be NULL', p_function, p_argument
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END $$;
+
 -- Every write to llm_param, and every change to a model's row, takes a fresh
 -- number from this sequence into llm_model_config.version.  Sequences never
 -- hand out a number twice, even across rollbacks, so (model, version) names
@@ -174,6 +185,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     missing text[];
 BEGIN
+    PERFORM llm_require_arg('llm_check_complete', 'p_model', p_model IS NULL);
     IF NOT EXISTS (SELECT 1 FROM llm_model_config WHERE model = p_model) THEN
         RAISE EXCEPTION 'unknown model "%"', p_model
             USING ERRCODE = 'undefined_object',

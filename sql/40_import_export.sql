@@ -67,6 +67,7 @@ $$;
 CREATE FUNCTION llm_import_require_model(p_model text) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
+    PERFORM llm_require_arg('llm_import_require_model', 'p_model', p_model IS NULL);
     IF NOT EXISTS (SELECT 1 FROM llm_model_config c WHERE c.model = p_model) THEN
         RAISE EXCEPTION 'unknown model "%"', p_model
             USING ERRCODE = 'undefined_object',
@@ -90,6 +91,9 @@ DECLARE
     expected int[];
     imported int := 0;
 BEGIN
+    PERFORM llm_require_arg('llm_import_tensors', 'p_model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_import_tensors', 'p_path', p_path IS NULL);
+    PERFORM llm_require_arg('llm_import_tensors', 'p_format', p_format IS NULL);
     IF reader IS NULL THEN
         RAISE EXCEPTION 'llm_import_tensors: unknown format "%"', p_format
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The formats are safetensors and npz.';
@@ -136,12 +140,22 @@ BEGIN
 END $$;
 
 CREATE FUNCTION pg_llm_import_safetensors(path text, model text) RETURNS int
-LANGUAGE sql AS $$ SELECT llm_import_tensors(model, path, 'safetensors') $$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM llm_require_arg('pg_llm_import_safetensors', 'path', path IS NULL);
+    PERFORM llm_require_arg('pg_llm_import_safetensors', 'model', model IS NULL);
+    RETURN llm_import_tensors(model, path, 'safetensors');
+END $$;
 COMMENT ON FUNCTION pg_llm_import_safetensors(text, text) IS
     'replace the parameters of a registered model with a safetensors file''s; returns the tensors imported';
 
 CREATE FUNCTION pg_llm_import_npz(path text, model text) RETURNS int
-LANGUAGE sql AS $$ SELECT llm_import_tensors(model, path, 'npz') $$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM llm_require_arg('pg_llm_import_npz', 'path', path IS NULL);
+    PERFORM llm_require_arg('pg_llm_import_npz', 'model', model IS NULL);
+    RETURN llm_import_tensors(model, path, 'npz');
+END $$;
 COMMENT ON FUNCTION pg_llm_import_npz(text, text) IS
     'replace the parameters of a registered model with a .npz file''s; returns the tensors imported';
 
@@ -180,6 +194,8 @@ DECLARE
     registered llm_model_config;
     differences text;
 BEGIN
+    PERFORM llm_require_arg('llm_register_hf_config', 'p_model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_register_hf_config', 'p_config', p_config IS NULL);
     IF jsonb_typeof(cfg) IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'config.json must hold a JSON object' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -252,6 +268,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     c llm_model_config;
 BEGIN
+    PERFORM llm_require_arg('llm_hf_config', 'p_model', p_model IS NULL);
     PERFORM llm_import_require_model(p_model);
     SELECT * INTO c FROM llm_model_config m WHERE m.model = p_model;
     RETURN jsonb_build_object(
@@ -282,8 +299,25 @@ END $$;
 -- against the model's row), then import model.safetensors.
 CREATE FUNCTION llm_import_hf(dir text, model text) RETURNS int
 LANGUAGE plpgsql AS $$
+DECLARE
+    config_path text := rtrim(dir, '/') || '/config.json';
+    config_text text;
+    config jsonb;
+    problem text;
+    detail text;
 BEGIN
-    PERFORM llm_register_hf_config(model, llm_read_text_file(rtrim(dir, '/') || '/config.json')::jsonb);
+    PERFORM llm_require_arg('llm_import_hf', 'dir', dir IS NULL);
+    PERFORM llm_require_arg('llm_import_hf', 'model', model IS NULL);
+    config_text := llm_read_text_file(config_path);
+    BEGIN
+        config := config_text::jsonb;
+    EXCEPTION WHEN data_exception THEN      -- the JSON parser's errors do not name the file
+        GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+        RAISE EXCEPTION 'llm_import_hf: file "%" is not valid JSON: %', config_path,
+            problem || coalesce(' (' || nullif(detail, '') || ')', '')
+            USING ERRCODE = SQLSTATE;
+    END;
+    PERFORM llm_register_hf_config(model, config);
     RETURN llm_import_tensors(model, rtrim(dir, '/') || '/model.safetensors', 'safetensors');
 END $$;
 COMMENT ON FUNCTION llm_import_hf(text, text) IS
@@ -294,6 +328,8 @@ COMMENT ON FUNCTION llm_import_hf(text, text) IS
 CREATE FUNCTION pg_llm_export_safetensors(model text, path text) RETURNS bigint
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM llm_require_arg('pg_llm_export_safetensors', 'model', model IS NULL);
+    PERFORM llm_require_arg('pg_llm_export_safetensors', 'path', path IS NULL);
     PERFORM llm_check_complete(model);      -- never write half a model
     RETURN llm_write_safetensors(path, model);
 END $$;
@@ -307,6 +343,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     written bigint;
 BEGIN
+    PERFORM llm_require_arg('llm_export_hf', 'model', model IS NULL);
+    PERFORM llm_require_arg('llm_export_hf', 'dir', dir IS NULL);
     written := pg_llm_export_safetensors(model, rtrim(dir, '/') || '/model.safetensors');
     RETURN written + llm_write_text_file(rtrim(dir, '/') || '/config.json',
                                          jsonb_pretty(llm_hf_config(model)) || E'\n');

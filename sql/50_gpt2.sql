@@ -87,6 +87,8 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n_layer int;
 BEGIN
+    PERFORM llm_require_arg('llm_init', 'model', llm_init.model IS NULL);
+    PERFORM llm_require_arg('llm_init', 'seed', llm_init.seed IS NULL);
     SELECT c.n_layer INTO n_layer FROM llm_model_config c WHERE c.model = llm_init.model;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown model "%"', llm_init.model
