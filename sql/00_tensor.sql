@@ -57,4 +57,5 @@ CREATE FUNCTION llm_shape(tensor) RETURNS int[]
 CREATE FUNCTION llm_info_text() RETURNS text
     AS 'MODULE_PATHNAME', 'llm_info' LANGUAGE C STABLE;
 CREATE FUNCTION llm_info() RETURNS jsonb
+    SET search_path = pg_catalog, @extschema@, pg_temp
     AS 'SELECT llm_info_text()::jsonb' LANGUAGE SQL STABLE;

@@ -3,18 +3,22 @@
 
 CREATE FUNCTION pg_llm_matmul(a bytea, b bytea, m int, k int, n int) RETURNS bytea
     AS $$ SELECT llm_bytea(llm_matmul(llm_tensor(a, ARRAY[m, k]), llm_tensor(b, ARRAY[k, n]))) $$
+    SET search_path = pg_catalog, @extschema@, pg_temp
     LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
 
 CREATE FUNCTION pg_llm_add(a bytea, b bytea) RETURNS bytea
     AS $$ SELECT llm_bytea(llm_add(a::tensor, b::tensor)) $$
+    SET search_path = pg_catalog, @extschema@, pg_temp
     LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
 
 CREATE FUNCTION pg_llm_gelu(x bytea) RETURNS bytea
     AS $$ SELECT llm_bytea(llm_gelu(x::tensor)) $$
+    SET search_path = pg_catalog, @extschema@, pg_temp
     LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
 
 CREATE FUNCTION pg_llm_softmax(x bytea) RETURNS bytea
     AS $$ SELECT llm_bytea(llm_softmax(x::tensor)) $$
+    SET search_path = pg_catalog, @extschema@, pg_temp
     LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
 
 -- x holds whole rows of length(gamma) values.
@@ -22,9 +26,11 @@ CREATE FUNCTION pg_llm_layernorm(x bytea, gamma bytea, beta bytea, eps float4) R
     AS $$ SELECT llm_bytea(llm_layernorm(
               llm_reshape(x::tensor, ARRAY[-1, length(gamma) / 4]),
               gamma::tensor, beta::tensor, eps)) $$
+    SET search_path = pg_catalog, @extschema@, pg_temp
     LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;
 
 -- Cross-entropy of one row of logits against one target id.
 CREATE FUNCTION pg_llm_cross_entropy(logits bytea, target int) RETURNS float4
     AS $$ SELECT llm_cross_entropy(llm_reshape(logits::tensor, ARRAY[1, -1]), ARRAY[target]) $$
+    SET search_path = pg_catalog, @extschema@, pg_temp
     LANGUAGE SQL IMMUTABLE STRICT PARALLEL SAFE;

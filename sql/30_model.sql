@@ -59,6 +59,7 @@ COMMENT ON TABLE llm_param IS 'one row per named GPT-2 tensor (HuggingFace names
 
 -- Every row is checked against the model's shapes, whoever writes it.
 CREATE FUNCTION llm_param_check() RETURNS trigger
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     expected int[];
@@ -93,6 +94,7 @@ CREATE TRIGGER llm_param_check BEFORE INSERT OR UPDATE ON llm_param
 
 -- Bump the version of every model whose parameters a statement touched.
 CREATE FUNCTION llm_param_bump_version() RETURNS trigger
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
@@ -181,6 +183,7 @@ CREATE TRIGGER llm_model_config_check AFTER UPDATE ON llm_model_config
 
 -- Error unless `model` has every parameter it should (used after imports).
 CREATE FUNCTION llm_check_complete(p_model text) RETURNS void
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     missing text[];
@@ -204,6 +207,7 @@ END $$;
 
 -- One token's embedding row, read with a TOAST slice (not all of wte).
 CREATE FUNCTION llm_embedding_row(p_model text, token_id int) RETURNS tensor
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE sql STABLE AS $$
     SELECT llm_reshape(llm_slice(data, token_id, token_id + 1), ARRAY[-1])
     FROM llm_param WHERE model = p_model AND name = 'wte.weight'

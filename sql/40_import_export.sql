@@ -53,6 +53,7 @@ COMMENT ON FUNCTION llm_write_safetensors(text, text) IS
 --   'h.0.attn.bias' (the causal mask buffer) -> NULL
 --   'lm_head.weight' (the same tensor as wte.weight) -> NULL
 CREATE FUNCTION llm_hf_param_name(hf_name text) RETURNS text
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT CASE
         WHEN n = 'lm_head.weight' THEN NULL
@@ -65,6 +66,7 @@ $$;
 -- ---- importing ---------------------------------------------------------------------
 
 CREATE FUNCTION llm_import_require_model(p_model text) RETURNS void
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     PERFORM llm_require_arg('llm_import_require_model', 'p_model', p_model IS NULL);
@@ -82,6 +84,7 @@ END $$;
 -- fails, the DELETE and the INSERTs are undone together and llm_param is
 -- exactly as before.
 CREATE FUNCTION llm_import_tensors(p_model text, p_path text, p_format text) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     reader text := CASE p_format WHEN 'safetensors' THEN 'llm_read_safetensors'
@@ -140,6 +143,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION pg_llm_import_safetensors(path text, model text) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM llm_require_arg('pg_llm_import_safetensors', 'path', path IS NULL);
@@ -150,6 +154,7 @@ COMMENT ON FUNCTION pg_llm_import_safetensors(text, text) IS
     'replace the parameters of a registered model with a safetensors file''s; returns the tensors imported';
 
 CREATE FUNCTION pg_llm_import_npz(path text, model text) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM llm_require_arg('pg_llm_import_npz', 'path', path IS NULL);
@@ -163,6 +168,7 @@ COMMENT ON FUNCTION pg_llm_import_npz(text, text) IS
 
 -- An integer setting of a config.json, or p_default when absent or null.
 CREATE FUNCTION llm_hf_config_int(p_config jsonb, p_key text, p_default int) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v jsonb := p_config -> p_key;
@@ -181,6 +187,7 @@ END $$;
 -- (the contents of config.json), or check that its row agrees.  Configs
 -- that ask for math we do not compute are refused rather than run wrongly.
 CREATE FUNCTION llm_register_hf_config(p_model text, p_config jsonb) RETURNS void
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     cfg jsonb := p_config;
@@ -264,6 +271,7 @@ END $$;
 
 -- The config.json of a model, as GPT2LMHeadModel.from_pretrained() expects.
 CREATE FUNCTION llm_hf_config(p_model text) RETURNS jsonb
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     c llm_model_config;
@@ -298,6 +306,7 @@ END $$;
 -- Import a HuggingFace checkpoint folder: register config.json (or check it
 -- against the model's row), then import model.safetensors.
 CREATE FUNCTION llm_import_hf(dir text, model text) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     config_path text := rtrim(dir, '/') || '/config.json';
@@ -326,6 +335,7 @@ COMMENT ON FUNCTION llm_import_hf(text, text) IS
 -- ---- exporting ---------------------------------------------------------------------
 
 CREATE FUNCTION pg_llm_export_safetensors(model text, path text) RETURNS bigint
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM llm_require_arg('pg_llm_export_safetensors', 'model', model IS NULL);
@@ -339,6 +349,7 @@ COMMENT ON FUNCTION pg_llm_export_safetensors(text, text) IS
 -- A folder that GPT2LMHeadModel.from_pretrained(dir) loads: config.json and
 -- model.safetensors (lm_head.weight left out: it is tied to wte.weight).
 CREATE FUNCTION llm_export_hf(model text, dir text) RETURNS bigint
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     written bigint;

@@ -374,3 +374,88 @@ def test_tensor_input_follows_real(conn):
                                  "SELECT llm_embedding('[[1],[2]]', '{{0},{1}}')"])
 def test_int_arrays_must_be_one_dimensional(conn, sql):
     expect_error(conn, sql, [], "22023", "one-dimensional", "2 dimensions")
+
+
+# ---- safe by default: search_path ----------------------------------------------------------------
+
+def test_every_sql_function_pins_its_search_path(conn):
+    schema = q(conn, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_llm'")
+    functions = conn.execute("""
+        SELECT p.oid::regprocedure::text, p.proconfig
+        FROM pg_proc p
+        JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+        JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_llm'
+        JOIN pg_language l ON l.oid = p.prolang
+        WHERE l.lanname IN ('sql', 'plpgsql')""").fetchall()
+    assert len(functions) >= 25
+    pinned = f"search_path=pg_catalog, {schema}, pg_temp"
+    assert [f for f, config in functions if pinned not in (config or [])] == []
+
+
+def test_a_temporary_llm_param_does_not_shadow_the_real_one(conn, tiny, workdir):
+    want = q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)
+    conn.execute("SELECT llm_model_cache_clear()")
+    conn.execute("CREATE TEMP TABLE llm_param (model text, name text, shape int[], data tensor)")
+    conn.execute("CREATE TEMP TABLE llm_model_config (model text, version bigint)")
+    try:
+        np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS), want)
+        conn.execute("SELECT llm_check_complete(%s)", [MODEL])
+        conn.execute("SELECT llm_init(%s, 5)", [MODEL])
+        out = workdir / "shadow.safetensors"
+        assert q(conn, "SELECT pg_llm_export_safetensors(%s, %s)", MODEL, str(out)) > 0
+        assert q(conn, "SELECT count(*) FROM pg_temp.llm_param") == 0
+        assert q(conn, "SELECT count(*) FROM public.llm_param WHERE model = %s", MODEL) == 16
+    finally:
+        conn.execute("DROP TABLE pg_temp.llm_param, pg_temp.llm_model_config")
+
+
+@pytest.fixture
+def schema_db(conn, db_url):
+    """A database with pg_llm in its own schema `llm`; yields a superuser connection."""
+    conn.execute("DROP DATABASE IF EXISTS llm_hardening_db WITH (FORCE)")
+    conn.execute("CREATE DATABASE llm_hardening_db")
+    url = psycopg.conninfo.make_conninfo(db_url, dbname="llm_hardening_db")
+    try:
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("CREATE SCHEMA llm")
+            other.execute("CREATE EXTENSION pg_llm SCHEMA llm")
+            yield other
+    finally:
+        conn.execute("DROP DATABASE IF EXISTS llm_hardening_db WITH (FORCE)")
+
+
+def test_extension_in_its_own_schema_resists_planted_objects(role, schema_db):
+    """CVE-2018-1058: a user who may create objects in public plants functions
+    and tables there; a superuser whose search_path is public, llm must still
+    run pg_llm's own."""
+    db = schema_db
+    db.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+    db.execute(f"GRANT USAGE ON SCHEMA llm TO {role}")
+    db.execute(f"SET ROLE {role}")
+    db.execute("CREATE TABLE public.hijacked (who text)")
+    db.execute("GRANT INSERT ON public.hijacked TO PUBLIC")
+    db.execute("""CREATE FUNCTION public.llm_add(a llm.tensor, b llm.tensor) RETURNS llm.tensor
+                  LANGUAGE sql AS $$ INSERT INTO public.hijacked VALUES ('llm_add')
+                                     RETURNING llm.llm_scale(a, 1000) $$""")
+    db.execute("""CREATE FUNCTION public.llm_fill(shape int[], value int) RETURNS llm.tensor
+                  LANGUAGE sql AS $$ INSERT INTO public.hijacked VALUES ('llm_fill')
+                                     RETURNING llm.llm_fill(shape, 7.0::double precision) $$""")
+    db.execute("""CREATE TABLE public.llm_model_config AS
+                  SELECT 'm'::text AS model, 1 AS n_layer, 1 AS n_head, 4 AS n_embd, 16 AS n_positions,
+                         11 AS vocab_size, 1e-5::real AS layer_norm_eps, NULL::int AS n_inner,
+                         1::bigint AS version""")
+    db.execute("CREATE TABLE public.llm_param (model text, name text, shape int[], data llm.tensor)")
+    db.execute("RESET ROLE")
+
+    db.execute("SET search_path = public, llm")
+    got = db.execute(r"SELECT pg_llm_add('\x0000803f'::bytea, '\x0000803f'::bytea)").fetchone()[0]
+    assert got == struct.pack("<f", 2.0)
+    db.execute("INSERT INTO llm.llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size)"
+               " VALUES ('m', 1, 1, 8, 16, 11)")
+    db.execute("SELECT llm_init('m', 1)")
+    assert db.execute("SELECT count(*) FROM llm.llm_param WHERE model = 'm'").fetchone()[0] == 16
+    assert db.execute("SELECT llm_shape(llm_logits('m', '{1,2}'))").fetchone()[0] == [2, 11]
+    db.execute("SET search_path = public")  # the C code finds its tables without it
+    assert db.execute("SELECT llm.llm_shape(llm.llm_logits('m', '{1,2}'))").fetchone()[0] == [2, 11]
+    assert db.execute("SELECT * FROM public.hijacked").fetchall() == []
+    assert db.execute("SELECT count(*) FROM public.llm_param").fetchone()[0] == 0

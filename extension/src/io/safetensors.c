@@ -426,8 +426,13 @@ llm_read_safetensors(PG_FUNCTION_ARGS)
 
 /* ---- llm_write_safetensors ------------------------------------------------------ */
 
-#define PARAMS_IN_ORDER(columns) \
-	"SELECT " columns " FROM llm_param WHERE model = $1 ORDER BY name COLLATE \"C\""
+/* The query for `columns` of a model's parameters, in name order. */
+static char *
+params_in_order(const char *columns)
+{
+	return psprintf("SELECT %s FROM %s WHERE model = $1 ORDER BY name COLLATE \"C\"",
+					columns, llm_table_name("llm_param"));
+}
 
 /* The names and shapes of a model's parameters, in name order (via SPI). */
 static StEntry *
@@ -438,7 +443,7 @@ list_params(const char *who, const char *model, int *count)
 	StEntry    *entries;
 	int64		offset = 0;
 
-	if (SPI_execute_with_args(PARAMS_IN_ORDER("name, shape"), 1, argtypes, args,
+	if (SPI_execute_with_args(params_in_order("name, shape"), 1, argtypes, args,
 							  NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "%s: could not list the parameters of model \"%s\"", who, model);
 	if (SPI_processed == 0)
@@ -541,7 +546,7 @@ write_data(LlmOutFile *out, const char *model, const StEntry *entries, int count
 	Datum		args[1] = {CStringGetTextDatum(model)};
 	MemoryContext row_mcxt = AllocSetContextCreate(CurrentMemoryContext, "llm_write_safetensors row",
 												   ALLOCSET_DEFAULT_SIZES);
-	Portal		cursor = SPI_cursor_open_with_args(NULL, PARAMS_IN_ORDER("name, data"), 1, argtypes,
+	Portal		cursor = SPI_cursor_open_with_args(NULL, params_in_order("name, data"), 1, argtypes,
 												   args, NULL, true, 0);
 
 	for (int i = 0; i <= count; i++)
