@@ -459,3 +459,16 @@ def test_extension_in_its_own_schema_resists_planted_objects(role, schema_db):
     assert db.execute("SELECT llm.llm_shape(llm.llm_logits('m', '{1,2}'))").fetchone()[0] == [2, 11]
     assert db.execute("SELECT * FROM public.hijacked").fetchall() == []
     assert db.execute("SELECT count(*) FROM public.llm_param").fetchone()[0] == 0
+
+
+# ---- safe by default: threads ---------------------------------------------------------------------
+
+def test_threads_beyond_the_cores_need_a_superuser(conn, role):
+    cores = q(conn, "SELECT (llm_info() ->> 'cores')::int")
+    conn.execute(f"SET ROLE {role}")
+    conn.execute(f"SET pg_llm.threads = {cores}")
+    expect_error(conn, f"SET pg_llm.threads = {cores + 1}", [], "42501", "pg_llm.threads", f"{cores} cores")
+    conn.execute("RESET ROLE")
+    conn.execute(f"SET pg_llm.threads = {cores + 1}")               # a superuser may
+    assert q(conn, "SELECT (llm_info() ->> 'threads')::int") == cores + 1
+    conn.execute("RESET pg_llm.threads")

@@ -6,7 +6,9 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
@@ -36,6 +38,29 @@ static const struct config_enum_entry simd_options[] = {
 	{"avx512", LLM_ISA_AVX512, false},
 	{NULL, 0, false}
 };
+
+/*
+ * Any user may set pg_llm.threads, but threads beyond the cores this process
+ * may use only slow the kernels down and crowd out other sessions: above the
+ * core count only a superuser may go (up to 256, e.g. to test
+ * oversubscription).  Values from the server's configuration (postgresql.conf,
+ * ALTER SYSTEM, ALTER ROLE ALL) and a parallel query's leader are trusted as
+ * they are; outside a transaction no user can be asking.
+ */
+static bool
+check_threads(int *newval, void **extra, GucSource source)
+{
+	int			cores = llm_cpu_count();
+
+	if (*newval <= cores || source <= PGC_S_GLOBAL || IsParallelWorker() ||
+		!IsTransactionState() || !OidIsValid(GetUserId()) || superuser())
+		return true;
+	GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+	GUC_check_errdetail("Only a superuser may use more threads than the %d cores this process may use.",
+						cores);
+	GUC_check_errhint("More threads than cores make the kernels slower, not faster.");
+	return false;
+}
 
 static void
 assign_threads(int newval, void *extra)
@@ -81,10 +106,11 @@ _PG_init(void)
 
 	DefineCustomIntVariable("pg_llm.threads",
 							"Threads used by pg_llm's kernels (the backend included).",
-							"Defaults to the number of cores this process may use. "
+							"Defaults to the number of cores this process may use, which is "
+							"also the most a role that is not superuser may set. "
 							"Results are bit-identical at any value.",
 							&llm_threads, cores, 1, 256,
-							PGC_USERSET, 0, NULL, assign_threads, NULL);
+							PGC_USERSET, 0, check_threads, assign_threads, NULL);
 	DefineCustomEnumVariable("pg_llm.simd",
 							 "Highest SIMD instruction set pg_llm's kernels may use.",
 							 "auto picks the best the CPU supports; lower values are for testing.",
