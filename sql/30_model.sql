@@ -10,6 +10,8 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
 END $$;
+COMMENT ON FUNCTION llm_require_arg(text, text, boolean) IS
+'ERROR 22004 "<p_function>: argument "<p_argument>" must not be NULL" when p_is_null';
 
 -- Every write to llm_param, and every change to a model's row, takes a fresh
 -- number from this sequence into llm_model_config.version.  Sequences never
@@ -137,6 +139,8 @@ END $$;
 
 CREATE TRIGGER llm_model_config_version BEFORE INSERT OR UPDATE ON llm_model_config
     FOR EACH ROW EXECUTE FUNCTION llm_model_config_new_version();
+COMMENT ON FUNCTION llm_model_config_new_version() IS
+'trigger: a new or changed llm_model_config row gets a fresh version, so cached weights reload';
 
 -- A model with stored parameters keeps shapes that fit them: a change of
 -- n_layer, n_embd, n_positions, vocab_size or n_inner is refused unless the
@@ -180,6 +184,8 @@ END $$;
 
 CREATE TRIGGER llm_model_config_check AFTER UPDATE ON llm_model_config
     FOR EACH ROW EXECUTE FUNCTION llm_model_config_check();
+COMMENT ON FUNCTION llm_model_config_check() IS
+'trigger: refuses new settings whose shapes do not fit the model''s stored parameters';
 
 -- Error unless `model` has every parameter it should (used after imports).
 CREATE FUNCTION llm_check_complete(p_model text) RETURNS void
