@@ -383,12 +383,14 @@ static int
 temporary_file_pid(const char *name, const char *base)
 {
 	size_t		len = strlen(base);
-	const char *digits = name + len + 4;
+	const char *digits;
 	char	   *end;
 	long		pid;
 
-	if (strncmp(name, base, len) != 0 || strncmp(name + len, ".tmp", 4) != 0 ||
-		!isdigit((unsigned char) *digits))
+	if (strncmp(name, base, len) != 0 || strncmp(name + len, ".tmp", 4) != 0)
+		return 0;
+	digits = name + len + 4;
+	if (!isdigit((unsigned char) *digits))
 		return 0;
 	errno = 0;
 	pid = strtol(digits, &end, 10);
@@ -536,8 +538,14 @@ read_to_end(LlmInFile *f, int *len)
 	const int64 limit = MaxAllocSize - VARHDRSZ - 1;	/* what a text value holds */
 	int64		cap = Min(Max(f->size, 8192), limit);
 	int64		done = 0;
-	char	   *buf = palloc(cap + 1);
+	char	   *buf;
 
+	if (f->size > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s: file \"%s\" is too large for a text value (" INT64_FORMAT " bytes)",
+						f->who, f->path, f->size)));
+	buf = palloc(cap + 1);
 	for (;;)
 	{
 		ssize_t		got;
