@@ -1,6 +1,7 @@
 /*
- * pg_llm.c -- module entry point: settings (GUCs) and the bridge between
- * PostgreSQL's interrupt handling and the kernels' worker pool.
+ * pg_llm.c -- module entry point: settings (GUCs), the bridge between
+ * PostgreSQL's interrupt handling and the kernels' worker pool, large
+ * allocations, and the names of the extension's own tables.
  */
 #include "postgres.h"
 
