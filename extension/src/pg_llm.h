@@ -27,4 +27,19 @@ extern void llm_check_status(int status);
  */
 extern void *llm_alloc_huge(Size bytes, const char *what);
 
+/*
+ * llm_alloc_huge() for a [rows, cols] float32 matrix; the product is
+ * overflow-checked (ERROR 22003 naming `what` and the shape).
+ */
+extern float *llm_alloc_floats(int64 rows, int64 cols, const char *what);
+
+/*
+ * The extension's own tables, for SPI queries: "schema"."name", quoted as
+ * needed, never resolved through the caller's search_path (a temporary table
+ * or a table planted in an earlier schema could shadow it).
+ */
+extern Oid	llm_extension_schema(void);
+extern char *llm_table_name(const char *name);
+extern Oid	llm_table_oid(const char *name);
+
 #endif							/* PG_LLM_H */
