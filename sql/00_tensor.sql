@@ -85,6 +85,7 @@ CREATE FUNCTION llm_info_text() RETURNS text
 COMMENT ON FUNCTION llm_info_text() IS
     'llm_info() as JSON text: {"version", "simd", "threads", "cores"}';
 CREATE FUNCTION llm_info() RETURNS jsonb
+    SET search_path = pg_catalog, @extschema@, pg_temp
     AS 'SELECT llm_info_text()::jsonb' LANGUAGE SQL STABLE;
 COMMENT ON FUNCTION llm_info() IS
     'what the kernels run with: version, simd (the best the CPU has, capped by pg_llm.simd), threads (pg_llm.threads), cores';

@@ -1,9 +1,22 @@
 -- pg_llm: the model registry and its parameters.
 
--- Every write to llm_param takes a fresh number from this sequence into
--- llm_model_config.version.  Sequences never hand out a number twice, even
--- across rollbacks, so (model, version) names one set of weights exactly:
--- the backend's decoded-weight cache is keyed by it.
+-- ERROR 22004 naming the argument, for the functions that need every
+-- argument (a NULL would otherwise surface as 'null value in column ...').
+CREATE FUNCTION llm_require_arg(p_function text, p_argument text, p_is_null boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+BEGIN
+    IF p_is_null THEN
+        RAISE EXCEPTION '%: argument "%" must not be NULL', p_function, p_argument
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END $$;
+COMMENT ON FUNCTION llm_require_arg(text, text, boolean) IS
+'ERROR 22004 "<p_function>: argument "<p_argument>" must not be NULL" when p_is_null';
+
+-- Every write to llm_param, and every change to a model's row, takes a fresh
+-- number from this sequence into llm_model_config.version.  Sequences never
+-- hand out a number twice, even across rollbacks, so (model, version) names
+-- one set of weights exactly: the backend's decoded-weight cache is keyed by it.
 CREATE SEQUENCE llm_param_version_seq;
 COMMENT ON SEQUENCE llm_param_version_seq IS
     'the numbers llm_model_config.version takes: every write to llm_param draws a new one';
@@ -71,6 +84,7 @@ COMMENT ON COLUMN llm_param.step IS 'AdamW steps taken on this parameter';
 
 -- Every row is checked against the model's shapes, whoever writes it.
 CREATE FUNCTION llm_param_check() RETURNS trigger
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     expected int[];
@@ -107,6 +121,7 @@ CREATE TRIGGER llm_param_check BEFORE INSERT OR UPDATE ON llm_param
 
 -- Bump the version of every model whose parameters a statement touched.
 CREATE FUNCTION llm_param_bump_version() RETURNS trigger
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
@@ -138,12 +153,75 @@ CREATE TRIGGER llm_param_version_del AFTER DELETE ON llm_param
 CREATE TRIGGER llm_param_version_trunc AFTER TRUNCATE ON llm_param
     FOR EACH STATEMENT EXECUTE FUNCTION llm_param_bump_version();
 
+-- A model's row that changes gets a fresh version too, whatever the
+-- statement set version to: backends that cached the model reload it with
+-- its new settings (n_head, layer_norm_eps, ...), and no one can hand an old
+-- version number back to new weights.
+CREATE FUNCTION llm_model_config_new_version() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+BEGIN
+    NEW.version := nextval('llm_param_version_seq');
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER llm_model_config_version BEFORE INSERT OR UPDATE ON llm_model_config
+    FOR EACH ROW EXECUTE FUNCTION llm_model_config_new_version();
+COMMENT ON FUNCTION llm_model_config_new_version() IS
+'trigger: a new or changed llm_model_config row gets a fresh version, so cached weights reload';
+
+-- A model with stored parameters keeps shapes that fit them: a change of
+-- n_layer, n_embd, n_positions, vocab_size or n_inner is refused unless the
+-- stored parameters are exactly what the new settings have.
+CREATE FUNCTION llm_model_config_check() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+DECLARE
+    misfits text[];
+    missing text[];
+BEGIN
+    IF (NEW.n_layer, NEW.n_embd, NEW.n_positions, NEW.vocab_size, coalesce(NEW.n_inner, 4 * NEW.n_embd))
+       = (OLD.n_layer, OLD.n_embd, OLD.n_positions, OLD.vocab_size, coalesce(OLD.n_inner, 4 * OLD.n_embd))
+       OR NOT EXISTS (SELECT 1 FROM llm_param p WHERE p.model = NEW.model) THEN
+        RETURN NULL;
+    END IF;
+    -- (an AFTER trigger: llm_param_shapes() reads the new row)
+    SELECT array_agg(CASE WHEN s.shape IS NULL
+                          THEN format('"%s" is not a parameter of the new settings', p.name)
+                          ELSE format('"%s" has shape %s, the new settings give it %s', p.name, p.shape, s.shape)
+                     END ORDER BY p.name COLLATE "C")
+    INTO misfits
+    FROM llm_param p LEFT JOIN llm_param_shapes(NEW.model) s ON s.name = p.name
+    WHERE p.model = NEW.model AND s.shape IS DISTINCT FROM p.shape;
+    SELECT array_agg(s.name ORDER BY s.name COLLATE "C") INTO missing
+    FROM llm_param_shapes(NEW.model) s
+    WHERE NOT EXISTS (SELECT 1 FROM llm_param p WHERE p.model = NEW.model AND p.name = s.name);
+    IF misfits IS NOT NULL OR missing IS NOT NULL THEN
+        RAISE EXCEPTION 'llm_model_config: the new settings of model "%" do not fit its stored parameters: %',
+            NEW.model,
+            concat_ws('; ', array_to_string(misfits[1:5], '; ')
+                            || CASE WHEN cardinality(misfits) > 5 THEN '; ...' ELSE '' END,
+                      'missing ' || cardinality(missing) || ' parameter(s): '
+                            || array_to_string(missing[1:5], ', ')
+                            || CASE WHEN cardinality(missing) > 5 THEN ', ...' ELSE '' END)
+            USING ERRCODE = 'data_exception',
+                  HINT = 'Delete the model''s parameters first (DELETE FROM llm_param WHERE model = ...), '
+                         'or register the new settings under another model name.';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER llm_model_config_check AFTER UPDATE ON llm_model_config
+    FOR EACH ROW EXECUTE FUNCTION llm_model_config_check();
+COMMENT ON FUNCTION llm_model_config_check() IS
+'trigger: refuses new settings whose shapes do not fit the model''s stored parameters';
+
 -- Error unless `model` has every parameter it should (used after imports).
 CREATE FUNCTION llm_check_complete(p_model text) RETURNS void
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     missing text[];
 BEGIN
+    PERFORM llm_require_arg('llm_check_complete', 'p_model', p_model IS NULL);
     IF NOT EXISTS (SELECT 1 FROM llm_model_config WHERE model = p_model) THEN
         RAISE EXCEPTION 'unknown model "%"', p_model
             USING ERRCODE = 'undefined_object',
@@ -164,6 +242,7 @@ COMMENT ON FUNCTION llm_check_complete(text) IS
 
 -- One token's embedding row, read with a TOAST slice (not all of wte).
 CREATE FUNCTION llm_embedding_row(p_model text, token_id int) RETURNS tensor
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE sql STABLE AS $$
     SELECT llm_reshape(llm_slice(data, token_id, token_id + 1), ARRAY[-1])
     FROM llm_param WHERE model = p_model AND name = 'wte.weight'

@@ -53,6 +53,7 @@ COMMENT ON FUNCTION llm_write_safetensors(text, text) IS
 --   'h.0.attn.bias' (the causal mask buffer) -> NULL
 --   'lm_head.weight' (the same tensor as wte.weight) -> NULL
 CREATE FUNCTION llm_hf_param_name(hf_name text) RETURNS text
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT CASE
         WHEN n = 'lm_head.weight' THEN NULL
@@ -67,8 +68,10 @@ COMMENT ON FUNCTION llm_hf_param_name(text) IS
 -- ---- importing ---------------------------------------------------------------------
 
 CREATE FUNCTION llm_import_require_model(p_model text) RETURNS void
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
+    PERFORM llm_require_arg('llm_import_require_model', 'p_model', p_model IS NULL);
     IF NOT EXISTS (SELECT 1 FROM llm_model_config c WHERE c.model = p_model) THEN
         RAISE EXCEPTION 'unknown model "%"', p_model
             USING ERRCODE = 'undefined_object',
@@ -85,6 +88,7 @@ COMMENT ON FUNCTION llm_import_require_model(text) IS
 -- fails, the DELETE and the INSERTs are undone together and llm_param is
 -- exactly as before.
 CREATE FUNCTION llm_import_tensors(p_model text, p_path text, p_format text) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     reader text := CASE p_format WHEN 'safetensors' THEN 'llm_read_safetensors'
@@ -94,6 +98,9 @@ DECLARE
     expected int[];
     imported int := 0;
 BEGIN
+    PERFORM llm_require_arg('llm_import_tensors', 'p_model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_import_tensors', 'p_path', p_path IS NULL);
+    PERFORM llm_require_arg('llm_import_tensors', 'p_format', p_format IS NULL);
     IF reader IS NULL THEN
         RAISE EXCEPTION 'llm_import_tensors: unknown format "%"', p_format
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The formats are safetensors and npz.';
@@ -142,12 +149,24 @@ COMMENT ON FUNCTION llm_import_tensors(text, text, text) IS
     'replace all parameters of p_model with the tensors of server file p_path (p_format safetensors or npz), all or nothing; returns the count';
 
 CREATE FUNCTION pg_llm_import_safetensors(path text, model text) RETURNS int
-LANGUAGE sql AS $$ SELECT llm_import_tensors(model, path, 'safetensors') $$;
+SET search_path = pg_catalog, @extschema@, pg_temp
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM llm_require_arg('pg_llm_import_safetensors', 'path', path IS NULL);
+    PERFORM llm_require_arg('pg_llm_import_safetensors', 'model', model IS NULL);
+    RETURN llm_import_tensors(model, path, 'safetensors');
+END $$;
 COMMENT ON FUNCTION pg_llm_import_safetensors(text, text) IS
     'replace the parameters of a registered model with a safetensors file''s; returns the tensors imported';
 
 CREATE FUNCTION pg_llm_import_npz(path text, model text) RETURNS int
-LANGUAGE sql AS $$ SELECT llm_import_tensors(model, path, 'npz') $$;
+SET search_path = pg_catalog, @extschema@, pg_temp
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM llm_require_arg('pg_llm_import_npz', 'path', path IS NULL);
+    PERFORM llm_require_arg('pg_llm_import_npz', 'model', model IS NULL);
+    RETURN llm_import_tensors(model, path, 'npz');
+END $$;
 COMMENT ON FUNCTION pg_llm_import_npz(text, text) IS
     'replace the parameters of a registered model with a .npz file''s; returns the tensors imported';
 
@@ -155,6 +174,7 @@ COMMENT ON FUNCTION pg_llm_import_npz(text, text) IS
 
 -- An integer setting of a config.json, or p_default when absent or null.
 CREATE FUNCTION llm_hf_config_int(p_config jsonb, p_key text, p_default int) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v jsonb := p_config -> p_key;
@@ -175,6 +195,7 @@ COMMENT ON FUNCTION llm_hf_config_int(jsonb, text, int) IS
 -- (the contents of config.json), or check that its row agrees.  Configs
 -- that ask for math we do not compute are refused rather than run wrongly.
 CREATE FUNCTION llm_register_hf_config(p_model text, p_config jsonb) RETURNS void
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     cfg jsonb := p_config;
@@ -188,6 +209,8 @@ DECLARE
     registered llm_model_config;
     differences text;
 BEGIN
+    PERFORM llm_require_arg('llm_register_hf_config', 'p_model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_register_hf_config', 'p_config', p_config IS NULL);
     IF jsonb_typeof(cfg) IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'config.json must hold a JSON object' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -258,10 +281,12 @@ COMMENT ON FUNCTION llm_register_hf_config(text, jsonb) IS
 
 -- The config.json of a model, as GPT2LMHeadModel.from_pretrained() expects.
 CREATE FUNCTION llm_hf_config(p_model text) RETURNS jsonb
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     c llm_model_config;
 BEGIN
+    PERFORM llm_require_arg('llm_hf_config', 'p_model', p_model IS NULL);
     PERFORM llm_import_require_model(p_model);
     SELECT * INTO c FROM llm_model_config m WHERE m.model = p_model;
     RETURN jsonb_build_object(
@@ -293,9 +318,27 @@ COMMENT ON FUNCTION llm_hf_config(text) IS
 -- Import a HuggingFace checkpoint folder: register config.json (or check it
 -- against the model's row), then import model.safetensors.
 CREATE FUNCTION llm_import_hf(dir text, model text) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
+DECLARE
+    config_path text := rtrim(dir, '/') || '/config.json';
+    config_text text;
+    config jsonb;
+    problem text;
+    detail text;
 BEGIN
-    PERFORM llm_register_hf_config(model, llm_read_text_file(rtrim(dir, '/') || '/config.json')::jsonb);
+    PERFORM llm_require_arg('llm_import_hf', 'dir', dir IS NULL);
+    PERFORM llm_require_arg('llm_import_hf', 'model', model IS NULL);
+    config_text := llm_read_text_file(config_path);
+    BEGIN
+        config := config_text::jsonb;
+    EXCEPTION WHEN data_exception THEN      -- the JSON parser's errors do not name the file
+        GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+        RAISE EXCEPTION 'llm_import_hf: file "%" is not valid JSON: %', config_path,
+            problem || coalesce(' (' || nullif(detail, '') || ')', '')
+            USING ERRCODE = SQLSTATE;
+    END;
+    PERFORM llm_register_hf_config(model, config);
     RETURN llm_import_tensors(model, rtrim(dir, '/') || '/model.safetensors', 'safetensors');
 END $$;
 COMMENT ON FUNCTION llm_import_hf(text, text) IS
@@ -304,8 +347,11 @@ COMMENT ON FUNCTION llm_import_hf(text, text) IS
 -- ---- exporting ---------------------------------------------------------------------
 
 CREATE FUNCTION pg_llm_export_safetensors(model text, path text) RETURNS bigint
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM llm_require_arg('pg_llm_export_safetensors', 'model', model IS NULL);
+    PERFORM llm_require_arg('pg_llm_export_safetensors', 'path', path IS NULL);
     PERFORM llm_check_complete(model);      -- never write half a model
     RETURN llm_write_safetensors(path, model);
 END $$;
@@ -317,10 +363,13 @@ COMMENT ON FUNCTION pg_llm_export_safetensors(text, text) IS
 -- and, when the model has a tokenizer of its name (sql/60_text.sql),
 -- vocab.json and merges.txt, which GPT2TokenizerFast.from_pretrained(dir) loads.
 CREATE FUNCTION llm_export_hf(model text, dir text) RETURNS bigint
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
 DECLARE
     written bigint;
 BEGIN
+    PERFORM llm_require_arg('llm_export_hf', 'model', model IS NULL);
+    PERFORM llm_require_arg('llm_export_hf', 'dir', dir IS NULL);
     written := pg_llm_export_safetensors(model, rtrim(dir, '/') || '/model.safetensors');
     IF EXISTS (SELECT 1 FROM llm_bpe_vocab v WHERE v.model = llm_export_hf.model) THEN
         written := written + llm_export_tokenizer(model, dir);

@@ -59,6 +59,7 @@ COMMENT ON FUNCTION llm_model_cache_clear() IS
 -- projections (c_proj) are scaled by 1/sqrt(2 * n_layer) so that the
 -- residual stream's variance does not grow with depth.
 CREATE FUNCTION llm_init_std(name text, n_layer int) RETURNS double precision
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT CASE
         WHEN name LIKE '%.bias' THEN NULL
@@ -71,10 +72,13 @@ COMMENT ON FUNCTION llm_init_std(text, int) IS
 'the std llm_init draws parameter `name` with (NULL: a constant, 0 for biases and 1 for LayerNorm weights)';
 
 CREATE FUNCTION llm_init(model text, seed int) RETURNS void
+SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n_layer int;
 BEGIN
+    PERFORM llm_require_arg('llm_init', 'model', llm_init.model IS NULL);
+    PERFORM llm_require_arg('llm_init', 'seed', llm_init.seed IS NULL);
     SELECT c.n_layer INTO n_layer FROM llm_model_config c WHERE c.model = llm_init.model;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown model "%"', llm_init.model

@@ -172,12 +172,12 @@ def test_wrong_names_and_shapes(conn, imported, models, workdir):
         assert snapshot(conn, MODEL) == imported, case
 
 
-def test_failed_import_inside_a_transaction(conn, imported, good_blob, workdir):
+def test_failed_import_inside_a_transaction(conn, imported, models, workdir):
     """A function is atomic: in a transaction, a failed import inside a savepoint
     leaves nothing behind either, and the transaction goes on."""
-    header, data = split_safetensors(good_blob)
-    del header["transformer.ln_f.bias"]  # fails at the very end: llm_check_complete
-    path = write(workdir, "incomplete.safetensors", join_safetensors(header, data))
+    tensors = state(models[MODEL][0])
+    del tensors["transformer.ln_f.bias"]  # fails at the very end: llm_check_complete
+    path = write(workdir, "incomplete.safetensors", safetensors_bytes(tensors))
     with conn.transaction():
         with pytest.raises(psycopg.errors.DataException, match="missing"):
             with conn.transaction():

@@ -1,13 +1,25 @@
 /*
- * pg_llm.c -- module entry point: settings (GUCs) and the bridge between
- * PostgreSQL's interrupt handling and the kernels' worker pool.
+ * pg_llm.c -- module entry point: settings (GUCs), the bridge between
+ * PostgreSQL's interrupt handling and the kernels' worker pool, large
+ * allocations, and the names of the extension's own tables.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/parallel.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "common/int.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "kernels/kernels.h"
@@ -28,6 +40,29 @@ static const struct config_enum_entry simd_options[] = {
 	{"avx512", LLM_ISA_AVX512, false},
 	{NULL, 0, false}
 };
+
+/*
+ * Any user may set pg_llm.threads, but threads beyond the cores this process
+ * may use only slow the kernels down and crowd out other sessions: above the
+ * core count only a superuser may go (up to 256, e.g. to test
+ * oversubscription).  Values from the server's configuration (postgresql.conf,
+ * ALTER SYSTEM, ALTER ROLE ALL) and a parallel query's leader are trusted as
+ * they are; outside a transaction no user can be asking.
+ */
+static bool
+check_threads(int *newval, void **extra, GucSource source)
+{
+	int			cores = llm_cpu_count();
+
+	if (*newval <= cores || source <= PGC_S_GLOBAL || IsParallelWorker() ||
+		!IsTransactionState() || !OidIsValid(GetUserId()) || superuser())
+		return true;
+	GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+	GUC_check_errdetail("Only a superuser may use more threads than the %d cores this process may use.",
+						cores);
+	GUC_check_errhint("More threads than cores make the kernels slower, not faster.");
+	return false;
+}
 
 static void
 assign_threads(int newval, void *extra)
@@ -73,10 +108,11 @@ _PG_init(void)
 
 	DefineCustomIntVariable("pg_llm.threads",
 							"Threads used by pg_llm's kernels (the backend included).",
-							"Defaults to the number of cores this process may use. "
+							"Defaults to the number of cores this process may use, which is "
+							"also the most a role that is not superuser may set. "
 							"Results are bit-identical at any value.",
 							&llm_threads, cores, 1, 256,
-							PGC_USERSET, 0, NULL, assign_threads, NULL);
+							PGC_USERSET, 0, check_threads, assign_threads, NULL);
 	DefineCustomEnumVariable("pg_llm.simd",
 							 "Highest SIMD instruction set pg_llm's kernels may use.",
 							 "auto picks the best the CPU supports; lower values are for testing.",
@@ -140,4 +176,66 @@ llm_alloc_huge(Size bytes, const char *what)
 				 errmsg("out of memory allocating %s (%.1f MB)",
 						what, (double) bytes / (1024.0 * 1024.0))));
 	return p;
+}
+
+float *
+llm_alloc_floats(int64 rows, int64 cols, const char *what)
+{
+	int64		n;
+	int64		bytes;
+
+	if (rows < 0 || cols < 0 || pg_mul_s64_overflow(rows, cols, &n) ||
+		pg_mul_s64_overflow(n, (int64) sizeof(float), &bytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s of shape [" INT64_FORMAT "," INT64_FORMAT "] are too large",
+						what, rows, cols)));
+	return llm_alloc_huge((Size) bytes, what);
+}
+
+/* ---- the extension's schema and tables ------------------------------------ */
+
+Oid
+llm_extension_schema(void)
+{
+	Oid			extension = get_extension_oid("pg_llm", false);
+
+#if PG_VERSION_NUM >= 160000
+	return get_extension_schema(extension);
+#else
+	/* get_extension_schema() is static before PostgreSQL 16: read pg_extension. */
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			schema = InvalidOid;
+
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extension));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		schema = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return schema;
+#endif
+}
+
+char *
+llm_table_name(const char *name)
+{
+	return quote_qualified_identifier(get_namespace_name(llm_extension_schema()), name);
+}
+
+Oid
+llm_table_oid(const char *name)
+{
+	Oid			relid = get_relname_relid(name, llm_extension_schema());
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("pg_llm: table \"%s\" of the extension is missing", name)));
+	return relid;
 }

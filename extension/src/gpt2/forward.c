@@ -63,16 +63,16 @@ gpt2_state_new(const Gpt2Model *m, int64 max_rows, int64 n_ctx)
 		st->v_cache = palloc(sizeof(float *) * m->cfg.n_layer);
 		for (int l = 0; l < m->cfg.n_layer; l++)
 		{
-			st->k_cache[l] = llm_alloc_huge(n_ctx * C * sizeof(float), "the KV cache");
-			st->v_cache[l] = llm_alloc_huge(n_ctx * C * sizeof(float), "the KV cache");
+			st->k_cache[l] = llm_alloc_floats(n_ctx, C, "the KV cache");
+			st->v_cache[l] = llm_alloc_floats(n_ctx, C, "the KV cache");
 		}
 	}
-	st->x = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
-	st->hidden = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
-	st->qkv = llm_alloc_huge(max_rows * 3 * C * sizeof(float), "activations");
-	st->att = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
-	st->proj = llm_alloc_huge(max_rows * C * sizeof(float), "activations");
-	st->fc = llm_alloc_huge(max_rows * F * sizeof(float), "activations");
+	st->x = llm_alloc_floats(max_rows, C, "activations");
+	st->hidden = llm_alloc_floats(max_rows, C, "activations");
+	st->qkv = llm_alloc_floats(max_rows, 3 * C, "activations");
+	st->att = llm_alloc_floats(max_rows, C, "activations");
+	st->proj = llm_alloc_floats(max_rows, C, "activations");
+	st->fc = llm_alloc_floats(max_rows, F, "activations");
 	MemoryContextSwitchTo(old);
 	return st;
 }
@@ -406,7 +406,7 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 
 	st = gpt2_state_new(m, T, T);
 	gpt2_forward(st, ids, T);
-	logits = llm_alloc_huge(chunk * V * sizeof(float), "logits");
+	logits = llm_alloc_floats(chunk, V, "logits");
 	total_counted = 0;
 	for (int64 r0 = 0; r0 < T; r0 += chunk)
 	{

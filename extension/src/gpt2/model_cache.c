@@ -8,10 +8,18 @@
  * once into a single float array (the "arena") in backend memory and keep
  * it across calls, keyed by llm_model_config.version.  Every write to
  * llm_param -- an import, an optimizer step, a learner's manual UPDATE --
- * bumps that version through triggers (sql/30_model.sql), so a call that
+ * and every change to the model's row (n_head, layer_norm_eps, ...) bumps
+ * that version through triggers (sql/30_model.sql), so a call that
  * sees the same version as the cache may use the cache, and any other
  * version forces a reload.  One model is cached at a time, per backend
  * (each connection has its own backend, hence its own cache).
+ *
+ * The cache never serves a role what it could not SELECT itself: every call
+ * checks the current user's SELECT privilege on llm_param (the role may have
+ * changed since the weights were cached: SET ROLE, SECURITY DEFINER), and
+ * when row-level security applies to llm_param for that role, the weights
+ * are read through its policies for that call only, neither served from the
+ * cache nor kept in it.
  */
 #include "postgres.h"
 
@@ -20,8 +28,11 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rls.h"
 #include "utils/tuplestore.h"
 
 #include "gpt2/model_cache.h"
@@ -47,6 +58,7 @@ typedef struct ParamSlot
 
 typedef struct SlotList
 {
+	const char *model;			/* for messages */
 	ParamSlot  *items;
 	int			n;
 	int64		n_floats;		/* arena size so far */
@@ -58,7 +70,13 @@ slot_numel(const ParamSlot *s)
 	return s->ndim == 1 ? s->dims[0] : s->dims[0] * s->dims[1];
 }
 
-/* Append a tensor of shape [d0] (d1 == 0) or [d0, d1]. */
+/*
+ * Append a tensor of shape [d0] (d1 == 0) or [d0, d1].  A config whose
+ * shapes are not tensors (a dimension over 2^31 - 1, more than
+ * LLM_MAX_ELEMS values) is ERROR 22003 naming the parameter and its shape.
+ * So every slot is under 2^28 floats and there are fewer than 2^25 slots
+ * (see build_slots): the arena size cannot overflow.
+ */
 static void
 slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
 {
@@ -68,6 +86,8 @@ slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
 	s->ndim = d1 == 0 ? 1 : 2;
 	s->dims[0] = d0;
 	s->dims[1] = d1;
+	tensor_check_shape(psprintf("model \"%s\": parameter \"%s\"", list->model, name),
+					   s->ndim, s->dims);
 	s->offset = list->n_floats;
 	s->dst = dst;
 	s->loaded = false;
@@ -78,7 +98,7 @@ slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
  * Every parameter of the model: the one list of GPT-2's tensors, with
  * HuggingFace's names and shapes (Conv1D weights are [in, out]; lm_head is
  * tied to wte and not listed).  SQL sees it as llm_param_shapes(model).
- * The pointers to set live in `m` (m->layers must be allocated).
+ * The pointers to set live in `m`; m->layers is allocated here.
  */
 static SlotList
 build_slots(Gpt2Model *m)
@@ -86,9 +106,16 @@ build_slots(Gpt2Model *m)
 	const Gpt2Config *c = &m->cfg;
 	int64		C = c->n_embd,
 				F = c->n_inner;
-	SlotList	list = {0};
+	SlotList	list = {.model = m->name};
+	Size		n_slots = 4 + 12 * (Size) c->n_layer;
 
-	list.items = palloc(sizeof(ParamSlot) * (4 + 12 * (Size) c->n_layer));
+	if (n_slots > MaxAllocSize / sizeof(ParamSlot))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" has n_layer = %d, more layers than pg_llm can list",
+						m->name, c->n_layer)));
+	m->layers = palloc0(sizeof(Gpt2Layer) * c->n_layer);
+	list.items = palloc(sizeof(ParamSlot) * n_slots);
 	slot_add(&list, "wte.weight", &m->wte, c->vocab_size, C);
 	slot_add(&list, "wpe.weight", &m->wpe, c->n_positions, C);
 	for (int l = 0; l < c->n_layer; l++)
@@ -144,9 +171,10 @@ read_config(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 	bool		isnull;
 	int			ret;
 
-	ret = SPI_execute_with_args("SELECT tableoid, version, n_layer, n_head, n_embd, "
-								"n_positions, vocab_size, layer_norm_eps, n_inner "
-								"FROM llm_model_config WHERE model = $1",
+	ret = SPI_execute_with_args(psprintf("SELECT tableoid, version, n_layer, n_head, n_embd, "
+										 "n_positions, vocab_size, layer_norm_eps, n_inner "
+										 "FROM %s WHERE model = $1",
+										 llm_table_name("llm_model_config")),
 								1, &argtype, &arg, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: reading llm_model_config failed: %s", SPI_result_code_string(ret));
@@ -297,7 +325,8 @@ load_parameters(const char *model, SlotList *slots, float *arena)
 	 * The result rows hold TOAST pointers, not the data: the tensors are
 	 * only read when copy_parameter() detoasts them, one at a time.
 	 */
-	ret = SPI_execute_with_args("SELECT name, data FROM llm_param WHERE model = $1",
+	ret = SPI_execute_with_args(psprintf("SELECT name, data FROM %s WHERE model = $1",
+										 llm_table_name("llm_param")),
 								1, &argtype, &arg, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: reading llm_param failed: %s", SPI_result_code_string(ret));
@@ -364,7 +393,6 @@ load_model(MemoryContext parent, const char *model, Oid relid, int64 version,
 	m->config_relid = relid;
 	m->version = version;
 	m->cfg = *cfg;
-	m->layers = palloc0(sizeof(Gpt2Layer) * cfg->n_layer);
 	slots = build_slots(m);
 	m->n_floats = slots.n_floats;
 
@@ -397,6 +425,29 @@ drop_cached_model(void)
 }
 
 /*
+ * ERROR 42501, as the query in load_parameters() would raise it, unless the
+ * current user may SELECT the columns it reads (the whole table or each
+ * column).
+ */
+static void
+check_select_privilege(Oid param_relid)
+{
+	static const char *const columns[] = {"model", "name", "data"};
+	Oid			user = GetUserId();
+
+	if (pg_class_aclcheck(param_relid, user, ACL_SELECT) == ACLCHECK_OK)
+		return;
+	for (size_t i = 0; i < lengthof(columns); i++)
+	{
+		AttrNumber	attnum = get_attnum(param_relid, columns[i]);
+
+		if (attnum == InvalidAttrNumber ||
+			pg_attribute_aclcheck(param_relid, attnum, user, ACL_SELECT) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(param_relid));
+	}
+}
+
+/*
  * The weights of `model`, from the cache when its version is unchanged.
  *
  * Why checking the version is enough (MVCC): the version is read through the
@@ -411,15 +462,21 @@ drop_cached_model(void)
  *
  * The key also holds the OID of llm_model_config: after DROP EXTENSION and
  * CREATE EXTENSION the sequence starts over, but the table is a new one.
+ *
+ * Under row-level security the weights are loaded for this call only (into
+ * the caller's memory context, freed with it): what a role's policies let
+ * it see is not what the cache holds for everyone.
  */
 const Gpt2Model *
 gpt2_model_get(const char *model)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	Oid			relid;
+	Oid			param_relid;
 	int64		version;
 	Gpt2Config	cfg;
 	Gpt2Model  *m;
+	bool		shared;
 
 	SPI_connect();
 	if (!read_config(model, &relid, &version, &cfg))
@@ -427,9 +484,12 @@ gpt2_model_get(const char *model)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown model \"%s\"", model),
 				 errhint("Models are registered in llm_model_config.")));
+	param_relid = llm_table_oid("llm_param");
+	check_select_privilege(param_relid);
+	shared = check_enable_rls(param_relid, InvalidOid, false) != RLS_ENABLED;
 
 	m = cached_model;
-	if (m != NULL && m->config_relid == relid && m->version == version &&
+	if (shared && m != NULL && m->config_relid == relid && m->version == version &&
 		strcmp(m->name, model) == 0)
 	{
 		SPI_finish();
@@ -441,11 +501,14 @@ gpt2_model_get(const char *model)
 	drop_cached_model();
 	m = load_model(caller, model, relid, version, &cfg);
 	SPI_finish();
+	cache_loads++;
 
 	/* Loaded completely: now it may outlive this call and this transaction. */
-	MemoryContextSetParent(m->mcxt, TopMemoryContext);
-	cached_model = m;
-	cache_loads++;
+	if (shared)
+	{
+		MemoryContextSetParent(m->mcxt, TopMemoryContext);
+		cached_model = m;
+	}
 	return m;
 }
 
@@ -490,10 +553,9 @@ llm_param_shapes_sql(PG_FUNCTION_ARGS)
 	SPI_finish();
 	if (found)
 	{
-		Gpt2Model	m = {.cfg = cfg};
+		Gpt2Model	m = {.name = model, .cfg = cfg};
 		SlotList	slots;
 
-		m.layers = palloc0(sizeof(Gpt2Layer) * cfg.n_layer);
 		slots = build_slots(&m);
 		for (int i = 0; i < slots.n; i++)
 		{

@@ -5,7 +5,10 @@
  */
 #include "postgres.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -77,6 +80,31 @@ llm_absolute_path(const char *who, text *path)
 
 /* ---- reading ------------------------------------------------------------- */
 
+/*
+ * Only regular files are read.  Opening a FIFO waits for a writer, and
+ * reading a device may never end, inside system calls that neither a cancel
+ * nor statement_timeout interrupts.
+ */
+static void
+require_regular_file(const char *who, const char *path, mode_t mode)
+{
+	const char *kind = S_ISFIFO(mode) ? "a FIFO" :
+		S_ISCHR(mode) ? "a character device" :
+		S_ISBLK(mode) ? "a block device" :
+		S_ISSOCK(mode) ? "a socket" : "of another kind";
+
+	if (S_ISDIR(mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s: \"%s\" is a directory", who, path)));
+	if (!S_ISREG(mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s: \"%s\" is not a regular file (it is %s)", who, path, kind),
+				 errdetail("pg_llm reads regular files only: a FIFO or a device could keep "
+						   "the server waiting forever.")));
+}
+
 void
 llm_in_open(LlmInFile *f, const char *who, const char *path)
 {
@@ -84,31 +112,41 @@ llm_in_open(LlmInFile *f, const char *who, const char *path)
 
 	f->who = who;
 	f->path = path;
-	/* AllocateFile: PostgreSQL closes the file for us if an ERROR aborts. */
-	f->fp = AllocateFile(path, PG_BINARY_R);
-	if (f->fp == NULL)
+	f->fd = -1;
+	/* Look before opening: a FIFO or a device is refused unopened. */
+	if (stat(path, &st) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("%s: could not open file \"%s\" for reading: %m", who, path)));
-	if (fstat(fileno(f->fp), &st) != 0)
+	require_regular_file(who, path, st.st_mode);
+
+	/*
+	 * O_NONBLOCK: should the path have become a FIFO since stat(), open()
+	 * returns at once instead of waiting for a writer, and fstat() below
+	 * refuses it.  (On a regular file O_NONBLOCK changes nothing.)  A
+	 * transient file is closed by PostgreSQL if an ERROR aborts.
+	 */
+	f->fd = OpenTransientFile(path, O_RDONLY | PG_BINARY | O_NONBLOCK);
+	if (f->fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("%s: could not open file \"%s\" for reading: %m", who, path)));
+	if (fstat(f->fd, &st) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("%s: could not stat file \"%s\": %m", who, path)));
-	if (S_ISDIR(st.st_mode))
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("%s: \"%s\" is a directory", who, path)));
+	require_regular_file(who, path, st.st_mode);
 	f->size = (int64) st.st_size;
 }
 
 void
 llm_in_close(LlmInFile *f)
 {
-	if (f->fp != NULL && FreeFile(f->fp) != 0)
+	if (f->fd >= 0 && CloseTransientFile(f->fd) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("%s: could not close file \"%s\": %m", f->who, f->path)));
-	f->fp = NULL;
+	f->fd = -1;
 }
 
 void
@@ -122,19 +160,21 @@ llm_in_read(LlmInFile *f, int64 offset, void *buf, size_t len, const char *what)
 				 errdetail("%s needs bytes " INT64_FORMAT " to " INT64_FORMAT
 						   ", but the file has " INT64_FORMAT " bytes.",
 						   what, offset, offset + (int64) len, f->size)));
-	if (fseeko(f->fp, (off_t) offset, SEEK_SET) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("%s: could not seek in file \"%s\": %m", f->who, f->path)));
-	if (fread(buf, 1, len, f->fp) != len)
+	for (size_t done = 0; done < len;)
 	{
-		if (ferror(f->fp))
+		ssize_t		got = pread(f->fd, (char *) buf + done, len - done, (off_t) (offset + done));
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
 			ereport(ERROR,
 					(errcode_for_file_access(),
 					 errmsg("%s: could not read file \"%s\": %m", f->who, f->path)));
-		ereport(ERROR,			/* it shrank while we read it */
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("%s: file \"%s\" ended early while reading %s", f->who, f->path, what)));
+		if (got == 0)
+			ereport(ERROR,		/* it shrank while we read it */
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("%s: file \"%s\" ended early while reading %s", f->who, f->path, what)));
+		done += got;
 	}
 }
 
@@ -335,6 +375,71 @@ ensure_directory(const char *who, const char *path)
 				 errmsg("%s: could not create directory \"%s\": %m", who, dir)));
 }
 
+/*
+ * The pid in "<base>.tmp<pid>", the name of a temporary file of the target
+ * <dir>/<base>; 0 if `name` is not one.
+ */
+static int
+temporary_file_pid(const char *name, const char *base)
+{
+	size_t		len = strlen(base);
+	const char *digits;
+	char	   *end;
+	long		pid;
+
+	if (strncmp(name, base, len) != 0 || strncmp(name + len, ".tmp", 4) != 0)
+		return 0;
+	digits = name + len + 4;
+	if (!isdigit((unsigned char) *digits))
+		return 0;
+	errno = 0;
+	pid = strtol(digits, &end, 10);
+	if (*end != '\0' || errno != 0 || pid <= 0 || pid > PG_INT32_MAX)
+		return 0;
+	return (int) pid;
+}
+
+/*
+ * Remove the temporary files that writers which died left for this target.
+ *
+ * A backend killed mid-export (or terminated: FATAL does not pass through
+ * the PG_CATCH of llm_write_file_atomically) leaves "<path>.tmp<pid>"
+ * behind.  The next export to the same path removes such files whose pid is
+ * no running process (kill(pid, 0) says ESRCH).  A live pid -- or one we may
+ * not signal -- may still be writing: its file stays.  (A writer on another
+ * machine sharing the directory would look dead from here: keep exports of
+ * different servers in different directories.)
+ */
+static void
+remove_stale_temporaries(const char *who, const char *path)
+{
+	const char *base = last_dir_separator(path) + 1;	/* the path is absolute */
+	char	   *dir = base - path > 1 ? pnstrdup(path, base - path - 1) : pstrdup("/");
+	DIR		   *d;
+	struct dirent *de;
+
+	if (*base == '\0')
+		return;					/* a directory's path: no file of ours */
+	d = AllocateDir(dir);
+	if (d == NULL)
+		return;					/* a missing directory: nothing to clean */
+	while ((de = ReadDirExtended(d, dir, LOG)) != NULL)
+	{
+		int			pid = temporary_file_pid(de->d_name, base);
+		char	   *stale;
+
+		if (pid == 0 || pid == MyProcPid || kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		stale = psprintf("%s/%s", strcmp(dir, "/") == 0 ? "" : dir, de->d_name);
+		if (unlink(stale) == 0)
+			ereport(NOTICE,
+					(errmsg("%s: removed \"%s\", left by process %d which no longer runs",
+							who, stale, pid)));
+		pfree(stale);
+	}
+	FreeDir(d);
+}
+
 static void
 out_open(LlmOutFile *out, const char *who, const char *path)
 {
@@ -343,6 +448,7 @@ out_open(LlmOutFile *out, const char *who, const char *path)
 	out->who = who;
 	out->path = pstrdup(path);
 	out->tmp_path = psprintf("%s.tmp%d", path, MyProcPid);
+	remove_stale_temporaries(who, path);
 
 	/*
 	 * Like COPY TO a file: files readable by all, writable by us only (the
@@ -422,6 +528,55 @@ llm_write_file_atomically(const char *who, const char *path, llm_out_writer writ
 
 /* ---- text files (config.json) --------------------------------------------- */
 
+/*
+ * All of a file, read to its end: st_size is only a first guess (files in
+ * /proc say 0 and have content).  NUL-terminated; *len without the NUL.
+ */
+static char *
+read_to_end(LlmInFile *f, int *len)
+{
+	const int64 limit = MaxAllocSize - VARHDRSZ - 1;	/* what a text value holds */
+	int64		cap = Min(Max(f->size, 8192), limit);
+	int64		done = 0;
+	char	   *buf;
+
+	if (f->size > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s: file \"%s\" is too large for a text value (" INT64_FORMAT " bytes)",
+						f->who, f->path, f->size)));
+	buf = palloc(cap + 1);
+	for (;;)
+	{
+		ssize_t		got;
+
+		CHECK_FOR_INTERRUPTS();
+		if (done == cap)
+		{
+			if (cap == limit)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("%s: file \"%s\" is too large for a text value (more than " INT64_FORMAT
+								" bytes)", f->who, f->path, limit)));
+			cap = Min(cap * 2, limit);
+			buf = repalloc(buf, cap + 1);
+		}
+		got = pread(f->fd, buf + done, cap - done, (off_t) done);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("%s: could not read file \"%s\": %m", f->who, f->path)));
+		if (got == 0)
+			break;
+		done += got;
+	}
+	buf[done] = '\0';
+	*len = (int) done;
+	return buf;
+}
+
 /* llm_read_text_file(path text) RETURNS text: a UTF-8 file's contents. */
 PG_FUNCTION_INFO_V1(llm_read_text_file);
 Datum
@@ -431,22 +586,23 @@ llm_read_text_file(PG_FUNCTION_ARGS)
 	char	   *path = llm_absolute_path(who, PG_GETARG_TEXT_PP(0));
 	LlmInFile	f;
 	char	   *buf;
-	char	   *converted;
+	int			len;
+	int			valid;
 
 	llm_require_read_privilege(who);
 	llm_in_open(&f, who, path);
-	if (f.size > (int64) (MaxAllocSize - VARHDRSZ - 1))
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s: file \"%s\" is too large for a text value (" INT64_FORMAT " bytes)",
-						who, path, f.size)));
-	buf = palloc(f.size + 1);
-	llm_in_read(&f, 0, buf, f.size, "the text");
-	buf[f.size] = '\0';
+	buf = read_to_end(&f, &len);
 	llm_in_close(&f);
-	/* Validates the UTF-8 (no NUL bytes either) and converts if needed. */
-	converted = pg_any_to_server(buf, (int) f.size, PG_UTF8);
-	PG_RETURN_TEXT_P(cstring_to_text(converted));
+	/* UTF-8 (no NUL bytes either), or an error that names the file and the byte. */
+	valid = pg_encoding_verifymbstr(PG_UTF8, buf, len);
+	if (valid < len)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("%s: file \"%s\" is not valid UTF-8", who, path),
+				 errdetail("Invalid byte sequence at byte %d (counting from 0): 0x%02x%s.",
+						   valid, (unsigned char) buf[valid],
+						   buf[valid] == '\0' ? ", a NUL byte" : "")));
+	PG_RETURN_TEXT_P(cstring_to_text(pg_any_to_server(buf, len, PG_UTF8)));
 }
 
 static void

@@ -44,10 +44,14 @@ extern char *llm_absolute_path(const char *who, text *path);
 
 /* ---- reading ------------------------------------------------------------- */
 
-/* A file opened for reading, with its size (known before we trust offsets). */
+/*
+ * A regular file opened for reading, with its size (known before we trust
+ * offsets).  llm_in_open() refuses directories, FIFOs and devices (42809)
+ * before opening them.
+ */
 typedef struct LlmInFile
 {
-	FILE	   *fp;				/* from AllocateFile: closed at abort too */
+	int			fd;				/* from OpenTransientFile: closed at abort too */
 	const char *path;			/* for messages */
 	const char *who;			/* the SQL function, for messages */
 	int64		size;			/* bytes */
@@ -116,7 +120,9 @@ extern void llm_rows_add(FunctionCallInfo fcinfo, const char *name,
  * A file being written: bytes go to "<path>.tmp<pid>", which replaces
  * <path> only once everything is written (rename is atomic), so readers
  * never see a half-written checkpoint; on error the temporary file is
- * removed.
+ * removed.  A backend killed mid-write leaves its temporary file: the next
+ * write to the same path removes "<path>.tmp<pid>" files whose pid is no
+ * running process.
  */
 typedef struct LlmOutFile
 {

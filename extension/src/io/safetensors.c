@@ -15,7 +15,8 @@
  *
  * So a reader trusts nothing: the header length must fit in the file, every
  * [begin, end) must fit in the data section and hold exactly
- * prod(shape) * sizeof(dtype) bytes, and tensors must not overlap.
+ * prod(shape) * sizeof(dtype) bytes, and the tensors must tile the data
+ * section exactly: no overlap, no gap, nothing after the last one.
  *
  *   llm_read_safetensors(path) -> (name, dtype, shape, data) per tensor
  *   llm_write_safetensors(path, model) -> bytes written, from llm_param
@@ -262,11 +263,47 @@ compare_begin(const void *a, const void *b)
 }
 
 /*
+ * The data section is exactly the tensors, back to back: sorted by begin,
+ * the first starts at 0, each starts where the one before ends, the last
+ * ends at the end of the file (the reference implementation refuses anything
+ * else: "file not fully covered").  A header length a few bytes short still
+ * parses -- the JSON ends inside its padding -- but moves the data section:
+ * only this check tells such a file from a good one.
+ */
+static void
+check_coverage(const StReader *r, const StEntry *entries, int n, int64 data_start,
+			   int64 data_size)
+{
+	int64		covered = 0;
+
+	for (int i = 0; i <= n; i++)
+	{
+		int64		next = i < n ? entries[i].begin : data_size;
+
+		if (i < n && next < covered)
+			format_error(r, psprintf("tensors \"%s\" and \"%s\" overlap in the data section",
+									 entries[i - 1].name, entries[i].name));
+		if (next > covered)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("%s: invalid safetensors file \"%s\": bytes [" INT64_FORMAT ", " INT64_FORMAT
+							") of the " INT64_FORMAT "-byte data section belong to no tensor",
+							r->who, r->path, covered, next, data_size),
+					 errdetail("The tensors' data_offsets must cover the data section exactly, "
+							   "which starts after the header, at byte " INT64_FORMAT " of the file.",
+							   data_start),
+					 i == n ? errhint("Is the header length (the first 8 bytes) right?") : 0));
+		if (i < n)
+			covered = entries[i].end;
+	}
+}
+
+/*
  * The tensors of the header, sorted by their place in the file (reading in
  * file order is the fast way through a big file).
  */
 static StEntry *
-parse_entries(const StReader *r, Jsonb *jb, int64 data_size, int *count)
+parse_entries(const StReader *r, Jsonb *jb, int64 data_start, int64 data_size, int *count)
 {
 	StEntry    *entries;
 	JsonbIterator *it;
@@ -297,10 +334,7 @@ parse_entries(const StReader *r, Jsonb *jb, int64 data_size, int *count)
 	}
 
 	qsort(entries, n, sizeof(StEntry), compare_begin);
-	for (int i = 1; i < n; i++)
-		if (entries[i].begin < entries[i - 1].end)
-			format_error(r, psprintf("tensors \"%s\" and \"%s\" overlap in the data section",
-									 entries[i - 1].name, entries[i].name));
+	check_coverage(r, entries, n, data_start, data_size);
 	*count = n;
 	return entries;
 }
@@ -333,7 +367,7 @@ read_header(const StReader *r, LlmInFile *f, int *count, int64 *data_start)
 
 	*data_start = 8 + (int64) header_len;
 	return parse_entries(r, parse_json_header(r, header, (int) header_len),
-						 f->size - *data_start, count);
+						 *data_start, f->size - *data_start, count);
 }
 
 /* ---- llm_read_safetensors ------------------------------------------------------ */
@@ -392,8 +426,13 @@ llm_read_safetensors(PG_FUNCTION_ARGS)
 
 /* ---- llm_write_safetensors ------------------------------------------------------ */
 
-#define PARAMS_IN_ORDER(columns) \
-	"SELECT " columns " FROM llm_param WHERE model = $1 ORDER BY name COLLATE \"C\""
+/* The query for `columns` of a model's parameters, in name order. */
+static char *
+params_in_order(const char *columns)
+{
+	return psprintf("SELECT %s FROM %s WHERE model = $1 ORDER BY name COLLATE \"C\"",
+					columns, llm_table_name("llm_param"));
+}
 
 /* The names and shapes of a model's parameters, in name order (via SPI). */
 static StEntry *
@@ -404,7 +443,7 @@ list_params(const char *who, const char *model, int *count)
 	StEntry    *entries;
 	int64		offset = 0;
 
-	if (SPI_execute_with_args(PARAMS_IN_ORDER("name, shape"), 1, argtypes, args,
+	if (SPI_execute_with_args(params_in_order("name, shape"), 1, argtypes, args,
 							  NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "%s: could not list the parameters of model \"%s\"", who, model);
 	if (SPI_processed == 0)
@@ -425,16 +464,19 @@ list_params(const char *who, const char *model, int *count)
 		e->name = SPI_getvalue(row, desc, 1);
 		dims = int_array_values(who, DatumGetArrayTypeP(SPI_getbinval(row, desc, 2, &isnull)),
 								&e->ndim);
-		e->numel = 1;
+		if (e->ndim < 1 || e->ndim > LLM_MAX_NDIM)
+			elog(ERROR, "%s: parameter \"%s\" has %d dimensions", who, e->name, e->ndim);
 		for (int d = 0; d < e->ndim; d++)
-		{
 			e->dims[d] = dims[d];
-			e->numel *= dims[d];
-		}
+		e->numel = tensor_check_shape(who, e->ndim, e->dims);
 		e->dtype = LLM_FILE_F32;
 		e->dtype_name = "F32";
 		e->begin = offset;
-		e->end = offset = offset + e->numel * (int64) sizeof(float);
+		if (pg_add_s64_overflow(offset, e->numel * (int64) sizeof(float), &offset))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("%s: model \"%s\" is too large for a safetensors file", who, model)));
+		e->end = offset;
 	}
 	return entries;
 }
@@ -504,7 +546,7 @@ write_data(LlmOutFile *out, const char *model, const StEntry *entries, int count
 	Datum		args[1] = {CStringGetTextDatum(model)};
 	MemoryContext row_mcxt = AllocSetContextCreate(CurrentMemoryContext, "llm_write_safetensors row",
 												   ALLOCSET_DEFAULT_SIZES);
-	Portal		cursor = SPI_cursor_open_with_args(NULL, PARAMS_IN_ORDER("name, data"), 1, argtypes,
+	Portal		cursor = SPI_cursor_open_with_args(NULL, params_in_order("name, data"), 1, argtypes,
 												   args, NULL, true, 0);
 
 	for (int i = 0; i <= count; i++)

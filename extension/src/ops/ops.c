@@ -8,6 +8,7 @@
 #include <float.h>
 #include <math.h>
 
+#include "common/int.h"
 #include "fmgr.h"
 #include "utils/array.h"
 
@@ -133,10 +134,15 @@ llm_scale_sql(PG_FUNCTION_ARGS)
 	float8		s = PG_GETARG_FLOAT8(1);
 	Tensor	   *y;
 
-	if (!isfinite(s) || fabs(s) > FLT_MAX)
+	if (!isfinite(s))
 		ereport(ERROR,
 				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
 				 errmsg("llm_scale: the factor must be a finite float32 value, got %g", s)));
+	/* As double precision to real: overflow and underflow are out of range. */
+	if (fabs(s) > FLT_MAX || ((float) s == 0 && s != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("llm_scale: the factor %g is out of range for type real", s)));
 	y = tensor_new_like(x);
 	llm_scale(x->data, (float) s, y->data, tensor_numel(x));
 	PG_RETURN_TENSOR_P(y);
@@ -189,8 +195,9 @@ llm_reshape_sql(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("llm_reshape: a shape has 1 to %d dimensions, got %d", LLM_MAX_NDIM, ndim)));
 	for (int i = 0; i < ndim; i++)
-	{
 		dims[i] = want[i];
+	for (int i = 0; i < ndim; i++)
+	{
 		if (want[i] == -1 && infer < 0)
 			infer = i;
 		else if (want[i] < 1)
@@ -198,8 +205,11 @@ llm_reshape_sql(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("llm_reshape: bad dimension %d in shape %s (use one -1 to infer a dimension)",
 							want[i], shape_str(ndim, dims))));
-		else
-			known *= want[i];
+		else if (pg_mul_s64_overflow(known, want[i], &known) || known > LLM_MAX_ELEMS)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("llm_reshape: shape %s is too large (the limit is " INT64_FORMAT " elements)",
+							shape_str(ndim, dims), (int64) LLM_MAX_ELEMS)));
 	}
 	if (infer >= 0 && n % known == 0)
 		dims[infer] = n / known;

@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 
@@ -62,6 +63,14 @@ tensor_check_shape(const char *who, int ndim, const int64 *dims)
 	return n;
 }
 
+void
+tensor_numel_overflow(const Tensor *t)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("tensor of shape %s has more elements than fit in 64 bits", tensor_shape_str(t))));
+}
+
 Tensor *
 tensor_new(int ndim, const int64 *dims)
 {
@@ -109,6 +118,12 @@ int_array_values(const char *who, ArrayType *arr, int *count)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("%s: expected an int[] array", who)));
+	/* '{{2},{2}}' is not the shape [2,2], nor are '{{1,2}}' two token ids */
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: expected a one-dimensional int[] array, got %d dimensions",
+						who, ARR_NDIM(arr))));
 	deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
 					  &elems, &nulls, count);
 	out = palloc(sizeof(int32) * Max(*count, 1));

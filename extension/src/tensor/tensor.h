@@ -16,6 +16,7 @@
 
 #include "postgres.h"
 
+#include "common/int.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/memutils.h"
@@ -42,6 +43,9 @@ typedef struct Tensor
 #define PG_GETARG_TENSOR_P(n)	DatumGetTensorP(PG_GETARG_DATUM(n))
 #define PG_RETURN_TENSOR_P(x)	PG_RETURN_POINTER(x)
 
+/* ERROR 22003: the tensor's shape multiplies out beyond int64 (a damaged value). */
+llm_noreturn extern void tensor_numel_overflow(const Tensor *t);
+
 /* Number of elements of a tensor. */
 static inline int64
 tensor_numel(const Tensor *t)
@@ -49,7 +53,8 @@ tensor_numel(const Tensor *t)
 	int64		n = 1;
 
 	for (int i = 0; i < t->ndim; i++)
-		n *= t->dims[i];
+		if (pg_mul_s64_overflow(n, t->dims[i], &n))
+			tensor_numel_overflow(t);
 	return n;
 }
 
@@ -77,9 +82,9 @@ extern char *tensor_shape_str(const Tensor *t);
 extern char *shape_str(int ndim, const int64 *dims);
 /* Error if any value is NaN or infinite. */
 extern void tensor_check_finite(const char *who, const Tensor *t);
-/* Shape from an int[] argument (no NULLs, 1..8 dims). */
+/* Shape from an int[] argument (one-dimensional, no NULLs, 1..8 values). */
 extern int	shape_from_array(const char *who, ArrayType *arr, int64 *dims);
-/* Values of an int[] argument (no NULLs); returns count, palloc'd ints. */
+/* Values of a one-dimensional int[] argument (no NULLs); returns count, palloc'd ints. */
 extern int32 *int_array_values(const char *who, ArrayType *arr, int *count);
 
 /*

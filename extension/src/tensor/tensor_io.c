@@ -15,6 +15,7 @@
 #include "port/pg_bswap.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/lsyscache.h"
 
 #include "tensor/tensor.h"
@@ -72,13 +73,15 @@ parse_number(TextParser *ps)
 	v = strtof(ps->p, &end);
 	if (end == ps->p)
 		syntax_error(ps, "expected a number");
-	if (errno == ERANGE && isinf(v))
+	/* real's rules: overflow, and a nonzero value that underflows to 0 */
+	if (errno == ERANGE && (isinf(v) || v == 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("\"%.*s\" is out of range for type real",
 						(int) (end - ps->p), ps->p)));
 	ps->p = end;
-	return v;
+	/* One NaN: strtof keeps the sign and payload of "-nan" or "nan(0x123)". */
+	return isnan(v) ? get_float4_nan() : v;
 }
 
 /* Parse one bracketed list at `depth`; its length must match earlier ones. */

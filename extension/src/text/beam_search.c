@@ -484,7 +484,7 @@ search_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_promp
 	s->states = palloc0(sizeof(Gpt2State *) * B);
 	s->run_score = palloc(sizeof(float) * B);
 	s->run_tokens = palloc0(sizeof(int32) * B * p->max_new);
-	s->logits = llm_alloc_huge(B * V * sizeof(float), "beam logits");
+	s->logits = llm_alloc_floats(B, V, "beam logits");
 	s->fin_score = palloc(sizeof(float) * B);
 	s->fin_tokens = palloc0(sizeof(int32) * B * p->max_new);
 	s->fin_len = palloc0(sizeof(int) * B);
@@ -493,7 +493,7 @@ search_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_promp
 	s->parent = palloc(sizeof(int) * s->K);
 	s->token = palloc(sizeof(int32) * s->K);
 	s->hit = palloc(sizeof(bool) * s->K);
-	s->logp = llm_alloc_huge(V * sizeof(float), "beam log-probabilities");
+	s->logp = llm_alloc_floats(1, V, "beam log-probabilities");
 	s->seen = palloc0(sizeof(bool) * V);
 	s->merged = palloc(sizeof(float) * (B + s->K));
 	s->pick = palloc(sizeof(int) * (B + s->K));

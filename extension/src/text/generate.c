@@ -67,7 +67,7 @@ generator_new(const char *who, const char *model_name, const int32 *prompt, int 
 	g->max_new = max_new;
 	g->sampler = sampler_new(params, m->cfg.vocab_size, seed);
 	sampler_saw(g->sampler, prompt, n_prompt);
-	g->logits = llm_alloc_huge(m->cfg.vocab_size * sizeof(float), "logits");
+	g->logits = llm_alloc_floats(1, m->cfg.vocab_size, "logits");
 	/* the last generated token is never fed back: it needs no position */
 	g->state = gpt2_state_new(m, n_prompt, n_prompt + max_new - 1);
 	return g;

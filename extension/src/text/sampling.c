@@ -97,8 +97,8 @@ sampler_new(const SamplingParams *p, int64 V, uint64 seed)
 	s->vocab_size = V;
 	llm_rng_seed(&s->rng, seed);
 	s->seen = palloc0(V * sizeof(bool));
-	s->scores = llm_alloc_huge(V * sizeof(float), "sampling scratch");
-	s->select = llm_alloc_huge(V * sizeof(float), "sampling scratch");
+	s->scores = llm_alloc_floats(1, V, "sampling scratch");
+	s->select = llm_alloc_floats(1, V, "sampling scratch");
 	s->cand = llm_alloc_huge(V * sizeof(SamplingCandidate), "sampling scratch");
 	return s;
 }

@@ -28,6 +28,11 @@ INSERT INTO llm_param (model, name, data) VALUES ('nope', 'wte.weight', '[1]');
 CREATE TEMP TABLE v AS SELECT version FROM llm_model_config WHERE model = 'tiny';
 UPDATE llm_param SET data = llm_scale(data, 2) WHERE model = 'tiny' AND name = 'ln_f.weight';
 SELECT c.version > v.version AS bumped FROM llm_model_config c, v WHERE c.model = 'tiny';
+-- so does a change to the model's row; its shapes must still fit the parameters
+UPDATE v SET version = (SELECT version FROM llm_model_config WHERE model = 'tiny');
+UPDATE llm_model_config SET layer_norm_eps = 1e-3 WHERE model = 'tiny';
+SELECT c.version > v.version AS bumped FROM llm_model_config c, v WHERE c.model = 'tiny';
+UPDATE llm_model_config SET n_positions = 32 WHERE model = 'tiny';
 
 -- the forward pass
 SELECT llm_shape(llm_logits('tiny', '{1,2,3}'));
