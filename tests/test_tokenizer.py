@@ -268,8 +268,8 @@ def test_errors(conn, tok):
     for bad in (n, -1):
         expect_error(conn, "SELECT llm_decode(%s, %s)", [[1, 2, bad], tok.model], "22023",
                      f"token id {bad} at position 3", f"0..{n - 1}", tok.model)
-        expect_error(conn, "SELECT llm_decode_stream(%s, %s)", [[bad], tok.model], "22023", str(bad))
-        expect_error(conn, "SELECT llm_decode_bytes(%s, %s)", [[bad], tok.model], "22023", str(bad))
+        for function in ("llm_decode_stream", "llm_decode_bytes"):
+            expect_error(conn, f"SELECT {function}(%s, %s)", [[bad], tok.model], "22023", function, str(bad))
     expect_error(conn, "SELECT llm_decode('{1,NULL}', %s)", [tok.model], "22004", "NULL")
 
 
