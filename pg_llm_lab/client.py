@@ -128,8 +128,8 @@ class PGLLMClient:
                   repetition_penalty)
         return [Beam(*row) for row in self.conn.execute(_BEAM_SEARCH, params).fetchall()]
 
-    def encode(self, text: str, model: str | None = None, allow_special: bool = True) -> list[int]:
-        """Token ids of text (llm_encode); special tokens written in it are their ids by default."""
+    def encode(self, text: str, model: str | None = None, allow_special: bool = False) -> list[int]:
+        """Token ids of text (llm_encode): <|endoftext|> written in it is its id only with allow_special."""
         return self.conn.execute("SELECT llm_encode(%s::text, %s::text, %s::boolean)",
                                  (text, self._model_name(model), allow_special)).fetchone()[0]
 

@@ -223,6 +223,5 @@ def shared_data_dir() -> Path | None:
     """The lab's shared data folder (GPT-2's tokenizer files, Tiny Shakespeare):
     $PG_LLM_LAB_SHARED_DATA, else ../shared/data beside the repository; None if absent."""
     env = os.environ.get("PG_LLM_LAB_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    return next((p for p in candidates if p.is_dir()), None)
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return path if path.is_dir() else None

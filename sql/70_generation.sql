@@ -81,8 +81,8 @@ COMMENT ON FUNCTION llm_beam_search_tokens(text, int[], int, int, double precisi
 -- ---- text in, text out (the model's tokenizer: llm_bpe_vocab/llm_bpe_merges of the same name) ----
 --
 -- model NULL (or left out) is the setting pg_llm.default_model.  The
--- prompt may hold special tokens (<|endoftext|>); an empty prompt starts
--- from <|endoftext|>.  A prompt longer than the context leaves room for
+-- prompt is encoded as llm_encode does (<|endoftext|> in it is plain text);
+-- an empty prompt starts from <|endoftext|>.  A prompt longer than the context leaves room for
 -- max_tokens by dropping its oldest tokens, with a NOTICE.  Generation ends
 -- after max_tokens, at a stop id (NULL stop_ids: <|endoftext|>; '{}': none)
 -- or at the first of the stop strings; neither is part of the text.

@@ -102,7 +102,7 @@ def test_beam_search_returns_ranked_beams(conn, client):
 def test_encode_decode_use_the_default_model(conn, client):
     text = "Le café 🐘"
     ids = client.encode(text)
-    assert ids == q(conn, "SELECT llm_encode(%s, 'cl', true)", text)
+    assert ids == q(conn, "SELECT llm_encode(%s, 'cl')", text)
     assert client.decode(ids) == text
     conn.execute("SET pg_llm.default_model = 'cl'")
     try:

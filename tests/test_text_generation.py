@@ -51,7 +51,7 @@ def q(conn, sql, *params):
 
 
 def encode(conn, text):
-    return q(conn, "SELECT llm_encode(%s, 'tg', true)", text)
+    return q(conn, "SELECT llm_encode(%s, 'tg')", text)
 
 
 def decode(conn, ids):
@@ -90,6 +90,14 @@ def test_generate_is_the_token_generation_decoded(conn, tg):
         pytest.fail("no seed wrote <|endoftext|>: the case proves nothing")
     assert q(conn, "SELECT llm_generate(%s, 40, 1.5, model => 'tg', seed => %s)", prompt, seed) \
         == decode(conn, ids[:-1])
+
+
+def test_endoftext_in_a_prompt_is_plain_text(conn, tg):
+    prompt = "the end<|endoftext|>The"
+    ids = encode(conn, prompt)
+    assert tg not in ids  # as llm_encode without allow_special
+    got = q(conn, "SELECT llm_generate(%s, 15, 0, model => 'tg', stop_ids => '{}')", prompt)
+    assert got == decode(conn, tokens(conn, ids, 15, temperature=0, stop_ids=[]))
 
 
 def test_a_fixed_seed_gives_the_same_text(conn, tg):

@@ -268,8 +268,8 @@ def test_errors(conn, tok):
     for bad in (n, -1):
         expect_error(conn, "SELECT llm_decode(%s, %s)", [[1, 2, bad], tok.model], "22023",
                      f"token id {bad} at position 3", f"0..{n - 1}", tok.model)
-        expect_error(conn, "SELECT llm_decode_stream(%s, %s)", [[bad], tok.model], "22023", str(bad))
-        expect_error(conn, "SELECT llm_decode_bytes(%s, %s)", [[bad], tok.model], "22023", str(bad))
+        for function in ("llm_decode_stream", "llm_decode_bytes"):
+            expect_error(conn, f"SELECT {function}(%s, %s)", [[bad], tok.model], "22023", function, str(bad))
     expect_error(conn, "SELECT llm_decode('{1,NULL}', %s)", [tok.model], "22004", "NULL")
 
 
@@ -302,3 +302,39 @@ def test_cache_follows_writes(conn, tokenizers):
     assert conn.execute("SELECT llm_encode('the the', %s)", [trained.model]).fetchone()[0] == before
     assert conn.execute("SELECT version FROM llm_tokenizer_cache() WHERE model = %s",
                         [trained.model]).fetchone()[0] == version
+
+
+# -- long input, cancel, the generated tables ---------------------------------------------
+
+def test_long_pieces_take_the_heap_path(conn, tok):
+    """A piece of 100 kB (no space in it) is encoded as HF encodes it, in O(n log n)."""
+    for text in ("a" * 100_000, "ab" * 50_000 + "!", "🙂" * 20_000):
+        ids = conn.execute("SELECT llm_encode(%s, %s)", [text, tok.model]).fetchone()[0]
+        assert ids == tok.hf.encode(text).ids
+        assert conn.execute("SELECT llm_decode(%s, %s) = %s", [ids, tok.model, text]).fetchone()[0]
+
+
+def test_cancel_leaves_the_cache_usable(conn, tok):
+    """statement_timeout stops a long encode (57014); the next call is right."""
+    text = " ".join(f"w{i}x{i * 7919 % 104729}" for i in range(400_000))   # 5 MB of distinct pieces
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = '20ms'")
+            conn.execute("SELECT cardinality(llm_encode(%s, %s))", [text * 4, tok.model])
+    sample = text[:5000]
+    assert conn.execute("SELECT llm_encode(%s, %s)", [sample, tok.model]).fetchone()[0] == tok.hf.encode(sample).ids
+
+
+def test_unicode_tables_are_generated_from_this_python():
+    """extension/src/text/unicode_tables.h is what tools/gen_unicode_tables.py
+    writes (checked when this Python has the header's Unicode version)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    header = (root / "extension/src/text/unicode_tables.h").read_text()
+    if f'LLM_UNICODE_VERSION "{unicodedata.unidata_version}"' not in header:
+        pytest.skip(f"the header is not from Unicode {unicodedata.unidata_version} (this Python's)")
+    result = subprocess.run([sys.executable, str(root / "tools/gen_unicode_tables.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -214,11 +214,12 @@ heap_pop(Candidate *heap, int *n)
 static int
 bpe_long(const LlmTokenizer *tok, const unsigned char *p, int n, int32 *ids)
 {
-	int32	   *sym = palloc(sizeof(int32) * n);
-	int		   *next = palloc(sizeof(int) * n);
-	int		   *prev = palloc(sizeof(int) * n);
-	bool	   *alive = palloc(sizeof(bool) * n);
-	Candidate  *heap = palloc(sizeof(Candidate) * 3 * n);	/* n - 1, then 2 a merge */
+	int32	   *sym = palloc_extended(sizeof(int32) * n, MCXT_ALLOC_HUGE);
+	int		   *next = palloc_extended(sizeof(int) * n, MCXT_ALLOC_HUGE);
+	int		   *prev = palloc_extended(sizeof(int) * n, MCXT_ALLOC_HUGE);
+	bool	   *alive = palloc_extended(sizeof(bool) * n, MCXT_ALLOC_HUGE);
+	/* n - 1 candidates, then at most 2 a merge */
+	Candidate  *heap = palloc_extended(sizeof(Candidate) * 3 * (Size) n, MCXT_ALLOC_HUGE);
 	int			n_heap = 0;
 	int			count = 0;
 	int32		merged = -1;

@@ -31,8 +31,8 @@ typedef struct LlmMergeTable
  */
 #define WORD_CACHE_SLOTS (1 << 17)
 #define WORD_CACHE_ENTRIES (WORD_CACHE_SLOTS / 2)
-#define WORD_CACHE_KEY_BYTES (2 << 20)
-#define WORD_CACHE_IDS (1 << 19)
+#define WORD_CACHE_KEY_BYTES (1 << 20)
+#define WORD_CACHE_IDS (1 << 18)
 #define WORD_CACHE_MAX_PIECE 64 /* longer pieces are encoded every time */
 
 typedef struct LlmWordEntry

@@ -95,7 +95,7 @@ set_init(StringSet *set, char **strings, int capacity)
 	while (slots < (uint32) capacity * 2)
 		slots <<= 1;
 	set->mask = slots - 1;
-	set->slots = palloc0(sizeof(uint32) * slots);
+	set->slots = palloc_extended(sizeof(uint32) * slots, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	set->strings = strings;
 }
 
@@ -363,7 +363,7 @@ parse_vocab(FileText f, int *n_tokens)
 
 	/* each token once; the ids exactly 0..n-1 */
 	set_init(&set, tokens, n);
-	by_id = palloc0(sizeof(char *) * n);
+	by_id = palloc_extended(sizeof(char *) * n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	for (int i = 0; i < n; i++)
 	{
 		int			same = set_add(&set, i);
@@ -456,7 +456,7 @@ parse_merges(FileText f, char ***left_out, char ***right_out)
 	}
 
 	/* each merge once: "left right" as one string is the key */
-	joined = palloc(sizeof(char *) * Max(n, 1));
+	joined = palloc_extended(sizeof(char *) * Max(n, 1), MCXT_ALLOC_HUGE);
 	for (int i = 0; i < n; i++)
 		joined[i] = psprintf("%s %s", left[i], right[i]);
 	set_init(&set, joined, n);

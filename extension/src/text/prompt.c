@@ -40,7 +40,7 @@ prompt_ids(const char *who, const LlmTokenizer *tok, const Gpt2Model *m, text *p
 {
 	int			len;
 	char	   *utf8 = text_to_utf8(prompt, &len);
-	int32	   *ids = llm_bpe_encode(tok, utf8, len, true, n);
+	int32	   *ids = llm_bpe_encode(tok, utf8, len, false, n);
 	int			room = m->cfg.n_positions - max_tokens;
 
 	if (max_tokens < 1)

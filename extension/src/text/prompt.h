@@ -17,9 +17,9 @@
 #include "text/tokenizer.h"
 
 /*
- * The ids of a text prompt (special tokens such as <|endoftext|> written in
- * it are their ids, as HF's tokenizer reads them).  An empty prompt starts
- * from <|endoftext|>, as GPT-2's unconditional samples do.  A prompt that
+ * The ids of a text prompt, as llm_encode gives them: <|endoftext|> written
+ * in it is plain text, so a prompt cannot smuggle in a control token.  An
+ * empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do.  A prompt that
  * leaves fewer than max_tokens positions of the context is cut from the
  * left, with a NOTICE; max_tokens >= n_positions is an error.
  */

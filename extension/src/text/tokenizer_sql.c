@@ -75,9 +75,9 @@ llm_encode_sql(PG_FUNCTION_ARGS)
 }
 
 static int32 *
-ids_arg(FunctionCallInfo fcinfo, int *n)
+ids_arg(FunctionCallInfo fcinfo, const char *who, int *n)
 {
-	return int_array_values("llm_decode", PG_GETARG_ARRAYTYPE_P(0), n);
+	return int_array_values(who, PG_GETARG_ARRAYTYPE_P(0), n);
 }
 
 /* llm_decode(ids int[], model text) RETURNS text: U+FFFD where the bytes are not UTF-8 */
@@ -86,7 +86,7 @@ Datum
 llm_decode_sql(PG_FUNCTION_ARGS)
 {
 	int			n;
-	int32	   *ids = ids_arg(fcinfo, &n);
+	int32	   *ids = ids_arg(fcinfo, "llm_decode", &n);
 	const LlmTokenizer *tok = llm_tokenizer_get(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	StringInfoData out;
 
@@ -101,10 +101,11 @@ Datum
 llm_decode_bytes_sql(PG_FUNCTION_ARGS)
 {
 	int			n;
-	int32	   *ids = ids_arg(fcinfo, &n);
+	int32	   *ids = ids_arg(fcinfo, "llm_decode_bytes", &n);
 	const LlmTokenizer *tok = llm_tokenizer_get(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	StringInfoData out;
 
+	llm_bpe_check_ids(tok, "llm_decode_bytes", ids, n);
 	initStringInfo(&out);
 	llm_bpe_decode_bytes(tok, ids, n, &out);
 	PG_RETURN_BYTEA_P(cstring_to_text_with_len(out.data, out.len));
@@ -120,7 +121,7 @@ Datum
 llm_decode_stream_sql(PG_FUNCTION_ARGS)
 {
 	int			n;
-	int32	   *ids = ids_arg(fcinfo, &n);
+	int32	   *ids = ids_arg(fcinfo, "llm_decode_stream", &n);
 	const LlmTokenizer *tok = llm_tokenizer_get(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	Datum	   *pieces = palloc(sizeof(Datum) * Max(n, 1));
 	LlmBpeStream stream;

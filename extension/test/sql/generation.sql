@@ -22,7 +22,7 @@ FROM (SELECT exp(1) + exp(-4) + 1 AS z) c,
 SELECT llm_generate_tokens('reg_gen', ARRAY[1, 2, 3], 10, 0.9, 0, 1, 42)
      = llm_generate_tokens('reg_gen', ARRAY[1, 2, 3], 10, 0.9, 0, 1, 42) AS same_seed_same_tokens;
 SELECT llm_generate('the cat', 12, 0.9, seed => 5, model => 'reg_gen', stop_ids => '{}')
-     = llm_decode(llm_generate_tokens('reg_gen', llm_encode('the cat', 'reg_gen', true), 12, 0.9, seed => 5),
+     = llm_decode(llm_generate_tokens('reg_gen', llm_encode('the cat', 'reg_gen'), 12, 0.9, seed => 5),
                   'reg_gen') AS text_is_tokens_decoded;
 
 -- the streams are the same generations, row by row
