@@ -116,6 +116,41 @@ def test_a_stream_keeps_the_weights_of_its_snapshot(conn, models):
     assert generate(conn, a) == want
 
 
+@pytest.fixture
+def rls_reader(conn):
+    """A role that reads llm_param through a row-level security policy (so
+    the weight cache loads weights for it per call, and keeps none)."""
+    name = "llm_stream_reader"
+    if conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (name,)).fetchone()[0]:
+        conn.execute(f"DROP OWNED BY {name}")
+        conn.execute(f"DROP ROLE {name}")
+    conn.execute(f"CREATE ROLE {name}")
+    conn.execute(f"GRANT SELECT ON llm_model_config, llm_param TO {name}")
+    conn.execute("ALTER TABLE llm_param ENABLE ROW LEVEL SECURITY")
+    conn.execute(f"CREATE POLICY llm_stream_all ON llm_param TO {name} USING (true)")
+    yield name
+    conn.execute("RESET ROLE")
+    conn.execute("DROP POLICY llm_stream_all ON llm_param")
+    conn.execute("ALTER TABLE llm_param DISABLE ROW LEVEL SECURITY")
+    conn.execute(f"DROP OWNED BY {name}")
+    conn.execute(f"DROP ROLE {name}")
+
+
+def test_a_stream_under_row_level_security_loads_its_weights_once(conn, models, rls_reader):
+    """Weights read through a policy are the stream's own for its lifetime:
+    loaded once for the stream, not once per FETCH."""
+    a = args(max_tokens=8)
+    want = generate(conn, a)
+    conn.execute(f"SET ROLE {rls_reader}")
+    loads = cache(conn)[1]
+    with conn.transaction():
+        cur = Cursor(conn, a)
+        rows = [cur.fetch() for _ in range(8)]
+        assert cur.fetch() is None
+    assert [r[1] for r in rows] == want
+    assert cache(conn) == (None, loads + 1)
+
+
 def test_closing_the_cursor_early_is_clean(conn, models):
     with conn.transaction():
         cur = Cursor(conn, args(max_tokens=50))

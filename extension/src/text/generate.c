@@ -28,12 +28,11 @@ check_stop_ids(const char *who, const Gpt2Model *m, const int32 *ids, int n)
 }
 
 Generator *
-generator_new(const char *who, const char *model_name, const int32 *prompt, int n_prompt,
+generator_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_prompt,
 			  int max_new, const SamplingParams *params, uint64 seed,
 			  const int32 *stop_ids, int n_stop)
 {
 	Generator  *g = palloc0(sizeof(Generator));
-	const Gpt2Model *m;
 
 	sampling_check_params(who, params);
 	if (max_new < 1)
@@ -44,8 +43,6 @@ generator_new(const char *who, const char *model_name, const int32 *prompt, int 
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: the prompt is empty; GPT-2 needs at least one token to start from", who)));
-
-	m = gpt2_model_get(model_name);
 	if ((int64) n_prompt + max_new > m->cfg.n_positions)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -55,9 +52,11 @@ generator_new(const char *who, const char *model_name, const int32 *prompt, int 
 	check_stop_ids(who, m, stop_ids, n_stop);
 
 	g->who = who;
-	g->model_name = pstrdup(model_name);
+	g->model_name = pstrdup(m->name);
 	g->model = m;
 	g->model_version = m->version;
+	/* weights loaded for this call only (row-level security): they live with us */
+	g->private_model = gpt2_model_cached(m->name, m->version) != m;
 	g->prompt = palloc(sizeof(int32) * n_prompt);
 	memcpy(g->prompt, prompt, sizeof(int32) * n_prompt);
 	g->n_prompt = n_prompt;
@@ -108,8 +107,11 @@ generator_next(Generator *g, int32 *token)
 void
 generator_resume(Generator *g)
 {
-	const Gpt2Model *m = gpt2_model_cached(g->model_name, g->model_version);
+	const Gpt2Model *m;
 
+	if (g->private_model)
+		return;
+	m = gpt2_model_cached(g->model_name, g->model_version);
 	if (m == NULL)
 		m = gpt2_model_get(g->model_name);
 	if (m->version != g->model_version)
@@ -124,7 +126,8 @@ generator_resume(Generator *g)
 void
 generator_free(Generator *g)
 {
-	const Gpt2Model *m = gpt2_model_cached(g->model_name, g->model_version);
+	const Gpt2Model *m = g->private_model ? g->model :
+		gpt2_model_cached(g->model_name, g->model_version);
 
 	/* Freeing reports timers under the model's name: only if it is still there. */
 	if (m != NULL)
@@ -173,6 +176,7 @@ llm_generate_tokens_sql(PG_FUNCTION_ARGS)
 {
 	const char *who = "llm_generate_tokens";
 	char	   *model;
+	const Gpt2Model *m;
 	int			n_prompt,
 				n_stop;
 	int32	   *prompt;
@@ -201,17 +205,17 @@ llm_generate_tokens_sql(PG_FUNCTION_ARGS)
 				 errmsg("%s: max_new_tokens must be >= 0, got %d", who, max_new)));
 	if (max_new == 0)
 		PG_RETURN_ARRAYTYPE_P(int_array(NULL, 0));
+	m = gpt2_model_get(model);
 	if (!PG_ARGISNULL(7))
 	{
 		int32		stop_token = PG_GETARG_INT32(7);
 
-		check_token_ids(who, "stop_token", &stop_token, 1,
-						gpt2_model_get(model)->cfg.vocab_size, false, "");
+		check_token_ids(who, "stop_token", &stop_token, 1, m->cfg.vocab_size, false, "");
 		stop_ids = repalloc(stop_ids, sizeof(int32) * (n_stop + 1));
 		stop_ids[n_stop++] = stop_token;
 	}
 
-	g = generator_new(who, model, prompt, n_prompt, max_new, &params, seed, stop_ids, n_stop);
+	g = generator_new(who, m, prompt, n_prompt, max_new, &params, seed, stop_ids, n_stop);
 	out = palloc(sizeof(int32) * max_new);
 	while (generator_next(g, &token))
 		out[n_out++] = token;

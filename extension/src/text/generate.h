@@ -3,15 +3,17 @@
  * GPT-2 once (prefill), then one token at a time (decode, with the KV
  * cache), each picked by a Sampler.
  *
- *   Generator *g = generator_new("llm_generate", model, prompt, n, max_new,
- *                                &params, seed, stop_ids, n_stop);
+ *   Generator *g = generator_new("llm_generate", gpt2_model_get(name), prompt, n,
+ *                                max_new, &params, seed, stop_ids, n_stop);
  *   while (generator_next(g, &token))
  *       ... use token; generator_finished(g) says whether it was the last ...
  *   generator_free(g);
  *
- * A generator that lives across calls (a streaming SRF) calls
- * generator_resume() at the start of each call: the weight cache may have
- * been replaced in between.
+ * A generator that lives across calls (a streaming SRF) is made in memory
+ * that lives as long, and calls generator_resume() at the start of each
+ * call: the weight cache may have been replaced in between.  (Weights
+ * gpt2_model_get loaded for one call only, under row-level security, live
+ * in the generator's memory and are kept.)
  */
 #ifndef PG_LLM_TEXT_GENERATE_H
 #define PG_LLM_TEXT_GENERATE_H
@@ -27,6 +29,7 @@ typedef struct Generator
 	char	   *model_name;
 	const Gpt2Model *model;
 	int64		model_version;
+	bool		private_model;	/* loaded for us alone (not the backend's cache) */
 	Gpt2State  *state;
 	Sampler    *sampler;
 	float	   *logits;			/* [V] */
@@ -45,7 +48,7 @@ typedef struct Generator
  * prompt must be non-empty and, with max_new >= 1 new tokens, fit in the
  * context (error 22023 otherwise).
  */
-extern Generator *generator_new(const char *who, const char *model_name,
+extern Generator *generator_new(const char *who, const Gpt2Model *m,
 								const int32 *prompt, int n_prompt, int max_new,
 								const SamplingParams *params, uint64 seed,
 								const int32 *stop_ids, int n_stop);

@@ -74,7 +74,7 @@ llm_generate_stream_tokens_sql(PG_FUNCTION_ARGS)
 		if (!PG_ARGISNULL(7))
 			stop_ids = gpt2_token_array(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(7), &n_stop);
 		params = sampling_params_from_args(fcinfo, 3, 8);
-		funcctx->user_fctx = generator_new(who, text_to_cstring(PG_GETARG_TEXT_PP(0)),
+		funcctx->user_fctx = generator_new(who, gpt2_model_get(text_to_cstring(PG_GETARG_TEXT_PP(0))),
 										   prompt, n_prompt, PG_GETARG_INT32(2), &params,
 										   sampling_seed_from_arg(fcinfo, 6),
 										   stop_ids, n_stop);

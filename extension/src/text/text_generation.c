@@ -76,7 +76,7 @@ textgen_from_args(FunctionCallInfo fcinfo, const char *who)
 	stop_ids = stop_ids_or_eot(fcinfo, 8, who, t->tok, m, &n_stop);
 	stops_from_arg(t, fcinfo, 7);
 
-	t->gen = generator_new(who, model, prompt, n_prompt, max_tokens, &params,
+	t->gen = generator_new(who, m, prompt, n_prompt, max_tokens, &params,
 						   sampling_seed_from_arg(fcinfo, 6), stop_ids, n_stop);
 	llm_bpe_stream_init(&t->detok, t->tok);
 	initStringInfo(&t->text);
