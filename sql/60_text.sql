@@ -24,6 +24,8 @@
 -- Every write to llm_bpe_vocab or llm_bpe_merges takes a fresh number from
 -- this sequence into llm_tokenizer.version (never handed out twice).
 CREATE SEQUENCE llm_tokenizer_version_seq;
+COMMENT ON SEQUENCE llm_tokenizer_version_seq IS
+'the numbers llm_tokenizer.version takes: each write to a tokenizer''s rows takes a fresh one';
 
 CREATE TABLE llm_tokenizer (
     model      text PRIMARY KEY,
