@@ -54,8 +54,12 @@ static struct
 	int			stop;			/* atomic: interrupted, take no more */
 	int			busy;			/* workers still inside the job */
 	int			participants;	/* workers taking part in this job */
-}			pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-PTHREAD_COND_INITIALIZER, 0, 1};
+}			pool = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.wake = PTHREAD_COND_INITIALIZER,
+	.done = PTHREAD_COND_INITIALIZER,
+	.nthreads = 1,
+};
 
 int
 llm_cpu_count(void)
