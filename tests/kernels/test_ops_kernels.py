@@ -2,82 +2,42 @@
 Correctness of the elementwise, normalisation and attention kernels
 (extension/src/kernels/ops.c and attention.c).
 
-The kernel sources are compiled into a throwaway shared library and called
-through ctypes.  References are computed in float64 with numpy (the exact
-answer, rounded once) and, when torch is installed, also compared with
-torch's float32 functions, which is what the extension has to match.
-Every ISA the CPU has is tried, and 1 vs 2 threads must agree bit for bit.
-Skipped when no C compiler is available or the build fails.
+The kernel library is compiled and loaded through pg_llm_lab.kernels.
+References are computed in float64 with numpy (the exact answer, rounded
+once) and, when torch is installed, also compared with torch's float32
+functions, which is what the extension has to match.  Every ISA the CPU has
+is tried, and 1 vs 2 threads must agree bit for bit.  Skipped when no C
+compiler is available or the build fails.
 
 Run:  pytest tests/kernels/test_ops_kernels.py -q
 """
 import ctypes
-import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
 
-from pg_llm_lab.build import build_kernel_library
+from pg_llm_lab import kernels
+from pg_llm_lab.kernels import ptr, strided
 
 try:
     import torch
 except ImportError:  # the float64 references still run
     torch = None
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-KDIR = ROOT / "extension" / "src" / "kernels"
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
 SIZES = [1, 7, 17, 33, 769]
-
-c_float_p = ctypes.POINTER(ctypes.c_float)
-c_int32_p = ctypes.POINTER(ctypes.c_int32)
-i64 = ctypes.c_int64
-
-
-def load_kernels(path):
-    lib = ctypes.CDLL(path)
-    fp, ip = c_float_p, c_int32_p
-    sigs = {
-        "llm_add": (None, [fp, fp, fp, i64, i64]),
-        "llm_mul": (None, [fp, fp, fp, i64, i64]),
-        "llm_scale": (None, [fp, ctypes.c_float, fp, i64]),
-        "llm_transpose": (None, [fp, fp, i64, i64]),
-        "llm_gelu": (ctypes.c_int, [fp, fp, i64]),
-        "llm_softmax": (ctypes.c_int, [fp, fp, i64, i64, i64]),
-        "llm_layernorm": (ctypes.c_int, [fp, fp, fp, fp, i64, i64, ctypes.c_float]),
-        "llm_embedding": (None, [fp, ip, fp, i64, i64]),
-        "llm_cross_entropy": (ctypes.c_int, [fp, ip, i64, i64,
-                                             ctypes.POINTER(ctypes.c_double),
-                                             ctypes.POINTER(ctypes.c_int64)]),
-        "llm_attention": (ctypes.c_int, [fp, i64, fp, i64, fp, i64, fp,
-                                         i64, i64, i64, i64, ctypes.c_int]),
-        "llm_pool_set_threads": (None, [ctypes.c_int]),
-        "llm_set_isa": (None, [ctypes.c_int]),
-        "llm_cpu_isa": (ctypes.c_int, []),
-    }
-    for name, (res, args) in sigs.items():
-        f = getattr(lib, name)
-        f.restype, f.argtypes = res, args
-    return lib
 
 
 @pytest.fixture(scope="module")
 def lib():
-    tmp = tempfile.mkdtemp(prefix="pg_llm_ops_")
     try:
-        yield load_kernels(build_kernel_library(tmp))
+        return kernels.load()
     except RuntimeError as e:
         pytest.skip(str(e))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_isas(lib):
-    lib.llm_set_isa(2)
-    best = lib.llm_cpu_isa()
-    return list(range(best + 1))
+    return [kernels.ISA[name] for name in kernels.available_isas(lib)]
 
 
 @pytest.fixture(params=[0, 1, 2], ids=lambda i: ISA_NAMES[i])
@@ -89,13 +49,6 @@ def isa(request, lib):
     lib.llm_pool_set_threads(2)
     yield request.param
     lib.llm_set_isa(2)
-
-
-def ptr(a):
-    if a.dtype == np.int32:
-        return a.ctypes.data_as(c_int32_p)
-    assert a.dtype == np.float32 and a.flags.c_contiguous
-    return a.ctypes.data_as(c_float_p)
 
 
 def rng(seed=0):
@@ -192,11 +145,7 @@ def attention(lib, q, k, v, n_head, causal, C):
     """q, k, v may be column slices of wider row-major arrays (strided rows)."""
     Tq, Tk = q.shape[0], k.shape[0]
     y = np.full((Tq, C), np.nan, dtype=np.float32)
-
-    def base(a):
-        return ctypes.cast(a.ctypes.data, c_float_p), a.strides[0] // 4
-
-    (qp, ldq), (kp, ldk), (vp, ldv) = base(q), base(k), base(v)
+    (qp, ldq), (kp, ldk), (vp, ldv) = strided(q), strided(k), strided(v)
     assert lib.llm_attention(qp, ldq, kp, ldk, vp, ldv, ptr(y), Tq, Tk, C,
                              n_head, int(causal)) == 0
     return y
@@ -408,9 +357,7 @@ def test_interrupt_is_reported(lib):
                                      ctypes.byref(counted)) == 1
         _, q, k, v = fused_qkv(128, 128, seed=4)
         out = np.empty((128, 128), dtype=np.float32)
-        qp = ctypes.cast(q.ctypes.data, c_float_p)
-        kp = ctypes.cast(k.ctypes.data, c_float_p)
-        vp = ctypes.cast(v.ctypes.data, c_float_p)
+        (qp, _), (kp, _), (vp, _) = strided(q), strided(k), strided(v)
         assert lib.llm_attention(qp, 384, kp, 384, vp, 384, ptr(out), 128, 128, 128, 2, 1) == 1
     finally:
         slot.value = None
