@@ -51,7 +51,7 @@ extern int	(*llm_interrupt_hook) (void);
  */
 int			llm_parallel_for(int64_t n, int64_t grain, llm_task_fn fn, void *ctx);
 
-/* ---- SIMD dispatch (cpu.c) --------------------------------------------- */
+/* ---- SIMD dispatch (cpu.c, dispatch.h) --------------------------------- */
 
 typedef enum
 {
@@ -60,12 +60,18 @@ typedef enum
 	LLM_ISA_AVX512 = 2			/* AVX-512F */
 } llm_isa;
 
-llm_isa		llm_cpu_isa(void);	/* best ISA this CPU supports (cached) */
+llm_isa		llm_cpu_isa(void);	/* the ISA the kernels use now */
 const char *llm_isa_name(llm_isa isa);
-/* Force a lower ISA (for tests); values above the CPU's support are capped. */
+
+/*
+ * Use `isa` from now on: values above the CPU's best are capped to it (so
+ * LLM_ISA_AVX512 means "the best there is"); lower ones are for tests.
+ * Runs once when the library is loaded, with the CPU's best.  Not to be
+ * called while a kernel runs.
+ */
 void		llm_set_isa(llm_isa isa);
 
-/* ---- matmul (matmul.c) ------------------------------------------------- */
+/* ---- matmul (matmul/) ---------------------------------------------------- */
 
 /*
  * C[M,N] = op(A) @ op(B)  (+ bias[N] broadcast over rows when bias != NULL)
@@ -77,7 +83,7 @@ void		llm_set_isa(llm_isa isa);
 int			llm_matmul(const float *A, const float *B, const float *bias, float *C,
 					   int64_t M, int64_t K, int64_t N, int transA, int transB);
 
-/* ---- elementwise and normalisation (ops.c) ------------------------------ */
+/* ---- elementwise maps (elementwise.c) ------------------------------------ */
 
 /* y = a + b, where b has n or (row broadcast) `bn` elements, n % bn == 0 */
 void		llm_add(const float *a, const float *b, float *y, int64_t n, int64_t bn);
@@ -87,8 +93,13 @@ void		llm_mul(const float *a, const float *b, float *y, int64_t n, int64_t bn);
 void		llm_scale(const float *x, float s, float *y, int64_t n);
 /* y[j,i] = x[i,j] for x [rows, cols] */
 void		llm_transpose(const float *x, float *y, int64_t rows, int64_t cols);
+
+/* ---- GELU (gelu.c) ------------------------------------------------------- */
+
 /* GELU, tanh approximation (GPT-2's "gelu_new") */
 int			llm_gelu(const float *x, float *y, int64_t n);
+
+/* ---- softmax (softmax.c) ------------------------------------------------- */
 
 /*
  * Softmax over the last axis of x [rows, cols].  With causal_rows = Tq > 0,
@@ -102,13 +113,19 @@ int			llm_softmax(const float *x, float *y, int64_t rows, int64_t cols,
 /* Softmax of one row of n > 0 values (y may be x). */
 void		llm_softmax_row(const float *x, float *y, int64_t n);
 
+/* ---- LayerNorm (layernorm.c) --------------------------------------------- */
+
 /* LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b */
 int			llm_layernorm(const float *x, const float *g, const float *b, float *y,
 						  int64_t rows, int64_t cols, float eps);
 
+/* ---- embedding (embedding.c) --------------------------------------------- */
+
 /* y[t,:] = w[ids[t],:] for w [vocab, dim]; ids already range-checked */
 void		llm_embedding(const float *w, const int32_t *ids, float *y,
 						  int64_t n_ids, int64_t dim);
+
+/* ---- cross-entropy (cross_entropy.c) ------------------------------------- */
 
 /*
  * Mean cross-entropy of logits [rows, vocab] against targets[rows]
@@ -119,7 +136,7 @@ void		llm_embedding(const float *w, const int32_t *ids, float *y,
 int			llm_cross_entropy(const float *logits, const int32_t *targets,
 							  int64_t rows, int64_t vocab, double *loss, int64_t *counted);
 
-/* ---- attention (attention.c) ------------------------------------------- */
+/* ---- attention (attention.c) --------------------------------------------- */
 
 /*
  * Multi-head scaled dot-product attention, y = softmax(q k^T / sqrt(hd)) v
