@@ -51,14 +51,15 @@ SIGNATURES = {
     # x, y, rows, cols, causal_rows
     "llm_softmax": (_int, [float_p, float_p, _i64, _i64, _i64]),
     "llm_softmax_row": (None, [float_p, float_p, _i64]),
-    # x, g, b, y, rows, cols, eps
-    "llm_layernorm": (_int, [float_p, float_p, float_p, float_p, _i64, _i64, _float]),
+    # x, g, b, y, rows, cols, eps, mean (or None), rstd (or None)
+    "llm_layernorm": (_int, [float_p, float_p, float_p, float_p, _i64, _i64, _float,
+                             float_p, float_p]),
     "llm_embedding": (None, [float_p, int32_p, float_p, _i64, _i64]),
-    # logits, targets, rows, vocab, &loss, &counted
-    "llm_cross_entropy": (_int, [float_p, int32_p, _i64, _i64, double_p, int64_p]),
-    # q, ldq, k, ldk, v, ldv, y, Tq, Tk, C, n_head, causal
+    # logits, targets, rows, vocab, &loss, &counted, lse (or None)
+    "llm_cross_entropy": (_int, [float_p, int32_p, _i64, _i64, double_p, int64_p, float_p]),
+    # q, ldq, k, ldk, v, ldv, y, Tq, Tk, C, n_head, causal, lse (or None)
     "llm_attention": (_int, [float_p, _i64, float_p, _i64, float_p, _i64, float_p,
-                             _i64, _i64, _i64, _i64, _int]),
+                             _i64, _i64, _i64, _i64, _int, float_p]),
 }
 
 

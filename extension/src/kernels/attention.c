@@ -23,7 +23,8 @@
  *     k rows, then a weighted sum of the v rows.  Nothing is packed, which
  *     is what a single new token wants.
  * Both compute scores = (q . k) * scale, then the same row softmax
- * (softmax.c's row kernel), then sum_j p_j v_j.
+ * (softmax.c's row kernel, whose max and sum give the row's logsumexp
+ * when the caller wants it for a backward), then sum_j p_j v_j.
  *
  * The inner kernels come as scalar, AVX2 and AVX-512 variants, chosen
  * through attention_kernels (dispatch.h).
@@ -62,6 +63,7 @@ typedef struct
 				nchunks;
 	int			causal;
 	float		scale;
+	float	   *lse;			/* [n_head, Tq], or NULL */
 	const attention_kernels *kern;
 	const softmax_kernels *softmax;
 	int			out_of_memory;
@@ -86,6 +88,20 @@ visible_keys(const attention_ctx *c, int64_t i)
 	return n < 0 ? 0 : n > c->Tk ? c->Tk : n;
 }
 
+
+
+/* Softmax of scores[0, n) in place; lse of (head, query i) when wanted. */
+static void
+softmax_scores(const attention_ctx *c, float *scores, int64_t n,
+			   int64_t head, int64_t i)
+{
+	softmax_stats st = {-INFINITY, 0.0};	/* no key: the log of an empty sum */
+
+	if (n > 0)
+		st = c->softmax->row(scores, scores, n);
+	if (c->lse)
+		c->lse[head * c->Tq + i] = (float) (st.max + log(st.sum));
+}
 
 
 /* ---- row by row --------------------------------------------------------------- */
@@ -302,10 +318,11 @@ attend_rows(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 		{
 			/* no key to attend to (only when Tq > Tk): output zeros */
 			memset(out, 0, (size_t) c->hd * sizeof(float));
+			softmax_scores(c, scores, 0, head, i);
 			continue;
 		}
 		c->kern->scores_row(q, k, c->ldk, nk, c->hd, c->scale, scores);
-		c->softmax->row(scores, scores, nk);
+		softmax_scores(c, scores, nk, head, i);
 		c->kern->weighted_sum(scores, v, c->ldv, nk, c->hd, out);
 	}
 	free(base);
@@ -626,8 +643,8 @@ attend_tiled(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 		float	   *sr = s + r * lds;
 		int64_t		n = r < rows ? visible_keys(c, i0 + r) : 0;
 
-		if (n > 0)
-			c->softmax->row(sr, sr, n);
+		if (r < rows)
+			softmax_scores(c, sr, n, head, i0 + r);
 		memset(sr + n, 0, (size_t) (nk_p - n) * sizeof(float));
 	}
 
@@ -681,11 +698,11 @@ llm_attention(const float *q, int64_t ldq,
 			  const float *k, int64_t ldk,
 			  const float *v, int64_t ldv,
 			  float *y, int64_t Tq, int64_t Tk, int64_t C,
-			  int64_t n_head, int causal)
+			  int64_t n_head, int causal, float *lse)
 {
 	attention_ctx c = {
 		.q = q, .k = k, .v = v, .ldq = ldq, .ldk = ldk, .ldv = ldv, .y = y,
-		.Tq = Tq, .Tk = Tk, .C = C, .n_head = n_head, .causal = causal,
+		.Tq = Tq, .Tk = Tk, .C = C, .n_head = n_head, .causal = causal, .lse = lse,
 		.kern = llm_kernels->attention, .softmax = llm_kernels->softmax,
 		.tiled = Tq >= TILE_ROWS && Tk > 0,
 	};

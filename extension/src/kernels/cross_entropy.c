@@ -5,7 +5,9 @@
  *   loss_r = -log softmax(x_r)[t_r] = logsumexp(x_r) - x_r[t_r]
  *
  * logsumexp is max + log(sum(exp(x - max))): every exp is at most 1, so
- * nothing overflows, and the sum is kept in double, as is the total.
+ * nothing overflows, and the sum is kept in double, as is the total.  Each
+ * row's logsumexp is handed back when the caller asks (the backward's
+ * softmax is exp(x - lse)).
  */
 #include "kernels.h"
 
@@ -107,6 +109,7 @@ typedef struct
 	const int32_t *targets;
 	int64_t		vocab;
 	int64_t		grain;
+	float	   *lse;
 	const cross_entropy_kernels *k;
 	double		loss_sum[CE_MAX_TASKS];
 	int64_t		counted[CE_MAX_TASKS];
@@ -124,12 +127,19 @@ cross_entropy_task(void *arg, int64_t begin, int64_t end)
 	{
 		const float *x = c->logits + r * c->vocab;
 		int32_t		target = c->targets[r];
+		double		lse;
 
-		if (target < 0)
-			continue;			/* ignore_index */
-		/* -log softmax(x)[target] = logsumexp(x) - x[target] */
-		loss_sum += c->k->logsumexp(x, c->vocab) - x[target];
-		counted++;
+		if (target < 0 && c->lse == NULL)
+			continue;			/* ignore_index, and no lse wanted */
+		lse = c->k->logsumexp(x, c->vocab);
+		if (c->lse)
+			c->lse[r] = (float) lse;
+		if (target >= 0)
+		{
+			/* -log softmax(x)[target] = logsumexp(x) - x[target] */
+			loss_sum += lse - x[target];
+			counted++;
+		}
 	}
 	c->loss_sum[task] = loss_sum;
 	c->counted[task] = counted;
@@ -137,7 +147,8 @@ cross_entropy_task(void *arg, int64_t begin, int64_t end)
 
 int
 llm_cross_entropy(const float *logits, const int32_t *targets,
-				  int64_t rows, int64_t vocab, double *loss, int64_t *counted)
+				  int64_t rows, int64_t vocab, double *loss, int64_t *counted,
+				  float *lse)
 {
 	cross_entropy_ctx c;		/* 4 KB of partials: fine on the stack */
 	int64_t		grain = rows_per_task(vocab);
@@ -158,6 +169,7 @@ llm_cross_entropy(const float *logits, const int32_t *targets,
 	c.targets = targets;
 	c.vocab = vocab;
 	c.grain = grain;
+	c.lse = lse;
 	c.k = llm_kernels->cross_entropy;
 	status = llm_parallel_for(rows, grain, cross_entropy_task, &c);
 	if (status != LLM_OK)

@@ -115,9 +115,14 @@ void		llm_softmax_row(const float *x, float *y, int64_t n);
 
 /* ---- LayerNorm (layernorm.c) --------------------------------------------- */
 
-/* LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b */
+/*
+ * LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b.
+ * When mean and rstd are not NULL they receive, per row ([rows] each), the
+ * mean and rstd = 1/sqrt(var + eps) used -- what the backward needs.
+ */
 int			llm_layernorm(const float *x, const float *g, const float *b, float *y,
-						  int64_t rows, int64_t cols, float eps);
+						  int64_t rows, int64_t cols, float eps,
+						  float *mean, float *rstd);
 
 /* ---- embedding (embedding.c) --------------------------------------------- */
 
@@ -131,10 +136,13 @@ void		llm_embedding(const float *w, const int32_t *ids, float *y,
  * Mean cross-entropy of logits [rows, vocab] against targets[rows]
  * (already range-checked; a target < 0 is ignored, as PyTorch's -100).
  * Writes the mean over counted rows to *loss; returns LLM_OK or
- * LLM_INTERRUPTED.  *counted receives how many rows counted.
+ * LLM_INTERRUPTED.  *counted receives how many rows counted.  When lse is
+ * not NULL, lse[r] receives log(sum(exp(logits[r,:]))) for every row r,
+ * ignored rows included (the backward's softmax is exp(logits - lse)).
  */
 int			llm_cross_entropy(const float *logits, const int32_t *targets,
-							  int64_t rows, int64_t vocab, double *loss, int64_t *counted);
+							  int64_t rows, int64_t vocab, double *loss, int64_t *counted,
+							  float *lse);
 
 /* ---- attention (attention.c) --------------------------------------------- */
 
@@ -146,6 +154,10 @@ int			llm_cross_entropy(const float *logits, const int32_t *targets,
  * fused [T, 3C] output of GPT-2's c_attn is used in place.
  * Query row i sits at absolute position (Tk - Tq) + i: a KV-cached decode
  * step passes Tq = 1.  When causal, query i attends keys 0 .. (Tk - Tq) + i.
+ * When lse is not NULL, lse[h * Tq + i] ([n_head, Tq]) receives the
+ * logsumexp of query i's scaled, masked scores in head h (-inf for a query
+ * that sees no key), so a backward can recompute the probabilities as
+ * exp(score - lse).
  * Work is split over (head, chunk of query rows); scratch is O(chunk * Tk)
  * per task, plus packed copies of k and v (2 * Tk * C floats) for prefill.
  * Returns LLM_NOMEM if that memory cannot be had.
@@ -154,6 +166,6 @@ int			llm_attention(const float *q, int64_t ldq,
 						  const float *k, int64_t ldk,
 						  const float *v, int64_t ldv,
 						  float *y, int64_t Tq, int64_t Tk, int64_t C,
-						  int64_t n_head, int causal);
+						  int64_t n_head, int causal, float *lse);
 
 #endif							/* PG_LLM_KERNELS_H */

@@ -7,9 +7,10 @@
  * mean((x - mean)^2), which does not cancel catastrophically as
  * E[x^2] - mean^2 can.  The scalar row accumulates in double; the SIMD ones
  * in float over 16 independent lanes, which keeps the rounding error well
- * under 1e-6 for GPT-2 widths.  Work is cut into tasks of
- * whole rows, fixed by the sizes alone, so results never depend on the
- * thread count.
+ * under 1e-6 for GPT-2 widths.  The row kernels return the mean and rstd
+ * they used, which llm_layernorm hands back when asked (the backward needs
+ * them).  Work is cut into tasks of whole rows, fixed by the sizes alone,
+ * so results never depend on the thread count.
  */
 #include "kernels.h"
 
@@ -169,6 +170,8 @@ typedef struct
 	float	   *y;
 	int64_t		cols;
 	float		eps;
+	float	   *mean,
+			   *rstd;
 	const layernorm_kernels *k;
 } layernorm_ctx;
 
@@ -178,14 +181,22 @@ layernorm_task(void *arg, int64_t begin, int64_t end)
 	const layernorm_ctx *c = arg;
 
 	for (int64_t r = begin; r < end; r++)
-		c->k->row(c->x + r * c->cols, c->g, c->b, c->y + r * c->cols, c->cols, c->eps);
+	{
+		layernorm_stats st = c->k->row(c->x + r * c->cols, c->g, c->b,
+									   c->y + r * c->cols, c->cols, c->eps);
+
+		if (c->mean)
+			c->mean[r] = st.mean;
+		if (c->rstd)
+			c->rstd[r] = st.rstd;
+	}
 }
 
 int
 llm_layernorm(const float *x, const float *g, const float *b, float *y,
-			  int64_t rows, int64_t cols, float eps)
+			  int64_t rows, int64_t cols, float eps, float *mean, float *rstd)
 {
-	layernorm_ctx c = {x, g, b, y, cols, eps, llm_kernels->layernorm};
+	layernorm_ctx c = {x, g, b, y, cols, eps, mean, rstd, llm_kernels->layernorm};
 
 	if (cols <= 0)
 		return LLM_OK;
