@@ -21,6 +21,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "simd.h"
+
 #define LLM_MAX_THREADS 256
 #define SPIN_ITERATIONS 20000
 
@@ -30,7 +32,7 @@ int			(*llm_interrupt_hook) (void) = 0;
 static inline void
 cpu_relax(void)
 {
-#if defined(__x86_64__) || defined(__i386__)
+#if LLM_X86
 	__builtin_ia32_pause();
 #endif
 }
