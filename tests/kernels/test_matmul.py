@@ -1,5 +1,5 @@
 """
-Correctness of llm_matmul (extension/src/kernels/matmul.c) against numpy.
+Correctness of llm_matmul (extension/src/kernels/matmul/) against numpy.
 
 The kernel library is compiled and loaded through pg_llm_lab.kernels;
 every test is skipped when no C compiler is available or the build fails.
