@@ -127,14 +127,15 @@ def _build_lock():
 
 
 def build_kernel_library(outdir, extra_flags=(), name: str = "libpg_llm_kernels.so") -> Path:
-    """The kernels alone (extension/src/kernels/*.c: plain C, no PostgreSQL) as a
-    shared library in `outdir`, for ctypes tests and benchmarks.  Raises
-    RuntimeError if there is no C compiler or the build fails."""
+    """The kernels alone (extension/src/kernels/**/*.c: plain C, no PostgreSQL) as a
+    shared library in `outdir`, for ctypes tests and benchmarks
+    (`pg_llm_lab.kernels` loads it).  Raises RuntimeError if there is no C
+    compiler or the build fails."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler ({cc})")
     out = Path(outdir) / name
-    sources = sorted(str(p) for p in (extension_dir() / "src" / "kernels").glob("*.c"))
+    sources = sorted(str(p) for p in (extension_dir() / "src" / "kernels").rglob("*.c"))
     command = [cc, "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-fno-strict-aliasing",
                "-fwrapv", *extra_flags, *sources, "-o", str(out), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True)

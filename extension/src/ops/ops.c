@@ -306,7 +306,7 @@ llm_layernorm_sql(PG_FUNCTION_ARGS)
 	tensor_check_finite("llm_layernorm", x);
 	y = tensor_new_like(x);
 	llm_check_status(llm_layernorm(x->data, g->data, b->data, y->data,
-								   tensor_rows(x), C, eps));
+								   tensor_rows(x), C, eps, NULL, NULL));
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -354,7 +354,7 @@ llm_cross_entropy_sql(PG_FUNCTION_ARGS)
 	check_token_ids("llm_cross_entropy", "id", targets, n, logits->dims[1], true, "");
 	tensor_check_finite("llm_cross_entropy", logits);
 	llm_check_status(llm_cross_entropy(logits->data, targets, n, logits->dims[1],
-									   &loss, &counted));
+									   &loss, &counted, NULL));
 	if (counted == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -399,6 +399,6 @@ llm_attention_sql(PG_FUNCTION_ARGS)
 	tensor_check_finite("llm_attention", k);
 	y = tensor_new_like(q);
 	llm_check_status(llm_attention(q->data, C, k->data, C, v->data, C, y->data,
-								   q->dims[0], k->dims[0], C, n_head, causal));
+								   q->dims[0], k->dims[0], C, n_head, causal, NULL));
 	PG_RETURN_TENSOR_P(y);
 }
