@@ -458,7 +458,19 @@ out_open(LlmOutFile *out, const char *who, const char *path)
 	PG_TRY();
 	{
 		ensure_directory(who, path);
-		out->fp = AllocateFile(out->tmp_path, PG_BINARY_W);
+
+		/*
+		 * Our pid's temporary name may hold anything: a file of a process
+		 * that had our pid before, or a symlink planted by someone who can
+		 * write to the directory.  Remove it (unlink removes a link, not its
+		 * target), then create the file exclusively ("x": O_EXCL, which
+		 * follows no symlink), so we never write through a planted link.
+		 */
+		if (unlink(out->tmp_path) != 0 && errno != ENOENT)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("%s: could not remove file \"%s\": %m", who, out->tmp_path)));
+		out->fp = AllocateFile(out->tmp_path, PG_BINARY_W "x");
 	}
 	PG_FINALLY();
 	{
