@@ -6,7 +6,8 @@
 
 Modules: server (the embedded PostgreSQL), build (compile pg_llm), db
 (connections), adapters (numpy <-> tensor), hf (HuggingFace checkpoints in
-and out), cli (the `pg-llm-lab` command).
+and out), tokenizer (GPT-2's vocab.json / merges.txt in and out), cli (the
+`pg-llm-lab` command).
 """
 
 from .adapters import register_tensor
@@ -14,9 +15,10 @@ from .build import ensure_installed, find_pg_config, install_extension, is_insta
 from .db import connect, engine
 from .hf import export_hf, import_hf
 from .server import data_dir, start, status, stop, url
+from .tokenizer import export_tokenizer, load_tokenizer
 
 __all__ = [
-    "connect", "engine", "register_tensor", "import_hf", "export_hf",
+    "connect", "engine", "register_tensor", "import_hf", "export_hf", "load_tokenizer", "export_tokenizer",
     "start", "stop", "status", "url", "data_dir",
     "install_extension", "ensure_installed", "is_installed", "find_pg_config",
 ]

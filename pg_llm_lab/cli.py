@@ -10,6 +10,8 @@
     pg-llm-lab convert SRC OUT               HF checkpoint folder -> .npz / .safetensors
     pg-llm-lab import-hf SRC NAME            load a HF checkpoint (folder or file) as model NAME
     pg-llm-lab export-hf NAME DIR            write model NAME as a HF folder
+    pg-llm-lab load-tokenizer VOCAB MERGES --model NAME
+                                             load GPT-2's vocab.json + merges.txt as tokenizer NAME
 
 start, url, psql and demo first build pg_llm into the embedded PostgreSQL if
 it is missing or older than its sources.  $DATABASE_URL, if set, replaces the
@@ -27,7 +29,7 @@ import sys
 import numpy as np
 import psycopg
 
-from . import build, db, hf, server
+from . import build, db, hf, server, tokenizer
 
 DEMO = [
     ("a tensor, typed as text", "SELECT '[[1,2,3],[4,5,6]]'::tensor"),
@@ -151,6 +153,15 @@ def cmd_export_hf(args) -> int:
     return 0
 
 
+def cmd_load_tokenizer(args) -> int:
+    with db.connect(server_url(args.data)) as conn:
+        tokens, merges = tokenizer.load_tokenizer(conn, args.vocab, args.merges, args.model, progress=True)
+        ids = conn.execute("SELECT llm_encode('Hello world!', %s)", [args.model]).fetchone()[0]
+    print(f"loaded tokenizer {args.model!r}: {tokens} tokens, {merges} merges\n"
+          f"  SELECT llm_encode('Hello world!', '{args.model}');  -- {ids}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pg-llm-lab", description="pg_llm lab: GPT-2 inside PostgreSQL.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -187,7 +198,13 @@ def parser() -> argparse.ArgumentParser:
     export_hf = commands.add_parser("export-hf", help="write a model as a HuggingFace folder")
     export_hf.add_argument("name", help="model name in llm_model_config")
     export_hf.add_argument("dir", help="output folder (config.json + model.safetensors)")
-    for sub, run in ((import_hf, cmd_import_hf), (export_hf, cmd_export_hf)):
+    load_tok = commands.add_parser("load-tokenizer",
+                                   help="load GPT-2's vocab.json and merges.txt over the connection")
+    load_tok.add_argument("vocab", help="vocab.json (token -> id)")
+    load_tok.add_argument("merges", help="merges.txt (one merge a line)")
+    load_tok.add_argument("--model", required=True, help="tokenizer name (a model's name, e.g. gpt2)")
+    for sub, run in ((import_hf, cmd_import_hf), (export_hf, cmd_export_hf),
+                     (load_tok, cmd_load_tokenizer)):
         sub.add_argument("--data", metavar="DIR", help="data directory of the embedded server")
         sub.set_defaults(run=run)
     return p

@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 from psycopg.types.json import Jsonb
 
+from . import tokenizer
+
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"   # a checkpoint split into shards
@@ -245,11 +247,14 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def export_hf(conn, name: str, out_dir, *, progress: bool = True) -> Path:
-    """Write model `name` as a HuggingFace folder (config.json + model.safetensors).
+    """Write model `name` as a HuggingFace folder (config.json + model.safetensors,
+    and vocab.json + merges.txt when the model has a tokenizer of its name).
 
-    GPT2LMHeadModel.from_pretrained(out_dir) loads it.  lm_head.weight is
-    left out, as HuggingFace itself saves tied weights: it is wte.weight.
+    GPT2LMHeadModel.from_pretrained(out_dir) loads it, and
+    GPT2TokenizerFast.from_pretrained(out_dir) its tokenizer.  lm_head.weight
+    is left out, as HuggingFace itself saves tied weights: it is wte.weight.
     """
+
     from safetensors.numpy import save_file
 
     out_dir = Path(out_dir).expanduser()
@@ -266,6 +271,8 @@ def export_hf(conn, name: str, out_dir, *, progress: bool = True) -> Path:
                       lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     _write_atomically(out_dir / CONFIG,
                       lambda tmp: tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    if tokenizer.has_tokenizer(conn, name):
+        tokenizer.export_tokenizer(conn, name, out_dir)
     return out_dir
 
 

@@ -359,7 +359,9 @@ COMMENT ON FUNCTION pg_llm_export_safetensors(text, text) IS
     'write a model''s parameters as a safetensors file on the server; returns the bytes written';
 
 -- A folder that GPT2LMHeadModel.from_pretrained(dir) loads: config.json and
--- model.safetensors (lm_head.weight left out: it is tied to wte.weight).
+-- model.safetensors (lm_head.weight left out: it is tied to wte.weight);
+-- and, when the model has a tokenizer of its name (sql/60_text.sql),
+-- vocab.json and merges.txt, which GPT2TokenizerFast.from_pretrained(dir) loads.
 CREATE FUNCTION llm_export_hf(model text, dir text) RETURNS bigint
 SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
@@ -369,8 +371,12 @@ BEGIN
     PERFORM llm_require_arg('llm_export_hf', 'model', model IS NULL);
     PERFORM llm_require_arg('llm_export_hf', 'dir', dir IS NULL);
     written := pg_llm_export_safetensors(model, rtrim(dir, '/') || '/model.safetensors');
+    IF EXISTS (SELECT 1 FROM llm_bpe_vocab v WHERE v.model = llm_export_hf.model) THEN
+        written := written + llm_export_tokenizer(model, dir);
+    END IF;
     RETURN written + llm_write_text_file(rtrim(dir, '/') || '/config.json',
                                          jsonb_pretty(llm_hf_config(model)) || E'\n');
 END $$;
 COMMENT ON FUNCTION llm_export_hf(text, text) IS
-    'write a model as a HuggingFace folder on the server (config.json + model.safetensors); returns the bytes written';
+    'write a model as a HuggingFace folder on the server (config.json + model.safetensors, and vocab.json + '
+    'merges.txt when it has a tokenizer); returns the bytes written';

@@ -25,3 +25,25 @@ def test_url_and_errors(db_url):
     assert run_cli(db_url, "url").stdout.strip() == db_url
     bad = run_cli(db_url, "import-hf", "/no/such/folder", "m")
     assert bad.returncode == 1 and "error" in bad.stderr
+
+
+def test_load_tokenizer(db_url, tmp_path):
+    """load-tokenizer sends GPT-2-format files over the connection."""
+    from pg_llm_lab import tokenizer
+    alphabet = sorted(tokenizer.bytes_to_unicode().values())
+    (tmp_path / "vocab.json").write_text(tokenizer.vocab_json(alphabet + ["He", "Hel", "<|endoftext|>"]))
+    (tmp_path / "merges.txt").write_text(tokenizer.merges_txt([("H", "e"), ("He", "l")]))
+    result = run_cli(db_url, "load-tokenizer", str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"),
+                     "--model", "cli_tok")
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "259 tokens, 2 merges" in result.stdout
+        # "Hel" "l" "o" " " "w" "o" "r" "l" "d" "!": printable ASCII c is byte token ord(c) - 33, " " is 220
+        assert "[257, 75, 78, 220, 86, 78, 81, 75, 67, 0]" in result.stdout
+    finally:
+        import psycopg
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM llm_tokenizer WHERE model = 'cli_tok'")
+    bad = run_cli(db_url, "load-tokenizer", str(tmp_path / "merges.txt"), str(tmp_path / "merges.txt"),
+                  "--model", "cli_tok")
+    assert bad.returncode == 1 and "error" in bad.stderr
