@@ -1,0 +1,26 @@
+"""Defects the fuzz suite found, each pinned by its smallest input."""
+import numpy as np
+import psycopg
+import pytest
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def error_of(conn, sql, params=()):
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, params)
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+    return info.value
+
+
+def test_attention_scores_that_overflow_are_an_error(conn):
+    """q k^T of finite values beyond float32's range made NaN rows, silently."""
+    q = np.array([[1.0, 74.0]], np.float32)
+    k = np.array([[FLT_MAX, FLT_MAX]], np.float32)
+    v = np.array([[1.0, 2.0]], np.float32)
+    err = error_of(conn, "SELECT llm_attention(%s, %s, %s, 1, false)", [q, k, v])
+    assert err.sqlstate == "22003" and "overflow" in str(err)
+    # a NaN in v is the caller's: it goes through, as in torch
+    y = conn.execute("SELECT llm_attention(%s, %s, %s, 1, false)",
+                     [q, np.ones((1, 2), np.float32), np.array([[np.nan, 1.0]], np.float32)]).fetchone()[0]
+    assert np.isnan(y[0, 0]) and y[0, 1] == 1.0
