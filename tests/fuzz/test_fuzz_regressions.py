@@ -24,3 +24,10 @@ def test_attention_scores_that_overflow_are_an_error(conn):
     y = conn.execute("SELECT llm_attention(%s, %s, %s, 1, false)",
                      [q, np.ones((1, 2), np.float32), np.array([[np.nan, 1.0]], np.float32)]).fetchone()[0]
     assert np.isnan(y[0, 0]) and y[0, 1] == 1.0
+
+
+def test_randn_with_a_std_beyond_float32_is_an_error(conn):
+    """A std near FLT_MAX drew infinities into the tensor, silently."""
+    err = error_of(conn, "SELECT llm_randn('{64}', 3e38, 1)")
+    assert err.sqlstate == "22003" and "3e+38" in str(err)
+    assert np.isfinite(conn.execute("SELECT llm_randn('{64}', 1e30, 1)").fetchone()[0]).all()
