@@ -31,3 +31,14 @@ def test_randn_with_a_std_beyond_float32_is_an_error(conn):
     err = error_of(conn, "SELECT llm_randn('{64}', 3e38, 1)")
     assert err.sqlstate == "22003" and "3e+38" in str(err)
     assert np.isfinite(conn.execute("SELECT llm_randn('{64}', 1e30, 1)").fetchone()[0]).all()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT llm_register_hf_config('fuzz_no_heads', '{\"n_head\": 0}')",
+    "INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+    "VALUES ('fuzz_no_heads', 1, 0, 8, 8, 16)"])
+def test_config_with_no_heads_is_a_check_violation(conn, sql):
+    """n_head 0 failed with 'division by zero' (the heads_divide_width check ran first)."""
+    err = error_of(conn, sql)
+    assert err.sqlstate == "23514" and "n_head" in str(err)
+    assert conn.execute("SELECT count(*) FROM llm_model_config WHERE model = 'fuzz_no_heads'").fetchone()[0] == 0
