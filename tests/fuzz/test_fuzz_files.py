@@ -33,6 +33,11 @@ NPZ_BROKEN = {"22P03", "XX001", "0A000", "22021"}
 # An import's own checks: unknown name, wrong shape or missing tensor, a tensor twice.
 IMPORT_CHECKS = {"22023", "22000", "42710"}
 
+# The extension's functions this file fuzzes (test_fuzz_coverage.py checks that every one is somewhere).
+COVERS = {"llm_read_safetensors", "llm_read_npz", "llm_read_text_file", "pg_llm_import_safetensors",
+          "pg_llm_import_npz", "llm_import_hf", "llm_import_tensors", "llm_hf_param_name", "llm_register_hf_config",
+          "llm_hf_config_int", "llm_import_require_model", "llm_check_complete", "llm_export_hf"}
+
 
 def write(directory, name: str, data: bytes) -> str:
     path = directory / name

@@ -19,6 +19,11 @@ MODEL = "fuzz_gpt"
 CONFIG = dict(n_layer=2, n_head=2, n_embd=8, n_positions=8, vocab_size=16)
 V, T_MAX = CONFIG["vocab_size"], CONFIG["n_positions"]
 
+# The extension's functions this file fuzzes (test_fuzz_coverage.py checks that every one is somewhere).
+COVERS = {"llm_logits", "llm_loss", "llm_generate_tokens", "llm_embedding_row", "llm_init", "llm_param_shapes",
+          "llm_hf_config", "llm_check_complete", "llm_register_hf_config", "pg_llm_export_safetensors",
+          "llm_export_hf", "llm_write_safetensors", "llm_model_cache", "llm_model_cache_clear"}
+
 
 @pytest.fixture(scope="module")
 def weights(db_url):

@@ -23,6 +23,12 @@ from generators import (EDGE_INTS, FLT_MAX, INT32_MAX, MAX_ELEMS, NON_FINITE, an
 # An input with a NaN or an infinity where the op refuses them.
 NON_FINITE_INPUT = {"22P01", "22023", "22000"}
 
+# The extension's functions this file fuzzes (test_fuzz_coverage.py checks that every one is somewhere).
+COVERS = {"llm_matmul", "llm_add", "llm_mul", "llm_scale", "llm_transpose", "llm_reshape", "llm_slice", "llm_gelu",
+          "llm_softmax", "llm_layernorm", "llm_embedding", "llm_cross_entropy", "llm_attention", "pg_llm_matmul",
+          "pg_llm_add", "pg_llm_gelu", "pg_llm_softmax", "pg_llm_layernorm", "pg_llm_cross_entropy", "llm_randn",
+          "llm_fill"}
+
 
 @dataclass
 class Call:

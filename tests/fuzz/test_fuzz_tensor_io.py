@@ -20,6 +20,10 @@ from text_reference import C_SPACE, parse_literal
 
 from pg_llm_lab.adapters import from_binary, from_text
 
+# The extension's functions this file fuzzes (test_fuzz_coverage.py checks that every one is somewhere).
+COVERS = {"tensor_in", "tensor_out", "tensor_recv", "tensor_send", "tensor", "real_array", "llm_bytea",
+          "llm_tensor", "llm_shape"}
+
 # -- text literals -------------------------------------------------------------------
 
 SPECIAL_NUMBERS = [
