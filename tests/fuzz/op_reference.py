@@ -95,3 +95,11 @@ def attention(q, k, v, n_head, causal):
             p = e / e.sum(axis=1, keepdims=True)
         y[:, cols] = p @ v[:, cols]
     return y
+
+
+def attention_score_bound(q, k, n_head):
+    """The largest |q_h . k_h| / sqrt(hd): past float32's range, the scores overflow."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    hd = q.shape[1] // n_head
+    return max(np.abs(q[:, h * hd:(h + 1) * hd] @ k[:, h * hd:(h + 1) * hd].T).max() / math.sqrt(hd)
+               for h in range(n_head))
