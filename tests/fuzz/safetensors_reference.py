@@ -177,8 +177,9 @@ def mutate(rng: random.Random, tensors: dict) -> tuple[bytes, str]:
         data = bytes(blob)
     elif kind == "no metadata":
         header.pop("__metadata__")
-    file = join(raw_header if raw_header is not None else json.dumps(header, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass"),
-                data, header_len, pad)
+    if raw_header is None:      # (surrogatepass: a lone surrogate becomes bytes that are not UTF-8)
+        raw_header = json.dumps(header, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+    file = join(raw_header, data, header_len, pad)
     if kind == "blind":
         file = damage(rng, file)
     return file, kind

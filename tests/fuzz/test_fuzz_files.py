@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import stat
-import struct
 import threading
 import time
 
@@ -104,7 +101,8 @@ def judge_read(tally, what, out, expect: stref.Expect):
         shape, data = got[name]
         if shape != list(want.shape) or not same_values(data, want):
             tally.violation("read wrong values (a silent misread)", what,
-                            f"{name}: got {shape} {data.ravel()[:6]!r}, expected {list(want.shape)} {want.ravel()[:6]!r}")
+                            f"{name}: got {shape} {data.ravel()[:6]!r}, "
+                            f"expected {list(want.shape)} {want.ravel()[:6]!r}")
             return
 
 

@@ -9,7 +9,6 @@ STRICT), or a check of the result against a float64 reference
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from typing import Callable
 

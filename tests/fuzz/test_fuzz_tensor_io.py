@@ -122,8 +122,9 @@ def test_text_literals(db, canonical_nan, source):
         expected = np.where(np.isnan(want.values), canonical_nan[0], want.values).astype(np.float32)
         if not same_bits(stored, expected):
             what = "a NaN payload or sign kept" if same_values(stored, expected) else "wrong value"
-            tally.violation(f"text input: {what}", text, f"stored {stored.ravel()[:6]!r} (bits "
-                            f"{[hex(b) for b in stored.view(np.uint32).ravel()[:4]]}), expected {expected.ravel()[:6]!r}")
+            bits = [hex(b) for b in stored.view(np.uint32).ravel()[:4]]
+            tally.violation(f"text input: {what}", text,
+                            f"stored {stored.ravel()[:6]!r} (bits {bits}), expected {expected.ravel()[:6]!r}")
         elif not (same_bits(from_text(printed), stored) or same_values(from_text(printed), stored)):
             tally.violation("text output does not read back", text, f"{printed!r} for {stored!r}")
     tally.finish(db)
