@@ -267,11 +267,11 @@ def close(got, want, rtol: float, atol: float) -> tuple[bool, str]:
     if not np.array_equal(inf_g, inf_w) or not np.array_equal(got[inf_g], want[inf_w]):
         i = np.argwhere((inf_g != inf_w) | (inf_g & (got != want)))[0]
         return False, f"infinity at {tuple(i)}: got {got[tuple(i)]}, expected {want[tuple(i)]}"
-    finite = ~(nan_g | inf_g)
-    err = np.abs(got[finite] - want[finite]) - (atol + rtol * np.abs(want[finite]))
-    if err.size and err.max() > 0:
-        i = np.argwhere(finite)[int(np.argmax(err))]
-        return False, f"at {tuple(i)}: got {got[tuple(i)]!r}, expected {want[tuple(i)]!r}"
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~(nan_g | inf_g) & ~(np.abs(got - want) <= atol + rtol * np.abs(want))
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        return False, f"at {i}: got {got[i]!r}, expected {want[i]!r}"
     return True, ""
 
 
