@@ -333,7 +333,7 @@ def _read(blob: bytes, coverage: bool = True) -> Expect:
 
 
 def decode(raw: bytes, dtype: str) -> np.ndarray:
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         if dtype == "F32":
             return np.frombuffer(raw, "<f4").astype(np.float32)
         if dtype == "F16":
