@@ -22,7 +22,6 @@ it at the end of the run.
 from __future__ import annotations
 
 import collections
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -279,7 +278,3 @@ def f32(x: float) -> float:
     """x rounded to float32 (inf beyond the range), as a Python float."""
     with np.errstate(over="ignore"):
         return float(np.float32(x))
-
-
-def is_f32_finite(x: float) -> bool:
-    return math.isfinite(f32(x))
