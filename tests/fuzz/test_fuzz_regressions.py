@@ -1,0 +1,44 @@
+"""Defects the fuzz suite found, each pinned by its smallest input."""
+import numpy as np
+import psycopg
+import pytest
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def error_of(conn, sql, params=()):
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, params)
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+    return info.value
+
+
+def test_attention_scores_that_overflow_are_an_error(conn):
+    """q k^T of finite values beyond float32's range made NaN rows, silently."""
+    q = np.array([[1.0, 74.0]], np.float32)
+    k = np.array([[FLT_MAX, FLT_MAX]], np.float32)
+    v = np.array([[1.0, 2.0]], np.float32)
+    err = error_of(conn, "SELECT llm_attention(%s, %s, %s, 1, false)", [q, k, v])
+    assert err.sqlstate == "22003" and "overflow" in str(err)
+    # a NaN in v is the caller's: it goes through, as in torch
+    y = conn.execute("SELECT llm_attention(%s, %s, %s, 1, false)",
+                     [q, np.ones((1, 2), np.float32), np.array([[np.nan, 1.0]], np.float32)]).fetchone()[0]
+    assert np.isnan(y[0, 0]) and y[0, 1] == 1.0
+
+
+def test_randn_with_a_std_beyond_float32_is_an_error(conn):
+    """A std near FLT_MAX drew infinities into the tensor, silently."""
+    err = error_of(conn, "SELECT llm_randn('{64}', 3e38, 1)")
+    assert err.sqlstate == "22003" and "3e+38" in str(err)
+    assert np.isfinite(conn.execute("SELECT llm_randn('{64}', 1e30, 1)").fetchone()[0]).all()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT llm_register_hf_config('fuzz_no_heads', '{\"n_head\": 0}')",
+    "INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+    "VALUES ('fuzz_no_heads', 1, 0, 8, 8, 16)"])
+def test_config_with_no_heads_is_a_check_violation(conn, sql):
+    """n_head 0 failed with 'division by zero' (the heads_divide_width check ran first)."""
+    err = error_of(conn, sql)
+    assert err.sqlstate == "23514" and "n_head" in str(err)
+    assert conn.execute("SELECT count(*) FROM llm_model_config WHERE model = 'fuzz_no_heads'").fetchone()[0] == 0
