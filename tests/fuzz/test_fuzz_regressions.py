@@ -42,3 +42,21 @@ def test_config_with_no_heads_is_a_check_violation(conn, sql):
     err = error_of(conn, sql)
     assert err.sqlstate == "23514" and "n_head" in str(err)
     assert conn.execute("SELECT count(*) FROM llm_model_config WHERE model = 'fuzz_no_heads'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("simd", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("width", [3, 17, 40])
+def test_layernorm_of_huge_values_at_every_isa(conn, simd, width):
+    """The SIMD rows summed in float: |x| ~ 1e20 overflowed them (AVX-512 gave b, AVX2 NaN)."""
+    isa = conn.execute("SELECT llm_info()::jsonb ->> 'simd'").fetchone()[0]
+    if ["scalar", "avx2", "avx512"].index(simd) > ["scalar", "avx2", "avx512"].index(isa):
+        pytest.skip(f"this CPU has no {simd}")
+    x = (np.arange(1, width + 1, dtype=np.float64) * 1e20 * (-1) ** np.arange(width)).astype(np.float32)
+    g = np.linspace(0.5, 1.5, width).astype(np.float32)
+    b = np.linspace(-1, 1, width).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean()) / np.sqrt(x64.var() + 1e-5) * g + b
+    conn.execute(f"SET pg_llm.simd = {simd}")
+    got = conn.execute("SELECT llm_layernorm(%s, %s, %s)", [x[None], g, b]).fetchone()[0][0]
+    conn.execute("RESET pg_llm.simd")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
