@@ -2,7 +2,7 @@
 """
 bench_matmul.py -- pg_llm's llm_matmul against OpenBLAS (numpy) and PyTorch.
 
-    . /work/venv/bin/activate
+    . .venv/bin/activate
     python bench/bench_matmul.py                  # 2 threads, GPT-2 shapes
     python bench/bench_matmul.py --threads 1
     python bench/bench_matmul.py --shapes 64x768x768,1x768x50257t
@@ -13,8 +13,8 @@ Every library gets --threads threads: OpenBLAS reads its thread count when
 numpy is imported, so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS /
 MKL_NUM_THREADS are set before the import (and threadpoolctl is applied on
 top when installed); torch.set_num_threads; llm_pool_set_threads.  The
-kernel is compiled from extension/src/kernels/*.c into a temporary shared
-library and called through ctypes.
+kernel library is compiled from extension/src/kernels/ and loaded with
+ctypes by pg_llm_lab.kernels.
 
 Timing: for each shape the libraries take turns, --rounds times, each turn
 a warm-up call then --repeat calls (and at least 30 ms of calls); the best
@@ -54,17 +54,14 @@ ARGS = parse_args()
 # Before numpy is imported: OpenBLAS sizes its thread pool at load time.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(ARGS.threads)
+os.environ["CC"] = ARGS.cc  # the compiler build_kernel_library uses
 
-import ctypes  # noqa: E402
-import pathlib  # noqa: E402
 import platform  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from pg_llm_lab.build import build_kernel_library  # noqa: E402
+from pg_llm_lab import kernels  # noqa: E402
 
 try:
     import threadpoolctl
@@ -79,8 +76,6 @@ try:
 except ImportError:
     pd = None
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}
 SETTLE = 0.15  # s of sleep before each turn: OpenBLAS spins ~0.1 s after a call
 
 # (M, K, N, transA, transB, what it is in GPT-2 small)
@@ -117,23 +112,14 @@ def shape_name(m, k, n, ta, tb):
 # ---- the kernel, through ctypes ---------------------------------------------
 
 class Kernels:
-    def __init__(self, path):
-        lib = ctypes.CDLL(path)
-        self.fp = ctypes.POINTER(ctypes.c_float)
-        lib.llm_matmul.argtypes = [self.fp] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
-        lib.llm_matmul.restype = ctypes.c_int
-        lib.llm_pool_set_threads.argtypes = [ctypes.c_int]
-        lib.llm_set_isa.argtypes = [ctypes.c_int]
-        lib.llm_cpu_isa.restype = ctypes.c_int
-        lib.llm_isa_name.argtypes = [ctypes.c_int]
-        lib.llm_isa_name.restype = ctypes.c_char_p
+    def __init__(self, lib):
         self.lib = lib
 
     def set_threads(self, n):
         self.lib.llm_pool_set_threads(n)
 
     def set_isa(self, name):
-        self.lib.llm_set_isa(ISA_CODES[name])
+        self.lib.llm_set_isa(kernels.ISA[name])
 
     def isa(self):
         return self.lib.llm_isa_name(self.lib.llm_cpu_isa()).decode()
@@ -141,7 +127,7 @@ class Kernels:
     def matmul_fn(self, a, b, c, M, K, N, ta, tb):
         """A zero-argument closure; the ctypes conversions are done once."""
         f = self.lib.llm_matmul
-        pa, pb, pc = (x.ctypes.data_as(self.fp) for x in (a, b, c))
+        pa, pb, pc = (kernels.ptr(x) for x in (a, b, c))
 
         def run():
             if f(pa, pb, None, pc, M, K, N, ta, tb) != 0:
@@ -238,14 +224,10 @@ def main():
     shapes = parse_shapes(ARGS.shapes) if ARGS.shapes else DEFAULT_SHAPES
     threads = ARGS.threads
 
-    tmp = tempfile.mkdtemp(prefix="pg_llm_bench_")
     try:
-        try:
-            kern = Kernels(str(build_kernel_library(tmp)))
-        except RuntimeError as err:
-            sys.exit(str(err))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the loaded library stays mapped
+        kern = Kernels(kernels.load())
+    except RuntimeError as err:
+        sys.exit(str(err))
     kern.set_threads(threads)
     if ARGS.isa:
         kern.set_isa(ARGS.isa)

@@ -309,6 +309,23 @@ def test_export_removes_temporary_files_of_dead_backends(conn, tiny, workdir):
     assert target.exists()
 
 
+def test_export_does_not_write_through_a_planted_symlink(conn, tiny, workdir):
+    """Whoever can write to the export folder may plant <target>.tmp<pid> as a
+    link to another file: the export must replace the link, not write through it."""
+    target = workdir / "planted" / "model.safetensors"
+    target.parent.mkdir(exist_ok=True)
+    target.parent.chmod(0o777)
+    victim = workdir / "victim.txt"
+    victim.write_bytes(b"precious")
+    victim.chmod(0o666)
+    backend = q(conn, "SELECT pg_backend_pid()")
+    (target.parent / f"model.safetensors.tmp{backend}").symlink_to(victim)
+    assert q(conn, "SELECT pg_llm_export_safetensors(%s, %s)", MODEL, str(target)) > 0
+    assert victim.read_bytes() == b"precious"
+    assert target.exists() and not target.is_symlink()
+    assert not (target.parent / f"model.safetensors.tmp{backend}").exists()
+
+
 # ---- clearer answers ------------------------------------------------------------------------
 
 NULL_CALLS = [

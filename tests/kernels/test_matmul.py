@@ -1,77 +1,44 @@
 """
-Correctness of llm_matmul (extension/src/kernels/matmul.c) against numpy.
+Correctness of llm_matmul (extension/src/kernels/matmul/) against numpy.
 
-The kernel sources are compiled into a throwaway shared library and called
-through ctypes; every test is skipped when no C compiler is available or
-the build fails.  Run:  pytest tests/kernels/test_matmul.py -q
+The kernel library is compiled and loaded through pg_llm_lab.kernels;
+every test is skipped when no C compiler is available or the build fails.
+Run:  pytest tests/kernels/test_matmul.py -q
 """
-import ctypes
-import pathlib
-import shutil
-import tempfile
-
 import numpy as np
 import pytest
 
-from pg_llm_lab.build import build_kernel_library
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-KDIR = ROOT / "extension" / "src" / "kernels"
-ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
-
-
-def load_kernels(path):
-    lib = ctypes.CDLL(path)
-    fp = ctypes.POINTER(ctypes.c_float)
-    lib.llm_matmul.argtypes = [fp, fp, fp, fp, ctypes.c_int64, ctypes.c_int64,
-                               ctypes.c_int64, ctypes.c_int, ctypes.c_int]
-    lib.llm_matmul.restype = ctypes.c_int
-    lib.llm_pool_set_threads.argtypes = [ctypes.c_int]
-    lib.llm_set_isa.argtypes = [ctypes.c_int]
-    lib.llm_cpu_isa.restype = ctypes.c_int
-    return lib
-
-
-def fptr(a):
-    return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+from pg_llm_lab import kernels
+from pg_llm_lab.kernels import ISA, ptr
 
 
 def run_matmul(lib, a, b, bias, M, K, N, ta, tb):
     c = np.full((M, N), np.nan, dtype=np.float32)
-    rc = lib.llm_matmul(fptr(a), fptr(b), fptr(bias), fptr(c), M, K, N, ta, tb)
+    rc = lib.llm_matmul(ptr(a), ptr(b), ptr(bias), ptr(c), M, K, N, ta, tb)
     assert rc == 0
     return c
 
 
-def _built(extra=(), name="libpg_llm_kernels.so"):
-    tmp = tempfile.mkdtemp(prefix="pg_llm_mm_")
+def _load(extra=(), name="libpg_llm_kernels.so"):
     try:
-        path = build_kernel_library(tmp, extra, name)
+        return kernels.load(extra, name)
     except RuntimeError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         pytest.skip(str(e))
-    return tmp, load_kernels(path)
 
 
 @pytest.fixture(scope="module")
 def lib():
-    tmp, lib = _built()
-    yield lib
-    shutil.rmtree(tmp, ignore_errors=True)
+    return _load()
 
 
 @pytest.fixture(scope="module")
 def lib_no_memory():
     """The same kernels with every scratch allocation failing."""
-    tmp, lib = _built(["-DLLM_MATMUL_TEST_NO_MEMORY"], "libpg_llm_kernels_nomem.so")
-    yield lib
-    shutil.rmtree(tmp, ignore_errors=True)
+    return _load(["-DLLM_MATMUL_TEST_NO_MEMORY"], "libpg_llm_kernels_nomem.so")
 
 
 def isas(lib):
-    lib.llm_set_isa(2)
-    best = lib.llm_cpu_isa()
-    return [name for name, v in ISA.items() if v <= best]
+    return kernels.available_isas(lib)
 
 
 def operands(rng, M, K, N, ta, tb, with_bias):

@@ -1,83 +1,44 @@
 """
 Correctness of the elementwise, normalisation and attention kernels
-(extension/src/kernels/ops.c and attention.c).
+(extension/src/kernels/: elementwise.c, gelu.c, softmax.c, layernorm.c,
+cross_entropy.c, embedding.c, attention.c).
 
-The kernel sources are compiled into a throwaway shared library and called
-through ctypes.  References are computed in float64 with numpy (the exact
-answer, rounded once) and, when torch is installed, also compared with
-torch's float32 functions, which is what the extension has to match.
-Every ISA the CPU has is tried, and 1 vs 2 threads must agree bit for bit.
-Skipped when no C compiler is available or the build fails.
+The kernel library is compiled and loaded through pg_llm_lab.kernels.
+References are computed in float64 with numpy (the exact answer, rounded
+once) and, when torch is installed, also compared with torch's float32
+functions, which is what the extension has to match.  Every ISA the CPU has
+is tried, and 1 vs 2 threads must agree bit for bit.  Skipped when no C
+compiler is available or the build fails.
 
 Run:  pytest tests/kernels/test_ops_kernels.py -q
 """
 import ctypes
-import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
 
-from pg_llm_lab.build import build_kernel_library
+from pg_llm_lab import kernels
+from pg_llm_lab.kernels import ptr, strided
 
 try:
     import torch
 except ImportError:  # the float64 references still run
     torch = None
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-KDIR = ROOT / "extension" / "src" / "kernels"
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
 SIZES = [1, 7, 17, 33, 769]
-
-c_float_p = ctypes.POINTER(ctypes.c_float)
-c_int32_p = ctypes.POINTER(ctypes.c_int32)
-i64 = ctypes.c_int64
-
-
-def load_kernels(path):
-    lib = ctypes.CDLL(path)
-    fp, ip = c_float_p, c_int32_p
-    sigs = {
-        "llm_add": (None, [fp, fp, fp, i64, i64]),
-        "llm_mul": (None, [fp, fp, fp, i64, i64]),
-        "llm_scale": (None, [fp, ctypes.c_float, fp, i64]),
-        "llm_transpose": (None, [fp, fp, i64, i64]),
-        "llm_gelu": (ctypes.c_int, [fp, fp, i64]),
-        "llm_softmax": (ctypes.c_int, [fp, fp, i64, i64, i64]),
-        "llm_layernorm": (ctypes.c_int, [fp, fp, fp, fp, i64, i64, ctypes.c_float]),
-        "llm_embedding": (None, [fp, ip, fp, i64, i64]),
-        "llm_cross_entropy": (ctypes.c_int, [fp, ip, i64, i64,
-                                             ctypes.POINTER(ctypes.c_double),
-                                             ctypes.POINTER(ctypes.c_int64)]),
-        "llm_attention": (ctypes.c_int, [fp, i64, fp, i64, fp, i64, fp,
-                                         i64, i64, i64, i64, ctypes.c_int]),
-        "llm_pool_set_threads": (None, [ctypes.c_int]),
-        "llm_set_isa": (None, [ctypes.c_int]),
-        "llm_cpu_isa": (ctypes.c_int, []),
-    }
-    for name, (res, args) in sigs.items():
-        f = getattr(lib, name)
-        f.restype, f.argtypes = res, args
-    return lib
 
 
 @pytest.fixture(scope="module")
 def lib():
-    tmp = tempfile.mkdtemp(prefix="pg_llm_ops_")
     try:
-        yield load_kernels(build_kernel_library(tmp))
+        return kernels.load()
     except RuntimeError as e:
         pytest.skip(str(e))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_isas(lib):
-    lib.llm_set_isa(2)
-    best = lib.llm_cpu_isa()
-    return list(range(best + 1))
+    return [kernels.ISA[name] for name in kernels.available_isas(lib)]
 
 
 @pytest.fixture(params=[0, 1, 2], ids=lambda i: ISA_NAMES[i])
@@ -89,13 +50,6 @@ def isa(request, lib):
     lib.llm_pool_set_threads(2)
     yield request.param
     lib.llm_set_isa(2)
-
-
-def ptr(a):
-    if a.dtype == np.int32:
-        return a.ctypes.data_as(c_int32_p)
-    assert a.dtype == np.float32 and a.flags.c_contiguous
-    return a.ctypes.data_as(c_float_p)
 
 
 def rng(seed=0):
@@ -159,6 +113,39 @@ def ref_attention(q, k, v, n_head, causal):
     return y
 
 
+def ref_layernorm_stats(x, eps):
+    """Per-row mean and rstd = 1/sqrt(var + eps), float64."""
+    x = x.astype(np.float64)
+    mean = x.mean(axis=1)
+    return mean, 1.0 / np.sqrt(((x - mean[:, None]) ** 2).mean(axis=1) + eps)
+
+
+def ref_logsumexp(x):
+    """Per-row log(sum(exp(x))), float64 (-inf for a row of -inf)."""
+    x = x.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (m + np.log(np.exp(x - np.where(np.isfinite(m), m, 0)).sum(axis=1, keepdims=True)))
+    return out[:, 0]
+
+
+def ref_attention_lse(q, k, n_head, causal):
+    """[n_head, Tq]: logsumexp of each query's scaled, masked scores (float64)."""
+    Tq, C = q.shape
+    Tk = k.shape[0]
+    hd = C // n_head
+    keep = np.ones((Tq, Tk), dtype=bool)
+    if causal:
+        keep = np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)
+    lse = np.empty((n_head, Tq))
+    for h in range(n_head):
+        cols = slice(h * hd, (h + 1) * hd)
+        s = q[:, cols].astype(np.float64) @ k[:, cols].astype(np.float64).T / np.sqrt(hd)
+        s[~keep] = -np.inf
+        lse[h] = ref_logsumexp(s)
+    return lse
+
+
 # ---- callers -------------------------------------------------------------------
 
 def gelu(lib, x):
@@ -173,33 +160,36 @@ def softmax(lib, x, causal_rows=0):
     return y
 
 
-def layernorm(lib, x, g, b, eps=1e-5):
+def layernorm(lib, x, g, b, eps=1e-5, stats=False):
+    """y, or (y, mean, rstd) with stats: the per-row values a backward needs."""
     y = np.full_like(x, np.nan)
+    mean = np.full(x.shape[0], np.nan, dtype=np.float32) if stats else None
+    rstd = np.full(x.shape[0], np.nan, dtype=np.float32) if stats else None
     assert lib.llm_layernorm(ptr(x), ptr(g), ptr(b), ptr(y), x.shape[0], x.shape[1],
-                             eps) == 0
-    return y
+                             eps, ptr(mean), ptr(rstd)) == 0
+    return (y, mean, rstd) if stats else y
 
 
-def cross_entropy(lib, logits, targets):
+def cross_entropy(lib, logits, targets, want_lse=False):
+    """(loss, counted), or (loss, counted, lse) with want_lse: per-row logsumexp."""
     loss, counted = ctypes.c_double(), ctypes.c_int64()
+    lse = np.full(logits.shape[0], np.nan, dtype=np.float32) if want_lse else None
     assert lib.llm_cross_entropy(ptr(logits), ptr(targets), logits.shape[0],
                                  logits.shape[1], ctypes.byref(loss),
-                                 ctypes.byref(counted)) == 0
-    return loss.value, counted.value
+                                 ctypes.byref(counted), ptr(lse)) == 0
+    return (loss.value, counted.value, lse) if want_lse else (loss.value, counted.value)
 
 
-def attention(lib, q, k, v, n_head, causal, C):
-    """q, k, v may be column slices of wider row-major arrays (strided rows)."""
+def attention(lib, q, k, v, n_head, causal, C, want_lse=False):
+    """y, or (y, lse [n_head, Tq]) with want_lse.  q, k, v may be column
+    slices of wider row-major arrays (strided rows)."""
     Tq, Tk = q.shape[0], k.shape[0]
     y = np.full((Tq, C), np.nan, dtype=np.float32)
-
-    def base(a):
-        return ctypes.cast(a.ctypes.data, c_float_p), a.strides[0] // 4
-
-    (qp, ldq), (kp, ldk), (vp, ldv) = base(q), base(k), base(v)
+    lse = np.full((n_head, Tq), np.nan, dtype=np.float32) if want_lse else None
+    (qp, ldq), (kp, ldk), (vp, ldv) = strided(q), strided(k), strided(v)
     assert lib.llm_attention(qp, ldq, kp, ldk, vp, ldv, ptr(y), Tq, Tk, C,
-                             n_head, int(causal)) == 0
-    return y
+                             n_head, int(causal), ptr(lse)) == 0
+    return (y, lse) if want_lse else y
 
 
 def fused_qkv(T, C, seed):
@@ -214,6 +204,18 @@ def same_at_1_and_2_threads(lib, fn):
     lib.llm_pool_set_threads(2)
     two = fn()
     assert np.array_equal(np.asarray(one), np.asarray(two), equal_nan=True)
+    return two
+
+
+def each_same_at_1_and_2_threads(lib, fn):
+    """fn() returns a tuple of arrays/values; each must have the same bits
+    at 1 and 2 threads."""
+    lib.llm_pool_set_threads(1)
+    one = fn()
+    lib.llm_pool_set_threads(2)
+    two = fn()
+    for a, b in zip(one, two):
+        assert np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
     return two
 
 
@@ -319,6 +321,22 @@ def test_layernorm(lib, isa, cols):
     np.testing.assert_allclose(y, ref_layernorm(x, g, b, 1e-5), rtol=1e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("cols", SIZES + [768])
+def test_layernorm_mean_rstd(lib, isa, cols):
+    """The per-row mean and rstd handed back for the backward: the float64
+    values, and the very ones y was computed with; asking for them does not
+    change y."""
+    x = randn(70, cols, seed=cols + 2, scale=3.0) + np.float32(100.0)
+    g, b = randn(cols, seed=13), randn(cols, seed=14)
+    y, mean, rstd = each_same_at_1_and_2_threads(lib, lambda: layernorm(lib, x, g, b, stats=True))
+    assert np.array_equal(y, layernorm(lib, x, g, b))
+    ref_mean, ref_rstd = ref_layernorm_stats(x, 1e-5)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-6)
+    np.testing.assert_allclose(rstd, ref_rstd, rtol=1e-6)
+    recomputed = (x.astype(np.float64) - mean[:, None]) * rstd[:, None] * g + b
+    np.testing.assert_allclose(y, recomputed, rtol=1e-6, atol=1e-6)
+
+
 # ---- cross-entropy ---------------------------------------------------------------
 
 @pytest.mark.parametrize("vocab", SIZES + [50257])
@@ -345,6 +363,23 @@ def test_cross_entropy_large_and_ignored(lib, isa):
     loss, counted = same_at_1_and_2_threads(lib, lambda: cross_entropy(lib, logits, targets))
     ref, ref_counted = ref_cross_entropy(logits, targets)
     assert counted == ref_counted and abs(loss - ref) < 1e-6
+
+
+@pytest.mark.parametrize("vocab", SIZES + [50257])
+def test_cross_entropy_lse(lib, isa, vocab):
+    """Per-row logsumexp for the backward, ignored rows included; asking for
+    it does not change the loss."""
+    rows = 37
+    logits = randn(rows, vocab, seed=vocab + 5, scale=5.0)
+    targets = rng(vocab + 5).integers(0, vocab, rows).astype(np.int32)
+    targets[::5] = -100
+    loss, counted, lse = each_same_at_1_and_2_threads(
+        lib, lambda: cross_entropy(lib, logits, targets, want_lse=True))
+    assert (loss, counted) == cross_entropy(lib, logits, targets)
+    np.testing.assert_allclose(lse, ref_logsumexp(logits), rtol=1e-6, atol=1e-6)
+    # what the backward does with it: softmax = exp(logits - lse), rows sum to 1
+    p = np.exp(logits.astype(np.float64) - lse[:, None])
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
 
 
 # ---- attention ------------------------------------------------------------------
@@ -389,6 +424,29 @@ def test_attention_more_queries_than_keys(lib, isa):
     np.testing.assert_allclose(y[Tq - Tk:], ref, rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("Tq,Tk,C,n_head,causal", ATTENTION_CASES)
+def test_attention_lse(lib, isa, Tq, Tk, C, n_head, causal):
+    """lse [n_head, Tq]: the logsumexp of each query's scaled, masked scores,
+    both on the row-by-row and the tiled path; asking for it does not change y."""
+    _, q, _, _ = fused_qkv(Tq, C, seed=Tq)
+    _, _, k, v = fused_qkv(Tk, C, seed=Tk + 1000)
+    y, lse = each_same_at_1_and_2_threads(
+        lib, lambda: attention(lib, q, k, v, n_head, causal, C, want_lse=True))
+    assert np.array_equal(y, attention(lib, q, k, v, n_head, causal, C))
+    np.testing.assert_allclose(lse, ref_attention_lse(q, k, n_head, causal), rtol=1e-6, atol=2e-6)
+
+
+def test_attention_lse_no_key(lib, isa):
+    """Causal with Tq > Tk: a query that sees no key has lse = -inf."""
+    Tq, Tk, C, H = 20, 12, 64, 2
+    _, q, _, _ = fused_qkv(Tq, C, seed=1)
+    _, _, k, v = fused_qkv(Tk, C, seed=2)
+    _, lse = attention(lib, q, k, v, H, True, C, want_lse=True)
+    assert np.all(lse[:, :Tq - Tk] == -np.inf)
+    np.testing.assert_allclose(lse[:, Tq - Tk:], ref_attention_lse(q, k, H, True)[:, Tq - Tk:],
+                               rtol=1e-6, atol=2e-6)
+
+
 def test_interrupt_is_reported(lib):
     """With the interrupt hook raised, multi-task kernels return LLM_INTERRUPTED."""
     hook_type = ctypes.CFUNCTYPE(ctypes.c_int)
@@ -401,17 +459,17 @@ def test_interrupt_is_reported(lib):
         assert lib.llm_gelu(ptr(x), ptr(y), x.size) == 1
         assert lib.llm_softmax(ptr(x), ptr(y), 512, 1024, 0) == 1
         g, b = randn(1024, seed=2), randn(1024, seed=3)
-        assert lib.llm_layernorm(ptr(x), ptr(g), ptr(b), ptr(y), 512, 1024, 1e-5) == 1
+        assert lib.llm_layernorm(ptr(x), ptr(g), ptr(b), ptr(y), 512, 1024, 1e-5,
+                                 None, None) == 1
         targets = np.zeros(512, dtype=np.int32)
         loss, counted = ctypes.c_double(), ctypes.c_int64()
         assert lib.llm_cross_entropy(ptr(x), ptr(targets), 512, 1024, ctypes.byref(loss),
-                                     ctypes.byref(counted)) == 1
+                                     ctypes.byref(counted), None) == 1
         _, q, k, v = fused_qkv(128, 128, seed=4)
         out = np.empty((128, 128), dtype=np.float32)
-        qp = ctypes.cast(q.ctypes.data, c_float_p)
-        kp = ctypes.cast(k.ctypes.data, c_float_p)
-        vp = ctypes.cast(v.ctypes.data, c_float_p)
-        assert lib.llm_attention(qp, 384, kp, 384, vp, 384, ptr(out), 128, 128, 128, 2, 1) == 1
+        (qp, _), (kp, _), (vp, _) = strided(q), strided(k), strided(v)
+        assert lib.llm_attention(qp, 384, kp, 384, vp, 384, ptr(out), 128, 128, 128, 2, 1,
+                                 None) == 1
     finally:
         slot.value = None
 
@@ -472,3 +530,34 @@ def test_against_torch(lib, isa):
         heads(q), heads(k), heads(v), is_causal=True)
     ref = sdpa.transpose(0, 1).reshape(T, C).numpy()
     assert np.abs(attention(lib, q, k, v, H, True, C) - ref).max() <= 2e-6
+
+
+@needs_torch
+def test_backward_outputs_against_torch(lib, isa):
+    """mean/rstd as torch.native_layer_norm returns them; logsumexp as
+    torch.logsumexp, for cross-entropy and for attention's masked scores."""
+    t = torch.from_numpy
+    x = randn(64, 769, seed=31, scale=3.0)
+    g, b = randn(769, seed=32), randn(769, seed=33)
+    _, mean, rstd = layernorm(lib, x, g, b, stats=True)
+    _, t_mean, t_rstd = torch.native_layer_norm(t(x), (769,), t(g), t(b), 1e-5)
+    assert np.abs(mean - t_mean.numpy()[:, 0]).max() <= 1e-6
+    assert np.abs(rstd - t_rstd.numpy()[:, 0]).max() <= 1e-6
+
+    targets = rng(34).integers(0, 769, 64).astype(np.int32)
+    targets[3] = -100
+    *_, lse = cross_entropy(lib, x, targets, want_lse=True)
+    assert np.abs(lse - torch.logsumexp(t(x), -1).numpy()).max() <= 2e-6
+
+    T, C, H = 200, 768, 12
+    hd = C // H
+    _, q, k, v = fused_qkv(T, C, seed=35)
+
+    def heads(a):
+        return t(np.ascontiguousarray(a)).view(T, H, hd).transpose(0, 1)
+
+    scores = heads(q) @ heads(k).transpose(1, 2) / np.sqrt(hd)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    ref = torch.logsumexp(scores.masked_fill(~mask, float("-inf")), -1).numpy()
+    _, lse = attention(lib, q, k, v, H, True, C, want_lse=True)
+    assert np.abs(lse - ref).max() <= 2e-6

@@ -147,7 +147,7 @@ layernorm(Gpt2State *st, const float *in, const float *g, const float *b, float 
 	instr_time	start = timer_start();
 
 	llm_check_status(llm_layernorm(in, g, b, out, T, st->model->cfg.n_embd,
-								   st->model->cfg.layer_norm_eps));
+								   st->model->cfg.layer_norm_eps, NULL, NULL));
 	timer_stop(st, TIMER_LAYERNORM, start);
 }
 
@@ -218,7 +218,7 @@ attention_block(Gpt2State *st, int layer, int64 T)
 		ldkv = C;
 	}
 	llm_check_status(llm_attention(st->qkv, 3 * C, k, ldkv, v, ldkv, st->att,
-								   T, pos0 + T, C, m->cfg.n_head, 1));
+								   T, pos0 + T, C, m->cfg.n_head, 1, NULL));
 	timer_stop(st, TIMER_ATTENTION, start);
 
 	linear(st, TIMER_ATTN_PROJ, st->att, L->attn_proj_w, L->attn_proj_b, st->proj, T, C, C);
@@ -419,7 +419,7 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 		if (counted == 0)
 			continue;
 		gpt2_logits(st, r0, nrows, logits);
-		llm_check_status(llm_cross_entropy(logits, targets + r0, nrows, V, &loss, &counted));
+		llm_check_status(llm_cross_entropy(logits, targets + r0, nrows, V, &loss, &counted, NULL));
 		total_loss += loss * counted;	/* the chunk's mean, back to a sum */
 		total_counted += counted;
 	}

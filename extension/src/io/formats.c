@@ -113,11 +113,19 @@ llm_in_open(LlmInFile *f, const char *who, const char *path)
 	f->who = who;
 	f->path = path;
 	f->fd = -1;
-	/* Look before opening: a FIFO or a device is refused unopened. */
+	/*
+	 * Look before opening: a FIFO or a device is refused unopened.  (A
+	 * symlink loop is no file either: errcode_for_file_access() would call
+	 * ELOOP an internal error.)
+	 */
 	if (stat(path, &st) != 0)
+	{
+		bool		loop = errno == ELOOP;
+
 		ereport(ERROR,
-				(errcode_for_file_access(),
+				(loop ? errcode(ERRCODE_UNDEFINED_FILE) : errcode_for_file_access(),
 				 errmsg("%s: could not open file \"%s\" for reading: %m", who, path)));
+	}
 	require_regular_file(who, path, st.st_mode);
 
 	/*
@@ -458,7 +466,19 @@ out_open(LlmOutFile *out, const char *who, const char *path)
 	PG_TRY();
 	{
 		ensure_directory(who, path);
-		out->fp = AllocateFile(out->tmp_path, PG_BINARY_W);
+
+		/*
+		 * Our pid's temporary name may hold anything: a file of a process
+		 * that had our pid before, or a symlink planted by someone who can
+		 * write to the directory.  Remove it (unlink removes a link, not its
+		 * target), then create the file exclusively ("x": O_EXCL, which
+		 * follows no symlink), so we never write through a planted link.
+		 */
+		if (unlink(out->tmp_path) != 0 && errno != ENOENT)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("%s: could not remove file \"%s\": %m", who, out->tmp_path)));
+		out->fp = AllocateFile(out->tmp_path, PG_BINARY_W "x");
 	}
 	PG_FINALLY();
 	{

@@ -23,7 +23,11 @@
  *     k rows, then a weighted sum of the v rows.  Nothing is packed, which
  *     is what a single new token wants.
  * Both compute scores = (q . k) * scale, then the same row softmax
- * (llm_softmax_row, shared with ops.c), then sum_j p_j v_j.
+ * (softmax.c's row kernel, whose max and sum give the row's logsumexp
+ * when the caller wants it for a backward), then sum_j p_j v_j.
+ *
+ * The inner kernels come as scalar, AVX2 and AVX-512 variants, chosen
+ * through attention_kernels (dispatch.h).
  *
  * Task scratch is malloc'ed on the worker.  A worker cannot report an
  * error, so on failure it raises ctx->out_of_memory and llm_attention
@@ -35,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dispatch.h"
 #include "simd.h"
 
 #define CHUNK_ROWS 64			/* query rows per task */
@@ -58,7 +63,9 @@ typedef struct
 				nchunks;
 	int			causal;
 	float		scale;
-	llm_isa		isa;
+	float	   *lse;			/* [n_head, Tq], or NULL */
+	const attention_kernels *kern;
+	const softmax_kernels *softmax;
 	int			out_of_memory;
 
 	/* tiled path only: K and V packed per head (see pack_head) */
@@ -68,12 +75,6 @@ typedef struct
 	float	   *k_packed,		/* [n_head][tk_p / 32][hd][32] */
 			   *v_packed;		/* [n_head][Tk][hd_p] */
 } attention_ctx;
-
-static int64_t
-round_up(int64_t n, int64_t multiple)
-{
-	return (n + multiple - 1) / multiple * multiple;
-}
 
 /* How many keys query row i sees: keys 0 .. visible-1. */
 static int64_t
@@ -87,17 +88,19 @@ visible_keys(const attention_ctx *c, int64_t i)
 	return n < 0 ? 0 : n > c->Tk ? c->Tk : n;
 }
 
-/*
- * malloc with the result aligned to 64 bytes (one cache line, one AVX-512
- * vector); *base receives the pointer to free.
- */
-static float *
-alloc_aligned(size_t nfloats, void **base)
+
+
+/* Softmax of scores[0, n) in place; lse of (head, query i) when wanted. */
+static void
+softmax_scores(const attention_ctx *c, float *scores, int64_t n,
+			   int64_t head, int64_t i)
 {
-	*base = malloc(nfloats * sizeof(float) + 64);
-	if (*base == NULL)
-		return NULL;
-	return (float *) (((uintptr_t) *base + 63) & ~(uintptr_t) 63);
+	softmax_stats st = {-INFINITY, 0.0};	/* no key: the log of an empty sum */
+
+	if (n > 0)
+		st = c->softmax->row(scores, scores, n);
+	if (c->lse)
+		c->lse[head * c->Tq + i] = (float) (st.max + log(st.sum));
 }
 
 
@@ -151,7 +154,7 @@ weighted_sum_scalar(const float *p, const float *v, int64_t ldv, int64_t nk,
 	}
 }
 
-#ifdef LLM_X86
+#if LLM_X86
 
 TARGET_AVX512 static void
 scores_row_avx512(const float *q, const float *k, int64_t ldk, int64_t nk,
@@ -291,34 +294,6 @@ weighted_sum_avx2(const float *p, const float *v, int64_t ldv, int64_t nk,
 
 #endif							/* LLM_X86 */
 
-static void
-scores_row(llm_isa isa, const float *q, const float *k, int64_t ldk, int64_t nk,
-		   int64_t hd, float scale, float *scores)
-{
-#ifdef LLM_X86
-	if (isa == LLM_ISA_AVX512)
-		scores_row_avx512(q, k, ldk, nk, hd, scale, scores);
-	else if (isa == LLM_ISA_AVX2)
-		scores_row_avx2(q, k, ldk, nk, hd, scale, scores);
-	else
-#endif
-		scores_row_scalar(q, k, ldk, nk, hd, scale, scores);
-}
-
-static void
-weighted_sum(llm_isa isa, const float *p, const float *v, int64_t ldv, int64_t nk,
-			 int64_t hd, float *out)
-{
-#ifdef LLM_X86
-	if (isa == LLM_ISA_AVX512)
-		weighted_sum_avx512(p, v, ldv, nk, hd, out);
-	else if (isa == LLM_ISA_AVX2)
-		weighted_sum_avx2(p, v, ldv, nk, hd, out);
-	else
-#endif
-		weighted_sum_scalar(p, v, ldv, nk, hd, out);
-}
-
 /* Rows i0 .. i0+rows-1 of one head, one query at a time. */
 static void
 attend_rows(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
@@ -326,7 +301,7 @@ attend_rows(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 	const float *k = c->k + head * c->hd;
 	const float *v = c->v + head * c->hd;
 	void	   *base;
-	float	   *scores = alloc_aligned((size_t) c->Tk, &base);
+	float	   *scores = malloc_aligned((size_t) c->Tk, &base);
 
 	if (scores == NULL)
 	{
@@ -343,11 +318,12 @@ attend_rows(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 		{
 			/* no key to attend to (only when Tq > Tk): output zeros */
 			memset(out, 0, (size_t) c->hd * sizeof(float));
+			softmax_scores(c, scores, 0, head, i);
 			continue;
 		}
-		scores_row(c->isa, q, k, c->ldk, nk, c->hd, c->scale, scores);
-		llm_softmax_row(scores, scores, nk);
-		weighted_sum(c->isa, scores, v, c->ldv, nk, c->hd, out);
+		c->kern->scores_row(q, k, c->ldk, nk, c->hd, c->scale, scores);
+		softmax_scores(c, scores, nk, head, i);
+		c->kern->weighted_sum(scores, v, c->ldv, nk, c->hd, out);
 	}
 	free(base);
 }
@@ -444,7 +420,7 @@ output_tile_generic(const float *p, int64_t ldp, const float *v, int64_t ldv,
 		memcpy(o + r * ldo, acc[r], sizeof(acc[r]));
 }
 
-#ifdef LLM_X86
+#if LLM_X86
 
 TARGET_AVX512 static void
 scores_tile_avx512(const float *q, int64_t ldq, const float *kt,
@@ -583,35 +559,18 @@ output_tile_avx2(const float *p, int64_t ldp, const float *v, int64_t ldv,
 		}
 }
 
+const attention_kernels attention_avx2_kernels = {
+	scores_row_avx2, weighted_sum_avx2, scores_tile_avx2, output_tile_avx2
+};
+const attention_kernels attention_avx512_kernels = {
+	scores_row_avx512, weighted_sum_avx512, scores_tile_avx512, output_tile_avx512
+};
+
 #endif							/* LLM_X86 */
 
-static void
-scores_tile(llm_isa isa, const float *q, int64_t ldq, const float *kt,
-			int64_t hd, float scale, float *s, int64_t lds)
-{
-#ifdef LLM_X86
-	if (isa == LLM_ISA_AVX512)
-		scores_tile_avx512(q, ldq, kt, hd, scale, s, lds);
-	else if (isa == LLM_ISA_AVX2)
-		scores_tile_avx2(q, ldq, kt, hd, scale, s, lds);
-	else
-#endif
-		scores_tile_generic(q, ldq, kt, hd, scale, s, lds);
-}
-
-static void
-output_tile(llm_isa isa, const float *p, int64_t ldp, const float *v, int64_t ldv,
-			int64_t nk, float *o, int64_t ldo)
-{
-#ifdef LLM_X86
-	if (isa == LLM_ISA_AVX512)
-		output_tile_avx512(p, ldp, v, ldv, nk, o, ldo);
-	else if (isa == LLM_ISA_AVX2)
-		output_tile_avx2(p, ldp, v, ldv, nk, o, ldo);
-	else
-#endif
-		output_tile_generic(p, ldp, v, ldv, nk, o, ldo);
-}
+const attention_kernels attention_scalar_kernels = {
+	scores_row_scalar, weighted_sum_scalar, scores_tile_generic, output_tile_generic
+};
 
 /*
  * Rows i0 .. i0+rows-1 of one head, tiled.  Scratch (floats):
@@ -637,7 +596,7 @@ attend_tiled(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 				s_size = (size_t) (rows_p * lds),
 				o_size = (size_t) (rows_p * hd_p);
 	void	   *base;
-	float	   *qp = alloc_aligned(qp_size + s_size + o_size, &base);
+	float	   *qp = malloc_aligned(qp_size + s_size + o_size, &base);
 	float	   *s,
 			   *o;
 
@@ -673,8 +632,8 @@ attend_tiled(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 
 			if (j0 >= visible_keys(c, last))
 				continue;
-			scores_tile(c->isa, qp + r0 * hd, hd, kt_block, hd, c->scale,
-						s + r0 * lds + j0, lds);
+			c->kern->scores_tile(qp + r0 * hd, hd, kt_block, hd, c->scale,
+							  s + r0 * lds + j0, lds);
 		}
 	}
 
@@ -684,8 +643,8 @@ attend_tiled(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 		float	   *sr = s + r * lds;
 		int64_t		n = r < rows ? visible_keys(c, i0 + r) : 0;
 
-		if (n > 0)
-			llm_softmax_row(sr, sr, n);
+		if (r < rows)
+			softmax_scores(c, sr, n, head, i0 + r);
 		memset(sr + n, 0, (size_t) (nk_p - n) * sizeof(float));
 	}
 
@@ -697,8 +656,8 @@ attend_tiled(attention_ctx *c, int64_t head, int64_t i0, int64_t rows)
 
 		for (int64_t c0 = 0; c0 < hd_p; c0 += TILE_COLS)
 		{
-			output_tile(c->isa, s + r0 * lds, lds, vp + c0, hd_p, n,
-						o + r0 * hd_p + c0, hd_p);
+			c->kern->output_tile(s + r0 * lds, lds, vp + c0, hd_p, n,
+							  o + r0 * hd_p + c0, hd_p);
 		}
 	}
 
@@ -739,32 +698,22 @@ llm_attention(const float *q, int64_t ldq,
 			  const float *k, int64_t ldk,
 			  const float *v, int64_t ldv,
 			  float *y, int64_t Tq, int64_t Tk, int64_t C,
-			  int64_t n_head, int causal)
+			  int64_t n_head, int causal, float *lse)
 {
-	attention_ctx c;
+	attention_ctx c = {
+		.q = q, .k = k, .v = v, .ldq = ldq, .ldk = ldk, .ldv = ldv, .y = y,
+		.Tq = Tq, .Tk = Tk, .C = C, .n_head = n_head, .causal = causal, .lse = lse,
+		.kern = llm_kernels->attention, .softmax = llm_kernels->softmax,
+		.tiled = Tq >= TILE_ROWS && Tk > 0,
+	};
 	void	   *packed_base = NULL;
 	int			status = LLM_OK;
 
 	if (Tq <= 0 || n_head <= 0 || C <= 0)
 		return LLM_OK;
-	memset(&c, 0, sizeof(c));
-	c.q = q;
-	c.k = k;
-	c.v = v;
-	c.ldq = ldq;
-	c.ldk = ldk;
-	c.ldv = ldv;
-	c.y = y;
-	c.Tq = Tq;
-	c.Tk = Tk;
-	c.C = C;
-	c.n_head = n_head;
 	c.hd = C / n_head;
-	c.nchunks = (Tq + CHUNK_ROWS - 1) / CHUNK_ROWS;
-	c.causal = causal;
+	c.nchunks = ceil_div(Tq, CHUNK_ROWS);
 	c.scale = (float) (1.0 / sqrt((double) c.hd));
-	c.isa = llm_cpu_isa();
-	c.tiled = Tq >= TILE_ROWS && Tk > 0;
 
 	if (c.tiled)
 	{
@@ -775,7 +724,7 @@ llm_attention(const float *q, int64_t ldq,
 		c.hd_p = round_up(c.hd, TILE_COLS);
 		k_size = (size_t) (n_head * c.tk_p * c.hd);
 		v_size = (size_t) (n_head * Tk * c.hd_p);
-		c.k_packed = alloc_aligned(k_size + v_size, &packed_base);
+		c.k_packed = malloc_aligned(k_size + v_size, &packed_base);
 		if (c.k_packed == NULL)
 			return LLM_NOMEM;
 		c.v_packed = c.k_packed + k_size;

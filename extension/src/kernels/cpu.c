@@ -4,15 +4,42 @@
  * The extension is compiled for baseline x86-64; the fast kernels are
  * compiled per ISA with __attribute__((target(...))) and picked at run time
  * from what the CPU reports, so one binary runs on any x86-64 machine.
+ * llm_set_isa() is the one place that picks them: it points llm_kernels
+ * (dispatch.h) at the tables of the ISA in use, when the library is loaded
+ * and whenever it is called again (pg_llm.simd's assign hook).
  */
 #include "kernels.h"
 
-static int	forced = -1;
+#include "dispatch.h"
+#include "simd.h"
 
+static const llm_kernel_tables tables[] = {
+	[LLM_ISA_SCALAR] = {
+		LLM_ISA_SCALAR, &matmul_scalar_kernels, &gelu_scalar_kernels,
+		&softmax_scalar_kernels, &layernorm_scalar_kernels,
+		&cross_entropy_scalar_kernels, &attention_scalar_kernels
+	},
+#if LLM_X86
+	[LLM_ISA_AVX2] = {
+		LLM_ISA_AVX2, &matmul_avx2_kernels, &gelu_avx2_kernels,
+		&softmax_avx2_kernels, &layernorm_avx2_kernels,
+		&cross_entropy_avx2_kernels, &attention_avx2_kernels
+	},
+	[LLM_ISA_AVX512] = {
+		LLM_ISA_AVX512, &matmul_avx512_kernels, &gelu_avx512_kernels,
+		&softmax_avx512_kernels, &layernorm_avx512_kernels,
+		&cross_entropy_avx512_kernels, &attention_avx512_kernels
+	},
+#endif
+};
+
+const llm_kernel_tables *llm_kernels = &tables[LLM_ISA_SCALAR];
+
+/* best ISA of this CPU: both variants compiled, and the CPU runs them */
 static llm_isa
 detect(void)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if LLM_X86
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx512f"))
 		return LLM_ISA_AVX512;
@@ -22,22 +49,37 @@ detect(void)
 	return LLM_ISA_SCALAR;
 }
 
-llm_isa
-llm_cpu_isa(void)
+static llm_isa
+best_isa(void)
 {
 	static int	detected = -1;
 
 	if (detected < 0)
 		detected = (int) detect();
-	if (forced >= 0 && forced < detected)
-		return (llm_isa) forced;
 	return (llm_isa) detected;
+}
+
+llm_isa
+llm_cpu_isa(void)
+{
+	return llm_kernels->isa;
 }
 
 void
 llm_set_isa(llm_isa isa)
 {
-	forced = (int) isa;
+	llm_isa		best = best_isa();
+
+	if ((int) isa < 0 || isa > best)
+		isa = best;
+	llm_kernels = &tables[isa];
+}
+
+/* At load: the best the CPU has (PostgreSQL's GUC then confirms or lowers it). */
+__attribute__((constructor)) static void
+choose_at_load(void)
+{
+	llm_set_isa(best_isa());
 }
 
 const char *

@@ -51,7 +51,7 @@ extern int	(*llm_interrupt_hook) (void);
  */
 int			llm_parallel_for(int64_t n, int64_t grain, llm_task_fn fn, void *ctx);
 
-/* ---- SIMD dispatch (cpu.c) --------------------------------------------- */
+/* ---- SIMD dispatch (cpu.c, dispatch.h) --------------------------------- */
 
 typedef enum
 {
@@ -60,12 +60,18 @@ typedef enum
 	LLM_ISA_AVX512 = 2			/* AVX-512F */
 } llm_isa;
 
-llm_isa		llm_cpu_isa(void);	/* best ISA this CPU supports (cached) */
+llm_isa		llm_cpu_isa(void);	/* the ISA the kernels use now */
 const char *llm_isa_name(llm_isa isa);
-/* Force a lower ISA (for tests); values above the CPU's support are capped. */
+
+/*
+ * Use `isa` from now on: values above the CPU's best are capped to it (so
+ * LLM_ISA_AVX512 means "the best there is"); lower ones are for tests.
+ * Runs once when the library is loaded, with the CPU's best.  Not to be
+ * called while a kernel runs.
+ */
 void		llm_set_isa(llm_isa isa);
 
-/* ---- matmul (matmul.c) ------------------------------------------------- */
+/* ---- matmul (matmul/) ---------------------------------------------------- */
 
 /*
  * C[M,N] = op(A) @ op(B)  (+ bias[N] broadcast over rows when bias != NULL)
@@ -77,7 +83,7 @@ void		llm_set_isa(llm_isa isa);
 int			llm_matmul(const float *A, const float *B, const float *bias, float *C,
 					   int64_t M, int64_t K, int64_t N, int transA, int transB);
 
-/* ---- elementwise and normalisation (ops.c) ------------------------------ */
+/* ---- elementwise maps (elementwise.c) ------------------------------------ */
 
 /* y = a + b, where b has n or (row broadcast) `bn` elements, n % bn == 0 */
 void		llm_add(const float *a, const float *b, float *y, int64_t n, int64_t bn);
@@ -87,8 +93,13 @@ void		llm_mul(const float *a, const float *b, float *y, int64_t n, int64_t bn);
 void		llm_scale(const float *x, float s, float *y, int64_t n);
 /* y[j,i] = x[i,j] for x [rows, cols] */
 void		llm_transpose(const float *x, float *y, int64_t rows, int64_t cols);
+
+/* ---- GELU (gelu.c) ------------------------------------------------------- */
+
 /* GELU, tanh approximation (GPT-2's "gelu_new") */
 int			llm_gelu(const float *x, float *y, int64_t n);
+
+/* ---- softmax (softmax.c) ------------------------------------------------- */
 
 /*
  * Softmax over the last axis of x [rows, cols].  With causal_rows = Tq > 0,
@@ -102,24 +113,38 @@ int			llm_softmax(const float *x, float *y, int64_t rows, int64_t cols,
 /* Softmax of one row of n > 0 values (y may be x). */
 void		llm_softmax_row(const float *x, float *y, int64_t n);
 
-/* LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b */
+/* ---- LayerNorm (layernorm.c) --------------------------------------------- */
+
+/*
+ * LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b.
+ * When mean and rstd are not NULL they receive, per row ([rows] each), the
+ * mean and rstd = 1/sqrt(var + eps) used -- what the backward needs.
+ */
 int			llm_layernorm(const float *x, const float *g, const float *b, float *y,
-						  int64_t rows, int64_t cols, float eps);
+						  int64_t rows, int64_t cols, float eps,
+						  float *mean, float *rstd);
+
+/* ---- embedding (embedding.c) --------------------------------------------- */
 
 /* y[t,:] = w[ids[t],:] for w [vocab, dim]; ids already range-checked */
 void		llm_embedding(const float *w, const int32_t *ids, float *y,
 						  int64_t n_ids, int64_t dim);
 
+/* ---- cross-entropy (cross_entropy.c) ------------------------------------- */
+
 /*
  * Mean cross-entropy of logits [rows, vocab] against targets[rows]
  * (already range-checked; a target < 0 is ignored, as PyTorch's -100).
  * Writes the mean over counted rows to *loss; returns LLM_OK or
- * LLM_INTERRUPTED.  *counted receives how many rows counted.
+ * LLM_INTERRUPTED.  *counted receives how many rows counted.  When lse is
+ * not NULL, lse[r] receives log(sum(exp(logits[r,:]))) for every row r,
+ * ignored rows included (the backward's softmax is exp(logits - lse)).
  */
 int			llm_cross_entropy(const float *logits, const int32_t *targets,
-							  int64_t rows, int64_t vocab, double *loss, int64_t *counted);
+							  int64_t rows, int64_t vocab, double *loss, int64_t *counted,
+							  float *lse);
 
-/* ---- attention (attention.c) ------------------------------------------- */
+/* ---- attention (attention.c) --------------------------------------------- */
 
 /*
  * Multi-head scaled dot-product attention, y = softmax(q k^T / sqrt(hd)) v
@@ -129,6 +154,10 @@ int			llm_cross_entropy(const float *logits, const int32_t *targets,
  * fused [T, 3C] output of GPT-2's c_attn is used in place.
  * Query row i sits at absolute position (Tk - Tq) + i: a KV-cached decode
  * step passes Tq = 1.  When causal, query i attends keys 0 .. (Tk - Tq) + i.
+ * When lse is not NULL, lse[h * Tq + i] ([n_head, Tq]) receives the
+ * logsumexp of query i's scaled, masked scores in head h (-inf for a query
+ * that sees no key), so a backward can recompute the probabilities as
+ * exp(score - lse).
  * Work is split over (head, chunk of query rows); scratch is O(chunk * Tk)
  * per task, plus packed copies of k and v (2 * Tk * C floats) for prefill.
  * Returns LLM_NOMEM if that memory cannot be had.
@@ -137,6 +166,6 @@ int			llm_attention(const float *q, int64_t ldq,
 						  const float *k, int64_t ldk,
 						  const float *v, int64_t ldv,
 						  float *y, int64_t Tq, int64_t Tk, int64_t C,
-						  int64_t n_head, int causal);
+						  int64_t n_head, int causal, float *lse);
 
 #endif							/* PG_LLM_KERNELS_H */

@@ -21,6 +21,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "simd.h"
+
 #define LLM_MAX_THREADS 256
 #define SPIN_ITERATIONS 20000
 
@@ -30,7 +32,7 @@ int			(*llm_interrupt_hook) (void) = 0;
 static inline void
 cpu_relax(void)
 {
-#if defined(__x86_64__) || defined(__i386__)
+#if LLM_X86
 	__builtin_ia32_pause();
 #endif
 }
@@ -54,8 +56,12 @@ static struct
 	int			stop;			/* atomic: interrupted, take no more */
 	int			busy;			/* workers still inside the job */
 	int			participants;	/* workers taking part in this job */
-}			pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-PTHREAD_COND_INITIALIZER, 0, 1};
+}			pool = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.wake = PTHREAD_COND_INITIALIZER,
+	.done = PTHREAD_COND_INITIALIZER,
+	.nthreads = 1,
+};
 
 int
 llm_cpu_count(void)

@@ -28,6 +28,17 @@ require_ndim(const char *who, const char *what, const Tensor *t, int ndim)
 }
 
 static bool
+all_finite(const Tensor *t)
+{
+	int64		n = tensor_numel(t);
+
+	for (int64 i = 0; i < n; i++)
+		if (!isfinite(t->data[i]))
+			return false;
+	return true;
+}
+
+static bool
 same_shape(const Tensor *a, const Tensor *b)
 {
 	if (a->ndim != b->ndim)
@@ -306,7 +317,7 @@ llm_layernorm_sql(PG_FUNCTION_ARGS)
 	tensor_check_finite("llm_layernorm", x);
 	y = tensor_new_like(x);
 	llm_check_status(llm_layernorm(x->data, g->data, b->data, y->data,
-								   tensor_rows(x), C, eps));
+								   tensor_rows(x), C, eps, NULL, NULL));
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -354,7 +365,7 @@ llm_cross_entropy_sql(PG_FUNCTION_ARGS)
 	check_token_ids("llm_cross_entropy", "id", targets, n, logits->dims[1], true, "");
 	tensor_check_finite("llm_cross_entropy", logits);
 	llm_check_status(llm_cross_entropy(logits->data, targets, n, logits->dims[1],
-									   &loss, &counted));
+									   &loss, &counted, NULL));
 	if (counted == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -399,6 +410,13 @@ llm_attention_sql(PG_FUNCTION_ARGS)
 	tensor_check_finite("llm_attention", k);
 	y = tensor_new_like(q);
 	llm_check_status(llm_attention(q->data, C, k->data, C, v->data, C, y->data,
-								   q->dims[0], k->dims[0], C, n_head, causal));
+								   q->dims[0], k->dims[0], C, n_head, causal, NULL));
+	/* finite q, k and v give a finite y, unless q k^T passed float32's range */
+	if (!all_finite(y) && all_finite(v))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("llm_attention: value out of range: overflow in the scores q k^T of q %s and k %s",
+						tensor_shape_str(q), tensor_shape_str(k)),
+				 errhint("The scores of float32 attention must stay below %g.", FLT_MAX)));
 	PG_RETURN_TENSOR_P(y);
 }

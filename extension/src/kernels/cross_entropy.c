@@ -1,0 +1,187 @@
+/*
+ * cross_entropy.c -- mean cross-entropy of logits against target ids, as
+ * torch.nn.functional.cross_entropy with ignore_index = -100:
+ *
+ *   loss_r = -log softmax(x_r)[t_r] = logsumexp(x_r) - x_r[t_r]
+ *
+ * logsumexp is max + log(sum(exp(x - max))): every exp is at most 1, so
+ * nothing overflows, and the sum is kept in double, as is the total.  Each
+ * row's logsumexp is handed back when the caller asks (the backward's
+ * softmax is exp(x - lse)).
+ */
+#include "kernels.h"
+
+#include <math.h>
+
+#include "dispatch.h"
+#include "simd.h"
+
+static double
+logsumexp_scalar(const float *x, int64_t n)
+{
+	float		max = -INFINITY;
+	double		sum = 0.0;
+
+	for (int64_t i = 0; i < n; i++)
+		max = x[i] > max ? x[i] : max;
+	for (int64_t i = 0; i < n; i++)
+		sum += expf(x[i] - max);
+	return max + log(sum);
+}
+
+const cross_entropy_kernels cross_entropy_scalar_kernels = {logsumexp_scalar};
+
+#if LLM_X86
+
+/* sum += e, with the 16 floats of e widened to two vectors of 8 doubles */
+TARGET_AVX512 static inline void
+add_widened_avx512(__m512 e, __m512d *sum_lo, __m512d *sum_hi)
+{
+	__m256		e_lo = _mm512_castps512_ps256(e);
+	__m256		e_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1));
+
+	*sum_lo = _mm512_add_pd(*sum_lo, _mm512_cvtps_pd(e_lo));
+	*sum_hi = _mm512_add_pd(*sum_hi, _mm512_cvtps_pd(e_hi));
+}
+
+TARGET_AVX512 static double
+logsumexp_avx512(const float *x, int64_t n)
+{
+	float		max = max_avx512(x, n);
+	__m512		vmax = _mm512_set1_ps(max);
+	__m512d		sum_lo = _mm512_setzero_pd(),
+				sum_hi = _mm512_setzero_pd();
+	__mmask16	m = mask16(n % 16);
+	int64_t		full = n - n % 16;
+	int64_t		i;
+
+	for (i = 0; i < full; i += 16)
+		add_widened_avx512(exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmax)),
+						   &sum_lo, &sum_hi);
+	if (m)
+	{
+		__m512		e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax));
+
+		add_widened_avx512(_mm512_maskz_mov_ps(m, e), &sum_lo, &sum_hi);
+	}
+	return max + log(_mm512_reduce_add_pd(_mm512_add_pd(sum_lo, sum_hi)));
+}
+
+TARGET_AVX2 static double
+logsumexp_avx2(const float *x, int64_t n)
+{
+	float		max = max_avx2(x, n);
+	__m256		vmax = _mm256_set1_ps(max);
+	__m256d		sum_lo = _mm256_setzero_pd(),
+				sum_hi = _mm256_setzero_pd();
+	int64_t		full = n - n % 8;
+	int64_t		i;
+	double		sum;
+
+	for (i = 0; i < full; i += 8)
+	{
+		__m256		e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+
+		sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+		sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+	}
+	sum = hsum_pd_avx2(_mm256_add_pd(sum_lo, sum_hi));
+	for (; i < n; i++)
+		sum += expf(x[i] - max);
+	return max + log(sum);
+}
+
+const cross_entropy_kernels cross_entropy_avx2_kernels = {logsumexp_avx2};
+const cross_entropy_kernels cross_entropy_avx512_kernels = {logsumexp_avx512};
+
+#endif							/* LLM_X86 */
+
+/*
+ * Each task writes its own partial sum; the caller adds them in task order,
+ * so the total is the same at any thread count.  The number of tasks is
+ * capped so the partials fit in the context without a malloc.
+ */
+#define CE_MAX_TASKS 256
+
+typedef struct
+{
+	const float *logits;
+	const int32_t *targets;
+	int64_t		vocab;
+	int64_t		grain;
+	float	   *lse;
+	const cross_entropy_kernels *k;
+	double		loss_sum[CE_MAX_TASKS];
+	int64_t		counted[CE_MAX_TASKS];
+} cross_entropy_ctx;
+
+static void
+cross_entropy_task(void *arg, int64_t begin, int64_t end)
+{
+	cross_entropy_ctx *c = arg;
+	int64_t		task = begin / c->grain;
+	double		loss_sum = 0.0;
+	int64_t		counted = 0;
+
+	for (int64_t r = begin; r < end; r++)
+	{
+		const float *x = c->logits + r * c->vocab;
+		int32_t		target = c->targets[r];
+		double		lse;
+
+		if (target < 0 && c->lse == NULL)
+			continue;			/* ignore_index, and no lse wanted */
+		lse = c->k->logsumexp(x, c->vocab);
+		if (c->lse)
+			c->lse[r] = (float) lse;
+		if (target >= 0)
+		{
+			/* -log softmax(x)[target] = logsumexp(x) - x[target] */
+			loss_sum += lse - x[target];
+			counted++;
+		}
+	}
+	c->loss_sum[task] = loss_sum;
+	c->counted[task] = counted;
+}
+
+int
+llm_cross_entropy(const float *logits, const int32_t *targets,
+				  int64_t rows, int64_t vocab, double *loss, int64_t *counted,
+				  float *lse)
+{
+	cross_entropy_ctx c;		/* 4 KB of partials: fine on the stack */
+	int64_t		grain = rows_per_task(vocab);
+	int64_t		ntasks;
+	double		loss_sum = 0.0;
+	int64_t		total = 0;
+	int			status;
+
+	*loss = NAN;
+	*counted = 0;
+	if (rows <= 0)
+		return LLM_OK;
+	if (grain * CE_MAX_TASKS < rows)
+		grain = ceil_div(rows, CE_MAX_TASKS);
+	ntasks = ceil_div(rows, grain);
+
+	c.logits = logits;
+	c.targets = targets;
+	c.vocab = vocab;
+	c.grain = grain;
+	c.lse = lse;
+	c.k = llm_kernels->cross_entropy;
+	status = llm_parallel_for(rows, grain, cross_entropy_task, &c);
+	if (status != LLM_OK)
+		return status;
+
+	for (int64_t t = 0; t < ntasks; t++)
+	{
+		loss_sum += c.loss_sum[t];
+		total += c.counted[t];
+	}
+	*counted = total;
+	if (total > 0)
+		*loss = loss_sum / (double) total;
+	return LLM_OK;
+}

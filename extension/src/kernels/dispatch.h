@@ -1,0 +1,120 @@
+/*
+ * dispatch.h -- the SIMD variant of every kernel family, chosen once.
+ *
+ * Each op family has a struct of function pointers: the per-row (or
+ * per-tile) kernels that exist in a scalar, an AVX2+FMA and an AVX-512
+ * flavour.  The family's file defines one const instance per ISA next to
+ * the kernels themselves (e.g. softmax.c: softmax_scalar_kernels,
+ * softmax_avx2_kernels, softmax_avx512_kernels).  llm_set_isa() (cpu.c),
+ * run at load and whenever pg_llm.simd changes, points llm_kernels at the
+ * set of tables of the ISA in use; it is the only writer.  A kernel reads
+ * llm_kernels once, on the calling thread, and hands the family's table to
+ * its tasks, so one call never mixes ISAs.
+ *
+ * The backward of a family goes into the same struct as its forward.
+ */
+#ifndef PG_LLM_DISPATCH_H
+#define PG_LLM_DISPATCH_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* matmul/: the GEMM register block, micro-kernels, packing and GEMV */
+typedef struct matmul_kernels matmul_kernels;	/* matmul/matmul_internal.h */
+
+/* gelu.c */
+typedef struct
+{
+	void		(*forward) (const float *x, float *y, int64_t n);
+} gelu_kernels;
+
+/*
+ * softmax.c: one row of n > 0 values (y may be x).  Returns the row's max
+ * and sum of exp(x - max), which cost nothing more: the row's logsumexp is
+ * max + log(sum).
+ */
+typedef struct
+{
+	float		max;
+	double		sum;
+} softmax_stats;
+
+typedef struct
+{
+	softmax_stats (*row) (const float *x, float *y, int64_t n);
+} softmax_kernels;
+
+/*
+ * layernorm.c: one row of n > 0 values.  Returns the row's mean and
+ * rstd = 1/sqrt(var + eps), as used.
+ */
+typedef struct
+{
+	float		mean;
+	float		rstd;
+} layernorm_stats;
+
+typedef struct
+{
+	layernorm_stats (*row) (const float *x, const float *g, const float *b, float *y,
+							int64_t n, float eps);
+} layernorm_kernels;
+
+/* cross_entropy.c: log(sum(exp(x))) of one row of n > 0 values */
+typedef struct
+{
+	double		(*logsumexp) (const float *x, int64_t n);
+} cross_entropy_kernels;
+
+/* attention.c: the row-by-row and the tiled inner kernels (see there) */
+typedef struct
+{
+	void		(*scores_row) (const float *q, const float *k, int64_t ldk, int64_t nk,
+							   int64_t hd, float scale, float *scores);
+	void		(*weighted_sum) (const float *p, const float *v, int64_t ldv, int64_t nk,
+								 int64_t hd, float *out);
+	void		(*scores_tile) (const float *q, int64_t ldq, const float *kt,
+								int64_t hd, float scale, float *s, int64_t lds);
+	void		(*output_tile) (const float *p, int64_t ldp, const float *v, int64_t ldv,
+								int64_t nk, float *o, int64_t ldo);
+} attention_kernels;
+
+/* One ISA's tables, one per family. */
+typedef struct
+{
+	llm_isa		isa;
+	const matmul_kernels *matmul;
+	const gelu_kernels *gelu;
+	const softmax_kernels *softmax;
+	const layernorm_kernels *layernorm;
+	const cross_entropy_kernels *cross_entropy;
+	const attention_kernels *attention;
+} llm_kernel_tables;
+
+/* The tables in use (never NULL: the scalar ones until llm_set_isa runs). */
+extern const llm_kernel_tables *llm_kernels;
+
+/* Each family's tables, defined in the family's file. */
+extern const matmul_kernels matmul_scalar_kernels;
+extern const gelu_kernels gelu_scalar_kernels;
+extern const softmax_kernels softmax_scalar_kernels;
+extern const layernorm_kernels layernorm_scalar_kernels;
+extern const cross_entropy_kernels cross_entropy_scalar_kernels;
+extern const attention_kernels attention_scalar_kernels;
+
+extern const matmul_kernels matmul_avx2_kernels;
+extern const gelu_kernels gelu_avx2_kernels;
+extern const softmax_kernels softmax_avx2_kernels;
+extern const layernorm_kernels layernorm_avx2_kernels;
+extern const cross_entropy_kernels cross_entropy_avx2_kernels;
+extern const attention_kernels attention_avx2_kernels;
+
+extern const matmul_kernels matmul_avx512_kernels;
+extern const gelu_kernels gelu_avx512_kernels;
+extern const softmax_kernels softmax_avx512_kernels;
+extern const layernorm_kernels layernorm_avx512_kernels;
+extern const cross_entropy_kernels cross_entropy_avx512_kernels;
+extern const attention_kernels attention_avx512_kernels;
+
+#endif							/* PG_LLM_DISPATCH_H */

@@ -1,0 +1,173 @@
+/*
+ * matmul_internal.h -- what the files of matmul/ share: the problem as
+ * every task sees it (mm_ctx), the per-ISA GEMM plug-in (gemm_kernels: the
+ * register block, micro-kernels and packing helpers), the prefetcher the
+ * micro-kernels drive, and the entry points of each file.
+ *
+ *   matmul.c               llm_matmul, the per-ISA tables; the shape decides
+ *                          GEMV or GEMM
+ *   reference.c            the scalar reference
+ *   gemm.c                 packing, prefetching and the GEMM driver
+ *   microkernel_avx512.c   AVX-512 micro-kernels and packing helpers
+ *   microkernel_avx2.c     AVX2 micro-kernels and packing helpers
+ *   gemv.c                 GEMV for M == 1 and N == 1
+ *
+ * The design (GotoBLAS/BLIS GEMM, bandwidth-bound GEMV, determinism,
+ * memory) is described at the top of matmul.c.
+ */
+#ifndef PG_LLM_MATMUL_INTERNAL_H
+#define PG_LLM_MATMUL_INTERNAL_H
+
+#include "../kernels.h"
+#include "../dispatch.h"
+#include "../simd.h"
+
+#define MR_MAX 14				/* largest MR of any ISA */
+#define NR_MAX 48				/* largest NR of any ISA */
+
+/* ---- the problem, as seen by every task --------------------------------- */
+
+typedef struct gemm_kernels gemm_kernels;
+
+typedef struct
+{
+	const float *A,
+			   *B,
+			   *bias;
+	float	   *C;
+	int64_t		M,
+				K,
+				N;
+	int			transA,
+				transB;
+	const matmul_kernels *kernels;	/* this call's ISA */
+	const gemm_kernels *isa;	/* its GEMM plug-in (fast paths) */
+
+	/* GEMM blocking, chosen from the shape */
+	int64_t		kc;				/* k-block size (last block may be shorter) */
+	int64_t		mc,
+				nc;				/* output tile of one task */
+	int64_t		n_ntiles;		/* tiles along N */
+	int64_t		tile_grain;		/* tiles per task */
+	const float *apack;			/* A packed for all tiles, or NULL */
+	const float *bpack;			/* B packed for all tiles, or NULL */
+	int64_t		mpanels,
+				npanels;		/* MR-row panels of A, NR-column panels of B */
+	int64_t		a_group,
+				b_group;		/* panels per packing unit */
+	int64_t		a_units,
+				b_units;		/* packing units per k-block */
+} mm_ctx;
+
+/*
+ * The matmul family's table (dispatch.h): `run` computes the whole
+ * product; the fast paths find their GEMM plug-in and GEMV task here.
+ */
+struct matmul_kernels
+{
+	int			(*run) (mm_ctx *c);
+	const gemm_kernels *gemm;
+	llm_task_fn gemv;
+};
+
+/* ---- prefetching the next B block (gemm.c sets it up) ------------------- */
+
+/*
+ * Packing B reads it from L3 or DRAM, and a copy loop alone cannot keep
+ * enough cache misses in flight: unhidden, it took 30-40% of the time of
+ * the M = 64 shapes.  So while the micro-kernels work on one B block, we
+ * prefetch (into L2) the source of the block that will be packed next,
+ * one line every other k step inside the micro-kernels (a burst of
+ * prefetches between calls would stall on the line fill buffers).
+ */
+typedef struct
+{
+	const float *base;			/* first float of the source region */
+	int64_t		stride;			/* floats between its rows */
+	int64_t		rows;
+	int64_t		row_lines;		/* 64-byte lines per row */
+	int64_t		row,
+				line;			/* cursor */
+} prefetcher;
+
+/* Prefetch the next line of the region into L2, if any is left. */
+static inline __attribute__((always_inline)) void
+prefetch_one(prefetcher *pf)
+{
+	if (pf->row < pf->rows)
+	{
+		__builtin_prefetch(pf->base + pf->row * pf->stride + pf->line * 16, 0, 2);
+		if (++pf->line == pf->row_lines)
+		{
+			pf->line = 0;
+			pf->row++;
+		}
+	}
+}
+
+/* ---- the GEMM plug-in of an ISA ----------------------------------------- */
+
+/*
+ * An ISA plugs into the generic GEMM driver with its register block
+ * (MR x NR), one micro-kernel per row count 1..MR, and its packing helpers.
+ *
+ * kernel(kc, ap, bp, c, ldc, nr, accumulate, bias, pf, pf_lines):
+ *   acc[i,j] = sum_{k<kc} ap[k*MR + i] * bp[k*NR + j]   (FMA chain in k)
+ *   c[i,j] = (accumulate ? c[i,j] + acc : acc) (+ bias[j] when bias)
+ *   for i < mr (the kernel's own row count) and j < nr;
+ *   meanwhile prefetch up to pf_lines lines of pf, one per 2 k steps.
+ */
+typedef void (*micro_kernel) (int64_t kc, const float *ap, const float *bp,
+							  float *c, int64_t ldc, int nr, int accumulate,
+							  const float *bias, prefetcher *pf,
+							  int64_t pf_lines);
+
+/*
+ * Packing helpers, both writing `width` floats per destination row
+ * (width = MR or NR, the zero padding included):
+ *
+ *   copy:      dst[r*ds + j] = src[r*ss + j]  for j < n, 0 for n <= j < width,
+ *              r < rows                          (plain B, transA A)
+ *   transpose: dst[k*ds + j] = src[j*ss + k]  for j < n, 0 for n <= j < width,
+ *              k < kc                            (transB B, plain A)
+ *
+ * Each ISA implements them with masked vector loads/stores (edges cost
+ * nothing extra) and 16x16 (AVX-512) or 8x8 (AVX2) in-register transposes.
+ */
+typedef void (*copy_fn) (const float *src, int64_t ss, float *dst, int64_t ds,
+						 int64_t rows, int n, int width);
+typedef void (*transpose_fn) (const float *src, int64_t ss, float *dst,
+							  int64_t ds, int64_t kc, int n, int width);
+
+struct gemm_kernels
+{
+	int			mr,
+				nr;
+	micro_kernel kern[MR_MAX + 1];	/* kern[m] computes m rows */
+	copy_fn		copy;
+	transpose_fn transpose;
+};
+
+/* ---- entry points of the files ------------------------------------------ */
+
+/* reference.c */
+int			matmul_scalar(mm_ctx *c);
+
+#if LLM_X86
+/* matmul.c: GEMV or GEMM, as the shape says */
+int			matmul_simd(mm_ctx *c);
+
+/* gemm.c */
+int			matmul_gemm(mm_ctx *c);
+
+/* gemv.c */
+int			matmul_gemv(mm_ctx *c);
+void		gemv512_task(void *arg, int64_t n0, int64_t n1);
+void		gemv256_task(void *arg, int64_t n0, int64_t n1);
+
+/* microkernel_avx512.c, microkernel_avx2.c */
+extern const gemm_kernels gemm_avx512;
+extern const gemm_kernels gemm_avx2;
+#endif
+
+#endif							/* PG_LLM_MATMUL_INTERNAL_H */

@@ -1,0 +1,187 @@
+/*
+ * microkernel_avx2.c -- the AVX2+FMA plug-in of the GEMM driver (gemm.c):
+ * MR = 6, NR = 16 (two ymm per row of C) micro-kernels, one per row count,
+ * and the packing helpers (masked copies, 8x8 in-register transposes).
+ */
+#include "matmul_internal.h"
+
+#if LLM_X86
+
+#define MR256 6
+#define NR256 16
+
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+k256_body(const int mr, int64_t kc, const float *ap, const float *bp,
+		  float *c, int64_t ldc, int nr, int accumulate, const float *bias,
+		  prefetcher *pf, int64_t pf_lines)
+{
+	__m256		acc0[MR256],
+				acc1[MR256];
+	__m256i		m0,
+				m1;
+	int64_t		k;
+	int			i;
+
+#pragma GCC unroll 6
+	for (i = 0; i < mr; i++)
+	{
+		acc0[i] = _mm256_setzero_ps();
+		acc1[i] = _mm256_setzero_ps();
+	}
+
+	for (k = 0; k < kc; k++)
+	{
+		__m256		b0 = _mm256_load_ps(bp);
+		__m256		b1 = _mm256_load_ps(bp + 8);
+
+		if ((k & 1) && pf_lines > 0)
+		{
+			prefetch_one(pf);
+			pf_lines--;
+		}
+
+#pragma GCC unroll 6
+		for (i = 0; i < mr; i++)
+		{
+			__m256		a = _mm256_broadcast_ss(ap + i);
+
+			acc0[i] = _mm256_fmadd_ps(a, b0, acc0[i]);
+			acc1[i] = _mm256_fmadd_ps(a, b1, acc1[i]);
+		}
+		ap += MR256;
+		bp += NR256;
+	}
+
+	while (pf_lines-- > 0)
+		prefetch_one(pf);
+
+	/* lane j is stored when j < nr */
+	{
+		const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+
+		m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
+		m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
+	}
+#pragma GCC unroll 6
+	for (i = 0; i < mr; i++)
+	{
+		float	   *ci = c + i * ldc;
+		__m256		v0 = acc0[i],
+					v1 = acc1[i];
+
+		if (nr == NR256)
+		{
+			if (accumulate)
+			{
+				v0 = _mm256_add_ps(_mm256_loadu_ps(ci), v0);
+				v1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), v1);
+			}
+			if (bias)
+			{
+				v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias));
+				v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + 8));
+			}
+			_mm256_storeu_ps(ci, v0);
+			_mm256_storeu_ps(ci + 8, v1);
+		}
+		else
+		{
+			if (accumulate)
+			{
+				v0 = _mm256_add_ps(_mm256_maskload_ps(ci, m0), v0);
+				v1 = _mm256_add_ps(_mm256_maskload_ps(ci + 8, m1), v1);
+			}
+			if (bias)
+			{
+				v0 = _mm256_add_ps(v0, _mm256_maskload_ps(bias, m0));
+				v1 = _mm256_add_ps(v1, _mm256_maskload_ps(bias + 8, m1));
+			}
+			_mm256_maskstore_ps(ci, m0, v0);
+			_mm256_maskstore_ps(ci + 8, m1, v1);
+		}
+	}
+}
+
+#define K256(MR) \
+TARGET_AVX2 static void \
+k256_##MR(int64_t kc, const float *ap, const float *bp, float *c, \
+		  int64_t ldc, int nr, int accumulate, const float *bias, \
+		  prefetcher *pf, int64_t pf_lines) \
+{ \
+	k256_body(MR, kc, ap, bp, c, ldc, nr, accumulate, bias, pf, pf_lines); \
+}
+K256(1) K256(2) K256(3) K256(4) K256(5) K256(6)
+
+TARGET_AVX2 static void
+copy_avx2(const float *src, int64_t ss, float *dst, int64_t ds,
+		  int64_t rows, int n, int width)
+{
+	int64_t		r;
+	int			j;
+
+	for (j = 0; j < width; j += 8)
+	{
+		__m256i		ld = mask8(n - j),
+					st = mask8(width - j);
+
+		for (r = 0; r < rows; r++)
+			_mm256_maskstore_ps(dst + r * ds + j, st,
+								_mm256_maskload_ps(src + r * ss + j, ld));
+	}
+}
+
+/* 8x8 in-register transposes, same contract as transpose_avx512 */
+TARGET_AVX2 static void
+transpose_avx2(const float *src, int64_t ss, float *dst, int64_t ds,
+			   int64_t kc, int n, int width)
+{
+	int			j0,
+				q;
+	int64_t		k0;
+
+	for (j0 = 0; j0 < width; j0 += 8)
+	{
+		int			rows = MAX(0, MIN(8, n - j0));
+		__m256i		st = mask8(width - j0);
+
+		for (k0 = 0; k0 < kc; k0 += 8)
+		{
+			const float *s = src + j0 * ss + k0;
+			float	   *d = dst + k0 * ds + j0;
+			__m256i		ld = mask8(kc - k0);
+			int			cols = (int) MIN(8, kc - k0);
+			__m256		r[8],
+						t[8];
+
+			for (q = 0; q < 8; q++)
+				r[q] = q < rows ? _mm256_maskload_ps(s + q * ss, ld) : _mm256_setzero_ps();
+			for (q = 0; q < 8; q += 2)
+			{
+				t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+				t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+			}
+			for (q = 0; q < 8; q += 4)
+			{
+				r[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+				r[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+				r[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+				r[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+			}
+			for (q = 0; q < 4; q++)
+			{
+				t[q] = _mm256_permute2f128_ps(r[q], r[q + 4], 0x20);
+				t[q + 4] = _mm256_permute2f128_ps(r[q], r[q + 4], 0x31);
+			}
+			for (q = 0; q < cols; q++)
+				_mm256_maskstore_ps(d + q * ds, st, t[q]);
+		}
+	}
+}
+
+const gemm_kernels gemm_avx2 = {
+	MR256, NR256,
+	{NULL, k256_1, k256_2, k256_3, k256_4, k256_5, k256_6},
+	copy_avx2, transpose_avx2
+};
+
+#endif							/* LLM_X86 */

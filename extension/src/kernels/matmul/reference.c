@@ -1,0 +1,72 @@
+/*
+ * reference.c -- the scalar reference of llm_matmul: plain loops, used on
+ * non-x86 builds and when llm_set_isa(LLM_ISA_SCALAR) forces it.
+ */
+#include "matmul_internal.h"
+
+/* op(A)(m, k), for the reference code */
+static inline float
+get_a(const mm_ctx *c, int64_t m, int64_t k)
+{
+	return c->transA ? c->A[k * c->M + m] : c->A[m * c->K + k];
+}
+
+/*
+ * Rows [r0, r1) of C: c[i,j] = sum_k a[i,k] * b[k,j] in increasing k, then
+ * + bias[j].  Loops are ordered so the inner one walks contiguous memory.
+ */
+static void
+scalar_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const mm_ctx *c = (const mm_ctx *) arg;
+	int64_t		N = c->N,
+				K = c->K;
+	int64_t		i,
+				j,
+				k;
+
+	for (i = r0; i < r1; i++)
+	{
+		float	   *ci = c->C + i * N;
+
+		if (c->transB)
+		{
+			/* B stored [N,K]: each c[i,j] is a dot product of two rows */
+			for (j = 0; j < N; j++)
+			{
+				const float *bj = c->B + j * K;
+				float		s = 0.0f;
+
+				for (k = 0; k < K; k++)
+					s += get_a(c, i, k) * bj[k];
+				ci[j] = s;
+			}
+		}
+		else
+		{
+			/* B stored [K,N]: c[i,:] += a[i,k] * b[k,:] */
+			for (j = 0; j < N; j++)
+				ci[j] = 0.0f;
+			for (k = 0; k < K; k++)
+			{
+				float		a = get_a(c, i, k);
+				const float *bk = c->B + k * N;
+
+				for (j = 0; j < N; j++)
+					ci[j] += a * bk[j];
+			}
+		}
+		if (c->bias)
+			for (j = 0; j < N; j++)
+				ci[j] += c->bias[j];
+	}
+}
+
+int
+matmul_scalar(mm_ctx *c)
+{
+	/* about 256K multiply-adds per task */
+	int64_t		grain = MAX(1, (1 << 18) / MAX(1, c->K * c->N));
+
+	return llm_parallel_for(c->M, grain, scalar_rows, c);
+}
