@@ -156,12 +156,27 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits(conn
      r"non-finite logit \(Infinity\) for token id 1"),
     ("SELECT llm_sampling_probs('[-Infinity,-Infinity]')", psycopg.errors.InvalidParameterValue,
      "every logit is -Infinity"),
-    ("SELECT llm_sampling_probs('[1e38, 0]', 0.01)", psycopg.errors.NumericValueOutOfRange,
-     "overflow float32 at temperature 0.01"),
+    ("SELECT llm_sampling_probs('[1, 2]', 1, 0, 1, 1e300)", psycopg.errors.NumericValueOutOfRange,
+     "repetition_penalty 1e\\+300 is out of float32's range"),
+    ("SELECT llm_sampling_probs('[1, 2]', 1, 0, 1, 1e-300)", psycopg.errors.NumericValueOutOfRange,
+     "repetition_penalty 1e-300 is out of float32's range"),
 ])
 def test_sampling_probs_bad_input(conn, sql, error, message):
     with pytest.raises(error, match=message):
         conn.execute(sql)
+
+
+def test_temperatures_beyond_float32_give_the_limits(conn):
+    """Where float32's logits / temperature overflows (HF's scores turn to
+    NaN there), the distribution is the limit: greedy with ties sharing as
+    the temperature goes to 0, uniform as it goes to infinity."""
+    logits = np.array([1, 3, 3, -2, 0], np.float32)
+    for tiny in (1e-300, 5e-324, 1e-45):
+        np.testing.assert_array_equal(db_probs(conn, logits, temperature=tiny), [0, 0.5, 0.5, 0, 0])
+    np.testing.assert_allclose(db_probs(conn, logits, temperature=1e300), [0.2] * 5, rtol=1e-6)
+    np.testing.assert_allclose(db_probs(conn, logits, temperature=1e300, top_k=3), [1 / 3, 1 / 3, 1 / 3, 0, 0],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(db_probs(conn, np.array([1e38, 0], np.float32), temperature=0.01), [1, 0])
 
 
 def test_sampling_probs_null_is_null(conn):

@@ -46,6 +46,7 @@
 #include "text/beam_search.h"
 #include "text/generate.h"
 #include "text/prompt.h"
+#include "text/sampling.h"
 
 #if PG_VERSION_NUM < 160000
 #define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
@@ -119,6 +120,7 @@ beam_params_check(const char *who, const BeamParams *p)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: repetition_penalty must be a finite number > 0, got %g",
 						who, p->repetition_penalty)));
+	check_float32_divisor(who, "repetition_penalty", p->repetition_penalty);
 }
 
 /* ---- the search ---------------------------------------------------------------- */

@@ -27,6 +27,23 @@ check_stop_ids(const char *who, const Gpt2Model *m, const int32 *ids, int n)
 					psprintf(" of model \"%s\"", m->name));
 }
 
+void
+generator_check_args(const char *who, const Gpt2Model *m, const int32 *prompt, int n_prompt,
+					 int max_new, const int32 *stop_ids, int n_stop)
+{
+	if (n_prompt == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: the prompt is empty; GPT-2 needs at least one token to start from", who)));
+	if ((int64) n_prompt + max_new > m->cfg.n_positions)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: a prompt of %d tokens plus %d new tokens is longer than model \"%s\" takes (n_positions = %d)",
+						who, n_prompt, max_new, m->name, m->cfg.n_positions)));
+	gpt2_check_tokens(who, m, prompt, n_prompt);
+	check_stop_ids(who, m, stop_ids, n_stop);
+}
+
 Generator *
 generator_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_prompt,
 			  int max_new, const SamplingParams *params, uint64 seed,
@@ -39,17 +56,7 @@ generator_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_pr
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: max_tokens must be >= 1, got %d", who, max_new)));
-	if (n_prompt == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: the prompt is empty; GPT-2 needs at least one token to start from", who)));
-	if ((int64) n_prompt + max_new > m->cfg.n_positions)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: a prompt of %d tokens plus %d new tokens is longer than model \"%s\" takes (n_positions = %d)",
-						who, n_prompt, max_new, m->name, m->cfg.n_positions)));
-	gpt2_check_tokens(who, m, prompt, n_prompt);
-	check_stop_ids(who, m, stop_ids, n_stop);
+	generator_check_args(who, m, prompt, n_prompt, max_new, stop_ids, n_stop);
 
 	g->who = who;
 	g->model_name = pstrdup(m->name);
@@ -203,8 +210,6 @@ llm_generate_tokens_sql(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: max_new_tokens must be >= 0, got %d", who, max_new)));
-	if (max_new == 0)
-		PG_RETURN_ARRAYTYPE_P(int_array(NULL, 0));
 	m = gpt2_model_get(model);
 	if (!PG_ARGISNULL(7))
 	{
@@ -213,6 +218,12 @@ llm_generate_tokens_sql(PG_FUNCTION_ARGS)
 		check_token_ids(who, "stop_token", &stop_token, 1, m->cfg.vocab_size, false, "");
 		stop_ids = repalloc(stop_ids, sizeof(int32) * (n_stop + 1));
 		stop_ids[n_stop++] = stop_token;
+	}
+	if (max_new == 0)
+	{
+		/* nothing to generate, but the arguments are checked all the same */
+		generator_check_args(who, m, prompt, n_prompt, 0, stop_ids, n_stop);
+		PG_RETURN_ARRAYTYPE_P(int_array(NULL, 0));
 	}
 
 	g = generator_new(who, m, prompt, n_prompt, max_new, &params, seed, stop_ids, n_stop);

@@ -44,14 +44,21 @@ typedef struct Generator
 } Generator;
 
 /*
- * Check the arguments against the model and set up (no forward yet).  The
- * prompt must be non-empty and, with max_new >= 1 new tokens, fit in the
- * context (error 22023 otherwise).
+ * Check the arguments against the model (generator_check_args, and
+ * max_new >= 1) and set up; no forward yet.
  */
 extern Generator *generator_new(const char *who, const Gpt2Model *m,
 								const int32 *prompt, int n_prompt, int max_new,
 								const SamplingParams *params, uint64 seed,
 								const int32 *stop_ids, int n_stop);
+
+/*
+ * The checks of generator_new() that need no max_new >= 1: the prompt is
+ * non-empty, in the vocabulary and fits with max_new new tokens; the stop
+ * ids are in the vocabulary (error 22023).
+ */
+extern void generator_check_args(const char *who, const Gpt2Model *m, const int32 *prompt,
+								 int n_prompt, int max_new, const int32 *stop_ids, int n_stop);
 
 /* The next token into *token; false (and no token) once finished. */
 extern bool generator_next(Generator *g, int32 *token);

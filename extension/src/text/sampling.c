@@ -20,7 +20,9 @@
  *
  * and the draw is from softmax of what is left.  Arithmetic on the logits is
  * float32, like PyTorch's on a float32 tensor (x / t rounds the same way);
- * probabilities are double.  Among tokens with equal logits at the top-p
+ * probabilities are double.  A temperature too small or too large for
+ * float32's logits / temperature (where HF's scores turn to NaN) gives the
+ * limit: greedy (ties sharing), or uniform.  Among tokens with equal logits at the top-p
  * boundary the lower id is kept (HF's order there comes from an unstable
  * sort).  The random draw comes from our seeded generator (prng.h): the same
  * seed gives the same tokens on every machine, at any thread count.
@@ -62,6 +64,20 @@ sampling_check_params(const char *who, const SamplingParams *p)
 				 errmsg("%s: repetition_penalty must be a finite number > 0, got %g",
 						who, p->repetition_penalty),
 				 errhint("1 means no penalty; above 1 discourages repeating a token.")));
+	/* it divides or multiplies float32 logits: as a float32 neither 0 nor infinite */
+	check_float32_divisor(who, "repetition_penalty", p->repetition_penalty);
+}
+
+void
+check_float32_divisor(const char *who, const char *what, double value)
+{
+	float		f = (float) value;
+
+	if (f == 0 || isinf(f))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s: %s %g is out of float32's range", who, what, value),
+				 errhint("The logits are float32; so is what divides them.")));
 }
 
 SamplingParams
@@ -277,6 +293,8 @@ sampler_filter(Sampler *s, const char *who, const float *logits)
 	float	   *scores = s->scores;
 	float		threshold = -INFINITY;	/* top-k keeps scores >= threshold */
 	float		max;
+	float		t32;
+	double		divisor = 1.0;	/* of the softmax's exponent */
 	double		total = 0;
 	int64		n = 0;
 
@@ -293,17 +311,21 @@ sampler_filter(Sampler *s, const char *who, const float *logits)
 		return 1;
 	}
 
-	max = -INFINITY;
-	for (int64 i = 0; i < V; i++)
+	/*
+	 * logits / temperature in float32, as HF divides them; where float32
+	 * cannot (a temperature that is 0 or infinite as a float32, or a logit
+	 * whose quotient overflows) the softmax below divides in double instead:
+	 * near 0 that is greedy, ties sharing; near infinity, uniform.
+	 */
+	t32 = (float) p->temperature;
+	if (t32 != 0 && !isinf(t32) && !isinf(max / t32))
 	{
-		scores[i] = scores[i] / (float) p->temperature;
-		max = Max(max, scores[i]);
+		for (int64 i = 0; i < V; i++)
+			scores[i] = scores[i] / t32;
+		max = max / t32;
 	}
-	if (isinf(max))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("%s: logits / temperature overflow float32 at temperature %g",
-						who, p->temperature)));
+	else
+		divisor = p->temperature;
 
 	if (p->top_k > 0 && p->top_k < V)
 	{
@@ -318,7 +340,7 @@ sampler_filter(Sampler *s, const char *who, const float *logits)
 
 		if (scores[i] < threshold)
 			continue;
-		w = exp((double) scores[i] - max);
+		w = exp(((double) scores[i] - max) / divisor);
 		if (w == 0)
 			continue;
 		s->cand[n].id = (int32) i;

@@ -47,8 +47,14 @@ typedef struct Sampler
 	SamplingCandidate *cand;	/* [V] */
 } Sampler;
 
-/* Error 22023 naming the first bad value (who: the SQL function). */
+/*
+ * Error 22023 naming the first bad value (who: the SQL function); 22003 for
+ * a repetition_penalty that is 0 or infinite as a float32.
+ */
 extern void sampling_check_params(const char *who, const SamplingParams *p);
+
+/* Error 22003 if value, as a float32, is 0 or infinite. */
+extern void check_float32_divisor(const char *who, const char *what, double value);
 
 /* Read the sampling arguments at argno.. (temperature, top_k, top_p); NULL = default. */
 extern SamplingParams sampling_params_from_args(FunctionCallInfo fcinfo, int temperature_argno,
