@@ -3,7 +3,8 @@ named here with the reason it is not.  A new SQL function fails this test
 until it gets a fuzz target (or a reason)."""
 import importlib
 
-FUZZ_FILES = ["test_fuzz_tensor_io", "test_fuzz_ops", "test_fuzz_files", "test_fuzz_gpt2", "test_fuzz_generation"]
+FUZZ_FILES = ["test_fuzz_tensor_io", "test_fuzz_ops", "test_fuzz_files", "test_fuzz_gpt2", "test_fuzz_generation",
+              "test_fuzz_text"]
 
 NOT_FUZZED = {
     "llm_info": "no arguments",
@@ -12,6 +13,17 @@ NOT_FUZZED = {
     "llm_param_bump_version": "a trigger: runs on every llm_param write of the import and init fuzzing",
     "llm_init_std": "called by llm_init with the names of llm_param_shapes only",
     "llm_write_text_file": "writes config.json in llm_export_hf, which is fuzzed",
+    "llm_model_config_check": "a trigger: runs on every llm_model_config write of the config fuzzing",
+    "llm_model_config_new_version": "a trigger: runs on every llm_model_config write of the config fuzzing",
+    "llm_tokenizer_bump_version": "a trigger: runs on every tokenizer write of the loader and training fuzzing",
+    "llm_require_arg": "the NULL check of the PL/pgSQL functions, whose NULL arguments are fuzzed",
+    "llm_tokenizer_cache": "no arguments",
+    "llm_tokenizer_cache_clear": "no arguments",
+    "pg_llm_load_bpe": "damaged vocab.json/merges.txt files: tests/test_tokenizer_errors.py::test_fuzz_loaders",
+    "pg_llm_load_bpe_vocab": "damaged vocab.json files: tests/test_tokenizer_errors.py::test_fuzz_loaders",
+    "pg_llm_load_bpe_merges": "damaged merges.txt files: tests/test_tokenizer_errors.py::test_fuzz_loaders",
+    "llm_export_tokenizer": "writes llm_bpe_vocab_json/llm_bpe_merges_txt (fuzzed) to a file; "
+                            "tests/test_tokenizer_train.py loads them into GPT2TokenizerFast",
 }
 
 
