@@ -39,9 +39,9 @@ SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-    n int := cardinality(tokens);
+    t int[];
+    n int;
     step int := coalesce(stride, block_size);
-    lo int := array_lower(tokens, 1);
     inserted int;
 BEGIN
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'tokens', tokens IS NULL);
@@ -56,14 +56,16 @@ BEGIN
             block_size, step
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF n < block_size + 1 THEN
+    t := tokens[array_lower(tokens, 1):array_upper(tokens, 1)];    -- numbered from 1
+    n := cardinality(t);
+    IF block_size > n - 1 THEN
         RAISE EXCEPTION 'llm_dataset_from_tokens: % tokens are too few for one block of %', n, block_size
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'A block of block_size tokens needs block_size + 1: the targets are the tokens shifted by one.';
     END IF;
 
     INSERT INTO llm_dataset (tokens, target, split)
-    SELECT tokens[lo + s : lo + s + block_size - 1], tokens[lo + s + 1 : lo + s + block_size], split
+    SELECT t[s + 1 : s + block_size], t[s + 2 : s + block_size + 1], split
     FROM generate_series(0, n - block_size - 1, step) AS s
     ORDER BY s;
     GET DIAGNOSTICS inserted = ROW_COUNT;

@@ -4,13 +4,14 @@ until it gets a fuzz target (or a reason)."""
 import importlib
 
 FUZZ_FILES = ["test_fuzz_tensor_io", "test_fuzz_ops", "test_fuzz_files", "test_fuzz_gpt2", "test_fuzz_generation",
-              "test_fuzz_text"]
+              "test_fuzz_text", "test_fuzz_train"]
 
 NOT_FUZZED = {
     "llm_info": "no arguments",
     "llm_info_text": "no arguments",
     "llm_param_check": "a trigger: runs on every llm_param write of the import and init fuzzing",
     "llm_param_bump_version": "a trigger: runs on every llm_param write of the import and init fuzzing",
+    "llm_param_bump_moved": "a trigger: runs when an UPDATE moves a row to another model (pg_regress model.sql)",
     "llm_init_std": "called by llm_init with the names of llm_param_shapes only",
     "llm_write_text_file": "writes config.json in llm_export_hf, which is fuzzed",
     "llm_model_config_check": "a trigger: runs on every llm_model_config write of the config fuzzing",
