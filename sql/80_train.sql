@@ -32,7 +32,8 @@ COMMENT ON SEQUENCE llm_dataset_id_seq IS 'numbers the llm_dataset rows (identit
 CREATE INDEX llm_dataset_split ON llm_dataset (split, id);
 
 CREATE FUNCTION llm_dataset_from_tokens(tokens int[], block_size int, stride int DEFAULT NULL,
-                                        split text DEFAULT 'train')
+                                        split text DEFAULT 'train',
+                                        val_fraction double precision DEFAULT 0)
 RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -41,12 +42,16 @@ AS $$
 DECLARE
     t int[];
     n int;
+    n_val int;
     step int := coalesce(stride, block_size);
+    part record;
     inserted int;
+    total int := 0;
 BEGIN
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'tokens', tokens IS NULL);
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'block_size', block_size IS NULL);
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'split', split IS NULL);
+    PERFORM llm_require_arg('llm_dataset_from_tokens', 'val_fraction', val_fraction IS NULL);
     IF array_ndims(tokens) IS DISTINCT FROM 1 OR array_position(tokens, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'llm_dataset_from_tokens: tokens must be a one-dimensional array without NULLs'
             USING ERRCODE = 'invalid_parameter_value';
@@ -56,24 +61,38 @@ BEGIN
             block_size, step
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF NOT (val_fraction >= 0 AND val_fraction < 1) THEN
+        RAISE EXCEPTION 'llm_dataset_from_tokens: val_fraction must be in [0, 1), got %', val_fraction
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     t := tokens[array_lower(tokens, 1):array_upper(tokens, 1)];    -- numbered from 1
     n := cardinality(t);
-    IF block_size > n - 1 THEN
-        RAISE EXCEPTION 'llm_dataset_from_tokens: % tokens are too few for one block of %', n, block_size
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A block of block_size tokens needs block_size + 1: the targets are the tokens shifted by one.';
-    END IF;
+    -- The last val_fraction of the stream is split 'val' (as nanoGPT's
+    -- 90/10): the two splits never share a block.
+    n_val := floor(n * val_fraction)::int;
 
-    INSERT INTO llm_dataset (tokens, target, split)
-    SELECT t[s + 1 : s + block_size], t[s + 2 : s + block_size + 1], split
-    FROM generate_series(0, n - block_size - 1, step) AS s
-    ORDER BY s;
-    GET DIAGNOSTICS inserted = ROW_COUNT;
-    RETURN inserted;
+    FOR part IN SELECT * FROM (VALUES (split, t[1 : n - n_val]), ('val', t[n - n_val + 1 : n])) AS p(name, ids)
+                WHERE cardinality(p.ids) > 0 OR p.name = split
+    LOOP
+        IF block_size > cardinality(part.ids) - 1 THEN
+            RAISE EXCEPTION 'llm_dataset_from_tokens: % tokens are too few for one block of % (split %)',
+                cardinality(part.ids), block_size, part.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A block of block_size tokens needs block_size + 1: the targets are the tokens shifted by one.';
+        END IF;
+        INSERT INTO llm_dataset (tokens, target, split)
+        SELECT part.ids[s + 1 : s + block_size], part.ids[s + 2 : s + block_size + 1], part.name
+        FROM generate_series(0, cardinality(part.ids) - block_size - 1, step) AS s
+        ORDER BY s;
+        GET DIAGNOSTICS inserted = ROW_COUNT;
+        total := total + inserted;
+    END LOOP;
+    RETURN total;
 END $$;
-COMMENT ON FUNCTION llm_dataset_from_tokens(int[], int, int, text) IS
+COMMENT ON FUNCTION llm_dataset_from_tokens(int[], int, int, text, double precision) IS
 'cut a token stream into llm_dataset rows: blocks of block_size tokens every stride tokens (default: '
-'block_size, no overlap), target = the same block shifted by one token; returns the rows added';
+'block_size, no overlap), target = the same block shifted by one token; the last val_fraction of the '
+'tokens go to split ''val''; returns the rows added';
 
 -- ---- the logs --------------------------------------------------------------------
 

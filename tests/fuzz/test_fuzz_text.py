@@ -4,11 +4,15 @@ llm_decode_bytes, llm_decode_stream, llm_pretokenize and llm_tokenize (ids
 equal to HF `tokenizers` built from the tokenizer's own llm_bpe_vocab_json /
 llm_bpe_merges_txt, and every round trip exact); random id arrays through the
 decoders (in range, out of range, NULL, 2-D); random bytes through the byte
-alphabet (and back); random corpora and vocabulary sizes through llm_bpe_train.
+alphabet (and back); random corpora and vocabulary sizes through llm_bpe_train; random text, block
+sizes, strides and validation fractions through llm_dataset_from_text, and
+llm_eval over what it made.
 (The vocab.json / merges.txt loaders are fuzzed with damaged files in
 tests/test_tokenizer_errors.py.)
 """
 from __future__ import annotations
+
+import math
 
 import pytest
 from fuzz_harness import FuzzDB, Tally
@@ -22,7 +26,7 @@ V = 400
 # The extension's functions this file fuzzes (test_fuzz_coverage.py checks that every one is somewhere).
 COVERS = {"llm_encode", "llm_decode", "llm_decode_bytes", "llm_decode_stream", "llm_pretokenize", "llm_tokenize",
           "llm_bpe_token_bytes", "llm_bpe_bytes_token", "llm_bpe_train", "llm_bpe_vocab_json",
-          "llm_bpe_merges_txt", "llm_tokenizer_info"}
+          "llm_bpe_merges_txt", "llm_tokenizer_info", "llm_dataset_from_text", "llm_eval"}
 
 # Characters to build text from: ASCII, Latin, CJK, Arabic, combining marks,
 # emoji (with ZWJ), digits of other systems, every kind of space, controls.
@@ -137,4 +141,57 @@ def test_training_on_any_corpus(db):
                 if not back.ok or back.value != text:
                     tally.violation("a trained tokenizer does not round-trip", (corpus, size), back.label)
     db.run("DELETE FROM llm_tokenizer WHERE model = 'fuzz_tok_train'")
+    tally.finish(db)
+
+
+def test_datasets_from_any_text(db, hf):
+    """llm_dataset_from_text adds exactly the blocks the encoded text has room
+    for; llm_eval scores them (a tiny random model of the tokenizer's vocabulary)."""
+    _, vocab_size = hf
+    tally = Tally("datasets: llm_dataset_from_text, llm_eval")
+    db.run("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+           "VALUES (%s, 1, 2, 8, 16, %s)", [MODEL, vocab_size])
+    assert db.run("SELECT llm_init(%s, 7)", [MODEL]).ok
+    last = db.run("SELECT coalesce(max(id), 0) FROM llm_dataset").value
+    for rng in cases(120, seed=65):
+        text = random_text(rng, 200)
+        block = rng.choice([1, 2, 8, 15, 16, 0, -3, None])
+        stride = rng.choice([None, None, 1, 3, 0])
+        fraction = rng.choice([0.0, 0.0, 0.1, 0.5, 0.99, 1.0, -0.1, None])
+        split = f"fuzz_{rng.randrange(3)}"
+        what = (text, block, stride, fraction)
+        before = db.run("SELECT count(*) FROM llm_dataset WHERE id > %s", [last]).value
+        out = tally.record(db.run("SELECT llm_dataset_from_text(%s, %s, %s, %s, %s, %s)",
+                                  [MODEL, text, block, stride, split, fraction]), what)
+        if block is None or fraction is None:
+            tally.expect_error(what, out, {"22004"})
+            continue
+        ids = hf[0].encode(text).ids
+        step = block if stride is None else stride
+        n_val = int(len(ids) * fraction) if 0 <= fraction < 1 else 0
+        parts = [p for p in (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if p] or [[]]
+        if block < 1 or step < 1 or not 0 <= fraction < 1 or any(len(p) <= block for p in parts):
+            tally.expect_error(what, out, {"22023"})
+        elif tally.expect_ok(what, out, "text with room for a block"):
+            want = sum(len(range(0, len(p) - block, step)) for p in parts)
+            added = db.run("SELECT count(*) FROM llm_dataset WHERE id > %s", [last]).value - before
+            if out.value != want or added != want:
+                tally.violation("rows added differ from the blocks the text has", what,
+                                f"returned {out.value}, added {added}, want {want} ({len(ids)} ids)")
+    for rng in cases(30, seed=66):
+        split = rng.choice(["fuzz_0", "fuzz_1", "fuzz_2", "fuzz_no_such_split"])
+        max_rows = rng.choice([None, 1, 3, 0, -1])
+        out = tally.record(db.run("SELECT loss, perplexity FROM llm_eval(%s, %s, %s)",
+                                  [MODEL, split, max_rows]), (split, max_rows))
+        have = db.run("SELECT count(*) FROM llm_dataset WHERE id > %s AND split = %s", [last, split]).value
+        if max_rows is not None and max_rows < 1:
+            tally.expect_error((split, max_rows), out, {"22023"})
+        elif have == 0:
+            tally.expect_error((split, max_rows), out, {"P0002"})
+        elif tally.expect_ok((split, max_rows), out, "a split with rows"):
+            loss, perplexity = out.rows[0]
+            if not (0 < loss < 20 and abs(perplexity - math.exp(loss)) <= 1e-9 * perplexity):
+                tally.violation("llm_eval's loss or perplexity", (split, max_rows), str(out.rows[0]))
+    db.run("DELETE FROM llm_dataset WHERE id > %s", [last])
+    db.run("DELETE FROM llm_model_config WHERE model = %s", [MODEL])
     tally.finish(db)
