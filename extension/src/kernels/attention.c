@@ -80,12 +80,7 @@ typedef struct
 static int64_t
 visible_keys(const attention_ctx *c, int64_t i)
 {
-	int64_t		n;
-
-	if (!c->causal)
-		return c->Tk;
-	n = i + (c->Tk - c->Tq) + 1;
-	return n < 0 ? 0 : n > c->Tk ? c->Tk : n;
+	return c->causal ? causal_keys(i, c->Tq, c->Tk) : c->Tk;
 }
 
 
