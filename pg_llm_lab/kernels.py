@@ -85,6 +85,12 @@ SIGNATURES = {
     # q, ldq, k, ldk, v, ldv, y, Tq, Tk, C, n_head, causal, lse (or None)
     "llm_attention": (_int, [float_p, _i64, float_p, _i64, float_p, _i64, float_p,
                              _i64, _i64, _i64, _i64, _int, float_p]),
+    # q, ldq, k, ldk, v, ldv, y, lse, dy, dq, ldq_grad, dk, ldk_grad, dv, ldv_grad,
+    # Tq, Tk, C, n_head, causal
+    "llm_attention_backward": (_int, [float_p, _i64, float_p, _i64, float_p, _i64,
+                                      float_p, float_p, float_p,
+                                      float_p, _i64, float_p, _i64, float_p, _i64,
+                                      _i64, _i64, _i64, _i64, _int]),
 }
 
 

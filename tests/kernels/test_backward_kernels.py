@@ -1,7 +1,8 @@
 """
 The backward kernels (llm_<op>_backward in extension/src/kernels/) against
 torch.autograd in float32 -- what the extension has to match -- and against
-float64 references (numpy closed forms).  Every ISA the CPU has; odd sizes; and the conventions every
+float64 references (numpy closed forms, or torch.autograd in float64 for
+attention).  Every ISA the CPU has; odd sizes; and the conventions every
 backward keeps: it accumulates (+=) into each gradient, a NULL gradient is
 skipped without changing the others, the bits are the same at 1, 2 and 3
 threads, and the long ones stop when the interrupt hook asks.
@@ -105,6 +106,28 @@ def call(status):
 def matmul_backward(lib, dC, a, b, M, K, N, ta, tb, dA, dB, dbias):
     return lib.llm_matmul_backward(ptr(dC), ptr(a), ptr(b), ptr(dA), ptr(dB), ptr(dbias),
                                    M, K, N, ta, tb)
+
+
+def attention_backward(lib, q, k, v, y, lse, dy, dq, dk, dv, n_head, causal):
+    """q, k, v, dq, dk, dv may be column slices of wider arrays (strided rows)."""
+    Tq, C = y.shape
+    Tk = k.shape[0]
+    (qp, ldq), (kp, ldk), (vp, ldv) = strided(q), strided(k), strided(v)
+    grads = [strided(g) if g is not None else (None, 0) for g in (dq, dk, dv)]
+    (dqp, ldqg), (dkp, ldkg), (dvp, ldvg) = grads
+    return lib.llm_attention_backward(qp, ldq, kp, ldk, vp, ldv, ptr(y), ptr(lse), ptr(dy),
+                                      dqp, ldqg, dkp, ldkg, dvp, ldvg,
+                                      Tq, Tk, C, n_head, int(causal))
+
+
+def attention_forward(lib, q, k, v, n_head, causal):
+    Tq, C = q.shape
+    y = np.empty((Tq, C), dtype=np.float32)
+    lse = np.empty((n_head, Tq), dtype=np.float32)
+    (qp, ldq), (kp, ldk), (vp, ldv) = strided(q), strided(k), strided(v)
+    call(lib.llm_attention(qp, ldq, kp, ldk, vp, ldv, ptr(y), q.shape[0], k.shape[0], C,
+                           n_head, int(causal), ptr(lse)))
+    return y, lse
 
 
 def layernorm_forward(lib, x, g, b):
@@ -472,6 +495,112 @@ def test_cross_entropy_backward(lib, isa, vocab, given_lse):
     assert worst(dlogits, d0 + tl.grad.numpy(), bound) < 4e-7
 
 
+# ---- attention -----------------------------------------------------------------------
+
+ATTENTION_CASES = [
+    # Tq, Tk, C, n_head, causal
+    (1, 1, 64, 1, True),
+    (7, 7, 128, 2, True),
+    (17, 17, 64, 1, True),
+    (33, 33, 192, 3, True),
+    (33, 33, 192, 3, False),
+    (1, 769, 128, 2, True),      # one query over a long cache
+    (5, 40, 64, 1, True),        # ragged causal: Tq < Tk
+    (70, 70, 96, 2, True),       # hd = 48
+    (129, 129, 768, 12, True),   # GPT-2 heads, blocks plus one row
+    (17, 33, 60, 3, True),       # hd = 20
+    (65, 65, 66, 2, False),      # hd = 33
+    (9, 9, 16, 4, True),         # hd = 4
+    (100, 170, 128, 4, True),    # ragged, several key and query blocks
+    (20, 50, 128, 2, False),     # Tq != Tk, no mask
+    (20, 12, 64, 2, True),       # Tq > Tk: the first 8 queries see no key
+]
+
+
+def torch_attention(q, k, v, n_head, causal, dtype):
+    """y of manual attention (the kernels' mask), as torch tensors that need grads."""
+    Tq, C = q.shape
+    Tk, hd = k.shape[0], C // n_head
+    tq, tk, tv = (torch.tensor(np.ascontiguousarray(a), dtype=dtype, requires_grad=True)
+                  for a in (q, k, v))
+    s = tq.view(Tq, n_head, hd).transpose(0, 1) @ tk.view(Tk, n_head, hd).permute(1, 2, 0)
+    s = s / np.sqrt(hd)
+    if causal:
+        s = s.masked_fill(~torch.from_numpy(causal_keep(Tq, Tk)), float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)                # a query seeing no key: zeros
+    y = (p @ tv.view(Tk, n_head, hd).transpose(0, 1)).transpose(0, 1).reshape(Tq, C)
+    return y, (tq, tk, tv)
+
+
+def attention_bounds(q, k, v, y, dy, n_head, causal):
+    """float64 error bounds of dq, dk, dv: the products of the absolute terms,
+    P taken as P (1 + |S scale| + |lse|) (exp's argument is rounded)."""
+    Tq, C = y.shape
+    Tk, hd = k.shape[0], C // n_head
+    keep = causal_keep(Tq, Tk) if causal else np.ones((Tq, Tk), dtype=bool)
+    bounds = [np.zeros((Tq, C)), np.zeros((Tk, C)), np.zeros((Tk, C))]
+    for h in range(n_head):
+        cols = slice(h * hd, (h + 1) * hd)
+        qh, kh, vh, yh, dyh = (f64(a[:, cols]) for a in (q, k, v, y, dy))
+        s = np.where(keep, qh @ kh.T / np.sqrt(hd), -np.inf)
+        m = np.max(s, axis=1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        e = np.exp(s - m)
+        lse = m + np.log(np.maximum(e.sum(axis=1, keepdims=True), 1e-300))
+        p = e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300)
+        p_abs = p * (1.0 + np.abs(np.where(keep, s, 0.0)) + np.abs(lse))
+        ds_abs = p_abs * (np.abs(dyh) @ np.abs(vh).T + np.abs(dyh * yh).sum(axis=1, keepdims=True))
+        bounds[0][:, cols] = ds_abs @ np.abs(kh) / np.sqrt(hd)
+        bounds[1][:, cols] = ds_abs.T @ np.abs(qh) / np.sqrt(hd)
+        bounds[2][:, cols] = p_abs.T @ np.abs(dyh)
+    return bounds
+
+
+def attention_grads(lib, Tq, Tk, C, n_head, causal, seed=0):
+    """Inputs as GPT-2 has them (q, k, v column slices of a fused [T, 3C] array),
+    gradients into slices of a fused [T, 3C] buffer that starts random."""
+    qkv_q, qkv_kv = randn(Tq, 3 * C, seed=seed), randn(Tk, 3 * C, seed=seed + 1)
+    q, k, v = qkv_q[:, :C], qkv_kv[:, C:2 * C], qkv_kv[:, 2 * C:]
+    y, lse = attention_forward(lib, q, k, v, n_head, causal)
+    dy = randn(Tq, C, seed=seed + 2)
+    dq0, dkv0 = randn(Tq, 3 * C, seed=seed + 3), randn(Tk, 3 * C, seed=seed + 4)
+
+    def run():
+        dq_buf, dkv_buf = dq0.copy(), dkv0.copy()
+        call(attention_backward(lib, q, k, v, y, lse, dy, dq_buf[:, :C], dkv_buf[:, C:2 * C],
+                                dkv_buf[:, 2 * C:], n_head, causal))
+        return dq_buf, dkv_buf
+
+    dq_buf, dkv_buf = at_1_2_3_threads(lib, run)
+    # columns that are not gradients of this call are untouched
+    assert np.array_equal(dq_buf[:, C:], dq0[:, C:]) and np.array_equal(dkv_buf[:, :C], dkv0[:, :C])
+    got = (dq_buf[:, :C], dkv_buf[:, C:2 * C], dkv_buf[:, 2 * C:])
+    init = (dq0[:, :C], dkv0[:, C:2 * C], dkv0[:, 2 * C:])
+    return (q, k, v, y, dy), got, init
+
+
+@pytest.mark.parametrize("Tq,Tk,C,n_head,causal", ATTENTION_CASES)
+def test_attention_backward(lib, isa, Tq, Tk, C, n_head, causal):
+    (q, k, v, y, dy), got, init = attention_grads(lib, Tq, Tk, C, n_head, causal, seed=Tq + Tk)
+    bounds = attention_bounds(q, k, v, y, dy, n_head, causal)
+    for dtype in (torch.float64, torch.float32):
+        out, leaves = torch_attention(q, k, v, n_head, causal, dtype)
+        out.backward(torch.from_numpy(dy).to(dtype))
+        for name, g, g0, leaf, bound in zip("qkv", got, init, leaves, bounds):
+            assert worst(g, g0 + leaf.grad.double().numpy(), bound + np.abs(g0)) < 4e-7, (name, dtype)
+
+
+def test_attention_backward_no_key(lib, isa):
+    """Causal with Tq > Tk: queries that see no key get no gradient."""
+    Tq, Tk, C = 20, 12, 64
+    (q, k, v, y, dy), got, init = attention_grads(lib, Tq, Tk, C, 2, True, seed=5)
+    assert np.array_equal(got[0][:Tq - Tk], init[0][:Tq - Tk])
+    out, leaves = torch_attention(q, k, v, 2, True, torch.float64)
+    out.backward(torch.from_numpy(dy).double())
+    for g, g0, leaf, bound in zip(got, init, leaves, attention_bounds(q, k, v, y, dy, 2, True)):
+        assert worst(g, g0 + leaf.grad.numpy(), bound + np.abs(g0)) < 4e-7
+
+
 # ---- the conventions, for every backward ---------------------------------------------
 
 def backward_cases(lib):
@@ -503,6 +632,13 @@ def backward_cases(lib):
                               lambda g: lib.llm_cross_entropy_backward(
                                   ptr(x), ptr(targets), ptr(lse), 300, 700,
                                   np.float32(1.0 / counted), ptr(g["dlogits"])))
+    T, C, H = 90, 96, 3
+    qkv, dy_att = randn(T, 3 * C, seed=9), randn(T, C, seed=10)
+    q, k, v = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
+    y_att, lse_att = attention_forward(lib, q, k, v, H, True)
+    cases["attention"] = ({"dq": (T, C), "dk": (T, C), "dv": (T, C)},
+                          lambda g: attention_backward(lib, q, k, v, y_att, lse_att, dy_att,
+                                                       g["dq"], g["dk"], g["dv"], H, True))
     ids = np.random.default_rng(11).integers(0, 40, 300).astype(np.int32)
     cases["embedding"] = ({"dw": (40, 700)},
                           lambda g: lib.llm_embedding_backward(ptr(ids), ptr(dy), ptr(g["dw"]),
@@ -522,9 +658,9 @@ def backward_cases(lib):
     return cases
 
 
-BACKWARDS = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy",
+BACKWARDS = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy", "attention",
              "embedding", "add", "mul", "scale", "transpose"]
-LONG_RUNNING = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy"]
+LONG_RUNNING = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy", "attention"]
 
 
 @pytest.fixture(scope="module")

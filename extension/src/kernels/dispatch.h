@@ -84,17 +84,22 @@ typedef struct
 								 float scale, float *dx);
 } cross_entropy_kernels;
 
-/* attention.c: the row-by-row and the tiled inner kernels (see there) */
+/*
+ * attention/inner_kernels.c: the decode path's dot products and weighted
+ * sums, the register tile c[8][32] = scale * A B or c += A B (A read with
+ * any strides), and the backward's row of P and dS (see there).
+ */
 typedef struct
 {
 	void		(*scores_row) (const float *q, const float *k, int64_t ldk, int64_t nk,
 							   int64_t hd, float scale, float *scores);
 	void		(*weighted_sum) (const float *p, const float *v, int64_t ldv, int64_t nk,
 								 int64_t hd, float *out);
-	void		(*scores_tile) (const float *q, int64_t ldq, const float *kt,
-								int64_t hd, float scale, float *s, int64_t lds);
-	void		(*output_tile) (const float *p, int64_t ldp, const float *v, int64_t ldv,
-								int64_t nk, float *o, int64_t ldo);
+	void		(*tile) (const float *a, int64_t ars, int64_t ats, const float *b,
+						 int64_t ldb, int64_t n, float *c, int64_t ldc, float scale,
+						 int accumulate);
+	void		(*probs_row) (float *s, float *dp, int64_t n, int64_t w, float scale,
+							  float lse, float d);
 } attention_kernels;
 
 /* One ISA's tables, one per family. */

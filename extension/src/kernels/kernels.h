@@ -254,4 +254,27 @@ int			llm_attention(const float *q, int64_t ldq,
 						  float *y, int64_t Tq, int64_t Tk, int64_t C,
 						  int64_t n_head, int causal, float *lse);
 
+/*
+ * Backward of llm_attention (attention_backward.c), given its inputs, its
+ * output y [Tq, C], its lse [n_head, Tq] and dy [Tq, C]:
+ *   dq [Tq, C] += dL/dq,  dk [Tk, C] += dL/dk,  dv [Tk, C] += dL/dv
+ * Every gradient is strided like the inputs (row t of dq starts at
+ * dq + t*ldq_grad, ...), so for GPT-2's fused qkv [T, 3C] the gradient
+ * buffer dqkv [T, 3C] is passed as dq = dqkv, dk = dqkv + C, dv = dqkv + 2C,
+ * all with stride 3C.  Same mask and Tk - Tq offset as the forward; a
+ * query that saw no key (lse -inf) gets nothing.  Each of dq, dk, dv may
+ * be NULL.  The probabilities are recomputed from lse (flash-attention
+ * style): scratch is O((Tq + Tk) * hd) per head, never Tq x Tk.  One task
+ * per head.  Returns LLM_NOMEM if scratch cannot be had.
+ */
+int			llm_attention_backward(const float *q, int64_t ldq,
+								   const float *k, int64_t ldk,
+								   const float *v, int64_t ldv,
+								   const float *y, const float *lse, const float *dy,
+								   float *dq, int64_t ldq_grad,
+								   float *dk, int64_t ldk_grad,
+								   float *dv, int64_t ldv_grad,
+								   int64_t Tq, int64_t Tk, int64_t C, int64_t n_head,
+								   int causal);
+
 #endif							/* PG_LLM_KERNELS_H */
