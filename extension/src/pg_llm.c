@@ -22,6 +22,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
+#include "autograd/tape.h"
 #include "kernels/kernels.h"
 #include "pg_llm.h"
 
@@ -117,6 +118,7 @@ _PG_init(void)
 							 "auto picks the best the CPU supports; lower values are for testing.",
 							 &llm_simd, -1, simd_options,
 							 PGC_USERSET, 0, NULL, assign_simd, NULL);
+	autograd_init();
 	MarkGUCPrefixReserved("pg_llm");
 }
 
