@@ -10,8 +10,10 @@
 -- The mode is a setting of the session (pg_llm.autograd_mode), not a table
 -- row: the ops read it from a C variable, so with mode off they pay one
 -- comparison and no catalog lookup; each session records its own tape.
+-- (Before the session has loaded the library the setting does not exist
+-- yet, and no op can have recorded: that reads as off.)
 CREATE VIEW llm_autograd_mode AS
-    SELECT current_setting('pg_llm.autograd_mode') AS mode;
+    SELECT coalesce(current_setting('pg_llm.autograd_mode', true), 'off') AS mode;
 COMMENT ON VIEW llm_autograd_mode IS
     'this session''s recording mode (one row): off, meta or full; set it with SELECT llm_autograd_mode(mode)';
 COMMENT ON COLUMN llm_autograd_mode.mode IS
