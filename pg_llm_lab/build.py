@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -130,15 +131,22 @@ def build_kernel_library(outdir, extra_flags=(), name: str = "libpg_llm_kernels.
     """The kernels alone (extension/src/kernels/**/*.c: plain C, no PostgreSQL) as a
     shared library in `outdir`, for ctypes tests and benchmarks
     (`pg_llm_lab.kernels` loads it).  Raises RuntimeError if there is no C
-    compiler or the build fails."""
+    compiler or the build fails.
+
+    $PG_LLM_KERNEL_CFLAGS adds compiler flags to every build, e.g. the
+    sanitizers .ci/sanitize runs the kernel tests with.  The compiler never
+    runs with an LD_PRELOAD (a sanitizer runtime preloaded into the tests).
+    """
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler ({cc})")
     out = Path(outdir) / name
     sources = sorted(str(p) for p in (extension_dir() / "src" / "kernels").rglob("*.c"))
+    env_flags = shlex.split(os.environ.get("PG_LLM_KERNEL_CFLAGS", ""))
     command = [cc, "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-fno-strict-aliasing",
-               "-fwrapv", *extra_flags, *sources, "-o", str(out), "-lm"]
-    result = subprocess.run(command, capture_output=True, text=True)
+               "-fwrapv", *env_flags, *extra_flags, *sources, "-o", str(out), "-lm"]
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError("building the kernel library failed:\n" + result.stderr[-2000:])
     return out

@@ -32,7 +32,7 @@ CREATE TABLE llm_model_config (
     n_inner        int  CHECK (n_inner >= 1),   -- MLP width; NULL means 4 * n_embd
     version        bigint NOT NULL DEFAULT nextval('llm_param_version_seq'),
     created_at     timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT heads_divide_width CHECK (n_embd % n_head = 0)
+    CONSTRAINT heads_divide_width CHECK (n_head < 1 OR n_embd % n_head = 0)  -- (n_head >= 1 says why not)
 );
 COMMENT ON TABLE llm_model_config IS 'GPT-2 shapes, one row per model; version changes with every write to llm_param';
 COMMENT ON COLUMN llm_model_config.model IS 'the model''s name, e.g. gpt2-small; llm_param.model refers to it';

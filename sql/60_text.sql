@@ -34,6 +34,10 @@ CREATE TABLE llm_tokenizer (
 );
 COMMENT ON TABLE llm_tokenizer IS
 'one row per BPE tokenizer (named like its model); version changes with every write to its vocab or merges';
+COMMENT ON COLUMN llm_tokenizer.model IS 'the tokenizer''s name: the model it serves, e.g. gpt2-small';
+COMMENT ON COLUMN llm_tokenizer.version IS
+    'changes with every write to this tokenizer''s vocab or merges: the backend tokenizer cache is keyed by it';
+COMMENT ON COLUMN llm_tokenizer.created_at IS 'when the tokenizer was first loaded or trained';
 
 CREATE FUNCTION llm_bpe_token_bytes(token text) RETURNS bytea
     AS 'MODULE_PATHNAME', 'llm_bpe_token_bytes_sql' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
@@ -56,6 +60,10 @@ CREATE TABLE llm_bpe_vocab (
 );
 COMMENT ON TABLE llm_bpe_vocab IS
 'a BPE tokenizer''s vocabulary, vocab.json as rows: token text (byte-level alphabet), id, and the bytes it stands for';
+COMMENT ON COLUMN llm_bpe_vocab.model IS 'the tokenizer (llm_tokenizer.model)';
+COMMENT ON COLUMN llm_bpe_vocab.token IS 'the token as vocab.json spells it, in GPT-2''s byte alphabet (''Ġthe'' is " the")';
+COMMENT ON COLUMN llm_bpe_vocab.id IS 'the token id: a row of wte.weight';
+COMMENT ON COLUMN llm_bpe_vocab.bytes IS 'the bytes the token stands for (computed from token)';
 
 CREATE TABLE llm_bpe_merges (
     model   text NOT NULL REFERENCES llm_tokenizer (model) ON DELETE CASCADE ON UPDATE CASCADE,
@@ -67,10 +75,14 @@ CREATE TABLE llm_bpe_merges (
 );
 COMMENT ON TABLE llm_bpe_merges IS
 'a BPE tokenizer''s merges, merges.txt as rows: the pair "left" "right" joins into one token; lower rank merges first';
+COMMENT ON COLUMN llm_bpe_merges.model IS 'the tokenizer (llm_tokenizer.model)';
+COMMENT ON COLUMN llm_bpe_merges.rank IS 'the merge''s priority: 0 merges first (line order of merges.txt)';
+COMMENT ON COLUMN llm_bpe_merges."left" IS 'the first token of the pair';
+COMMENT ON COLUMN llm_bpe_merges."right" IS 'the second token of the pair';
 
 -- Bump the version of every tokenizer whose rows a statement touched.
 CREATE FUNCTION llm_tokenizer_bump_version() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@ AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE llm_tokenizer SET version = nextval('llm_tokenizer_version_seq');
@@ -155,7 +167,7 @@ COMMENT ON FUNCTION llm_pretokenize(text) IS
 
 CREATE FUNCTION llm_tokenize(input text, model text, allow_special boolean DEFAULT false)
 RETURNS TABLE (pos int, id int, token text, bytes bytea)
-LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED SET search_path = pg_catalog, @extschema@ AS $$
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED SET search_path = pg_catalog, @extschema@, pg_temp AS $$
     SELECT t.pos::int, t.id, v.token, v.bytes
     FROM unnest(llm_encode(input, model, allow_special)) WITH ORDINALITY AS t(id, pos)
     JOIN llm_bpe_vocab v ON v.model = llm_tokenize.model AND v.id = t.id
@@ -183,7 +195,7 @@ COMMENT ON FUNCTION llm_tokenizer_cache_clear() IS 'free the tokenizers this bac
 
 -- Both files at once, checked against each other: all or nothing.
 CREATE FUNCTION pg_llm_load_bpe(vocab_path text, merges_path text, model text) RETURNS int
-LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, @extschema@ AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 BEGIN
     PERFORM pg_llm_load_bpe_vocab(vocab_path, model);
     PERFORM pg_llm_load_bpe_merges(merges_path, model);
@@ -209,14 +221,14 @@ COMMENT ON FUNCTION llm_bpe_train(text, text[], int) IS
 
 -- vocab.json and merges.txt of a tokenizer, as HuggingFace writes them.
 CREATE FUNCTION llm_bpe_vocab_json(model text) RETURNS text
-LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, @extschema@ AS $$
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
     SELECT json_object_agg(v.token, v.id ORDER BY v.id)::text
     FROM llm_bpe_vocab v WHERE v.model = llm_bpe_vocab_json.model
 $$;
 COMMENT ON FUNCTION llm_bpe_vocab_json(text) IS 'a tokenizer''s vocabulary as the text of a vocab.json';
 
 CREATE FUNCTION llm_bpe_merges_txt(model text) RETURNS text
-LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, @extschema@ AS $$
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
     SELECT E'#version: 0.2\n' || coalesce(string_agg(m."left" || ' ' || m."right" || E'\n', '' ORDER BY m.rank), '')
     FROM llm_bpe_merges m WHERE m.model = llm_bpe_merges_txt.model
 $$;
@@ -224,7 +236,7 @@ COMMENT ON FUNCTION llm_bpe_merges_txt(text) IS 'a tokenizer''s merges as the te
 
 -- Write dir/vocab.json and dir/merges.txt on the server; returns the bytes written.
 CREATE FUNCTION llm_export_tokenizer(model text, dir text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, @extschema@ AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 BEGIN
     PERFORM llm_tokenizer_info(model);      -- it exists, and is consistent
     RETURN llm_write_text_file(rtrim(dir, '/') || '/vocab.json', llm_bpe_vocab_json(model))

@@ -113,11 +113,19 @@ llm_in_open(LlmInFile *f, const char *who, const char *path)
 	f->who = who;
 	f->path = path;
 	f->fd = -1;
-	/* Look before opening: a FIFO or a device is refused unopened. */
+	/*
+	 * Look before opening: a FIFO or a device is refused unopened.  (A
+	 * symlink loop is no file either: errcode_for_file_access() would call
+	 * ELOOP an internal error.)
+	 */
 	if (stat(path, &st) != 0)
+	{
+		bool		loop = errno == ELOOP;
+
 		ereport(ERROR,
-				(errcode_for_file_access(),
+				(loop ? errcode(ERRCODE_UNDEFINED_FILE) : errcode_for_file_access(),
 				 errmsg("%s: could not open file \"%s\" for reading: %m", who, path)));
+	}
 	require_regular_file(who, path, st.st_mode);
 
 	/*

@@ -7,7 +7,8 @@
  * mean((x - mean)^2), which does not cancel catastrophically as
  * E[x^2] - mean^2 can.  The scalar row accumulates in double; the SIMD ones
  * in float over 16 independent lanes, which keeps the rounding error well
- * under 1e-6 for GPT-2 widths.  The row kernels return the mean and rstd
+ * under 1e-6 for GPT-2 widths; a row whose float sums overflow is done
+ * again by the scalar row.  The row kernels return the mean and rstd
  * they used, which llm_layernorm hands back when asked (the backward needs
  * them).  Work is cut into tasks of whole rows, fixed by the sizes alone,
  * so results never depend on the thread count.
@@ -184,6 +185,14 @@ layernorm_task(void *arg, int64_t begin, int64_t end)
 	{
 		layernorm_stats st = c->k->row(c->x + r * c->cols, c->g, c->b,
 									   c->y + r * c->cols, c->cols, c->eps);
+
+		/*
+		 * The SIMD rows sum in float: beyond |x| ~ 1e19 their sums overflow
+		 * (mean infinite, or rstd 0).  The scalar row sums in double.
+		 */
+		if (!(isfinite(st.mean) && st.rstd > 0 && isfinite(st.rstd)))
+			st = layernorm_row_scalar(c->x + r * c->cols, c->g, c->b,
+									  c->y + r * c->cols, c->cols, c->eps);
 
 		if (c->mean)
 			c->mean[r] = st.mean;

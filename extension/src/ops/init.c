@@ -54,6 +54,11 @@ llm_randn_sql(PG_FUNCTION_ARGS)
 		t->data[i] = (float) (std * z0);
 		if (i + 1 < n)
 			t->data[i + 1] = (float) (std * z1);
+		if (isinf(t->data[i]) || (i + 1 < n && isinf(t->data[i + 1])))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("llm_randn: value out of range: std %g draws samples beyond float32's range",
+							std)));
 	}
 	PG_RETURN_TENSOR_P(t);
 }
