@@ -3,7 +3,7 @@ named here with the reason it is not.  A new SQL function fails this test
 until it gets a fuzz target (or a reason)."""
 import importlib
 
-FUZZ_FILES = ["test_fuzz_tensor_io", "test_fuzz_ops", "test_fuzz_files", "test_fuzz_gpt2"]
+FUZZ_FILES = ["test_fuzz_tensor_io", "test_fuzz_ops", "test_fuzz_files", "test_fuzz_gpt2", "test_fuzz_autograd"]
 
 NOT_FUZZED = {
     "llm_info": "no arguments",
