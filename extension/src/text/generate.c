@@ -68,7 +68,8 @@ generator_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_pr
 	memcpy(g->prompt, prompt, sizeof(int32) * n_prompt);
 	g->n_prompt = n_prompt;
 	g->stop_ids = palloc(sizeof(int32) * Max(n_stop, 1));
-	memcpy(g->stop_ids, stop_ids, sizeof(int32) * n_stop);
+	if (n_stop > 0)				/* stop_ids may be NULL then: memcpy must not see it */
+		memcpy(g->stop_ids, stop_ids, sizeof(int32) * n_stop);
 	g->n_stop = n_stop;
 	g->max_new = max_new;
 	g->sampler = sampler_new(params, m->cfg.vocab_size, seed);
