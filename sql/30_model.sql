@@ -64,7 +64,7 @@ CREATE TABLE llm_param (
     model  text NOT NULL REFERENCES llm_model_config (model)
                 ON DELETE CASCADE ON UPDATE CASCADE,
     name   text NOT NULL,
-    shape  int[] GENERATED ALWAYS AS (llm_shape(data)) STORED,
+    shape  int[] NOT NULL,          -- filled in by llm_param_check()
     data   tensor NOT NULL,
     grad   tensor,
     m      tensor,                  -- AdamW first moment
@@ -75,7 +75,7 @@ CREATE TABLE llm_param (
 COMMENT ON TABLE llm_param IS 'one row per named GPT-2 tensor (HuggingFace names), with gradient and AdamW state';
 COMMENT ON COLUMN llm_param.model IS 'the model (llm_model_config.model) the parameter belongs to';
 COMMENT ON COLUMN llm_param.name IS 'HuggingFace name without "transformer.", e.g. h.0.attn.c_attn.weight';
-COMMENT ON COLUMN llm_param.shape IS 'the shape of data (generated: llm_shape(data))';
+COMMENT ON COLUMN llm_param.shape IS 'the shape of data, grad, m and v: the row check fills it in (or checks it when given)';
 COMMENT ON COLUMN llm_param.data IS 'the parameter''s values';
 COMMENT ON COLUMN llm_param.grad IS 'gradient of the loss with respect to data, same shape; NULL when none was computed';
 COMMENT ON COLUMN llm_param.m IS 'AdamW first moment (running mean of grad), same shape as data';
@@ -83,12 +83,15 @@ COMMENT ON COLUMN llm_param.v IS 'AdamW second moment (running mean of grad^2), 
 COMMENT ON COLUMN llm_param.step IS 'AdamW steps taken on this parameter';
 
 -- Every row is checked against the model's shapes, whoever writes it
--- (gpt2/param_check.c).  In C: a training step's write-back sends the whole
--- model through it, and it reads only the tensors' headers.
+-- (gpt2/param_check.c), and its shape column filled in.  In C: a training
+-- step's write-back sends the whole model through it, and it reads only
+-- the tensors' headers and hands the row on uncopied.  (shape is not a
+-- generated column for that reason: computing one makes the executor copy
+-- every new value of the row.)
 CREATE FUNCTION llm_param_check() RETURNS trigger
     AS 'MODULE_PATHNAME', 'llm_param_check' LANGUAGE C;
 COMMENT ON FUNCTION llm_param_check() IS
-    'trigger on llm_param, each row: refuse an unknown model, a name not in llm_param_shapes(model), or a data/grad/m/v of another shape';
+    'trigger on llm_param, each row: refuse an unknown model, a name not in llm_param_shapes(model), or a data/grad/m/v of another shape; fill in shape';
 
 CREATE TRIGGER llm_param_check BEFORE INSERT OR UPDATE ON llm_param
     FOR EACH ROW EXECUTE FUNCTION llm_param_check();

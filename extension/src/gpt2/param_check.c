@@ -4,18 +4,24 @@
  * (gpt2_param_layout), and hold data, grad, m and v of that parameter's
  * shape.
  *
+ * It also fills in the row's shape column when it is NULL (an INSERT that
+ * leaves it out), and refuses any other value than the parameter's shape.
+ *
  * It is C rather than PL/pgSQL because a training step's write-back sends
  * the whole model through it: PL/pgSQL copies each row it is handed and
  * returns (three tensors of up to 150 MB), this function reads only the
- * 40-byte headers and returns the row it was given.  A column an UPDATE
- * leaves as it was (the same TOAST value) was checked when it was written
- * and is not read at all.
+ * 40-byte headers and returns the row it was given -- unless it must fill
+ * in shape, which a write-back never needs.  A column an UPDATE leaves as it
+ * was (the same TOAST value) was checked when it was written and is not
+ * read at all.
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/rel.h"
 
@@ -62,6 +68,43 @@ same_toast_value(Datum a, Datum b)
 	return VARATT_IS_EXTERNAL_ONDISK(x) && VARATT_IS_EXTERNAL_ONDISK(y) &&
 		VARSIZE_EXTERNAL(x) == VARSIZE_EXTERNAL(y) &&
 		memcmp(x, y, VARSIZE_EXTERNAL(x)) == 0;
+}
+
+/*
+ * The row with its shape column set to the parameter's shape: the row itself
+ * when it already holds that (no copy), a modified copy when it holds NULL.
+ */
+static HeapTuple
+with_shape(HeapTuple row, TupleDesc desc, const char *model, const char *name,
+		   const Gpt2ParamInfo *p)
+{
+	int			attnum = SPI_fnumber(desc, "shape");
+	bool		isnull;
+	Datum		value = heap_getattr(row, attnum, desc, &isnull);
+	Datum		dims[2] = {Int32GetDatum((int32) p->dims[0]), Int32GetDatum((int32) p->dims[1])};
+	Datum		shape;
+	bool		null = false;
+
+	if (!isnull)
+	{
+		ArrayType  *given = DatumGetArrayTypeP(value);
+		int32	   *d = (int32 *) ARR_DATA_PTR(given);
+		bool		same = ARR_NDIM(given) == 1 && !ARR_HASNULL(given) &&
+			ARR_DIMS(given)[0] == p->ndim;
+
+		for (int i = 0; same && i < p->ndim; i++)
+			same = d[i] == p->dims[i];
+		if (!same)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("llm_param: shape of \"%s\" of model \"%s\" must be %s, the shape of its data",
+							name, model, int_array_text(p->ndim, p->dims)),
+					 errhint("Leave shape out (or NULL): it is filled in.")));
+		return row;
+	}
+	shape = PointerGetDatum(construct_array(dims, p->ndim, INT4OID, sizeof(int32), true,
+											TYPALIGN_INT));
+	return heap_modify_tuple_by_cols(row, desc, 1, &attnum, &shape, &null);
 }
 
 PG_FUNCTION_INFO_V1(llm_param_check);
@@ -146,5 +189,5 @@ llm_param_check(PG_FUNCTION_ARGS)
 				 errmsg("llm_param: grad, m and v of \"%s\" must have shape %s",
 						name, int_array_text(p->ndim, p->dims))));
 	}
-	return PointerGetDatum(row);
+	return PointerGetDatum(with_shape(row, desc, model, name, p));
 }

@@ -23,6 +23,9 @@ INSERT INTO llm_param (model, name, data) VALUES ('tiny', 'h.9.ln_1.weight', '[1
 UPDATE llm_param SET data = '[1,2,3]' WHERE model = 'tiny' AND name = 'ln_f.bias';
 UPDATE llm_param SET grad = '[1,2,3]' WHERE model = 'tiny' AND name = 'ln_f.bias';
 INSERT INTO llm_param (model, name, data) VALUES ('nope', 'wte.weight', '[1]');
+-- shape is filled in from the parameter list, and holds nothing else
+UPDATE llm_param SET shape = '{3}' WHERE model = 'tiny' AND name = 'ln_f.bias';
+UPDATE llm_param SET shape = NULL WHERE model = 'tiny' AND name = 'ln_f.bias' RETURNING shape;
 
 -- any write gives the model a new version (the weight cache's key)
 CREATE TEMP TABLE v AS SELECT version FROM llm_model_config WHERE model = 'tiny';
