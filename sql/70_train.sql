@@ -35,7 +35,7 @@ CREATE FUNCTION llm_dataset_from_tokens(tokens int[], block_size int, stride int
                                         split text DEFAULT 'train')
 RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -44,10 +44,9 @@ DECLARE
     lo int := array_lower(tokens, 1);
     inserted int;
 BEGIN
-    IF tokens IS NULL OR block_size IS NULL OR split IS NULL THEN
-        RAISE EXCEPTION 'llm_dataset_from_tokens: tokens, block_size and split must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    PERFORM llm_require_arg('llm_dataset_from_tokens', 'tokens', tokens IS NULL);
+    PERFORM llm_require_arg('llm_dataset_from_tokens', 'block_size', block_size IS NULL);
+    PERFORM llm_require_arg('llm_dataset_from_tokens', 'split', split IS NULL);
     IF array_ndims(tokens) IS DISTINCT FROM 1 OR array_position(tokens, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'llm_dataset_from_tokens: tokens must be a one-dimensional array without NULLs'
             USING ERRCODE = 'invalid_parameter_value';
@@ -206,7 +205,7 @@ COMMENT ON COLUMN llm_checkpoint_param.step IS 'its optimizer steps';
 -- What a checkpoint must agree with to be loaded into a model.
 CREATE FUNCTION llm_model_shape(p_model text) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, @extschema@
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
     SELECT jsonb_build_object('n_layer', n_layer, 'n_head', n_head, 'n_embd', n_embd,
                               'n_positions', n_positions, 'vocab_size', vocab_size,
@@ -220,12 +219,13 @@ COMMENT ON FUNCTION llm_model_shape(text) IS
 CREATE FUNCTION llm_checkpoint_save(model text, note text DEFAULT NULL, path text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 DECLARE
     p_model text := model;
     saved bigint;
 BEGIN
+    PERFORM llm_require_arg('llm_checkpoint_save', 'model', p_model IS NULL);
     PERFORM llm_check_complete(p_model);    -- an unknown or incomplete model is an error
     -- No write-back may commit between the statements below.
     PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR SHARE;
@@ -249,7 +249,7 @@ COMMENT ON FUNCTION llm_checkpoint_save(text, text, text) IS
 
 CREATE FUNCTION llm_checkpoint_load(model text, checkpoint bigint) RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 DECLARE
     p_model text := model;
@@ -258,10 +258,8 @@ DECLARE
     differences text;
     restored int;
 BEGIN
-    IF p_model IS NULL OR checkpoint IS NULL THEN
-        RAISE EXCEPTION 'llm_checkpoint_load: model and checkpoint must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    PERFORM llm_require_arg('llm_checkpoint_load', 'model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_checkpoint_load', 'checkpoint', checkpoint IS NULL);
     -- Lock the model as a write-back does: no step commits halfway through.
     PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR NO KEY UPDATE;
     IF NOT FOUND THEN
@@ -305,9 +303,10 @@ COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS
 
 CREATE FUNCTION llm_checkpoint_delete(checkpoint bigint) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@
+SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 BEGIN
+    PERFORM llm_require_arg('llm_checkpoint_delete', 'checkpoint', checkpoint IS NULL);
     DELETE FROM llm_checkpoint c WHERE c.id = checkpoint;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'llm_checkpoint_delete: no checkpoint %', checkpoint

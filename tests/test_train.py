@@ -353,6 +353,8 @@ BAD_CHECKPOINTS = [
     ("SELECT llm_checkpoint_load('tr_nope', {ckpt})", "42704", 'unknown model "tr_nope"'),
     ("SELECT llm_checkpoint_save('tr_nope')", "42704", 'unknown model "tr_nope"'),
     ("SELECT llm_checkpoint_delete(-1)", "42704", "no checkpoint -1"),
+    ("SELECT llm_checkpoint_load('tr_base', NULL)", "22004", 'argument "checkpoint" must not be NULL'),
+    ("SELECT llm_checkpoint_save(NULL)", "22004", 'argument "model" must not be NULL'),
     ("SELECT llm_checkpoint_save('tr_base', path => 'relative.safetensors')", "42602", "is not absolute"),
 ]
 
@@ -393,7 +395,7 @@ def test_dataset_from_tokens(conn):
     ("SELECT llm_dataset_from_tokens('{1,2,3}', 1, -1)", "22023", "block_size and stride must be >= 1"),
     ("SELECT llm_dataset_from_tokens('{1,NULL,3}', 1)", "22023", "without NULLs"),
     ("SELECT llm_dataset_from_tokens('{{1,2},{3,4}}', 1)", "22023", "one-dimensional"),
-    ("SELECT llm_dataset_from_tokens(NULL, 1)", "22004", "must not be NULL"),
+    ("SELECT llm_dataset_from_tokens(NULL, 1)", "22004", 'argument "tokens" must not be NULL'),
     ("SELECT llm_dataset_from_tokens('{1,-2,3}', 1)", "23514", "llm_dataset_token_ids"),
 ])
 def test_dataset_errors(conn, sql, sqlstate, message):

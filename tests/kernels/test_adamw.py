@@ -3,9 +3,9 @@ The optimizer kernels (extension/src/kernels/adamw.c and optim.c) against
 PyTorch: torch.optim.AdamW with two parameter groups, clip_grad_norm_ and a
 LambdaLR warmup + cosine schedule.
 
-The kernel sources are compiled into a throwaway shared library and called
-through ctypes on a flat arena of several tensors with gaps between them
-(the layout of the training state).  References:
+The kernels are called through pg_llm_lab.kernels (ctypes) on a flat arena
+of several tensors with gaps between them (the training state's layout).
+References:
   - torch itself: m and v must match bit for bit (torch's lerp_ and addcmul_
     are fused multiply-adds, and so are ours); p within a few ulps, because
     torch's float32 sqrt (MKL) is not always correctly rounded;
@@ -17,72 +17,34 @@ Run:  pytest tests/kernels/test_adamw.py -q
 """
 import ctypes
 import math
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
 
-from pg_llm_lab.build import build_kernel_library
+from pg_llm_lab import kernels
+from pg_llm_lab.kernels import AdamW, LrSchedule, ParamRange
 
 torch = pytest.importorskip("torch", reason="the optimizer is compared with PyTorch")
 
 f32 = np.float32
-i64 = ctypes.c_int64
 c_float_p = ctypes.POINTER(ctypes.c_float)
 c_double_p = ctypes.POINTER(ctypes.c_double)
 CHUNK = 32768  # LLM_OPTIM_CHUNK
 
 
-class ParamRange(ctypes.Structure):
-    _fields_ = [("offset", ctypes.c_int64), ("numel", ctypes.c_int64), ("decay", ctypes.c_int)]
-
-
-class AdamW(ctypes.Structure):
-    _fields_ = [("lr", ctypes.c_double), ("beta1", ctypes.c_double), ("beta2", ctypes.c_double),
-                ("eps", ctypes.c_double), ("weight_decay", ctypes.c_double), ("step", ctypes.c_int64)]
-
-
-class LrSchedule(ctypes.Structure):
-    _fields_ = [("lr", ctypes.c_double), ("warmup_steps", ctypes.c_int64),
-                ("decay_steps", ctypes.c_int64), ("min_lr", ctypes.c_double)]
-
-
-range_p = ctypes.POINTER(ParamRange)
-
-
 @pytest.fixture(scope="module")
 def lib():
-    tmp = tempfile.mkdtemp(prefix="pg_llm_adamw_")
     try:
-        lib = ctypes.CDLL(str(build_kernel_library(tmp)))
+        lib = kernels.load()
     except RuntimeError as e:
         pytest.skip(str(e))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    sigs = {
-        "llm_adamw_update": (ctypes.c_int, [c_float_p, c_float_p, c_float_p, c_float_p, range_p,
-                                            ctypes.c_int, ctypes.POINTER(AdamW), c_double_p]),
-        "llm_clip_grad_norm": (ctypes.c_int, [c_float_p, range_p, ctypes.c_int, ctypes.c_double,
-                                              c_float_p, c_float_p]),
-        "llm_clip_coef": (ctypes.c_float, [ctypes.c_float, ctypes.c_double]),
-        "llm_sum_squares": (ctypes.c_int, [c_float_p, range_p, ctypes.c_int, c_double_p]),
-        "llm_lr_at": (ctypes.c_double, [ctypes.POINTER(LrSchedule), i64]),
-        "llm_pool_set_threads": (None, [ctypes.c_int]),
-        "llm_set_isa": (None, [ctypes.c_int]),
-        "llm_cpu_isa": (ctypes.c_int, []),
-    }
-    for name, (res, args) in sigs.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = res, args
     yield lib
     lib.llm_pool_set_threads(1)
-    lib.llm_set_isa(2)
+    lib.llm_set_isa(kernels.ISA["avx512"])
 
 
 def isas(lib):
-    lib.llm_set_isa(2)
-    return list(range(lib.llm_cpu_isa() + 1))
+    return [kernels.ISA[name] for name in kernels.available_isas(lib)]
 
 
 def fp(a):

@@ -150,13 +150,12 @@ find_slot(SlotList *list, const char *name)
 }
 
 Gpt2ParamInfo *
-gpt2_param_layout(const Gpt2Config *cfg, int *n_params, int64 *n_floats)
+gpt2_param_layout(const char *model, const Gpt2Config *cfg, int *n_params, int64 *n_floats)
 {
-	Gpt2Model	m = {.cfg = *cfg};
+	Gpt2Model	m = {.name = (char *) model, .cfg = *cfg};
 	SlotList	slots;
 	Gpt2ParamInfo *params;
 
-	m.layers = palloc0(sizeof(Gpt2Layer) * cfg->n_layer);
 	slots = build_slots(&m);
 	params = palloc(sizeof(Gpt2ParamInfo) * slots.n);
 	for (int i = 0; i < slots.n; i++)

@@ -80,16 +80,17 @@ typedef struct Gpt2ParamInfo
 } Gpt2ParamInfo;
 
 /*
- * The parameters of a model shaped `cfg`, in llm_param_shapes() order
+ * The parameters of `model`, shaped by `cfg`, in llm_param_shapes() order
  * (palloc'd), and the size of an arena that holds them all.
  */
-extern Gpt2ParamInfo *gpt2_param_layout(const Gpt2Config *cfg, int *n_params,
-										int64 *n_floats);
+extern Gpt2ParamInfo *gpt2_param_layout(const char *model, const Gpt2Config *cfg,
+										int *n_params, int64 *n_floats);
 
 /*
- * Point every weight pointer of `m` (m->cfg set, m->layers allocated) into
- * `arena`, laid out as gpt2_param_layout() says; sets m->n_floats.  The
- * forward pass then runs on any arena: the cache's, or a training state's.
+ * Point every weight pointer of `m` (m->name and m->cfg set; m->layers is
+ * allocated here) into `arena`, laid out as gpt2_param_layout() says; sets
+ * m->n_floats.  The forward pass then runs on any arena: the cache's, or a
+ * training state's.
  */
 extern void gpt2_model_bind(Gpt2Model *m, const float *arena);
 

@@ -150,7 +150,7 @@ llm_param_check(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("llm_param: unknown model \"%s\"", model),
 				 errhint("Models are registered in llm_model_config.")));
-	params = gpt2_param_layout(&cfg, &n_params, &n_floats);
+	params = gpt2_param_layout(model, &cfg, &n_params, &n_floats);
 	for (int i = 0; i < n_params && p == NULL; i++)
 		if (strcmp(params[i].name, name) == 0)
 			p = &params[i];

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dispatch.h"
 #include "simd.h"
 
 /*
@@ -37,7 +38,7 @@
 #endif
 
 /* The float32 constants of one update. */
-typedef struct AdamWConsts
+struct adamw_consts
 {
 	float		decay_mul;		/* 1 - lr * weight_decay */
 	float		lerp_w;			/* lerp's weight, 1 - beta1, or (1 - beta1) - 1 */
@@ -47,12 +48,12 @@ typedef struct AdamWConsts
 	float		bc2_sqrt;		/* sqrt(1 - beta2^step) */
 	float		eps;
 	float		neg_step_size;	/* -lr / (1 - beta1^step) */
-} AdamWConsts;
+};
 
-static AdamWConsts
-adamw_consts(const LlmAdamW *hp)
+static adamw_consts
+constants(const LlmAdamW *hp)
 {
-	AdamWConsts k;
+	adamw_consts k;
 	float		w = (float) (1.0 - hp->beta1);
 	double		bc1 = 1.0 - pow(hp->beta1, (double) hp->step);
 	double		bc2 = 1.0 - pow(hp->beta2, (double) hp->step);
@@ -73,7 +74,7 @@ adamw_consts(const LlmAdamW *hp)
 
 static void
 adamw_scalar(float *p, const float *g, float *m, float *v, int64_t n,
-			 const AdamWConsts *k, int decay)
+			 const adamw_consts *k, int decay)
 {
 	for (int64_t i = 0; i < n; i++)
 	{
@@ -89,11 +90,11 @@ adamw_scalar(float *p, const float *g, float *m, float *v, int64_t n,
 	}
 }
 
-#ifdef LLM_X86
+#if LLM_X86
 
 TARGET_AVX2 static void
 adamw_avx2(float *p, const float *g, float *m, float *v, int64_t n,
-		   const AdamWConsts *k, int decay)
+		   const adamw_consts *k, int decay)
 {
 	__m256		decay_mul = _mm256_set1_ps(decay ? k->decay_mul : 1.0f);
 	__m256		lerp_w = _mm256_set1_ps(k->lerp_w);
@@ -128,7 +129,7 @@ adamw_avx2(float *p, const float *g, float *m, float *v, int64_t n,
 
 TARGET_AVX512 static void
 adamw_avx512(float *p, const float *g, float *m, float *v, int64_t n,
-			 const AdamWConsts *k, int decay)
+			 const adamw_consts *k, int decay)
 {
 	__m512		decay_mul = _mm512_set1_ps(decay ? k->decay_mul : 1.0f);
 	__m512		lerp_w = _mm512_set1_ps(k->lerp_w);
@@ -161,20 +162,11 @@ adamw_avx512(float *p, const float *g, float *m, float *v, int64_t n,
 }
 #endif
 
-typedef void (*adamw_fn) (float *p, const float *g, float *m, float *v, int64_t n,
-						  const AdamWConsts *k, int decay);
-
-static adamw_fn
-adamw_for_isa(llm_isa isa)
-{
-#ifdef LLM_X86
-	if (isa == LLM_ISA_AVX512)
-		return adamw_avx512;
-	if (isa == LLM_ISA_AVX2)
-		return adamw_avx2;
+const adamw_kernels adamw_scalar_kernels = {adamw_scalar};
+#if LLM_X86
+const adamw_kernels adamw_avx2_kernels = {adamw_avx2};
+const adamw_kernels adamw_avx512_kernels = {adamw_avx512};
 #endif
-	return adamw_scalar;
-}
 
 /* ---- the chunks ------------------------------------------------------------------ */
 
@@ -188,8 +180,8 @@ typedef struct AdamWCtx
 	float	   *m;
 	float	   *v;
 	const LlmChunks *chunks;
-	AdamWConsts k;
-	adamw_fn	update;
+	adamw_consts k;
+	const adamw_kernels *kernels;
 	double	   *partial;		/* [n_chunks] sums of squares of the change, or NULL */
 } AdamWCtx;
 
@@ -207,8 +199,8 @@ adamw_task(void *arg, int64_t k0, int64_t k1)
 
 		if (c->partial == 0)
 		{
-			c->update(c->p + begin, c->g + begin, c->m + begin, c->v + begin,
-					  end - begin, &c->k, decay);
+			c->kernels->update(c->p + begin, c->g + begin, c->m + begin, c->v + begin,
+							   end - begin, &c->k, decay);
 			continue;
 		}
 		for (int64_t b = begin; b < end; b += UPDATE_BLOCK)
@@ -217,7 +209,7 @@ adamw_task(void *arg, int64_t k0, int64_t k1)
 			float		before[UPDATE_BLOCK];
 
 			memcpy(before, c->p + b, (size_t) n * sizeof(float));
-			c->update(c->p + b, c->g + b, c->m + b, c->v + b, n, &c->k, decay);
+			c->kernels->update(c->p + b, c->g + b, c->m + b, c->v + b, n, &c->k, decay);
 			for (int64_t i = 0; i < n; i++)
 			{
 				double		d = (double) c->p[b + i] - (double) before[i];
@@ -245,8 +237,8 @@ llm_adamw_update(float *params, const float *grads, float *m, float *v,
 	c.m = m;
 	c.v = v;
 	c.chunks = &chunks;
-	c.k = adamw_consts(hp);
-	c.update = adamw_for_isa(llm_cpu_isa());
+	c.k = constants(hp);
+	c.kernels = llm_kernels->adamw;	/* read once: one call, one ISA */
 	c.partial = 0;
 	if (update_sq)
 	{

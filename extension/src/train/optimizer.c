@@ -93,10 +93,10 @@ llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 		nulls[11] = 'n';
 
 	SPI_connect();
-	if (SPI_execute_with_args(psprintf("INSERT INTO %s.llm_train_log (model, step, loss, lr, grad_norm, "
+	if (SPI_execute_with_args(psprintf("INSERT INTO %s (model, step, loss, lr, grad_norm, "
 									   "tokens_per_s, batch, weight_decay, beta1, beta2, eps, clip) "
 									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-									   llm_schema_quoted()),
+									   llm_table_name("llm_train_log")),
 							  12, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "pg_llm: writing llm_train_log failed");
 	SPI_finish();
@@ -146,10 +146,11 @@ llm_train_state_record_grad_stats(LlmTrainState *st)
 												   sizeof(float4), true, TYPALIGN_INT));
 
 	SPI_connect();
-	if (SPI_execute_with_args(psprintf("INSERT INTO %s.llm_grad_stats (model, step, name, grad_norm, "
+	if (SPI_execute_with_args(psprintf("INSERT INTO %s (model, step, name, grad_norm, "
 									   "data_norm, update_ratio) "
-									   "SELECT $1, $2, u.* FROM unnest($3, $4, $5, $6) AS u",
-									   llm_schema_quoted()),
+									   "SELECT $1, $2, u.* FROM ROWS FROM (pg_catalog.unnest($3), "
+									   "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u",
+									   llm_table_name("llm_grad_stats")),
 							  6, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "pg_llm: writing llm_grad_stats failed");
 	SPI_finish();

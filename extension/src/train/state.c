@@ -13,9 +13,7 @@
  */
 #include "postgres.h"
 
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -25,49 +23,6 @@
 #include "pg_llm.h"
 #include "tensor/tensor.h"
 #include "train/state.h"
-
-/* ---- the extension's schema ------------------------------------------------- */
-
-#if PG_VERSION_NUM < 160000
-#include "access/genam.h"
-#include "access/htup_details.h"
-#include "access/table.h"
-#include "catalog/indexing.h"
-#include "catalog/pg_extension.h"
-#include "utils/fmgroids.h"
-#include "utils/rel.h"
-
-/* get_extension_schema() is static before PostgreSQL 16: read pg_extension. */
-static Oid
-extension_schema(Oid extension)
-{
-	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	Oid			schema = InvalidOid;
-
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(extension));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-		schema = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return schema;
-}
-#else
-#define extension_schema(extension) get_extension_schema(extension)
-#endif
-
-const char *
-llm_schema_quoted(void)
-{
-	Oid			schema = extension_schema(get_extension_oid("pg_llm", false));
-
-	return quote_identifier(get_namespace_name(schema));
-}
 
 /* ---- loading ------------------------------------------------------------------ */
 
@@ -101,9 +56,7 @@ allocate_arenas(LlmTrainState *st)
 	st->weights.config_relid = st->config_relid;
 	st->weights.version = -1;	/* never the cache's */
 	st->weights.cfg = st->cfg;
-	st->weights.layers = palloc0(sizeof(Gpt2Layer) * st->cfg.n_layer);
 	st->grads = st->weights;
-	st->grads.layers = palloc0(sizeof(Gpt2Layer) * st->cfg.n_layer);
 	gpt2_model_bind(&st->weights, st->data);
 	gpt2_model_bind(&st->grads, st->grad);
 }
@@ -120,9 +73,8 @@ read_rows(LlmTrainState *st, int flags)
 	int			ret;
 
 	/* The rows hold TOAST pointers: each tensor is read when copied, in slices. */
-	ret = SPI_execute_with_args(psprintf("SELECT name, step, data, m, v%s FROM %s.llm_param "
-										 "WHERE model = $1",
-										 want_grad ? ", grad" : "", llm_schema_quoted()),
+	ret = SPI_execute_with_args(psprintf("SELECT name, step, data, m, v%s FROM %s WHERE model = $1",
+										 want_grad ? ", grad" : "", llm_table_name("llm_param")),
 								1, &argtype, &arg, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: reading llm_param failed: %s", SPI_result_code_string(ret));
@@ -204,7 +156,7 @@ llm_train_state_load(const char *model, int flags, MemoryContext parent)
 
 	/* SPI_connect switched to SPI's context: the state's allocations go to mcxt. */
 	MemoryContextSwitchTo(mcxt);
-	st->params = gpt2_param_layout(&st->cfg, &st->n_params, &st->n_floats);
+	st->params = gpt2_param_layout(model, &st->cfg, &st->n_params, &st->n_floats);
 	st->ranges = palloc(sizeof(LlmParamRange) * st->n_params);
 	for (int i = 0; i < st->n_params; i++)
 	{
@@ -247,8 +199,8 @@ lock_unchanged_version(LlmTrainState *st)
 	int64		version;
 	int			ret;
 
-	ret = SPI_execute_with_args(psprintf("SELECT version FROM %s.llm_model_config WHERE model = $1 "
-										 "FOR NO KEY UPDATE", llm_schema_quoted()),
+	ret = SPI_execute_with_args(psprintf("SELECT version FROM %s WHERE model = $1 FOR NO KEY UPDATE",
+										 llm_table_name("llm_model_config")),
 								1, &argtype, &arg, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: locking llm_model_config failed: %s", SPI_result_code_string(ret));
@@ -270,19 +222,19 @@ lock_unchanged_version(LlmTrainState *st)
 static void
 run_update(LlmTrainState *st, bool with_grad)
 {
-	const char *schema = llm_schema_quoted();
+	/* the function is the extension's too: llm_table_name() qualifies any name */
+	char	   *tensor = llm_table_name("llm_train_state_tensor");
 	Oid			argtypes[2] = {TEXTOID, INT4OID};
 	Datum		args[2] = {CStringGetTextDatum(st->model), Int32GetDatum((int32) st->step)};
-	char	   *grad = with_grad ? psprintf("%s.llm_train_state_tensor($1, p.name, 'grad')", schema)
-		: "NULL";
-	char	   *sql = psprintf("UPDATE %s.llm_param AS p SET "
-							   "data = %s.llm_train_state_tensor($1, p.name, 'data'), "
+	char	   *grad = with_grad ? psprintf("%s($1, p.name, 'grad')", tensor) : "NULL";
+	char	   *sql = psprintf("UPDATE %s AS p SET "
+							   "data = %s($1, p.name, 'data'), "
 							   "grad = %s, "
-							   "m = %s.llm_train_state_tensor($1, p.name, 'm'), "
-							   "v = %s.llm_train_state_tensor($1, p.name, 'v'), "
+							   "m = %s($1, p.name, 'm'), "
+							   "v = %s($1, p.name, 'v'), "
 							   "step = $2 "
 							   "WHERE p.model = $1",
-							   schema, schema, grad, schema, schema);
+							   llm_table_name("llm_param"), tensor, grad, tensor, tensor);
 	int			ret;
 
 	if (st->step > PG_INT32_MAX)
@@ -319,8 +271,8 @@ read_version(LlmTrainState *st)
 	Datum		arg = CStringGetTextDatum(st->model);
 	bool		isnull;
 
-	if (SPI_execute_with_args(psprintf("SELECT version FROM %s.llm_model_config WHERE model = $1",
-									   llm_schema_quoted()),
+	if (SPI_execute_with_args(psprintf("SELECT version FROM %s WHERE model = $1",
+									   llm_table_name("llm_model_config")),
 							  1, &argtype, &arg, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "pg_llm: reading the version of model \"%s\" failed", st->model);

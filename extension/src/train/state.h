@@ -145,7 +145,4 @@ extern void llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e);
  */
 extern void llm_train_state_record_grad_stats(LlmTrainState *st);
 
-/* The extension's schema, quoted, for SQL that C code runs through SPI. */
-extern const char *llm_schema_quoted(void);
-
 #endif							/* PG_LLM_TRAIN_STATE_H */
