@@ -33,7 +33,30 @@ double_p = ctypes.POINTER(ctypes.c_double)
 int64_p = ctypes.POINTER(ctypes.c_int64)
 _i64, _int, _float = ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
-# name: (restype, argtypes), in kernels.h's order
+
+
+# ---- optim.h's structs ------------------------------------------------------
+
+class ParamRange(ctypes.Structure):
+    """LlmParamRange: one tensor of a flat parameter arena."""
+    _fields_ = [("offset", ctypes.c_int64), ("numel", ctypes.c_int64), ("decay", ctypes.c_int)]
+
+
+class AdamW(ctypes.Structure):
+    """LlmAdamW: the settings of one AdamW update (step: 1 for the first)."""
+    _fields_ = [("lr", ctypes.c_double), ("beta1", ctypes.c_double), ("beta2", ctypes.c_double),
+                ("eps", ctypes.c_double), ("weight_decay", ctypes.c_double), ("step", ctypes.c_int64)]
+
+
+class LrSchedule(ctypes.Structure):
+    """LlmLrSchedule: nanoGPT's warmup + cosine decay."""
+    _fields_ = [("lr", ctypes.c_double), ("warmup_steps", ctypes.c_int64),
+                ("decay_steps", ctypes.c_int64), ("min_lr", ctypes.c_double)]
+
+
+range_p = ctypes.POINTER(ParamRange)
+
+# name: (restype, argtypes), in kernels.h's (then optim.h's) order
 SIGNATURES = {
     "llm_pool_set_threads": (None, [_int]),
     "llm_pool_threads": (_int, []),
@@ -60,6 +83,16 @@ SIGNATURES = {
     # q, ldq, k, ldk, v, ldv, y, Tq, Tk, C, n_head, causal, lse (or None)
     "llm_attention": (_int, [float_p, _i64, float_p, _i64, float_p, _i64, float_p,
                              _i64, _i64, _i64, _i64, _int, float_p]),
+    # optim.h: x, ranges, n_ranges, sq[n_ranges]
+    "llm_sum_squares": (_int, [float_p, range_p, _int, double_p]),
+    # grads, ranges, n_ranges, max_norm, norms[n_ranges] (or None), &total
+    "llm_clip_grad_norm": (_int, [float_p, range_p, _int, ctypes.c_double, float_p, float_p]),
+    "llm_clip_coef": (_float, [_float, ctypes.c_double]),
+    "llm_scale_ranges": (_int, [float_p, range_p, _int, _float]),
+    "llm_lr_at": (ctypes.c_double, [ctypes.POINTER(LrSchedule), _i64]),
+    # params, grads, m, v, ranges, n_ranges, &settings, update_sq[n_ranges] (or None)
+    "llm_adamw_update": (_int, [float_p, float_p, float_p, float_p, range_p, _int,
+                                ctypes.POINTER(AdamW), double_p]),
 }
 
 

@@ -64,7 +64,7 @@ CREATE TABLE llm_param (
     model  text NOT NULL REFERENCES llm_model_config (model)
                 ON DELETE CASCADE ON UPDATE CASCADE,
     name   text NOT NULL,
-    shape  int[] GENERATED ALWAYS AS (llm_shape(data)) STORED,
+    shape  int[] NOT NULL,          -- filled in by llm_param_check()
     data   tensor NOT NULL,
     grad   tensor,
     m      tensor,                  -- AdamW first moment
@@ -75,51 +75,32 @@ CREATE TABLE llm_param (
 COMMENT ON TABLE llm_param IS 'one row per named GPT-2 tensor (HuggingFace names), with gradient and AdamW state';
 COMMENT ON COLUMN llm_param.model IS 'the model (llm_model_config.model) the parameter belongs to';
 COMMENT ON COLUMN llm_param.name IS 'HuggingFace name without "transformer.", e.g. h.0.attn.c_attn.weight';
-COMMENT ON COLUMN llm_param.shape IS 'the shape of data (generated: llm_shape(data))';
+COMMENT ON COLUMN llm_param.shape IS 'the shape of data, grad, m and v: the row check fills it in (or checks it when given)';
 COMMENT ON COLUMN llm_param.data IS 'the parameter''s values';
 COMMENT ON COLUMN llm_param.grad IS 'gradient of the loss with respect to data, same shape; NULL when none was computed';
 COMMENT ON COLUMN llm_param.m IS 'AdamW first moment (running mean of grad), same shape as data';
 COMMENT ON COLUMN llm_param.v IS 'AdamW second moment (running mean of grad^2), same shape as data';
 COMMENT ON COLUMN llm_param.step IS 'AdamW steps taken on this parameter';
 
--- Every row is checked against the model's shapes, whoever writes it.
+-- Every row is checked against the model's shapes, whoever writes it
+-- (gpt2/param_check.c), and its shape column filled in.  In C: a training
+-- step's write-back sends the whole model through it, and it reads only
+-- the tensors' headers and hands the row on uncopied.  (shape is not a
+-- generated column for that reason: computing one makes the executor copy
+-- every new value of the row.)
 CREATE FUNCTION llm_param_check() RETURNS trigger
-SET search_path = pg_catalog, @extschema@, pg_temp
-LANGUAGE plpgsql AS $$
-DECLARE
-    expected int[];
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM llm_model_config WHERE model = NEW.model) THEN
-        RAISE EXCEPTION 'llm_param: unknown model "%"', NEW.model
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'Models are registered in llm_model_config.';
-    END IF;
-    SELECT s.shape INTO expected
-    FROM llm_param_shapes(NEW.model) s WHERE s.name = NEW.name;
-    IF expected IS NULL THEN
-        RAISE EXCEPTION 'llm_param: model "%" has no parameter named "%"', NEW.model, NEW.name
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'SELECT * FROM llm_param_shapes(model) lists the names.';
-    END IF;
-    IF llm_shape(NEW.data) <> expected THEN
-        RAISE EXCEPTION 'llm_param: "%" of model "%" has shape %, expected %',
-            NEW.name, NEW.model, llm_shape(NEW.data), expected
-            USING ERRCODE = 'data_exception';
-    END IF;
-    IF llm_shape(NEW.grad) <> expected OR llm_shape(NEW.m) <> expected
-       OR llm_shape(NEW.v) <> expected THEN
-        RAISE EXCEPTION 'llm_param: grad, m and v of "%" must have shape %', NEW.name, expected
-            USING ERRCODE = 'data_exception';
-    END IF;
-    RETURN NEW;
-END $$;
+    AS 'MODULE_PATHNAME', 'llm_param_check' LANGUAGE C;
 COMMENT ON FUNCTION llm_param_check() IS
-    'trigger on llm_param, each row: refuse an unknown model, a name not in llm_param_shapes(model), or a data/grad/m/v of another shape';
+    'trigger on llm_param, each row: refuse an unknown model, a name not in llm_param_shapes(model), or a data/grad/m/v of another shape; fill in shape';
 
 CREATE TRIGGER llm_param_check BEFORE INSERT OR UPDATE ON llm_param
     FOR EACH ROW EXECUTE FUNCTION llm_param_check();
 
 -- Bump the version of every model whose parameters a statement touched.
+-- An UPDATE is seen through its old rows only: a NEW TABLE would hold a
+-- copy of every new tensor (a training step's write-back rewrites the whole
+-- model) just to read the model names, which the old rows have too.  A row
+-- that moves to another model bumps that model in llm_param_bump_moved().
 CREATE FUNCTION llm_param_bump_version() RETURNS trigger
 SET search_path = pg_catalog, @extschema@, pg_temp
 LANGUAGE plpgsql AS $$
@@ -134,19 +115,33 @@ BEGIN
         WHERE model IN (SELECT DISTINCT model FROM new_rows);
     ELSE
         UPDATE llm_model_config SET version = nextval('llm_param_version_seq')
-        WHERE model IN (SELECT model FROM new_rows UNION SELECT model FROM old_rows);
+        WHERE model IN (SELECT DISTINCT model FROM old_rows);
     END IF;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION llm_param_bump_version() IS
     'trigger on llm_param, each statement: a new llm_model_config.version for every model it touched (TRUNCATE: all)';
 
+CREATE FUNCTION llm_param_bump_moved() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+BEGIN
+    UPDATE llm_model_config SET version = nextval('llm_param_version_seq') WHERE model = NEW.model;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION llm_param_bump_moved() IS
+    'trigger on llm_param, each row whose model an UPDATE changed: a new version for the model it moved to';
+
 CREATE TRIGGER llm_param_version_ins AFTER INSERT ON llm_param
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION llm_param_bump_version();
 CREATE TRIGGER llm_param_version_upd AFTER UPDATE ON llm_param
-    REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+    REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION llm_param_bump_version();
+CREATE TRIGGER llm_param_version_moved AFTER UPDATE OF model ON llm_param
+    FOR EACH ROW WHEN (OLD.model IS DISTINCT FROM NEW.model)
+    EXECUTE FUNCTION llm_param_bump_moved();
 CREATE TRIGGER llm_param_version_del AFTER DELETE ON llm_param
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION llm_param_bump_version();

@@ -149,6 +149,41 @@ find_slot(SlotList *list, const char *name)
 	return NULL;
 }
 
+Gpt2ParamInfo *
+gpt2_param_layout(const char *model, const Gpt2Config *cfg, int *n_params, int64 *n_floats)
+{
+	Gpt2Model	m = {.name = (char *) model, .cfg = *cfg};
+	SlotList	slots;
+	Gpt2ParamInfo *params;
+
+	slots = build_slots(&m);
+	params = palloc(sizeof(Gpt2ParamInfo) * slots.n);
+	for (int i = 0; i < slots.n; i++)
+	{
+		ParamSlot  *s = &slots.items[i];
+
+		params[i].name = s->name;
+		params[i].ndim = s->ndim;
+		params[i].dims[0] = s->dims[0];
+		params[i].dims[1] = s->ndim == 1 ? 0 : s->dims[1];
+		params[i].numel = slot_numel(s);
+		params[i].offset = s->offset;
+	}
+	*n_params = slots.n;
+	*n_floats = slots.n_floats;
+	return params;
+}
+
+void
+gpt2_model_bind(Gpt2Model *m, const float *arena)
+{
+	SlotList	slots = build_slots(m);
+
+	for (int i = 0; i < slots.n; i++)
+		*slots.items[i].dst = arena + slots.items[i].offset;
+	m->n_floats = slots.n_floats;
+}
+
 /* ---- reading the tables (SPI) ------------------------------------------ */
 
 /*
@@ -220,20 +255,42 @@ check_config(const char *model, const Gpt2Config *c)
 						model, floats, MAX_MODEL_FLOATS)));
 }
 
-/* Error unless tensor header `t` has the slot's dtype and shape. */
-static void
-check_param_shape(const char *model, const ParamSlot *slot, const Tensor *t)
+bool
+gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 {
-	bool		same_shape = t->dtype == LLM_DTYPE_FLOAT32 && t->ndim == slot->ndim;
+	return read_config(model, relid, version, cfg);
+}
 
-	for (int i = 0; same_shape && i < slot->ndim; i++)
-		same_shape = t->dims[i] == slot->dims[i];
+void
+gpt2_config_check(const char *model, const Gpt2Config *cfg)
+{
+	check_config(model, cfg);
+}
+
+/* "parameter \"wte.weight\"", or "m of parameter \"wte.weight\"" (for messages). */
+static char *
+param_label(const Gpt2ParamInfo *p, const char *column)
+{
+	if (column == NULL || strcmp(column, "data") == 0)
+		return psprintf("parameter \"%s\"", p->name);
+	return psprintf("%s of parameter \"%s\"", column, p->name);
+}
+
+/* Error unless tensor header `t` has the parameter's dtype and shape. */
+static void
+check_param_shape(const char *model, const Gpt2ParamInfo *p, const char *column,
+				  const Tensor *t)
+{
+	bool		same_shape = t->dtype == LLM_DTYPE_FLOAT32 && t->ndim == p->ndim;
+
+	for (int i = 0; same_shape && i < p->ndim; i++)
+		same_shape = t->dims[i] == p->dims[i];
 	if (!same_shape)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("model \"%s\": parameter \"%s\" has shape %s, expected %s",
-						model, slot->name, tensor_shape_str(t),
-						shape_str(slot->ndim, slot->dims))));
+				 errmsg("model \"%s\": %s has shape %s, expected %s",
+						model, param_label(p, column), tensor_shape_str(t),
+						shape_str(p->ndim, p->dims))));
 }
 
 /*
@@ -256,7 +313,7 @@ is_sliceable(Datum raw)
 }
 
 /*
- * Copy one llm_param value into its slot, after checking its shape.
+ * Copy one llm_param value into dst, after checking its shape.
  *
  * Detoasting a value makes a palloc'd copy of all of it.  For the biggest
  * tensor (wte, 150 MB in GPT-2 small) that copy would sit next to the arena
@@ -265,18 +322,19 @@ is_sliceable(Datum raw)
  */
 #define LOAD_SLICE_BYTES (8 << 20)
 
-static void
-copy_parameter(const char *model, ParamSlot *slot, Datum raw, float *arena)
+void
+gpt2_param_read(const char *model, const Gpt2ParamInfo *p, const char *column,
+				Datum raw, float *dst_floats)
 {
-	int64		nbytes = slot_numel(slot) * (int64) sizeof(float);
-	char	   *dst = (char *) (arena + slot->offset);
+	int64		nbytes = p->numel * (int64) sizeof(float);
+	char	   *dst = (char *) dst_floats;
 
 	if (is_sliceable(raw))
 	{
 		/* the header: ndim, dtype, dims (the varlena length word excluded) */
 		Tensor	   *head = (Tensor *) PG_DETOAST_DATUM_SLICE(raw, 0, TENSOR_HDRSZ - VARHDRSZ);
 
-		check_param_shape(model, slot, head);
+		check_param_shape(model, p, column, head);
 		pfree(head);
 		for (int64 off = 0; off < nbytes; off += LOAD_SLICE_BYTES)
 		{
@@ -287,8 +345,8 @@ copy_parameter(const char *model, ParamSlot *slot, Datum raw, float *arena)
 			if (VARSIZE(part) - VARHDRSZ != len)
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_CORRUPTED),
-						 errmsg("model \"%s\": parameter \"%s\" is shorter than its shape says",
-								model, slot->name)));
+						 errmsg("model \"%s\": %s is shorter than its shape says",
+								model, param_label(p, column))));
 			memcpy(dst + off, VARDATA(part), len);
 			pfree(part);
 		}
@@ -298,16 +356,27 @@ copy_parameter(const char *model, ParamSlot *slot, Datum raw, float *arena)
 		/* inline (small) or compressed: detoast the whole value */
 		Tensor	   *t = DatumGetTensorP(raw);
 
-		check_param_shape(model, slot, t);
+		check_param_shape(model, p, column, t);
 		if (VARSIZE(t) != TENSOR_HDRSZ + nbytes)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("model \"%s\": parameter \"%s\" has a size that does not match its shape",
-							model, slot->name)));
+					 errmsg("model \"%s\": %s has a size that does not match its shape",
+							model, param_label(p, column))));
 		memcpy(dst, t->data, nbytes);
 		if ((Pointer) t != DatumGetPointer(raw))
 			pfree(t);
 	}
+}
+
+/* Copy one llm_param value into its slot of the arena, after checking its shape. */
+static void
+copy_parameter(const char *model, ParamSlot *slot, Datum raw, float *arena)
+{
+	Gpt2ParamInfo p = {.name = slot->name, .ndim = slot->ndim,
+		.dims = {slot->dims[0], slot->dims[1]}, .numel = slot_numel(slot),
+	.offset = slot->offset};
+
+	gpt2_param_read(model, &p, "data", raw, arena + slot->offset);
 	slot->loaded = true;
 }
 

@@ -62,6 +62,59 @@ typedef struct Gpt2Model
 	Gpt2Layer  *layers;			/* [n_layer] */
 } Gpt2Model;
 
+/* ---- the parameter list and its arena layout --------------------------- */
+
+/*
+ * One named tensor of a GPT-2 model and its place in a float arena.  The
+ * one list of them (build_slots in model_cache.c) is what llm_param_shapes()
+ * returns, what the weight cache decodes, and what the training state
+ * (train/state.h) lays its four arenas out by.
+ */
+typedef struct Gpt2ParamInfo
+{
+	const char *name;			/* HF name, e.g. "h.0.attn.c_attn.weight" */
+	int			ndim;			/* 1 or 2 */
+	int64		dims[2];		/* dims[1] is 0 when ndim is 1 */
+	int64		numel;
+	int64		offset;			/* in floats from the arena's start; a multiple of 16 */
+} Gpt2ParamInfo;
+
+/*
+ * The parameters of `model`, shaped by `cfg`, in llm_param_shapes() order
+ * (palloc'd), and the size of an arena that holds them all.
+ */
+extern Gpt2ParamInfo *gpt2_param_layout(const char *model, const Gpt2Config *cfg,
+										int *n_params, int64 *n_floats);
+
+/*
+ * Point every weight pointer of `m` (m->name and m->cfg set; m->layers is
+ * allocated here) into `arena`, laid out as gpt2_param_layout() says; sets
+ * m->n_floats.  The forward pass then runs on any arena: the cache's, or a
+ * training state's.
+ */
+extern void gpt2_model_bind(Gpt2Model *m, const float *arena);
+
+/*
+ * The llm_model_config row of `model` (SPI must be connected); false when
+ * there is none.  *relid is the table's OID, part of the cache key.
+ */
+extern bool gpt2_config_read(const char *model, Oid *relid, int64 *version,
+							 Gpt2Config *cfg);
+
+/* ERROR unless the config is sane and its parameters fit in memory. */
+extern void gpt2_config_check(const char *model, const Gpt2Config *cfg);
+
+/*
+ * Copy one llm_param value (a `tensor` Datum, possibly toasted) into dst,
+ * after checking its shape against `p`; big out-of-line values are read in
+ * slices, never detoasted whole.  `column` ("data", "grad", "m", "v") names
+ * the value in error messages.
+ */
+extern void gpt2_param_read(const char *model, const Gpt2ParamInfo *p, const char *column,
+							Datum raw, float *dst);
+
+/* ---- the cache ---------------------------------------------------------- */
+
 /* The cached weights of `model`, (re)loaded if its version changed. */
 extern const Gpt2Model *gpt2_model_get(const char *model);
 

@@ -80,6 +80,18 @@ typedef struct
 								int64_t nk, float *o, int64_t ldo);
 } attention_kernels;
 
+/*
+ * adamw.c: one AdamW update of n consecutive floats of one tensor (decay:
+ * apply weight decay), with the float32 constants of the update.
+ */
+typedef struct adamw_consts adamw_consts;	/* adamw.c */
+
+typedef struct
+{
+	void		(*update) (float *p, const float *g, float *m, float *v, int64_t n,
+						   const adamw_consts *k, int decay);
+} adamw_kernels;
+
 /* One ISA's tables, one per family. */
 typedef struct
 {
@@ -90,6 +102,7 @@ typedef struct
 	const layernorm_kernels *layernorm;
 	const cross_entropy_kernels *cross_entropy;
 	const attention_kernels *attention;
+	const adamw_kernels *adamw;
 } llm_kernel_tables;
 
 /* The tables in use (never NULL: the scalar ones until llm_set_isa runs). */
@@ -102,6 +115,7 @@ extern const softmax_kernels softmax_scalar_kernels;
 extern const layernorm_kernels layernorm_scalar_kernels;
 extern const cross_entropy_kernels cross_entropy_scalar_kernels;
 extern const attention_kernels attention_scalar_kernels;
+extern const adamw_kernels adamw_scalar_kernels;
 
 extern const matmul_kernels matmul_avx2_kernels;
 extern const gelu_kernels gelu_avx2_kernels;
@@ -109,6 +123,7 @@ extern const softmax_kernels softmax_avx2_kernels;
 extern const layernorm_kernels layernorm_avx2_kernels;
 extern const cross_entropy_kernels cross_entropy_avx2_kernels;
 extern const attention_kernels attention_avx2_kernels;
+extern const adamw_kernels adamw_avx2_kernels;
 
 extern const matmul_kernels matmul_avx512_kernels;
 extern const gelu_kernels gelu_avx512_kernels;
@@ -116,5 +131,6 @@ extern const softmax_kernels softmax_avx512_kernels;
 extern const layernorm_kernels layernorm_avx512_kernels;
 extern const cross_entropy_kernels cross_entropy_avx512_kernels;
 extern const attention_kernels attention_avx512_kernels;
+extern const adamw_kernels adamw_avx512_kernels;
 
 #endif							/* PG_LLM_DISPATCH_H */

@@ -23,6 +23,9 @@ INSERT INTO llm_param (model, name, data) VALUES ('tiny', 'h.9.ln_1.weight', '[1
 UPDATE llm_param SET data = '[1,2,3]' WHERE model = 'tiny' AND name = 'ln_f.bias';
 UPDATE llm_param SET grad = '[1,2,3]' WHERE model = 'tiny' AND name = 'ln_f.bias';
 INSERT INTO llm_param (model, name, data) VALUES ('nope', 'wte.weight', '[1]');
+-- shape is filled in from the parameter list, and holds nothing else
+UPDATE llm_param SET shape = '{3}' WHERE model = 'tiny' AND name = 'ln_f.bias';
+UPDATE llm_param SET shape = NULL WHERE model = 'tiny' AND name = 'ln_f.bias' RETURNING shape;
 
 -- any write gives the model a new version (the weight cache's key)
 CREATE TEMP TABLE v AS SELECT version FROM llm_model_config WHERE model = 'tiny';
@@ -33,6 +36,14 @@ UPDATE v SET version = (SELECT version FROM llm_model_config WHERE model = 'tiny
 UPDATE llm_model_config SET layer_norm_eps = 1e-3 WHERE model = 'tiny';
 SELECT c.version > v.version AS bumped FROM llm_model_config c, v WHERE c.model = 'tiny';
 UPDATE llm_model_config SET n_positions = 32 WHERE model = 'tiny';
+-- a row moved to another model gives that model a new version too
+INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size)
+VALUES ('tiny_twin', 2, 2, 8, 16, 11);
+CREATE TEMP TABLE v2 AS SELECT version FROM llm_model_config WHERE model = 'tiny_twin';
+UPDATE llm_param SET model = 'tiny_twin' WHERE model = 'tiny' AND name = 'ln_f.weight';
+SELECT c.version > v2.version AS bumped FROM llm_model_config c, v2 WHERE c.model = 'tiny_twin';
+UPDATE llm_param SET model = 'tiny' WHERE model = 'tiny_twin';
+DELETE FROM llm_model_config WHERE model = 'tiny_twin';
 
 -- the forward pass
 SELECT llm_shape(llm_logits('tiny', '{1,2,3}'));
