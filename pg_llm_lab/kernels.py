@@ -66,20 +66,45 @@ SIGNATURES = {
     "llm_set_isa": (None, [_int]),
     # A, B, bias, C, M, K, N, transA, transB
     "llm_matmul": (_int, [float_p, float_p, float_p, float_p, _i64, _i64, _i64, _int, _int]),
+    # A, B, C (+=), M, K, N, transA, transB
+    "llm_matmul_acc": (_int, [float_p, float_p, float_p, _i64, _i64, _i64, _int, _int]),
+    # dC, A, B, dA, dB, dbias (each gradient or None), M, K, N, transA, transB
+    "llm_matmul_backward": (_int, [float_p, float_p, float_p, float_p, float_p, float_p,
+                                   _i64, _i64, _i64, _int, _int]),
     "llm_add": (None, [float_p, float_p, float_p, _i64, _i64]),
     "llm_mul": (None, [float_p, float_p, float_p, _i64, _i64]),
     "llm_scale": (None, [float_p, _float, float_p, _i64]),
     "llm_transpose": (None, [float_p, float_p, _i64, _i64]),
+    # dy, da, db, n, bn
+    "llm_add_backward": (None, [float_p, float_p, float_p, _i64, _i64]),
+    # dy, a, b, da, db, n, bn
+    "llm_mul_backward": (None, [float_p, float_p, float_p, float_p, float_p, _i64, _i64]),
+    # dy, s, dx, n
+    "llm_scale_backward": (None, [float_p, _float, float_p, _i64]),
+    # dy [cols, rows], dx [rows, cols], rows, cols
+    "llm_transpose_backward": (None, [float_p, float_p, _i64, _i64]),
     "llm_gelu": (_int, [float_p, float_p, _i64]),
+    # x, dy, dx, n
+    "llm_gelu_backward": (_int, [float_p, float_p, float_p, _i64]),
     # x, y, rows, cols, causal_rows
     "llm_softmax": (_int, [float_p, float_p, _i64, _i64, _i64]),
     "llm_softmax_row": (None, [float_p, float_p, _i64]),
+    # y, dy, dx, rows, cols, causal_rows
+    "llm_softmax_backward": (_int, [float_p, float_p, float_p, _i64, _i64, _i64]),
     # x, g, b, y, rows, cols, eps, mean (or None), rstd (or None)
     "llm_layernorm": (_int, [float_p, float_p, float_p, float_p, _i64, _i64, _float,
                              float_p, float_p]),
+    # x, g, mean, rstd, dy, dx, dg, db (each gradient or None), rows, cols
+    "llm_layernorm_backward": (_int, [float_p, float_p, float_p, float_p, float_p,
+                                      float_p, float_p, float_p, _i64, _i64]),
     "llm_embedding": (None, [float_p, int32_p, float_p, _i64, _i64]),
+    # ids, dy, dw, n_ids, dim
+    "llm_embedding_backward": (None, [int32_p, float_p, float_p, _i64, _i64]),
     # logits, targets, rows, vocab, &loss, &counted, lse (or None)
     "llm_cross_entropy": (_int, [float_p, int32_p, _i64, _i64, double_p, int64_p, float_p]),
+    # logits, targets, lse (or None), rows, vocab, scale, dlogits
+    "llm_cross_entropy_backward": (_int, [float_p, int32_p, float_p, _i64, _i64, _float,
+                                          float_p]),
     # q, ldq, k, ldk, v, ldv, y, Tq, Tk, C, n_head, causal, lse (or None)
     "llm_attention": (_int, [float_p, _i64, float_p, _i64, float_p, _i64, float_p,
                              _i64, _i64, _i64, _i64, _int, float_p]),
@@ -93,6 +118,12 @@ SIGNATURES = {
     # params, grads, m, v, ranges, n_ranges, &settings, update_sq[n_ranges] (or None)
     "llm_adamw_update": (_int, [float_p, float_p, float_p, float_p, range_p, _int,
                                 ctypes.POINTER(AdamW), double_p]),
+    # q, ldq, k, ldk, v, ldv, y, lse, dy, dq, ldq_grad, dk, ldk_grad, dv, ldv_grad,
+    # Tq, Tk, C, n_head, causal
+    "llm_attention_backward": (_int, [float_p, _i64, float_p, _i64, float_p, _i64,
+                                      float_p, float_p, float_p,
+                                      float_p, _i64, float_p, _i64, float_p, _i64,
+                                      _i64, _i64, _i64, _i64, _int]),
 }
 
 

@@ -1,7 +1,7 @@
 """
 Correctness of the elementwise, normalisation and attention kernels
 (extension/src/kernels/: elementwise.c, gelu.c, softmax.c, layernorm.c,
-cross_entropy.c, embedding.c, attention.c).
+cross_entropy.c, embedding.c, attention/forward.c).
 
 The kernel library is compiled and loaded through pg_llm_lab.kernels.
 References are computed in float64 with numpy (the exact answer, rounded

@@ -8,6 +8,14 @@
  * nothing overflows, and the sum is kept in double, as is the total.  Each
  * row's logsumexp is handed back when the caller asks (the backward's
  * softmax is exp(x - lse)).
+ *
+ * Backward of the mean loss, for each counted row (target >= 0):
+ *
+ *   dx_r += scale * (softmax(x_r) - onehot(t_r)),  softmax(x_r) = exp(x_r - lse_r)
+ *
+ * one exp and one multiply-add per logit; the one-hot is subtracted from
+ * the target's probability before scaling.  Rows are independent: tasks of
+ * whole rows, as the forward.
  */
 #include "kernels.h"
 
@@ -29,7 +37,17 @@ logsumexp_scalar(const float *x, int64_t n)
 	return max + log(sum);
 }
 
-const cross_entropy_kernels cross_entropy_scalar_kernels = {logsumexp_scalar};
+static void
+row_backward_scalar(const float *x, int64_t n, float lse, int32_t target,
+					float scale, float *dx)
+{
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += scale * (expf(x[i] - lse) - (i == target ? 1.0f : 0.0f));
+}
+
+const cross_entropy_kernels cross_entropy_scalar_kernels = {
+	logsumexp_scalar, row_backward_scalar
+};
 
 #if LLM_X86
 
@@ -91,8 +109,58 @@ logsumexp_avx2(const float *x, int64_t n)
 	return max + log(sum);
 }
 
-const cross_entropy_kernels cross_entropy_avx2_kernels = {logsumexp_avx2};
-const cross_entropy_kernels cross_entropy_avx512_kernels = {logsumexp_avx512};
+TARGET_AVX512 static void
+row_backward_avx512(const float *x, int64_t n, float lse, int32_t target,
+					float scale, float *dx)
+{
+	__m512		vlse = _mm512_set1_ps(lse),
+				vscale = _mm512_set1_ps(scale),
+				one = _mm512_set1_ps(1.0f);
+
+	for (int64_t i = 0; i < n; i += 16)
+	{
+		__mmask16	m = mask16(n - i);
+		__m512		p = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vlse));
+
+		if (target >= i && target < i + 16)
+			p = _mm512_mask_sub_ps(p, (__mmask16) (1u << (target - i)), p, one);
+		_mm512_mask_storeu_ps(dx + i, m, _mm512_fmadd_ps(vscale, p, _mm512_maskz_loadu_ps(m, dx + i)));
+	}
+}
+
+TARGET_AVX2 static void
+row_backward_avx2(const float *x, int64_t n, float lse, int32_t target,
+				  float scale, float *dx)
+{
+	const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+	__m256		vlse = _mm256_set1_ps(lse),
+				vscale = _mm256_set1_ps(scale),
+				one = _mm256_set1_ps(1.0f);
+	int64_t		full = n - n % 8;
+	int64_t		i;
+
+	for (i = 0; i < full; i += 8)
+	{
+		__m256		p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vlse));
+
+		if (target >= i && target < i + 8)
+		{
+			__m256		hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(lane,
+																	 _mm256_set1_epi32((int) (target - i))));
+
+			p = _mm256_sub_ps(p, _mm256_and_ps(hit, one));
+		}
+		_mm256_storeu_ps(dx + i, _mm256_fmadd_ps(vscale, p, _mm256_loadu_ps(dx + i)));
+	}
+	row_backward_scalar(x + i, n - i, lse, (int32_t) (target - i), scale, dx + i);
+}
+
+const cross_entropy_kernels cross_entropy_avx2_kernels = {
+	logsumexp_avx2, row_backward_avx2
+};
+const cross_entropy_kernels cross_entropy_avx512_kernels = {
+	logsumexp_avx512, row_backward_avx512
+};
 
 #endif							/* LLM_X86 */
 
@@ -184,4 +252,45 @@ llm_cross_entropy(const float *logits, const int32_t *targets,
 	if (total > 0)
 		*loss = loss_sum / (double) total;
 	return LLM_OK;
+}
+
+typedef struct
+{
+	const float *logits;
+	const int32_t *targets;
+	const float *lse;
+	int64_t		vocab;
+	float		scale;
+	float	   *dlogits;
+	const cross_entropy_kernels *k;
+} cross_entropy_backward_ctx;
+
+static void
+cross_entropy_backward_task(void *arg, int64_t begin, int64_t end)
+{
+	const cross_entropy_backward_ctx *c = arg;
+
+	for (int64_t r = begin; r < end; r++)
+	{
+		const float *x = c->logits + r * c->vocab;
+
+		if (c->targets[r] < 0)
+			continue;			/* ignored: no gradient */
+		c->k->row_backward(x, c->vocab,
+						   c->lse ? c->lse[r] : (float) c->k->logsumexp(x, c->vocab),
+						   c->targets[r], c->scale, c->dlogits + r * c->vocab);
+	}
+}
+
+int
+llm_cross_entropy_backward(const float *logits, const int32_t *targets,
+						   const float *lse, int64_t rows, int64_t vocab,
+						   float scale, float *dlogits)
+{
+	cross_entropy_backward_ctx c = {logits, targets, lse, vocab, scale, dlogits,
+	llm_kernels->cross_entropy};
+
+	if (vocab <= 0)
+		return LLM_OK;
+	return llm_parallel_for(rows, rows_per_task(vocab), cross_entropy_backward_task, &c);
 }

@@ -23,16 +23,17 @@
 /* matmul/: the GEMM register block, micro-kernels, packing and GEMV */
 typedef struct matmul_kernels matmul_kernels;	/* matmul/matmul_internal.h */
 
-/* gelu.c */
+/* gelu.c: n values; the backward adds dy * gelu'(x) into dx */
 typedef struct
 {
 	void		(*forward) (const float *x, float *y, int64_t n);
+	void		(*backward) (const float *x, const float *dy, float *dx, int64_t n);
 } gelu_kernels;
 
 /*
  * softmax.c: one row of n > 0 values (y may be x).  Returns the row's max
  * and sum of exp(x - max), which cost nothing more: the row's logsumexp is
- * max + log(sum).
+ * max + log(sum).  The backward adds y * (dy - sum(y * dy)) into dx.
  */
 typedef struct
 {
@@ -43,6 +44,7 @@ typedef struct
 typedef struct
 {
 	softmax_stats (*row) (const float *x, float *y, int64_t n);
+	void		(*row_backward) (const float *y, const float *dy, float *dx, int64_t n);
 } softmax_kernels;
 
 /*
@@ -55,29 +57,49 @@ typedef struct
 	float		rstd;
 } layernorm_stats;
 
+/*
+ * The backward: row_backward adds one row's dx; param_grads adds, for
+ * columns [c0, c1) of x and dy [rows, cols], the sums over rows of
+ * xhat * dy into dg and of dy into db (either may be NULL).
+ */
 typedef struct
 {
 	layernorm_stats (*row) (const float *x, const float *g, const float *b, float *y,
 							int64_t n, float eps);
+	void		(*row_backward) (const float *x, const float *g, const float *dy,
+								 float *dx, int64_t n, float mean, float rstd);
+	void		(*param_grads) (const float *x, const float *dy, const float *mean,
+								const float *rstd, float *dg, float *db,
+								int64_t rows, int64_t cols, int64_t c0, int64_t c1);
 } layernorm_kernels;
 
-/* cross_entropy.c: log(sum(exp(x))) of one row of n > 0 values */
+/*
+ * cross_entropy.c: log(sum(exp(x))) of one row of n > 0 values; the
+ * backward of one row adds scale * (exp(x - lse) - onehot(target)) into dx.
+ */
 typedef struct
 {
 	double		(*logsumexp) (const float *x, int64_t n);
+	void		(*row_backward) (const float *x, int64_t n, float lse, int32_t target,
+								 float scale, float *dx);
 } cross_entropy_kernels;
 
-/* attention.c: the row-by-row and the tiled inner kernels (see there) */
+/*
+ * attention/inner_kernels.c: the decode path's dot products and weighted
+ * sums, the register tile c[8][32] = scale * A B or c += A B (A read with
+ * any strides), and the backward's row of P and dS (see there).
+ */
 typedef struct
 {
 	void		(*scores_row) (const float *q, const float *k, int64_t ldk, int64_t nk,
 							   int64_t hd, float scale, float *scores);
 	void		(*weighted_sum) (const float *p, const float *v, int64_t ldv, int64_t nk,
 								 int64_t hd, float *out);
-	void		(*scores_tile) (const float *q, int64_t ldq, const float *kt,
-								int64_t hd, float scale, float *s, int64_t lds);
-	void		(*output_tile) (const float *p, int64_t ldp, const float *v, int64_t ldv,
-								int64_t nk, float *o, int64_t ldo);
+	void		(*tile) (const float *a, int64_t ars, int64_t ats, const float *b,
+						 int64_t ldb, int64_t n, float *c, int64_t ldc, float scale,
+						 int accumulate);
+	void		(*probs_row) (float *s, float *dp, int64_t n, int64_t w, float scale,
+							  float lse, float d);
 } attention_kernels;
 
 /*

@@ -1,11 +1,18 @@
 /*
- * elementwise.c -- add, mul, scale and transpose.
+ * elementwise.c -- add, mul, scale and transpose, and their backward.
  *
  * Cheap, memory-bound maps: they run on the calling thread, in plain C
  * that the compiler vectorises for the baseline target; there is no SIMD
  * variant to choose.
+ *
+ * Broadcasting: b has bn elements and is added to (multiplied into) each
+ * of the n / bn rows of a.  Its gradient is a sum over those rows, taken
+ * per column in row order into a local sum that is then added to db, so
+ * a second call adds exactly the same amount again.
  */
 #include "kernels.h"
+
+#include "simd.h"
 
 void
 llm_add(const float *a, const float *b, float *y, int64_t n, int64_t bn)
@@ -36,24 +43,109 @@ llm_scale(const float *x, float s, float *y, int64_t n)
 
 /*
  * Transpose in square tiles: a TRANSPOSE_TILE^2 tile of x and of y both fit
- * in L1, so every cache line read or written is used whole.
+ * in L1, so every cache line read or written is used whole.  y[j,i] = x[i,j],
+ * or += when accumulating.
  */
 #define TRANSPOSE_TILE 32
+
+static void
+transpose_tiled(const float *x, float *y, int64_t rows, int64_t cols, int accumulate)
+{
+	for (int64_t i0 = 0; i0 < rows; i0 += TRANSPOSE_TILE)
+	{
+		int64_t		i1 = MIN(i0 + TRANSPOSE_TILE, rows);
+
+		for (int64_t j0 = 0; j0 < cols; j0 += TRANSPOSE_TILE)
+		{
+			int64_t		j1 = MIN(j0 + TRANSPOSE_TILE, cols);
+
+			for (int64_t i = i0; i < i1; i++)
+				for (int64_t j = j0; j < j1; j++)
+					y[j * rows + i] = accumulate ? y[j * rows + i] + x[i * cols + j]
+						: x[i * cols + j];
+		}
+	}
+}
 
 void
 llm_transpose(const float *x, float *y, int64_t rows, int64_t cols)
 {
-	for (int64_t i0 = 0; i0 < rows; i0 += TRANSPOSE_TILE)
+	transpose_tiled(x, y, rows, cols, 0);
+}
+
+/* ---- backward ------------------------------------------------------------ */
+
+/* Columns summed at a time, in a local array that stays in registers/L1. */
+#define SUM_COLS 256
+
+/*
+ * y[j] += sum over the rows r of x[r,j] (times w[r,j] when w is not NULL),
+ * x and w [rows, cols]: each column's sum runs in row order from 0.
+ */
+static void
+sum_rows(const float *x, const float *w, float *y, int64_t rows, int64_t cols)
+{
+	for (int64_t j0 = 0; j0 < cols; j0 += SUM_COLS)
 	{
-		int64_t		i1 = i0 + TRANSPOSE_TILE < rows ? i0 + TRANSPOSE_TILE : rows;
+		int64_t		width = MIN(SUM_COLS, cols - j0);
+		float		sum[SUM_COLS] = {0};
 
-		for (int64_t j0 = 0; j0 < cols; j0 += TRANSPOSE_TILE)
+		for (int64_t r = 0; r < rows; r++)
 		{
-			int64_t		j1 = j0 + TRANSPOSE_TILE < cols ? j0 + TRANSPOSE_TILE : cols;
+			const float *xr = x + r * cols + j0;
 
-			for (int64_t i = i0; i < i1; i++)
-				for (int64_t j = j0; j < j1; j++)
-					y[j * rows + i] = x[i * cols + j];
+			if (w)
+			{
+				const float *wr = w + r * cols + j0;
+
+				for (int64_t j = 0; j < width; j++)
+					sum[j] += xr[j] * wr[j];
+			}
+			else
+				for (int64_t j = 0; j < width; j++)
+					sum[j] += xr[j];
 		}
+		for (int64_t j = 0; j < width; j++)
+			y[j0 + j] += sum[j];
 	}
+}
+
+void
+llm_add_backward(const float *dy, float *da, float *db, int64_t n, int64_t bn)
+{
+	if (bn <= 0)
+		bn = n;
+	if (da)
+		for (int64_t i = 0; i < n; i++)
+			da[i] += dy[i];
+	if (db && bn > 0)
+		sum_rows(dy, NULL, db, n / bn, bn);
+}
+
+void
+llm_mul_backward(const float *dy, const float *a, const float *b,
+				 float *da, float *db, int64_t n, int64_t bn)
+{
+	if (bn <= 0)
+		bn = n;
+	if (da)
+		for (int64_t row = 0; row < n; row += bn)
+			for (int64_t i = 0; i < bn; i++)
+				da[row + i] += dy[row + i] * b[i];
+	if (db && bn > 0)
+		sum_rows(dy, a, db, n / bn, bn);
+}
+
+void
+llm_scale_backward(const float *dy, float s, float *dx, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += s * dy[i];
+}
+
+void
+llm_transpose_backward(const float *dy, float *dx, int64_t rows, int64_t cols)
+{
+	/* dy is the forward's y, [cols, rows] */
+	transpose_tiled(dy, dx, cols, rows, 1);
 }

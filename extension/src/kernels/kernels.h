@@ -14,6 +14,20 @@
  *     output is then incomplete and must be discarded by the caller.
  *   - results never depend on the number of threads: work is split over
  *     output elements, never over a reduction.
+ *
+ * Backward (llm_<op>_backward, next to each forward), as llm.c:
+ *   - every backward ACCUMULATES into each gradient it writes (dx += ...):
+ *     a gradient that several uses of a tensor feed is summed in place, and
+ *     a caller that wants the gradient alone zeroes the buffer first;
+ *   - any gradient pointer may be NULL: that gradient is not wanted and its
+ *     work is skipped;
+ *   - a sum over rows (a bias gradient, LayerNorm's dg and db, embedding
+ *     rows, attention's dk and dv over queries) is split over the summed
+ *     tensor's own elements, each summed in a fixed order, never across
+ *     tasks: bit-identical at any thread count, no atomics;
+ *   - the backward reads what the forward computed or handed back (y of
+ *     softmax, mean/rstd of LayerNorm, logsumexp of cross-entropy and
+ *     attention) rather than recomputing it.
  */
 #ifndef PG_LLM_KERNELS_H
 #define PG_LLM_KERNELS_H
@@ -83,6 +97,27 @@ void		llm_set_isa(llm_isa isa);
 int			llm_matmul(const float *A, const float *B, const float *bias, float *C,
 					   int64_t M, int64_t K, int64_t N, int transA, int transB);
 
+/*
+ * C[M,N] += op(A) @ op(B), same shapes and storage as llm_matmul: the GEMM
+ * adds into C as it goes (no extra pass, no temporary).  Each element is
+ * C + (its k-blocks' FMA chains, in increasing k).
+ */
+int			llm_matmul_acc(const float *A, const float *B, float *C,
+						   int64_t M, int64_t K, int64_t N, int transA, int transB);
+
+/*
+ * Backward of C = op(A) @ op(B) (+ bias) given dC [M,N]; every gradient is
+ * laid out as its operand is stored and accumulated:
+ *   dA += dC @ op(B)^T   ([M,K], or [K,M] when transA)
+ *   dB += op(A)^T @ dC   ([K,N], or [N,K] when transB)
+ *   dbias[N] += the column sums of dC
+ * Each of dA, dB, dbias may be NULL.  dA and dB are one llm_matmul_acc
+ * each (the tied lm_head's dwte is M = vocab, transA: dlogits^T @ x).
+ */
+int			llm_matmul_backward(const float *dC, const float *A, const float *B,
+								float *dA, float *dB, float *dbias,
+								int64_t M, int64_t K, int64_t N, int transA, int transB);
+
 /* ---- elementwise maps (elementwise.c) ------------------------------------ */
 
 /* y = a + b, where b has n or (row broadcast) `bn` elements, n % bn == 0 */
@@ -94,10 +129,27 @@ void		llm_scale(const float *x, float s, float *y, int64_t n);
 /* y[j,i] = x[i,j] for x [rows, cols] */
 void		llm_transpose(const float *x, float *y, int64_t rows, int64_t cols);
 
+/*
+ * Their backward, on the calling thread, given dy (n elements):
+ *   add:  da += dy;  db += dy, summed over the n / bn rows when bn < n
+ *   mul:  da += dy * b;  db += dy * a (summed over rows likewise)
+ *   scale: dx += s * dy
+ *   transpose: dx [rows, cols] += dy^T, dy being the forward's y [cols, rows]
+ * da, db may be NULL.
+ */
+void		llm_add_backward(const float *dy, float *da, float *db, int64_t n, int64_t bn);
+void		llm_mul_backward(const float *dy, const float *a, const float *b,
+							 float *da, float *db, int64_t n, int64_t bn);
+void		llm_scale_backward(const float *dy, float s, float *dx, int64_t n);
+void		llm_transpose_backward(const float *dy, float *dx, int64_t rows, int64_t cols);
+
 /* ---- GELU (gelu.c) ------------------------------------------------------- */
 
 /* GELU, tanh approximation (GPT-2's "gelu_new") */
 int			llm_gelu(const float *x, float *y, int64_t n);
+
+/* dx += dy * gelu'(x): PyTorch's gelu(approximate='tanh') gradient */
+int			llm_gelu_backward(const float *x, const float *dy, float *dx, int64_t n);
 
 /* ---- softmax (softmax.c) ------------------------------------------------- */
 
@@ -113,6 +165,14 @@ int			llm_softmax(const float *x, float *y, int64_t rows, int64_t cols,
 /* Softmax of one row of n > 0 values (y may be x). */
 void		llm_softmax_row(const float *x, float *y, int64_t n);
 
+/*
+ * Backward of llm_softmax from its output y: per row,
+ * dx += y * (dy - sum(y * dy)) over the columns the forward kept (same
+ * causal_rows rule; masked columns of dx are left as they are).
+ */
+int			llm_softmax_backward(const float *y, const float *dy, float *dx,
+								 int64_t rows, int64_t cols, int64_t causal_rows);
+
 /* ---- LayerNorm (layernorm.c) --------------------------------------------- */
 
 /*
@@ -124,11 +184,26 @@ int			llm_layernorm(const float *x, const float *g, const float *b, float *y,
 						  int64_t rows, int64_t cols, float eps,
 						  float *mean, float *rstd);
 
+/*
+ * Backward of llm_layernorm, given the forward's x, g and its per-row mean
+ * and rstd: with xhat = (x - mean) * rstd and dn = g * dy,
+ *   dx += (dn - mean(dn) - xhat * mean(dn * xhat)) * rstd     (per row)
+ *   dg[cols] += sum over rows of xhat * dy;  db[cols] += sum over rows of dy
+ * dx, dg, db may each be NULL.
+ */
+int			llm_layernorm_backward(const float *x, const float *g, const float *mean,
+								   const float *rstd, const float *dy, float *dx,
+								   float *dg, float *db, int64_t rows, int64_t cols);
+
 /* ---- embedding (embedding.c) --------------------------------------------- */
 
 /* y[t,:] = w[ids[t],:] for w [vocab, dim]; ids already range-checked */
 void		llm_embedding(const float *w, const int32_t *ids, float *y,
 						  int64_t n_ids, int64_t dim);
+
+/* dw[ids[t],:] += dy[t,:], ids in order (they may repeat); calling thread */
+void		llm_embedding_backward(const int32_t *ids, const float *dy, float *dw,
+								   int64_t n_ids, int64_t dim);
 
 /* ---- cross-entropy (cross_entropy.c) ------------------------------------- */
 
@@ -143,6 +218,17 @@ void		llm_embedding(const float *w, const int32_t *ids, float *y,
 int			llm_cross_entropy(const float *logits, const int32_t *targets,
 							  int64_t rows, int64_t vocab, double *loss, int64_t *counted,
 							  float *lse);
+
+/*
+ * Backward: for every counted row r (targets[r] >= 0),
+ *   dlogits[r,:] += scale * (softmax(logits[r,:]) - onehot(targets[r]))
+ * with softmax = exp(logits - lse[r]); ignored rows get nothing.  For the
+ * mean loss the caller passes scale = dL/dloss / counted.  lse is the
+ * forward's (NULL: computed here, one more pass over the logits).
+ */
+int			llm_cross_entropy_backward(const float *logits, const int32_t *targets,
+									   const float *lse, int64_t rows, int64_t vocab,
+									   float scale, float *dlogits);
 
 /* ---- attention (attention.c) --------------------------------------------- */
 
@@ -167,5 +253,28 @@ int			llm_attention(const float *q, int64_t ldq,
 						  const float *v, int64_t ldv,
 						  float *y, int64_t Tq, int64_t Tk, int64_t C,
 						  int64_t n_head, int causal, float *lse);
+
+/*
+ * Backward of llm_attention (attention_backward.c), given its inputs, its
+ * output y [Tq, C], its lse [n_head, Tq] and dy [Tq, C]:
+ *   dq [Tq, C] += dL/dq,  dk [Tk, C] += dL/dk,  dv [Tk, C] += dL/dv
+ * Every gradient is strided like the inputs (row t of dq starts at
+ * dq + t*ldq_grad, ...), so for GPT-2's fused qkv [T, 3C] the gradient
+ * buffer dqkv [T, 3C] is passed as dq = dqkv, dk = dqkv + C, dv = dqkv + 2C,
+ * all with stride 3C.  Same mask and Tk - Tq offset as the forward; a
+ * query that saw no key (lse -inf) gets nothing.  Each of dq, dk, dv may
+ * be NULL.  The probabilities are recomputed from lse (flash-attention
+ * style): scratch is O((Tq + Tk) * hd) per head, never Tq x Tk.  One task
+ * per head.  Returns LLM_NOMEM if scratch cannot be had.
+ */
+int			llm_attention_backward(const float *q, int64_t ldq,
+								   const float *k, int64_t ldk,
+								   const float *v, int64_t ldv,
+								   const float *y, const float *lse, const float *dy,
+								   float *dq, int64_t ldq_grad,
+								   float *dk, int64_t ldk_grad,
+								   float *dv, int64_t ldv_grad,
+								   int64_t Tq, int64_t Tk, int64_t C, int64_t n_head,
+								   int causal);
 
 #endif							/* PG_LLM_KERNELS_H */

@@ -38,6 +38,19 @@ round_up(int64_t a, int64_t b)
 }
 
 /*
+ * The causal mask of softmax and attention: of Tq queries over Tk keys,
+ * query i sits at position (Tk - Tq) + i and sees the keys up to there.
+ * Returns how many, 0 .. Tk.
+ */
+static inline int64_t
+causal_keys(int64_t i, int64_t Tq, int64_t Tk)
+{
+	int64_t		n = i + (Tk - Tq) + 1;
+
+	return n < 0 ? 0 : n > Tk ? Tk : n;
+}
+
+/*
  * malloc of n floats aligned to 64 bytes (a cache line, a zmm vector);
  * *raw receives the pointer to free.  NULL (and *raw NULL) when malloc
  * fails.

@@ -1,12 +1,17 @@
 /*
- * softmax.c -- softmax over the last axis, optionally causal, and the row
- * kernel attention.c shares.
+ * softmax.c -- softmax over the last axis, optionally causal, the row
+ * kernel attention.c shares, and the backward.
  *
  * y = exp(x - max) / sum(exp(x - max)): subtracting the row maximum keeps
  * every exp <= 1.  The final division is a multiply by the reciprocal, as
  * PyTorch does.  The row kernels return the max and the sum they used,
  * so a caller gets the row's logsumexp, max + log(sum), for free
- * (attention hands it to its backward).  Work is cut into tasks of whole rows, fixed by the sizes alone, so
+ * (attention hands it to its backward).
+ *
+ * Backward, per row: dx += y * (dy - sum(y * dy)), over the columns the
+ * forward kept (the masked ones have y = 0 and get nothing).
+ *
+ * Work is cut into tasks of whole rows, fixed by the sizes alone, so
  * results never depend on the thread count.
  */
 #include "kernels.h"
@@ -37,7 +42,22 @@ softmax_row_scalar(const float *x, float *y, int64_t n)
 	return (softmax_stats) {max, sum};
 }
 
-const softmax_kernels softmax_scalar_kernels = {softmax_row_scalar};
+static void
+softmax_row_backward_scalar(const float *y, const float *dy, float *dx, int64_t n)
+{
+	double		dot = 0.0;
+	float		d;
+
+	for (int64_t i = 0; i < n; i++)
+		dot += (double) y[i] * dy[i];
+	d = (float) dot;
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += y[i] * (dy[i] - d);
+}
+
+const softmax_kernels softmax_scalar_kernels = {
+	softmax_row_scalar, softmax_row_backward_scalar
+};
 
 #if LLM_X86
 
@@ -116,8 +136,61 @@ softmax_row_avx2(const float *x, float *y, int64_t n)
 	return (softmax_stats) {max, sum};
 }
 
-const softmax_kernels softmax_avx2_kernels = {softmax_row_avx2};
-const softmax_kernels softmax_avx512_kernels = {softmax_row_avx512};
+TARGET_AVX512 static void
+softmax_row_backward_avx512(const float *y, const float *dy, float *dx, int64_t n)
+{
+	__m512		vdot = _mm512_setzero_ps(),
+				d;
+	__mmask16	m = mask16(n % 16);
+	int64_t		full = n - n % 16;
+	int64_t		i;
+
+	for (i = 0; i < full; i += 16)
+		vdot = _mm512_fmadd_ps(_mm512_loadu_ps(y + i), _mm512_loadu_ps(dy + i), vdot);
+	if (m)
+		vdot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, y + i),
+							   _mm512_maskz_loadu_ps(m, dy + i), vdot);
+	d = _mm512_set1_ps(_mm512_reduce_add_ps(vdot));
+	for (i = 0; i < full; i += 16)
+		_mm512_storeu_ps(dx + i, _mm512_fmadd_ps(_mm512_loadu_ps(y + i),
+												 _mm512_sub_ps(_mm512_loadu_ps(dy + i), d),
+												 _mm512_loadu_ps(dx + i)));
+	if (m)
+		_mm512_mask_storeu_ps(dx + i, m,
+							  _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, y + i),
+											  _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dy + i), d),
+											  _mm512_maskz_loadu_ps(m, dx + i)));
+}
+
+TARGET_AVX2 static void
+softmax_row_backward_avx2(const float *y, const float *dy, float *dx, int64_t n)
+{
+	__m256		vdot = _mm256_setzero_ps(),
+				vd;
+	int64_t		full = n - n % 8;
+	int64_t		i;
+	float		d;
+
+	for (i = 0; i < full; i += 8)
+		vdot = _mm256_fmadd_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(dy + i), vdot);
+	d = hsum_avx2(vdot);
+	for (; i < n; i++)
+		d += y[i] * dy[i];
+	vd = _mm256_set1_ps(d);
+	for (i = 0; i < full; i += 8)
+		_mm256_storeu_ps(dx + i, _mm256_fmadd_ps(_mm256_loadu_ps(y + i),
+												 _mm256_sub_ps(_mm256_loadu_ps(dy + i), vd),
+												 _mm256_loadu_ps(dx + i)));
+	for (; i < n; i++)
+		dx[i] += y[i] * (dy[i] - d);
+}
+
+const softmax_kernels softmax_avx2_kernels = {
+	softmax_row_avx2, softmax_row_backward_avx2
+};
+const softmax_kernels softmax_avx512_kernels = {
+	softmax_row_avx512, softmax_row_backward_avx512
+};
 
 #endif							/* LLM_X86 */
 
@@ -129,12 +202,22 @@ llm_softmax_row(const float *x, float *y, int64_t n)
 
 typedef struct
 {
-	const float *x;
-	float	   *y;
+	const float *x;				/* x, or y for the backward */
+	const float *dy;			/* backward only */
+	float	   *y;				/* y, or dx for the backward */
 	int64_t		cols;
 	int64_t		causal_rows;
 	const softmax_kernels *k;
 } softmax_ctx;
+
+/* How many leading columns of row r (query r % Tq) the mask keeps. */
+static int64_t
+kept_columns(const softmax_ctx *c, int64_t r)
+{
+	if (c->causal_rows <= 0)
+		return c->cols;
+	return causal_keys(r % c->causal_rows, c->causal_rows, c->cols);
+}
 
 static void
 softmax_task(void *arg, int64_t begin, int64_t end)
@@ -145,14 +228,8 @@ softmax_task(void *arg, int64_t begin, int64_t end)
 	{
 		const float *x = c->x + r * c->cols;
 		float	   *y = c->y + r * c->cols;
-		int64_t		kept = c->cols;
+		int64_t		kept = kept_columns(c, r);
 
-		if (c->causal_rows > 0)
-		{
-			/* query i = r % Tq sits at position i + (Tk - Tq) */
-			kept = r % c->causal_rows + (c->cols - c->causal_rows) + 1;
-			kept = kept < 0 ? 0 : kept > c->cols ? c->cols : kept;
-		}
 		if (kept > 0)
 			c->k->row(x, y, kept);
 		memset(y + kept, 0, (size_t) (c->cols - kept) * sizeof(float));
@@ -163,7 +240,31 @@ int
 llm_softmax(const float *x, float *y, int64_t rows, int64_t cols,
 			int64_t causal_rows)
 {
-	softmax_ctx c = {x, y, cols, causal_rows, llm_kernels->softmax};
+	softmax_ctx c = {x, NULL, y, cols, causal_rows, llm_kernels->softmax};
 
 	return llm_parallel_for(rows, rows_per_task(cols), softmax_task, &c);
+}
+
+static void
+softmax_backward_task(void *arg, int64_t begin, int64_t end)
+{
+	const softmax_ctx *c = arg;
+
+	for (int64_t r = begin; r < end; r++)
+	{
+		int64_t		kept = kept_columns(c, r);
+
+		if (kept > 0)
+			c->k->row_backward(c->x + r * c->cols, c->dy + r * c->cols,
+							   c->y + r * c->cols, kept);
+	}
+}
+
+int
+llm_softmax_backward(const float *y, const float *dy, float *dx,
+					 int64_t rows, int64_t cols, int64_t causal_rows)
+{
+	softmax_ctx c = {y, dy, dx, cols, causal_rows, llm_kernels->softmax};
+
+	return llm_parallel_for(rows, rows_per_task(cols), softmax_backward_task, &c);
 }

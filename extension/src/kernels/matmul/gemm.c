@@ -265,7 +265,7 @@ gemm_tile_small_buffers(const mm_ctx *c, int64_t m0, int64_t m1,
 					ap = abuf;
 				}
 				isa->kern[mr] (kc, ap, bbuf, c->C + m * c->N + n, c->N, nr,
-							   k0 > 0, last && c->bias ? c->bias + n : NULL,
+							   k0 > 0 || c->accumulate, last && c->bias ? c->bias + n : NULL,
 							   &pf, 0);
 			}
 		}
@@ -348,7 +348,7 @@ gemm_tile(const mm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
 
 				kern(kc, ap, bblock + p * kc * isa->nr,
 					 c->C + m * c->N + n, c->N, (int) MIN(isa->nr, n1 - n),
-					 k0 > 0, last && c->bias ? c->bias + n : NULL,
+					 k0 > 0 || c->accumulate, last && c->bias ? c->bias + n : NULL,
 					 &pf, per_call);
 			}
 		}

@@ -44,6 +44,7 @@ gemv512_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 15);
 	__mmask16	tail = mask16((s1 - s0) & 15);
 	int			narrow = s1 - s0 <= 512;
+	int			keep = c->accumulate;	/* C += ..., else C = ... */
 	int64_t		k = 0,
 				n;
 	int			r;
@@ -58,7 +59,7 @@ gemv512_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 			ak[r] = _mm512_set1_ps(a[k + r]);
 		for (n = s0; n < nfull; n += 16)
 		{
-			__m512		acc = k ? _mm512_loadu_ps(y + n) : _mm512_setzero_ps();
+			__m512		acc = k || keep ? _mm512_loadu_ps(y + n) : _mm512_setzero_ps();
 
 			if (narrow)
 			{
@@ -74,7 +75,7 @@ gemv512_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 		}
 		if (tail)
 		{
-			__m512		acc = k ? _mm512_maskz_loadu_ps(tail, y + n) : _mm512_setzero_ps();
+			__m512		acc = k || keep ? _mm512_maskz_loadu_ps(tail, y + n) : _mm512_setzero_ps();
 
 #pragma GCC unroll 8
 			for (r = 0; r < 8; r++)
@@ -90,13 +91,13 @@ gemv512_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 
 		for (n = s0; n < nfull; n += 16)
 		{
-			__m512		acc = k ? _mm512_loadu_ps(y + n) : _mm512_setzero_ps();
+			__m512		acc = k || keep ? _mm512_loadu_ps(y + n) : _mm512_setzero_ps();
 
 			_mm512_storeu_ps(y + n, _mm512_fmadd_ps(ak, _mm512_loadu_ps(b + n), acc));
 		}
 		if (tail)
 		{
-			__m512		acc = k ? _mm512_maskz_loadu_ps(tail, y + n) : _mm512_setzero_ps();
+			__m512		acc = k || keep ? _mm512_maskz_loadu_ps(tail, y + n) : _mm512_setzero_ps();
 
 			_mm512_mask_storeu_ps(y + n, tail,
 								  _mm512_fmadd_ps(ak, _mm512_maskz_loadu_ps(tail, b + n), acc));
@@ -147,6 +148,8 @@ gemv512_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 		{
 			float		s = _mm512_reduce_add_ps(acc[r]);
 
+			if (c->accumulate)
+				s += c->C[n + r];
 			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
 		}
 	}
@@ -181,6 +184,7 @@ gemv256_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 				N = c->N;
 	float	   *y = c->C;
 	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 7);
+	int			keep = c->accumulate;	/* C += ..., else C = ... */
 	int64_t		k = 0,
 				n;
 	int			r;
@@ -194,7 +198,7 @@ gemv256_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 			ak[r] = _mm256_broadcast_ss(a + k + r);
 		for (n = s0; n < nfull; n += 8)
 		{
-			__m256		acc = k ? _mm256_loadu_ps(y + n) : _mm256_setzero_ps();
+			__m256		acc = k || keep ? _mm256_loadu_ps(y + n) : _mm256_setzero_ps();
 
 #pragma GCC unroll 8
 			for (r = 0; r < 8; r++)
@@ -204,7 +208,7 @@ gemv256_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 		/* ragged columns: the same chain in scalar FMAs */
 		for (; n < s1; n++)
 		{
-			float		acc = k ? y[n] : 0.0f;
+			float		acc = k || keep ? y[n] : 0.0f;
 
 			for (r = 0; r < 8; r++)
 				acc = __builtin_fmaf(a[k + r], b[r * N + n], acc);
@@ -218,12 +222,12 @@ gemv256_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 
 		for (n = s0; n < nfull; n += 8)
 		{
-			__m256		acc = k ? _mm256_loadu_ps(y + n) : _mm256_setzero_ps();
+			__m256		acc = k || keep ? _mm256_loadu_ps(y + n) : _mm256_setzero_ps();
 
 			_mm256_storeu_ps(y + n, _mm256_fmadd_ps(ak, _mm256_loadu_ps(b + n), acc));
 		}
 		for (; n < s1; n++)
-			y[n] = __builtin_fmaf(a[k], b[n], k ? y[n] : 0.0f);
+			y[n] = __builtin_fmaf(a[k], b[n], k || keep ? y[n] : 0.0f);
 	}
 }
 
@@ -262,6 +266,8 @@ gemv256_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 
 			for (k = kfull; k < K; k++)
 				s = __builtin_fmaf(a[k], b[r][k], s);
+			if (c->accumulate)
+				s += c->C[n + r];
 			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
 		}
 	}

@@ -109,15 +109,61 @@ matmul_simd(mm_ctx *c)
 
 #endif							/* LLM_X86 */
 
-int
-llm_matmul(const float *A, const float *B, const float *bias, float *C,
-		   int64_t M, int64_t K, int64_t N, int transA, int transB)
+static int
+matmul_run(const float *A, const float *B, const float *bias, float *C,
+		   int64_t M, int64_t K, int64_t N, int transA, int transB,
+		   int accumulate)
 {
 	mm_ctx		c = {
 		.A = A, .B = B, .bias = bias, .C = C, .M = M, .K = K, .N = N,
 		.transA = transA != 0, .transB = transB != 0,
-		.kernels = llm_kernels->matmul,
+		.accumulate = accumulate, .kernels = llm_kernels->matmul,
 	};
 
 	return c.kernels->run(&c);
+}
+
+int
+llm_matmul(const float *A, const float *B, const float *bias, float *C,
+		   int64_t M, int64_t K, int64_t N, int transA, int transB)
+{
+	return matmul_run(A, B, bias, C, M, K, N, transA, transB, 0);
+}
+
+int
+llm_matmul_acc(const float *A, const float *B, float *C,
+			   int64_t M, int64_t K, int64_t N, int transA, int transB)
+{
+	if (M <= 0 || K <= 0 || N <= 0)
+		return LLM_OK;			/* nothing to add */
+	return matmul_run(A, B, NULL, C, M, K, N, transA, transB, 1);
+}
+
+/*
+ * The backward of C = op(A) op(B) (+ bias), each gradient one accumulating
+ * product laid out as its operand is stored:
+ *   dA [M,K] += dC op(B)^T         (A stored [M,K])
+ *   dA [K,M] += op(B) dC^T         (transA: A stored [K,M])
+ *   dB [K,N] += op(A)^T dC         (B stored [K,N])
+ *   dB [N,K] += dC^T op(A)         (transB: B stored [N,K])
+ *   dbias [N] += the column sums of dC
+ */
+int
+llm_matmul_backward(const float *dC, const float *A, const float *B,
+					float *dA, float *dB, float *dbias,
+					int64_t M, int64_t K, int64_t N, int transA, int transB)
+{
+	int			status = LLM_OK;
+
+	if (dA && status == LLM_OK)
+		status = transA
+			? llm_matmul_acc(B, dC, dA, K, N, M, transB, 1)
+			: llm_matmul_acc(dC, B, dA, M, N, K, 0, !transB);
+	if (dB && status == LLM_OK)
+		status = transB
+			? llm_matmul_acc(dC, A, dB, N, M, K, 1, transA)
+			: llm_matmul_acc(A, dC, dB, K, M, N, !transA, 0);
+	if (dbias && status == LLM_OK)
+		llm_add_backward(dC, NULL, dbias, M * N, N);
+	return status;
 }

@@ -40,6 +40,7 @@ typedef struct
 				N;
 	int			transA,
 				transB;
+	int			accumulate;		/* C += op(A) op(B) instead of C = */
 	const matmul_kernels *kernels;	/* this call's ISA */
 	const gemm_kernels *isa;	/* its GEMM plug-in (fast paths) */
 

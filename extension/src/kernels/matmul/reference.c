@@ -13,7 +13,7 @@ get_a(const mm_ctx *c, int64_t m, int64_t k)
 
 /*
  * Rows [r0, r1) of C: c[i,j] = sum_k a[i,k] * b[k,j] in increasing k, then
- * + bias[j].  Loops are ordered so the inner one walks contiguous memory.
+ * + bias[j]; with accumulate, the sum starts from c[i,j].  Loops are ordered so the inner one walks contiguous memory.
  */
 static void
 scalar_rows(void *arg, int64_t r0, int64_t r1)
@@ -39,14 +39,15 @@ scalar_rows(void *arg, int64_t r0, int64_t r1)
 
 				for (k = 0; k < K; k++)
 					s += get_a(c, i, k) * bj[k];
-				ci[j] = s;
+				ci[j] = c->accumulate ? ci[j] + s : s;
 			}
 		}
 		else
 		{
 			/* B stored [K,N]: c[i,:] += a[i,k] * b[k,:] */
-			for (j = 0; j < N; j++)
-				ci[j] = 0.0f;
+			if (!c->accumulate)
+				for (j = 0; j < N; j++)
+					ci[j] = 0.0f;
 			for (k = 0; k < K; k++)
 			{
 				float		a = get_a(c, i, k);
