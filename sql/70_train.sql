@@ -89,6 +89,8 @@ CREATE TABLE llm_train_log (
     beta2        double precision NOT NULL,
     eps          double precision NOT NULL,
     clip         double precision,
+    tokens       int[],
+    targets      int[],
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 COMMENT ON TABLE llm_train_log IS
@@ -106,6 +108,9 @@ COMMENT ON COLUMN llm_train_log.beta1 IS 'AdamW beta1';
 COMMENT ON COLUMN llm_train_log.beta2 IS 'AdamW beta2';
 COMMENT ON COLUMN llm_train_log.eps IS 'AdamW eps';
 COMMENT ON COLUMN llm_train_log.clip IS 'the max_norm gradients were clipped to (NULL: no clipping)';
+COMMENT ON COLUMN llm_train_log.tokens IS
+'the batch''s input ids [B][T] when they were passed to llm_train_step (NULL: see batch)';
+COMMENT ON COLUMN llm_train_log.targets IS 'the batch''s targets [B][T], with tokens';
 COMMENT ON COLUMN llm_train_log.created_at IS 'when the step was logged';
 COMMENT ON SEQUENCE llm_train_log_id_seq IS 'numbers the llm_train_log rows (identity of llm_train_log.id)';
 CREATE INDEX llm_train_log_model_step ON llm_train_log (model, step);
@@ -332,3 +337,29 @@ COMMENT ON COLUMN llm_checkpoints.created_at IS 'when it was saved';
 COMMENT ON COLUMN llm_checkpoints.path IS 'the .safetensors file also written, if any';
 COMMENT ON COLUMN llm_checkpoints.tensors IS 'how many parameters it holds';
 COMMENT ON COLUMN llm_checkpoints.bytes IS 'the space its weights and moments take';
+
+-- ---- training steps (train/step.c, gpt2/train_forward.c) ------------------------------
+
+CREATE FUNCTION llm_gradients(model text, tokens int[], targets int[])
+RETURNS TABLE (name text, grad tensor)
+    AS 'MODULE_PATHNAME', 'llm_gradients' LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 150;
+COMMENT ON FUNCTION llm_gradients(text, int[], int[]) IS
+'the gradient of every parameter of the model for a batch (tokens and targets: int[] of one sequence '
+'or int[][] [B][T]; target -100: no loss there): d(mean cross-entropy)/d(weights), as loss.backward() '
+'computes it; nothing is written';
+
+CREATE FUNCTION llm_train_step(model text, tokens int[], targets int[], lr double precision,
+                               weight_decay double precision DEFAULT 0.01,
+                               beta1 double precision DEFAULT 0.9,
+                               beta2 double precision DEFAULT 0.999,
+                               eps double precision DEFAULT 1e-8,
+                               clip double precision DEFAULT NULL)
+RETURNS real
+    AS 'MODULE_PATHNAME', 'llm_train_step' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_train_step(text, int[], int[], double precision, double precision,
+                                   double precision, double precision, double precision,
+                                   double precision) IS
+'one training step on a batch (tokens, targets: int[] or int[][] [B][T], -100 ignored): forward, mean '
+'cross-entropy, backward, clip_grad_norm_(clip) unless clip is NULL, AdamW (decay on 2-D tensors), '
+'written back to llm_param (data, grad, m, v, step) in one UPDATE with a row of llm_train_log and '
+'llm_grad_stats; returns the loss before the update';
