@@ -389,3 +389,71 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 'grad_workers: threads of the forward and backward; prune_workers: threads of clipping and AdamW '
 '(NULL: pg_llm.threads). n_layer, n_head, d, vocab default to the model''s and must agree with it. '
 'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count.';
+
+CREATE FUNCTION llm_replay(model text, checkpoint bigint, to_step int) RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    p_model text := model;
+    from_step int;
+    rows bigint[];
+    r record;
+    tok int[];
+    tgt int[];
+    loss real;
+BEGIN
+    PERFORM llm_require_arg('llm_replay', 'model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_replay', 'checkpoint', checkpoint IS NULL);
+    PERFORM llm_require_arg('llm_replay', 'to_step', to_step IS NULL);
+    SELECT c.step INTO from_step FROM llm_checkpoint c WHERE c.id = checkpoint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'llm_replay: there is no checkpoint %', checkpoint
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF to_step < from_step THEN
+        RAISE EXCEPTION 'llm_replay: to_step % is before checkpoint %''s step %', to_step, checkpoint, from_step
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the latest logged run of each step, chosen before the replay logs its own
+    SELECT array_agg(l.id ORDER BY l.step) INTO rows
+    FROM (SELECT DISTINCT ON (g.step) g.id, g.step FROM llm_train_log g
+          WHERE g.model = p_model AND g.step > from_step AND g.step <= to_step
+          ORDER BY g.step, g.id DESC) l;
+    IF coalesce(cardinality(rows), 0) <> to_step - from_step THEN
+        RAISE EXCEPTION 'llm_replay: llm_train_log of model "%" has % of the % steps % .. %',
+            p_model, coalesce(cardinality(rows), 0), to_step - from_step, from_step + 1, to_step
+            USING ERRCODE = 'no_data_found';
+    END IF;
+
+    PERFORM llm_checkpoint_load(p_model, checkpoint);
+    FOR i IN 1 .. coalesce(cardinality(rows), 0) LOOP
+        SELECT * INTO r FROM llm_train_log g WHERE g.id = rows[i];
+        IF r.tokens IS NOT NULL THEN
+            tok := r.tokens;
+            tgt := r.targets;
+        ELSIF r.batch IS NOT NULL THEN
+            SELECT array_agg(d.tokens ORDER BY u.n), array_agg(d.target ORDER BY u.n) INTO tok, tgt
+            FROM unnest(r.batch) WITH ORDINALITY AS u(id, n) JOIN llm_dataset d ON d.id = u.id;
+            IF coalesce(cardinality(tok), 0) = 0
+               OR array_length(tok, 1) <> cardinality(r.batch) THEN
+                RAISE EXCEPTION 'llm_replay: examples of step % (llm_dataset ids %) are gone', r.step, r.batch
+                    USING ERRCODE = 'no_data_found';
+            END IF;
+        ELSE
+            RAISE EXCEPTION 'llm_replay: step % was taken from stored gradients (llm_adamw_step): '
+                            'nothing to replay it from', r.step
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        loss := llm_train_step(p_model, tok, tgt, r.lr, r.weight_decay, r.beta1, r.beta2, r.eps, r.clip);
+        IF loss IS DISTINCT FROM r.loss THEN
+            RAISE WARNING 'llm_replay: step % has loss % now, % when logged', r.step, loss, r.loss;
+        END IF;
+    END LOOP;
+    RETURN to_step - from_step;
+END $$;
+COMMENT ON FUNCTION llm_replay(text, bigint, int) IS
+'restore checkpoint into the model, then re-run the logged steps after it up to to_step (the latest '
+'logged run of each step: its batch from llm_dataset or its tokens, its lr and AdamW settings), one '
+'llm_train_step each: the weights come out bit for bit as they were; returns the steps replayed';

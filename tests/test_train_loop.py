@@ -163,3 +163,18 @@ def test_bad_settings_are_errors(conn, dataset):
     after = params(conn, "tl_bad")
     assert all(after[n].tobytes() == before[n].tobytes() for n in before)
     assert log(conn, "tl_bad") == []
+
+
+def test_replay_rebuilds_the_weights_bit_for_bit(conn, dataset):
+    load_into_pg(conn, make_reference_model(TINY, seed=16), "tl_replay")
+    train(conn, "tl_replay", 3)
+    saved = conn.execute("SELECT llm_checkpoint_save('tl_replay')").fetchone()[0]
+    train(conn, "tl_replay", 4)
+    conn.execute("SELECT llm_train_step('tl_replay', %s, %s, 1e-3, clip => 0.5)",
+                 [[[1, 2, 3], [4, 5, 6]], [[2, 3, -100], [5, 6, 7]]])
+    want = params(conn, "tl_replay")
+    assert conn.execute("SELECT llm_replay('tl_replay', %s, 8)", [saved]).fetchone()[0] == 5
+    got = params(conn, "tl_replay")
+    assert all(got[n].tobytes() == want[n].tobytes() for n in want)
+    with pytest.raises(psycopg.errors.NoDataFound, match="has 5 of the 6 steps"):
+        conn.execute("SELECT llm_replay('tl_replay', %s, 9)", [saved])

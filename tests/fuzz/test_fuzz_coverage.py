@@ -12,6 +12,8 @@ NOT_FUZZED = {
     "llm_param_bump_version": "a trigger: runs on every llm_param write of the import and init fuzzing",
     "llm_init_std": "called by llm_init with the names of llm_param_shapes only",
     "llm_write_text_file": "writes config.json in llm_export_hf, which is fuzzed",
+    "llm_replay": "PL/pgSQL over llm_checkpoint_load and llm_train_step, both fuzzed; its checks are in "
+                  "tests/test_train_loop.py",
     "llm_train_state_tensor": "internal: an error outside a write-back; runs in every write-back of llm_train_step and "
                               "llm_train, which test_fuzz_train fuzzes",
 }
