@@ -161,8 +161,7 @@ llm_train_step(PG_FUNCTION_ARGS)
 	LlmBatch	batch;
 	LlmTrainLogEntry entry = {0};
 	double		loss;
-	instr_time	start,
-				took;
+	instr_time	t[6];
 
 	for (int i = 0; i < 8; i++)
 		if (PG_ARGISNULL(i))
@@ -182,19 +181,25 @@ llm_train_step(PG_FUNCTION_ARGS)
 							who, clip)));
 	}
 
+	INSTR_TIME_SET_CURRENT(t[0]);
 	st = llm_train_state_load(model, 0, CurrentMemoryContext);
 	batch = llm_batch_from_arrays(who, &st->cfg, model, PG_GETARG_ARRAYTYPE_P(1),
 								  PG_GETARG_ARRAYTYPE_P(2));
-	INSTR_TIME_SET_CURRENT(start);
+	INSTR_TIME_SET_CURRENT(t[1]);
 	loss = llm_train_state_gradients(st, &batch);
+	INSTR_TIME_SET_CURRENT(t[2]);
 	llm_train_state_clip(st, clip);
 	llm_train_state_adamw(st, &hp);
-	INSTR_TIME_SET_CURRENT(took);
-	INSTR_TIME_SUBTRACT(took, start);
+	INSTR_TIME_SET_CURRENT(t[3]);
 
 	entry.loss = loss;
 	entry.lr = hp.lr;
-	entry.tokens_per_s = (double) batch.B * batch.T / Max(INSTR_TIME_GET_DOUBLE(took), 1e-9);
+	{
+		instr_time	took = t[3];
+
+		INSTR_TIME_SUBTRACT(took, t[1]);
+		entry.tokens_per_s = (double) batch.B * batch.T / Max(INSTR_TIME_GET_DOUBLE(took), 1e-9);
+	}
 	entry.hp = hp;
 	entry.clip = clip;
 	entry.tokens = batch.tokens;
@@ -203,7 +208,17 @@ llm_train_step(PG_FUNCTION_ARGS)
 	entry.T = batch.T;
 	llm_train_state_log(st, &entry);
 	llm_train_state_record_grad_stats(st);
+	INSTR_TIME_SET_CURRENT(t[4]);
 	llm_train_state_write_back(st, true);
+	INSTR_TIME_SET_CURRENT(t[5]);
 	llm_train_state_free(st);
+
+	for (int i = 5; i > 0; i--)
+		INSTR_TIME_SUBTRACT(t[i], t[i - 1]);
+	ereport(DEBUG1,
+			(errmsg("%s: load %.3f s, forward and backward %.3f s, clip and AdamW %.3f s, "
+					"logs %.3f s, write-back %.3f s", who, INSTR_TIME_GET_DOUBLE(t[1]),
+					INSTR_TIME_GET_DOUBLE(t[2]), INSTR_TIME_GET_DOUBLE(t[3]),
+					INSTR_TIME_GET_DOUBLE(t[4]), INSTR_TIME_GET_DOUBLE(t[5]))));
 	PG_RETURN_FLOAT4((float4) loss);
 }
