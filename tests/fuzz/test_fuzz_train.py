@@ -111,13 +111,16 @@ def test_train_procedure_settings(model):
     db = model
     tally = Tally("train: CALL llm_train")
     for rng in cases(40, seed=42):
-        steps = rng.choice([1, 2, 0, -1, None])
-        batch_size = rng.choice([1, 2, 0, None])
-        lr = rng.choice(FLOATS)
-        warmup = rng.choice([0, 1, -1, 5])
-        dims = rng.choice([{}, {"n_layer": 1}, {"n_layer": 2}, {"d": 8}, {"vocab": 14}])
-        workers = rng.choice([None, 1, 2, 0, -3])
-        split = rng.choice([SPLIT, SPLIT, "fuzz_none"])
+        def pick(valid, invalid):
+            """a valid value 4 times in 5: most calls get to train"""
+            return rng.choice(valid) if rng.random() < 0.8 else rng.choice(invalid)
+        steps = pick([1, 2], [0, -1, None])
+        batch_size = pick([1, 2], [0, None])
+        lr = pick([1e-3, 0.0], [-1e-3, math.nan, math.inf, -math.inf, None])
+        warmup = pick([0], [1, -1, 5])
+        dims = pick([{}, {"n_layer": 1}, {"d": 8}], [{"n_layer": 2}, {"vocab": 14}])
+        workers = pick([None, 1, 2], [0, -3])
+        split = pick([SPLIT], ["fuzz_none"])
         errors = set()
         if None in (steps, batch_size, lr):
             errors.add("22004")
@@ -127,7 +130,7 @@ def test_train_procedure_settings(model):
                 dims in ({"n_layer": 2}, {"vocab": 14}) or workers in (0, -3):
             errors.add("22023")
         if not errors and split != SPLIT:
-            errors.add("02000")
+            errors.add("P0002")   # no_data_found, as llm_replay
         extra = "".join(f", {k} => {v}" for k, v in dims.items())
         what = (steps, batch_size, lr, warmup, dims, workers, split)
         out = tally.record(db.run(f"CALL llm_train(%s, %s, %s, %s, warmup => %s, grad_workers => %s, "
