@@ -3,7 +3,10 @@ llm_train_step and CALL llm_train -- token arrays of 0, 1 or 2 dimensions,
 ragged against their targets, out of the vocabulary, NULL, longer than
 n_positions; optimizer settings NaN, infinite or negative; unknown models.
 Every answer is a result or a clean ERROR; a failed step writes nothing
-(llm_param's fingerprint and llm_train_log are unchanged)."""
+(llm_param's fingerprint and llm_train_log are unchanged).  Also the
+optimizer and data functions around them: llm_lr against nanoGPT's formula,
+llm_dataset_from_tokens against the block count, llm_adamw_step, and the
+checkpoint functions with unknown models and ids."""
 from __future__ import annotations
 
 import math
@@ -17,7 +20,8 @@ CONFIG = dict(n_layer=1, n_head=2, n_embd=8, n_positions=6, vocab_size=13)
 V, P = CONFIG["vocab_size"], CONFIG["n_positions"]
 SPLIT = "fuzz_train"
 
-COVERS = {"llm_gradients", "llm_train_step", "llm_train"}
+COVERS = {"llm_gradients", "llm_train_step", "llm_train", "llm_lr", "llm_dataset_from_tokens", "llm_adamw_step",
+          "llm_checkpoint_save", "llm_checkpoint_load", "llm_checkpoint_delete", "llm_model_shape"}
 
 FLOATS = [1e-3, 0.0, -1e-3, math.nan, math.inf, -math.inf, 1e300, None]
 
@@ -140,4 +144,125 @@ def test_train_procedure_settings(model):
             tally.expect_error(what, out, errors)
         else:
             tally.expect_ok(what, out)
+    tally.finish(db)
+
+
+def nanogpt_lr(it, lr, warmup, decay, min_lr):
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    if it > decay:
+        return min_lr
+    ratio = (it - warmup) / (decay - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def test_lr_schedule(db):
+    tally = Tally("train: llm_lr")
+    for rng in cases(500, seed=43):
+        step = rng.choice([0, 1, 5, 99, 100, 101, 10**6, -1, 2**62, None])
+        lr = rng.choice([6e-4, 1.0, 0.0, 1e-300, -1e-3, math.nan, math.inf, None])
+        warmup = rng.choice([0, 1, 10, 100, -1, 2**31 - 1])
+        decay = rng.choice([100, 1000, 1, 0, -5, 2**31 - 1])
+        min_lr = rng.choice([0.0, 6e-5, 1e-3, -1.0, math.nan, 2.0])
+        what = (step, lr, warmup, decay, min_lr)
+        out = tally.record(db.run("SELECT llm_lr(%s, %s, %s, %s, %s)", [step, lr, warmup, decay, min_lr]), what)
+        if None in (step, lr):
+            if tally.expect_ok(what, out) and out.value is not None:
+                tally.violation("a NULL argument gave a value (the function is STRICT)", what)
+            continue
+        if step < 0 or not (0 <= lr < math.inf) or not (0 <= min_lr <= lr) or warmup < 0 or decay <= warmup:
+            tally.expect_error(what, out, {"22023"})
+        elif tally.expect_ok(what, out):
+            want = nanogpt_lr(step, lr, warmup, decay, min_lr)
+            if not math.isclose(out.value, want, rel_tol=1e-12, abs_tol=1e-300):
+                tally.violation("llm_lr differs from nanoGPT's get_lr", what, f"{out.value} vs {want}")
+    tally.finish(db)
+
+
+def test_dataset_from_tokens(db):
+    tally = Tally("train: llm_dataset_from_tokens")
+    split = "fuzz_ds"
+    for rng in cases(200, seed=44):
+        n = rng.choice([0, 1, 2, 5, 9, 17, 40])
+        tokens = [rng.randrange(50) for _ in range(n)]
+        if rng.random() < 0.1 and n:
+            tokens[rng.randrange(n)] = None
+        if rng.random() < 0.1 and n:
+            tokens[rng.randrange(n)] = -rng.randrange(1, 5)
+        nested = rng.random() < 0.05 and n >= 2 and n % 2 == 0
+        literal = int_array_literal([tokens[:n // 2], tokens[n // 2:]] if nested else tokens)
+        block = rng.choice([1, 2, 4, 8, 0, -1, None])
+        stride = rng.choice([None, None, 1, 3, 0, -2])
+        what = (literal, block, stride)
+        db.run("DELETE FROM llm_dataset WHERE split = %s", [split])
+        out = tally.record(db.run("SELECT llm_dataset_from_tokens(%s::int[], %s, %s, %s)",
+                                  [literal, block, stride, split]), what)
+        step = stride if stride is not None else block
+        if block is None:
+            tally.expect_error(what, out, {"22004"})
+        elif nested or None in tokens or n == 0:
+            tally.expect_error(what, out, {"22023"})
+        elif block < 1 or step < 1 or n < block + 1:
+            tally.expect_error(what, out, {"22023"})
+        elif any(t < 0 for t in tokens):
+            tally.expect_error(what, out, {"23514"})   # the table's CHECK: token ids are >= 0
+        elif tally.expect_ok(what, out):
+            want = len(range(0, n - block, step))
+            if out.value != want:
+                tally.violation("rows added differ from the blocks that fit", what, f"{out.value} vs {want}")
+    db.run("DELETE FROM llm_dataset WHERE split = %s", [split])
+    tally.finish(db)
+
+
+def test_adamw_step_and_checkpoints(model):
+    db = model
+    tally = Tally("train: llm_adamw_step, checkpoints")
+    assert db.run("SELECT llm_train_step(%s, '{1,2,3}', '{2,3,4}', 1e-3)", [MODEL]).ok   # stores grad
+    saved = []
+    for rng in cases(120, seed=45):
+        name = rng.choice([MODEL, MODEL, "fuzz_nope", None])
+        kind = rng.choice(["adamw", "save", "load", "delete", "shape"])
+        if kind == "adamw":
+            lr = rng.choice([1e-3, 0.0, -1.0, math.nan, math.inf, None])
+            norm = rng.choice([None, 1.0, 0.0, -1.0, math.inf])
+            what = (kind, name, lr, norm)
+            out = tally.record(db.run("SELECT llm_adamw_step(%s, %s, max_grad_norm => %s)", [name, lr, norm]), what)
+            if name is None or lr is None:
+                tally.expect_error(what, out, {"22004"})
+            elif not (0 <= lr < math.inf) or (norm is not None and not (0 < norm < math.inf)):
+                tally.expect_error(what, out, {"22023"})
+            elif name != MODEL:
+                tally.expect_error(what, out, {"42704"})
+            else:
+                tally.expect_ok(what, out)
+        elif kind == "save":
+            what = (kind, name)
+            out = tally.record(db.run("SELECT llm_checkpoint_save(%s, 'fuzz')", [name]), what)
+            if name is None:
+                tally.expect_error(what, out, {"22004"})
+            elif name != MODEL:
+                tally.expect_error(what, out, {"42704"})
+            elif tally.expect_ok(what, out):
+                saved.append(out.value)
+        elif kind in ("load", "delete"):
+            ckpt = rng.choice(saved + [None, -1, 2**62]) if saved else rng.choice([None, -1, 2**62])
+            what = (kind, name, ckpt)
+            if kind == "load":
+                out = tally.record(db.run("SELECT llm_checkpoint_load(%s, %s)", [name, ckpt]), what)
+                bad = name is None or ckpt is None
+                tally.expect_outcome(what, out, {"22004"} if bad else
+                                     {"42704"} if name != MODEL or ckpt not in saved else "ok")
+            else:
+                out = tally.record(db.run("SELECT llm_checkpoint_delete(%s)", [ckpt]), what)
+                tally.expect_outcome(what, out, {"22004"} if ckpt is None else
+                                     {"42704"} if ckpt not in saved else "ok")
+                if out.ok:
+                    saved.remove(ckpt)
+        else:
+            what = (kind, name)
+            out = tally.record(db.run("SELECT llm_model_shape(%s)", [name]), what)
+            if tally.expect_ok(what, out) and (out.value is None) != (name != MODEL):
+                tally.violation("llm_model_shape: NULL exactly for an unknown model", what, str(out.value))
+    for ckpt in saved:
+        db.run("SELECT llm_checkpoint_delete(%s)", [ckpt])
     tally.finish(db)

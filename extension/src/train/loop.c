@@ -328,6 +328,8 @@ llm_train(PG_FUNCTION_ARGS)
 	/* Outlives the step transactions; freed below whatever happens. */
 	run_cxt = AllocSetContextCreate(TopMemoryContext, "pg_llm llm_train", ALLOCSET_DEFAULT_SIZES);
 	step_cxt = AllocSetContextCreate(run_cxt, "pg_llm llm_train step", ALLOCSET_DEFAULT_SIZES);
+	run.model = MemoryContextStrdup(run_cxt, run.model);
+	run.split = MemoryContextStrdup(run_cxt, run.split);
 	PG_TRY();
 	{
 		int64		last_saved;
