@@ -30,8 +30,8 @@ write-back copies them out of backend memory):
   one row a stmt     as "3, now", one UPDATE per parameter
   llm_adamw_step     the real thing: llm_adamw_step loads the state, clips,
                      updates, logs, and writes data, grad, m and v back
-                     through llm_train_state_tensor(); its DEBUG1 report
-                     says how long each part took
+                     through llm_train_state_tensor() (compare "4, now");
+                     its DEBUG1 report says how long each part took
 
 For each: the wall time, the backend's CPU time (user + system, from
 /proc: what the statement itself costs, even on a busy machine), the WAL it

@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import psycopg
 
-from . import build, db, hf, server, tokenizer
+from . import build, datasets, db, hf, server, tokenizer
 
 DEMO = [
     ("a tensor, typed as text", "SELECT '[[1,2,3],[4,5,6]]'::tensor"),
@@ -162,6 +162,16 @@ def cmd_load_tokenizer(args) -> int:
     return 0
 
 
+def cmd_prepare_dataset(args) -> int:
+    with db.connect(server_url(args.data)) as conn:
+        added = datasets.prepare_dataset(conn, args.files, args.model, args.block_size, stride=args.stride,
+                                         val_fraction=args.val_fraction, progress=True)
+    print(f"added {added} rows of {args.block_size} tokens to llm_dataset\n"
+          f"  SELECT split, count(*) FROM llm_dataset GROUP BY split;\n"
+          f"  SELECT * FROM llm_eval('{args.model}', 'val');")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pg-llm-lab", description="pg_llm lab: GPT-2 inside PostgreSQL.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -203,8 +213,16 @@ def parser() -> argparse.ArgumentParser:
     load_tok.add_argument("vocab", help="vocab.json (token -> id)")
     load_tok.add_argument("merges", help="merges.txt (one merge a line)")
     load_tok.add_argument("--model", required=True, help="tokenizer name (a model's name, e.g. gpt2)")
+    prepare = commands.add_parser("prepare-dataset",
+                                  help="encode text files with a model's tokenizer into llm_dataset")
+    prepare.add_argument("files", nargs="+", help="UTF-8 text files (documents are joined by <|endoftext|>)")
+    prepare.add_argument("--model", required=True, help="the tokenizer's (and model's) name")
+    prepare.add_argument("--block-size", type=int, required=True, help="tokens per example")
+    prepare.add_argument("--stride", type=int, help="tokens between example starts (default: block size)")
+    prepare.add_argument("--val-fraction", type=float, default=0.1,
+                         help="share of the tokens, at the end, for split 'val' (default 0.1)")
     for sub, run in ((import_hf, cmd_import_hf), (export_hf, cmd_export_hf),
-                     (load_tok, cmd_load_tokenizer)):
+                     (load_tok, cmd_load_tokenizer), (prepare, cmd_prepare_dataset)):
         sub.add_argument("--data", metavar="DIR", help="data directory of the embedded server")
         sub.set_defaults(run=run)
     return p

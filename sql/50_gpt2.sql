@@ -1,5 +1,6 @@
--- pg_llm: GPT-2 inference (extension/src/gpt2/: model_cache.c, forward.c,
--- generate.c) and initialisation (extension/src/ops/init.c).
+-- pg_llm: GPT-2 inference (extension/src/gpt2/: model_cache.c, forward.c)
+-- and initialisation (extension/src/ops/init.c).  Generation is in
+-- 70_generation.sql.
 --
 -- The functions that read llm_param are STABLE: they see the weights of
 -- the calling statement's snapshot.  The weights are decoded once into
@@ -37,19 +38,6 @@ CREATE FUNCTION llm_loss(model text, tokens int[], targets int[]) RETURNS real
 COMMENT ON FUNCTION llm_loss(text, int[], int[]) IS
 'mean cross-entropy of the logits at each position against targets (same length as tokens, -100 = ignore). '
 'For next-token loss pass targets = tokens[2:] || -100, which is what HF computes from labels = input_ids';
-
-CREATE FUNCTION llm_generate_tokens(model text, prompt int[], max_new_tokens int,
-                                    temperature double precision DEFAULT 1.0,
-                                    top_k int DEFAULT 0,
-                                    top_p double precision DEFAULT 1.0,
-                                    seed bigint DEFAULT NULL,
-                                    stop_token int DEFAULT NULL)
-RETURNS int[]
-    AS 'MODULE_PATHNAME', 'llm_generate_tokens_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
-COMMENT ON FUNCTION llm_generate_tokens(text, int[], int, double precision, int, double precision, bigint, int) IS
-'the max_new_tokens tokens GPT-2 writes after prompt (only the new ones). temperature 0 = greedy; '
-'else softmax(logits/temperature), then top_k (0 = off), then top_p (1 = off), then a draw from a '
-'generator seeded by seed (NULL = random). Stops early after stop_token if given';
 
 -- The backend's weight cache: which model it holds, the version, its size,
 -- and how many times this backend has decoded weights from llm_param.

@@ -31,6 +31,7 @@ void		_PG_init(void);
 
 static int	llm_threads = 1;
 static int	llm_simd = -1;		/* -1 = auto, else an llm_isa */
+static char *llm_default_model = NULL;
 
 static const struct config_enum_entry simd_options[] = {
 	{"auto", -1, false},
@@ -117,7 +118,34 @@ _PG_init(void)
 							 "auto picks the best the CPU supports; lower values are for testing.",
 							 &llm_simd, -1, simd_options,
 							 PGC_USERSET, 0, NULL, assign_simd, NULL);
+	DefineCustomStringVariable("pg_llm.default_model",
+							   "Model the text functions use when none is named.",
+							   "llm_generate, llm_generate_stream and llm_beam_search read it "
+							   "when their model argument is NULL or left out.",
+							   &llm_default_model, "gpt2-small",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("pg_llm");
+}
+
+const char *
+llm_model_or_default(const char *who, const char *model)
+{
+	if (model != NULL)
+		return model;
+	if (llm_default_model == NULL || llm_default_model[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: no model given and pg_llm.default_model is empty", who),
+				 errhint("Pass model => '...', or SET pg_llm.default_model = '...'.")));
+	return llm_default_model;
+}
+
+/* llm_default_model(): the model text functions use when none is named. */
+PG_FUNCTION_INFO_V1(llm_default_model_sql);
+Datum
+llm_default_model_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(llm_model_or_default("llm_default_model", NULL)));
 }
 
 /* llm_info(): what the kernels run with, for humans and tests. */

@@ -1,11 +1,13 @@
 /*
  * pg_llm.h -- what every part of the extension shares with pg_llm.c: turning
- * a kernel's status into PostgreSQL's errors, and allocating large buffers.
+ * a kernel's status into PostgreSQL's errors, allocating large buffers, the
+ * names of the extension's tables, the default model.
  *
  * The parts of the engine live in folders (see README.md beside this file):
  *   tensor/   the `tensor` type          ops/    SQL wrappers of the kernels
- *   gpt2/     weights, forward, sampling io/     checkpoint files on the server
- *   kernels/  the math, in plain C: no PostgreSQL header
+ *   gpt2/     weights, forward           io/     checkpoint files on the server
+ *   text/     sampling, generation       kernels/ the math, in plain C: no
+ *             streaming, beam search              PostgreSQL header
  */
 #ifndef PG_LLM_H
 #define PG_LLM_H
@@ -41,5 +43,11 @@ extern float *llm_alloc_floats(int64 rows, int64 cols, const char *what);
 extern Oid	llm_extension_schema(void);
 extern char *llm_table_name(const char *name);
 extern Oid	llm_table_oid(const char *name);
+
+/*
+ * `model` if not NULL, else the setting pg_llm.default_model (ERROR 22023
+ * when that is empty too).
+ */
+extern const char *llm_model_or_default(const char *who, const char *model);
 
 #endif							/* PG_LLM_H */

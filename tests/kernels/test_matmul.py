@@ -128,3 +128,35 @@ def test_allocation_failure_same_bits(lib, lib_no_memory, shape, ta, tb):
         got = run_matmul(lib_no_memory, a, b, bias, M, K, N, ta, tb)
         assert np.array_equal(want.view(np.uint32), got.view(np.uint32)), name
     lib.llm_set_isa(2)
+
+
+@pytest.mark.parametrize("shape,ta,tb", [
+    ((160, 60000, 40), 0, 0),     # large K, A 38 MB: tiles pack their own A blocks
+    ((160, 60000, 40), 1, 1),
+    ((60000, 160, 40), 1, 0),     # the lm_head's dwte: transA, A 38 MB
+    ((256, 5003, 128), 0, 1),     # large K, narrow N: rows split too
+])
+def test_large_k_and_huge_a(lib, lib_no_memory, shape, ta, tb):
+    """Operands too big to pack up front (tiles pack and prefetch their own
+    blocks) and K large enough for the few-wide-tiles layout: the product,
+    the same bits at 1, 2 and 3 threads, and without scratch memory."""
+    M, K, N = shape
+    rng = np.random.default_rng(4)
+    a, b, bias, ref, scale = operands(rng, M, K, N, ta, tb, True)
+    for name in isas(lib):
+        lib.llm_set_isa(ISA[name])
+        outs = []
+        for threads in (1, 2, 3):
+            lib.llm_pool_set_threads(threads)
+            outs.append(run_matmul(lib, a, b, bias, M, K, N, ta, tb))
+        for o in outs[1:]:
+            assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32)), name
+        err = np.abs(outs[0] - ref) / (scale + np.abs(bias))
+        assert err.max() < 2e-6, (name, err.max())
+        if name != "scalar":
+            lib_no_memory.llm_set_isa(ISA[name])
+            lib_no_memory.llm_pool_set_threads(2)
+            got = run_matmul(lib_no_memory, a, b, bias, M, K, N, ta, tb)
+            assert np.array_equal(got.view(np.uint32), outs[0].view(np.uint32)), name
+    lib.llm_set_isa(2)
+    lib.llm_pool_set_threads(1)

@@ -286,6 +286,25 @@ gpt2_logits(Gpt2State *st, int64 row, int64 nrows, float *out)
 	timer_stop(st, TIMER_LM_HEAD, start);
 }
 
+void
+gpt2_state_copy_cache(Gpt2State *dst, const Gpt2State *src)
+{
+	const Gpt2Model *m = src->model;
+	Size		bytes = src->n_past * m->cfg.n_embd * sizeof(float);
+
+	if (dst == src)
+		return;
+	if (src->k_cache == NULL || dst->k_cache == NULL || dst->n_ctx != src->n_ctx)
+		elog(ERROR, "gpt2_state_copy_cache: states of different shapes");
+	for (int l = 0; l < m->cfg.n_layer; l++)
+	{
+		memcpy(dst->k_cache[l], src->k_cache[l], bytes);
+		memcpy(dst->v_cache[l], src->v_cache[l], bytes);
+	}
+	dst->n_past = src->n_past;
+	dst->last_rows = 0;
+}
+
 /* ---- SQL: llm_logits, llm_loss ------------------------------------------- */
 
 int32 *

@@ -7,7 +7,8 @@
  *   gpt2_logits(st, row, nrows, out);  (lm_head on rows of that forward)
  *   gpt2_state_free(st);
  *
- * generate.c samples from it token by token.
+ * text/generate.c samples from it token by token; text/beam_search.c keeps
+ * one state per beam.
  */
 #ifndef PG_LLM_GPT2_FORWARD_H
 #define PG_LLM_GPT2_FORWARD_H
@@ -75,5 +76,12 @@ extern void gpt2_forward(Gpt2State *st, const int32 *tokens, int64 T);
 
 /* out[nrows, V] = logits of rows row .. row+nrows-1 of the latest forward. */
 extern void gpt2_logits(Gpt2State *st, int64 row, int64 nrows, float *out);
+
+/*
+ * Make dst continue where src is: the same positions in the KV cache (beam
+ * search forks a sequence this way).  Both from gpt2_state_new with the
+ * same sizes and a KV cache; the activations are not copied.
+ */
+extern void gpt2_state_copy_cache(Gpt2State *dst, const Gpt2State *src);
 
 #endif							/* PG_LLM_GPT2_FORWARD_H */

@@ -581,6 +581,16 @@ gpt2_model_get(const char *model)
 	return m;
 }
 
+const Gpt2Model *
+gpt2_model_cached(const char *model, int64 version)
+{
+	Gpt2Model  *m = cached_model;
+
+	if (m != NULL && m->version == version && strcmp(m->name, model) == 0)
+		return m;
+	return NULL;
+}
+
 void
 gpt2_check_tokens(const char *who, const Gpt2Model *m, const int32 *ids, int n)
 {

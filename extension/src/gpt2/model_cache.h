@@ -118,6 +118,13 @@ extern void gpt2_param_read(const char *model, const Gpt2ParamInfo *p, const cha
 /* The cached weights of `model`, (re)loaded if its version changed. */
 extern const Gpt2Model *gpt2_model_get(const char *model);
 
+/*
+ * The cached model if it is `model` at `version`, else NULL; no catalog
+ * access.  A caller that keeps a model across calls (a streaming SRF) finds
+ * it again through this: the pointer it had may have been freed.
+ */
+extern const Gpt2Model *gpt2_model_cached(const char *model, int64 version);
+
 /* Error (22023) unless every id is in [0, vocab_size). */
 extern void gpt2_check_tokens(const char *who, const Gpt2Model *m,
 							  const int32 *ids, int n);

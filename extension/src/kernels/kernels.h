@@ -230,7 +230,7 @@ int			llm_cross_entropy_backward(const float *logits, const int32_t *targets,
 									   const float *lse, int64_t rows, int64_t vocab,
 									   float scale, float *dlogits);
 
-/* ---- attention (attention.c) --------------------------------------------- */
+/* ---- attention (attention/) ---------------------------------------------- */
 
 /*
  * Multi-head scaled dot-product attention, y = softmax(q k^T / sqrt(hd)) v
@@ -255,7 +255,7 @@ int			llm_attention(const float *q, int64_t ldq,
 						  int64_t n_head, int causal, float *lse);
 
 /*
- * Backward of llm_attention (attention_backward.c), given its inputs, its
+ * Backward of llm_attention (attention/backward.c), given its inputs, its
  * output y [Tq, C], its lse [n_head, Tq] and dy [Tq, C]:
  *   dq [Tq, C] += dL/dq,  dk [Tk, C] += dL/dk,  dv [Tk, C] += dL/dv
  * Every gradient is strided like the inputs (row t of dq starts at

@@ -16,8 +16,9 @@
  * cross a tensor's boundary; updates are elementwise, and reductions sum
  * each chunk on its own, then the chunks of a tensor in order.  So every
  * result depends only on the layout, never on pg_llm.threads, and the SIMD
- * variants give the same bits as the plain C (they use the same operations
- * in the same order: IEEE add, mul, div, sqrt and fused multiply-add).
+ * variants of the update (dispatch.h's adamw table) give the same bits as
+ * the plain C (the same operations in the same order: IEEE add, mul, div,
+ * sqrt and fused multiply-add).
  *
  * The functions that run for long return LLM_OK, LLM_INTERRUPTED (the
  * interrupt hook fired: the output is partly updated and must be thrown

@@ -1,6 +1,6 @@
 /*
  * softmax.c -- softmax over the last axis, optionally causal, the row
- * kernel attention.c shares, and the backward.
+ * kernel attention/forward.c shares, and the backward.
  *
  * y = exp(x - max) / sum(exp(x - max)): subtracting the row maximum keeps
  * every exp <= 1.  The final division is a multiply by the reciprocal, as

@@ -3,55 +3,14 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
-#include "access/table.h"
-#include "catalog/indexing.h"
-#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
-#include "utils/rel.h"
 
 #include "text/bpe_tables.h"
-
-#if PG_VERSION_NUM < 160000
-/* PostgreSQL 16 exports this; before, it was static in extension.c. */
-static Oid
-get_extension_schema(Oid ext_oid)
-{
-	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	Oid			schema = InvalidOid;
-
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(ext_oid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-		schema = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return schema;
-}
-#endif
-
-char *
-llm_extension_table(const char *name)
-{
-	Oid			schema = get_extension_schema(get_extension_oid("pg_llm", false));
-	char	   *schema_name = get_namespace_name(schema);
-
-	if (schema_name == NULL)
-		elog(ERROR, "pg_llm: the extension's schema (OID %u) is gone", schema);
-	return psprintf("%s.%s", quote_identifier(schema_name), quote_identifier(name));
-}
 
 /* A text[] of n UTF-8 strings, converted to the database encoding. */
 static ArrayType *
@@ -80,9 +39,9 @@ register_and_clear(const char *model, const char *table)
 	Datum		args[1] = {CStringGetTextDatum(model)};
 
 	run(psprintf("INSERT INTO %s (model) VALUES ($1) ON CONFLICT (model) DO NOTHING",
-				 llm_extension_table("llm_tokenizer")),
+				 llm_table_name("llm_tokenizer")),
 		1, types, args, SPI_OK_INSERT);
-	run(psprintf("DELETE FROM %s WHERE model = $1", llm_extension_table(table)),
+	run(psprintf("DELETE FROM %s WHERE model = $1", llm_table_name(table)),
 		1, types, args, SPI_OK_DELETE);
 }
 
@@ -98,7 +57,7 @@ llm_store_vocab(const char *model, char **tokens, int n)
 	args[1] = PointerGetDatum(text_array(tokens, n));
 	run(psprintf("INSERT INTO %s (model, token, id) "
 				 "SELECT $1, t.token, (t.i - 1)::int FROM unnest($2) WITH ORDINALITY AS t(token, i)",
-				 llm_extension_table("llm_bpe_vocab")),
+				 llm_table_name("llm_bpe_vocab")),
 		2, types, args, SPI_OK_INSERT);
 	SPI_finish();
 }
@@ -117,7 +76,7 @@ llm_store_merges(const char *model, char **left, char **right, int n)
 	run(psprintf("INSERT INTO %s (model, rank, \"left\", \"right\") "
 				 "SELECT $1, (m.i - 1)::int, m.l, m.r "
 				 "FROM unnest($2, $3) WITH ORDINALITY AS m(l, r, i)",
-				 llm_extension_table("llm_bpe_merges")),
+				 llm_table_name("llm_bpe_merges")),
 		3, types, args, SPI_OK_INSERT);
 	SPI_finish();
 }

@@ -14,8 +14,7 @@
 
 #include "postgres.h"
 
-/* "schema"."name" of one of the extension's tables. */
-extern char *llm_extension_table(const char *name);
+#include "pg_llm.h"				/* llm_table_name(): "schema"."table" */
 
 /*
  * Replace the vocabulary of `model` with tokens[0..n) (UTF-8, token i has

@@ -88,7 +88,7 @@ read_version(const char *model, Oid *relid, int64 *version)
 	int			ret;
 
 	ret = SPI_execute_with_args(psprintf("SELECT tableoid, version FROM %s WHERE model = $1",
-										 llm_extension_table("llm_tokenizer")),
+										 llm_table_name("llm_tokenizer")),
 								1, &argtype, &arg, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: reading llm_tokenizer failed: %s", SPI_result_code_string(ret));
@@ -137,7 +137,7 @@ load_vocab(LlmTokenizer *tok, TokenIndex *ix)
 	uint64		total = 0;
 
 	select_rows(psprintf("SELECT id, token, bytes FROM %s WHERE model = $1 ORDER BY id",
-						 llm_extension_table("llm_bpe_vocab")), tok->model);
+						 llm_table_name("llm_bpe_vocab")), tok->model);
 	n = (int) SPI_processed;
 	if (n == 0)
 		ereport(ERROR,
@@ -202,7 +202,7 @@ load_merges(LlmTokenizer *tok, TokenIndex *ix)
 	int			n;
 
 	select_rows(psprintf("SELECT rank, \"left\", \"right\" FROM %s WHERE model = $1 ORDER BY rank",
-						 llm_extension_table("llm_bpe_merges")), tok->model);
+						 llm_table_name("llm_bpe_merges")), tok->model);
 	n = (int) SPI_processed;
 	tok->n_merges = n;
 	old = MemoryContextSwitchTo(tok->mcxt);

@@ -35,7 +35,7 @@
 #include "tensor/tensor.h"
 #include "train/step.h"
 
-/* The procedure's arguments, in llm_train's order (sql/70_train.sql). */
+/* The procedure's arguments, in llm_train's order (sql/82_train_step.sql). */
 enum
 {
 	A_MODEL, A_STEPS, A_BATCH_SIZE, A_LR, A_WARMUP, A_MIN_LR, A_WEIGHT_DECAY, A_CLIP, A_SEED,

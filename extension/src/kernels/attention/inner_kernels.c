@@ -328,10 +328,7 @@ probs_row_avx512(float *s, float *dp, int64_t n, int64_t w, float scale,
 	}
 }
 
-/*
- * AVX2 has 16 ymm registers: the 8 x 32 tile goes as four 4 x 16 quarters
- * of 8 accumulators, as attention.c's tiles do.
- */
+/* AVX2 has 16 ymm registers: the 8 x 32 tile goes as four 4 x 16 quarters. */
 TARGET_AVX2 static void
 tile_avx2(const float *a, int64_t ars, int64_t ats, const float *b, int64_t ldb,
 		  int64_t n, float *c, int64_t ldc, float scale, int accumulate)

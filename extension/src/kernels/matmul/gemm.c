@@ -36,7 +36,11 @@
 #ifndef TILES_TARGET
 #define TILES_TARGET 16			/* aim for about this many output tiles */
 #endif
-#define PACK_KEEP (32u << 20)	/* keep whole-matrix pack buffers <= 32 MB */
+#ifndef LARGE_K
+#define LARGE_K 4096			/* from this K on, few wide tiles (choose_tiles) */
+#endif
+#define LARGE_K_TILES 4
+#define PACK_KEEP (32u << 20)	/* whole-matrix pack buffers: at most 32 MB */
 
 /* ---- per-thread scratch ------------------------------------------------- */
 
@@ -48,6 +52,7 @@ typedef struct
 } scratch;
 
 static __thread scratch tls_pack_b;	/* B block, inside tasks */
+static __thread scratch tls_pack_ab;	/* A block, inside tasks (no whole A) */
 static __thread scratch tls_pack_a;	/* whole packed A, calling thread */
 static __thread scratch tls_pack_bg;	/* whole packed B, calling thread */
 
@@ -69,35 +74,47 @@ scratch_get(scratch *s, size_t n)
 
 /* ---- packing and prefetching -------------------------------------------- */
 
-static void
-prefetch_block(prefetcher *pf, const mm_ctx *c, int64_t k0, int64_t kc,
-			   int64_t n0, int64_t n1)
+/* rows of len floats, stride apart, from base */
+static pf_region
+region(const float *base, int64_t stride, int64_t rows, int64_t len)
 {
-	int64_t		len;
+	/* +1: rows need not be aligned */
+	return (pf_region) {base, stride, rows, ceil_div(len, 16) + 1};
+}
 
+static const pf_region no_region = {NULL, 0, 0, 1};
+
+/* The source of op(B)[k0:k0+kc, n0:n1]. */
+static pf_region
+b_region(const mm_ctx *c, int64_t k0, int64_t kc, int64_t n0, int64_t n1)
+{
 	if (c->transB)
-	{
-		pf->base = c->B + n0 * c->K + k0;
-		pf->stride = c->K;
-		pf->rows = n1 - n0;
-		len = kc;
-	}
-	else
-	{
-		pf->base = c->B + k0 * c->N + n0;
-		pf->stride = c->N;
-		pf->rows = kc;
-		len = n1 - n0;
-	}
-	pf->row_lines = ceil_div(len, 16) + 1;	/* +1: rows need not be aligned */
+		return region(c->B + n0 * c->K + k0, c->K, n1 - n0, kc);
+	return region(c->B + k0 * c->N + n0, c->N, kc, n1 - n0);
+}
+
+/* The source of op(A)[m0:m1, k0:k0+kc]. */
+static pf_region
+a_region(const mm_ctx *c, int64_t k0, int64_t kc, int64_t m0, int64_t m1)
+{
+	if (c->transA)
+		return region(c->A + k0 * c->M + m0, c->M, kc, m1 - m0);
+	return region(c->A + m0 * c->K + k0, c->K, m1 - m0, kc);
+}
+
+/* Prefetch a, then b (either may be no_region). */
+static void
+prefetch_regions(prefetcher *pf, pf_region a, pf_region b)
+{
+	pf->cur = a.rows > 0 ? a : b;
+	pf->then = a.rows > 0 ? b : no_region;
 	pf->row = pf->line = 0;
 }
 
-static void
-prefetch_none(prefetcher *pf)
+static int64_t
+region_lines(pf_region r)
 {
-	pf->rows = pf->row = 0;
-	pf->row_lines = 1;
+	return r.rows * r.row_lines;
 }
 
 
@@ -240,7 +257,7 @@ gemm_tile_small_buffers(const mm_ctx *c, int64_t m0, int64_t m1,
 				m,
 				n;
 
-	prefetch_none(&pf);
+	prefetch_regions(&pf, no_region, no_region);
 
 	for (k0 = 0; k0 < c->K; k0 += c->kc)
 	{
@@ -272,34 +289,44 @@ gemm_tile_small_buffers(const mm_ctx *c, int64_t m0, int64_t m1,
 	}
 }
 
+/* An output tile, C[m0:m1, n0:n1]. */
+typedef struct
+{
+	int64_t		m0,
+				m1,
+				n0,
+				n1;
+} tile_range;
+
 /*
- * One output tile C[m0:m1, n0:n1] over all of K.  For each k-block the
- * B block (kc x tile width, <= 768 KB) is packed into this thread's buffer
- * (or found in the prepacked B) and stays in L2; then each MR-row panel of
- * A (14 KB, stays in L1) sweeps across the NR-wide panels of B.
- * [nn0, nn1) is the column range of the tile this task does next (nn1 ==
- * 0: none), whose first B block is prefetched during the last k-block.
+ * One output tile over all of K.  For each k-block the B block (kc x tile
+ * width, <= 768 KB) is packed into this thread's buffer (or found in the
+ * prepacked B) and stays in L2, and so is the A block (tile height x kc)
+ * when A is not packed up front; then each MR-row panel of A (14 KB, stays
+ * in L1) sweeps across the NR-wide panels of B.  Meanwhile the sources of
+ * the next blocks this task packs (the next k-block's, or the first of
+ * `next`, the task's next tile, when not NULL) are prefetched into L2.
  */
 static void
-gemm_tile(const mm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
-		  int64_t nn0, int64_t nn1)
+gemm_tile(const mm_ctx *c, tile_range t, const tile_range *next)
 {
 	const gemm_kernels *isa = c->isa;
-	int64_t		npanels = ceil_div(n1 - n0, isa->nr);
-	int64_t		ncalls = ceil_div(m1 - m0, isa->mr) * npanels;
-	float		abuf[KC_MAX * MR_MAX] __attribute__((aligned(64)));
-	float	   *bpack;
+	int64_t		MR = isa->mr;
+	int64_t		npanels = ceil_div(t.n1 - t.n0, isa->nr);
+	int64_t		ncalls = ceil_div(t.m1 - t.m0, MR) * npanels;
+	float	   *bpack = NULL,
+			   *apack = NULL;
 	prefetcher	pf;
 	int64_t		k0,
 				m,
 				p;
 
-	if (c->bpack)
-		bpack = NULL;			/* panels come from c->bpack */
-	else if ((bpack = scratch_get(&tls_pack_b,
-								  (size_t) (c->kc * npanels * isa->nr))) == NULL)
+	if ((!c->bpack && (bpack = scratch_get(&tls_pack_b,
+										   (size_t) (c->kc * npanels * isa->nr))) == NULL) ||
+		(!c->apack && (apack = scratch_get(&tls_pack_ab,
+										   (size_t) (c->kc * round_up(t.m1 - t.m0, MR)))) == NULL))
 	{
-		gemm_tile_small_buffers(c, m0, m1, n0, n1);
+		gemm_tile_small_buffers(c, t.m0, t.m1, t.n0, t.n1);
 		return;
 	}
 
@@ -308,46 +335,47 @@ gemm_tile(const mm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
 		int64_t		kc = MIN(c->kc, c->K - k0);
 		int			last = k0 + kc >= c->K;
 		const float *bblock;
+		pf_region	pa = no_region,
+					pb = no_region;
 		int64_t		per_call;
 
 		if (c->bpack)
-			bblock = bpack_panel(c, k0, kc, n0);
+			bblock = bpack_panel(c, k0, kc, t.n0);
 		else
 		{
-			pack_b_block(c, bpack, k0, kc, n0, n1 - n0);
+			pack_b_block(c, bpack, k0, kc, t.n0, t.n1 - t.n0);
 			bblock = bpack;
 		}
+		if (apack)
+			pack_a_block(c, apack, t.m0, t.m1 - t.m0, k0, kc);
 
 		/* what to pull into L2 while the kernels run (see prefetcher) */
-		if (c->bpack)			/* already packed, read in order: no need */
-			prefetch_none(&pf);
-		else if (!last)
-			prefetch_block(&pf, c, k0 + kc, MIN(c->kc, c->K - k0 - kc), n0, n1);
-		else if (nn1 > 0)
-			prefetch_block(&pf, c, 0, MIN(c->kc, c->K), nn0, nn1);
-		else
-			prefetch_none(&pf);
-		per_call = ceil_div(pf.rows * pf.row_lines, ncalls);
-
-		for (m = m0; m < m1; m += isa->mr)
+		if (!last || next)
 		{
-			int			mr = (int) MIN(isa->mr, m1 - m);
-			const float *ap;
+			tile_range	nt = last ? *next : t;
+			int64_t		nk0 = last ? 0 : k0 + kc;
+			int64_t		nkc = MIN(c->kc, c->K - nk0);
+
+			if (apack)
+				pa = a_region(c, nk0, nkc, nt.m0, nt.m1);
+			if (bpack)
+				pb = b_region(c, nk0, nkc, nt.n0, nt.n1);
+		}
+		prefetch_regions(&pf, pa, pb);
+		per_call = ceil_div(region_lines(pa) + region_lines(pb), ncalls);
+
+		for (m = t.m0; m < t.m1; m += MR)
+		{
+			int			mr = (int) MIN(MR, t.m1 - m);
+			const float *ap = apack ? apack + (m - t.m0) * kc : apack_panel(c, k0, kc, m);
 			micro_kernel kern = isa->kern[mr];
 
-			if (c->apack)
-				ap = apack_panel(c, k0, kc, m);
-			else
-			{
-				pack_a_block(c, abuf, m, mr, k0, kc);
-				ap = abuf;
-			}
 			for (p = 0; p < npanels; p++)
 			{
-				int64_t		n = n0 + p * isa->nr;
+				int64_t		n = t.n0 + p * isa->nr;
 
 				kern(kc, ap, bblock + p * kc * isa->nr,
-					 c->C + m * c->N + n, c->N, (int) MIN(isa->nr, n1 - n),
+					 c->C + m * c->N + n, c->N, (int) MIN(isa->nr, t.n1 - n),
 					 k0 > 0 || c->accumulate, last && c->bias ? c->bias + n : NULL,
 					 &pf, per_call);
 			}
@@ -355,27 +383,27 @@ gemm_tile(const mm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
 	}
 }
 
-/* Task: tiles [t0, t1), numbered row-major over the (m, n) tile grid. */
+/* Tile t, numbered row-major over the (m, n) tile grid. */
+static tile_range
+tile_of(const mm_ctx *c, int64_t t)
+{
+	int64_t		m0 = (t / c->n_ntiles) * c->mc;
+	int64_t		n0 = (t % c->n_ntiles) * c->nc;
+
+	return (tile_range) {m0, MIN(c->M, m0 + c->mc), n0, MIN(c->N, n0 + c->nc)};
+}
+
+/* Task: tiles [t0, t1). */
 static void
 gemm_task(void *arg, int64_t t0, int64_t t1)
 {
 	const mm_ctx *c = (const mm_ctx *) arg;
-	int64_t		t;
 
-	for (t = t0; t < t1; t++)
+	for (int64_t t = t0; t < t1; t++)
 	{
-		int64_t		m0 = (t / c->n_ntiles) * c->mc;
-		int64_t		n0 = (t % c->n_ntiles) * c->nc;
-		int64_t		nn0 = 0,
-					nn1 = 0;
+		tile_range	next = tile_of(c, t + 1);
 
-		if (t + 1 < t1)
-		{
-			nn0 = ((t + 1) % c->n_ntiles) * c->nc;
-			nn1 = MIN(c->N, nn0 + c->nc);
-		}
-		gemm_tile(c, m0, MIN(c->M, m0 + c->mc), n0, MIN(c->N, n0 + c->nc),
-				  nn0, nn1);
+		gemm_tile(c, tile_of(c, t), t + 1 < t1 ? &next : NULL);
 	}
 }
 
@@ -384,15 +412,24 @@ gemm_task(void *arg, int64_t t0, int64_t t1)
  *   - tile width nc: a multiple of NR, at most NC_MAX columns (so the
  *     packed kc x nc block and the prefetched next one share L2), aiming
  *     at ~16 tiles in all, each >= ~4 MFLOP and >= 2 panels wide;
- *   - tile height mc: all rows when M is small, else a multiple of MR;
+ *     when K is large (the tied lm_head's backward, K = vocab) only ~4:
+ *     each tile packs all its A and B rows once per k-block, so fewer,
+ *     wider tiles read and pack less, and 4 tiles of 25k+ multiply-adds
+ *     per output element still balance a few threads;
+ *   - tile height mc: all rows when M is small, else a multiple of MR
+ *     (and for large K, fewer rows when N alone gives too few tiles);
  *   - a task is a run of consecutive tiles, sized for ~16-32 tasks, so
- *     that it knows which B block to prefetch next.
+ *     that it knows which blocks to prefetch next.
+ * (Tiles never change the bits, only k-blocks do: each element is the
+ * same chain whatever tile it falls in.)
  */
 static void
 choose_tiles(mm_ctx *c)
 {
 	int64_t		MR = c->isa->mr,
 				NR = c->isa->nr;
+	int			large_k = c->K >= LARGE_K;
+	int64_t		target = large_k ? LARGE_K_TILES : TILES_TARGET;
 	int64_t		mc,
 				nc,
 				n_mtiles,
@@ -401,34 +438,35 @@ choose_tiles(mm_ctx *c)
 	mc = c->M <= MC_SMALL ? c->M : round_up(MC_TILE, MR);
 	n_mtiles = ceil_div(c->M, mc);
 
-	nc = round_up(ceil_div(c->N, MAX(1, TILES_TARGET / n_mtiles)), NR);
+	nc = round_up(ceil_div(c->N, MAX(1, target / n_mtiles)), NR);
 	nc = MAX(nc, round_up(ceil_div((int64_t) 1 << 21, MIN(mc, c->M) * c->K), NR));
 	nc = MAX(nc, 2 * NR);
 	nc = MIN(nc, NC_MAX);
 	nc = MIN(nc, round_up(c->N, NR));
+	c->n_ntiles = ceil_div(c->N, nc);
+
+	/* large K, narrow N (lm_head, N = n_embd): split the rows too */
+	if (large_k && n_mtiles * c->n_ntiles < target && c->M > MR)
+	{
+		mc = round_up(ceil_div(c->M, ceil_div(target, c->n_ntiles)), MR);
+		n_mtiles = ceil_div(c->M, mc);
+	}
 
 	c->mc = mc;
 	c->nc = nc;
-	c->n_ntiles = ceil_div(c->N, nc);
 	ntiles = n_mtiles * c->n_ntiles;
 	c->tile_grain = MAX(1, ntiles / 24);
 }
 
 /*
- * A buffer for a whole packed matrix: the calling thread's scratch when it
- * is at most PACK_KEEP bytes (kept for the next call), else malloc'd for
- * this call only (*owned, to be freed).  NULL when allocation fails.
+ * A buffer for a whole packed matrix of n floats: the calling thread's
+ * scratch (kept for the next call), when n floats are at most PACK_KEEP
+ * bytes and can be had; else NULL.
  */
 static float *
-whole_matrix_buffer(scratch *s, size_t n, void **owned)
+whole_matrix_buffer(scratch *s, size_t n)
 {
-	*owned = NULL;
-	if (n * sizeof(float) <= PACK_KEEP)
-		return scratch_get(s, n);
-#ifdef LLM_MATMUL_TEST_NO_MEMORY
-	return NULL;
-#endif
-	return malloc_aligned(n, owned);
+	return n * sizeof(float) <= PACK_KEEP ? scratch_get(s, n) : NULL;
 }
 
 int
@@ -436,7 +474,6 @@ matmul_gemm(mm_ctx *c)
 {
 	int64_t		MR = c->isa->mr,
 				NR = c->isa->nr;
-	void	   *a_owned = NULL;
 	int64_t		npack;
 	int			rc = LLM_OK;
 
@@ -448,19 +485,17 @@ matmul_gemm(mm_ctx *c)
 
 	/*
 	 * Pack all of A once: every tile along N reuses it.  B is packed once
-	 * too when several row tiles share it (M > mc) and it is not huge (a
-	 * 150 MB lm_head would be a transient allocation as big as the weight,
-	 * and re-streaming it per row tile is cheap next to 2*mc flops per
-	 * element); otherwise each tile packs its own B blocks as it goes,
-	 * from memory into L2.  If an allocation fails, tiles pack what is
-	 * missing themselves.
+	 * too when several row tiles share it (M > mc).  Neither when it is
+	 * huge: a transient allocation of 50-150 MB (the lm_head's weight or
+	 * dlogits) would cost its page faults on every call, more than the
+	 * tiles packing their own blocks as they go, from memory into L2 (A
+	 * once per tile column, B once per tile row, next to 2*mc (2*nc) flops
+	 * per element).  If an allocation fails, tiles pack what is missing
+	 * themselves too.
 	 */
-	c->apack = whole_matrix_buffer(&tls_pack_a, (size_t) (c->mpanels * MR * c->K),
-								   &a_owned);
-	c->bpack = NULL;
-	if (c->apack && c->M > c->mc &&
-		(size_t) (c->npanels * NR * c->K) * sizeof(float) <= PACK_KEEP)
-		c->bpack = scratch_get(&tls_pack_bg, (size_t) (c->npanels * NR * c->K));
+	c->apack = whole_matrix_buffer(&tls_pack_a, (size_t) (c->mpanels * MR * c->K));
+	c->bpack = c->M > c->mc ?
+		whole_matrix_buffer(&tls_pack_bg, (size_t) (c->npanels * NR * c->K)) : NULL;
 	c->a_group = MAX(1, (1 << 16) / (c->kc * MR));
 	c->b_group = MAX(1, (1 << 16) / (c->kc * NR));
 	c->a_units = c->apack ? ceil_div(c->mpanels, c->a_group) : 0;
@@ -472,7 +507,6 @@ matmul_gemm(mm_ctx *c)
 	if (rc == LLM_OK)
 		rc = llm_parallel_for(ceil_div(c->M, c->mc) * c->n_ntiles,
 							  c->tile_grain, gemm_task, c);
-	free(a_owned);
 	return rc;
 }
 

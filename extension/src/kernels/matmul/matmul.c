@@ -27,9 +27,11 @@
  *      them, whatever their storage -- which is why transA/transB cost
  *      nothing in the inner loop: the transposes happen while packing.
  *      The A panel (MR x kc, 14-21 KB) stays in L1, the packed B block
- *      (kc x tile width, <= 768 KB) in L2.  While the kernels run, the
- *      source of the next B block is prefetched into L2, so packing does
- *      not wait on memory.
+ *      (kc x tile width, <= 768 KB) in L2.  When A is too big to pack up
+ *      front, each tile packs its A block (tile height x kc) per k-block
+ *      too, into L2.  While the kernels run, the sources of the next
+ *      blocks a tile packs are prefetched into L2, so packing does not
+ *      wait on memory.
  *
  *      Edges: panels are zero padded to MR rows / NR columns; there is one
  *      kernel per row count 1..MR (no FMAs wasted on short row panels) and
@@ -51,10 +53,11 @@
  * Memory.  Packing buffers are per thread (__thread pointers to malloc'd
  * memory, grown on demand and kept for the life of the thread, so repeated
  * calls do not page-fault new memory).  Whole-matrix packed copies live in
- * the calling thread's buffers up to PACK_KEEP bytes each; bigger ones are
- * malloc'd and freed per call.  When an allocation fails nothing crashes:
- * GEMM falls back to packing one micro-panel at a time into a stack buffer
- * (slower; same arithmetic, same bits -- tested).
+ * the calling thread's buffers up to PACK_KEEP bytes each; a bigger
+ * matrix is packed block by block by the tiles instead.  When an
+ * allocation fails nothing crashes: GEMM falls back to packing one
+ * micro-panel at a time into a stack buffer (slower; same arithmetic, same
+ * bits -- tested).
  *
  * llm_matmul must not be called from inside an llm_parallel_for task (the
  * pool is not reentrant).

@@ -71,38 +71,50 @@ struct matmul_kernels
 	llm_task_fn gemv;
 };
 
-/* ---- prefetching the next B block (gemm.c sets it up) ------------------- */
+/* ---- prefetching the next blocks (gemm.c sets it up) --------------------- */
 
 /*
- * Packing B reads it from L3 or DRAM, and a copy loop alone cannot keep
- * enough cache misses in flight: unhidden, it took 30-40% of the time of
- * the M = 64 shapes.  So while the micro-kernels work on one B block, we
- * prefetch (into L2) the source of the block that will be packed next,
- * one line every other k step inside the micro-kernels (a burst of
- * prefetches between calls would stall on the line fill buffers).
+ * Packing reads B (and A, when it is not packed up front) from L3 or DRAM,
+ * and a copy loop alone cannot keep enough cache misses in flight:
+ * unhidden, it took 30-40% of the time of the M = 64 shapes.  So while the
+ * micro-kernels work on one block, we prefetch (into L2) the sources of
+ * the blocks that will be packed next, one line every other k step inside
+ * the micro-kernels (a burst of prefetches between calls would stall on
+ * the line fill buffers).
  */
 typedef struct
 {
 	const float *base;			/* first float of the source region */
 	int64_t		stride;			/* floats between its rows */
-	int64_t		rows;
+	int64_t		rows;			/* 0: nothing */
 	int64_t		row_lines;		/* 64-byte lines per row */
+} pf_region;
+
+typedef struct
+{
+	pf_region	cur;			/* the region being prefetched */
+	pf_region	then;			/* the one after it (rows 0: none) */
 	int64_t		row,
-				line;			/* cursor */
+				line;			/* cursor in cur */
 } prefetcher;
 
-/* Prefetch the next line of the region into L2, if any is left. */
+/* Prefetch the next line of the regions into L2, if any is left. */
 static inline __attribute__((always_inline)) void
 prefetch_one(prefetcher *pf)
 {
-	if (pf->row < pf->rows)
+	if (pf->row >= pf->cur.rows)
 	{
-		__builtin_prefetch(pf->base + pf->row * pf->stride + pf->line * 16, 0, 2);
-		if (++pf->line == pf->row_lines)
-		{
-			pf->line = 0;
-			pf->row++;
-		}
+		if (pf->then.rows == 0)
+			return;
+		pf->cur = pf->then;
+		pf->then.rows = 0;
+		pf->row = pf->line = 0;
+	}
+	__builtin_prefetch(pf->cur.base + pf->row * pf->cur.stride + pf->line * 16, 0, 2);
+	if (++pf->line == pf->cur.row_lines)
+	{
+		pf->line = 0;
+		pf->row++;
 	}
 }
 

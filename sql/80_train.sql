@@ -32,21 +32,26 @@ COMMENT ON SEQUENCE llm_dataset_id_seq IS 'numbers the llm_dataset rows (identit
 CREATE INDEX llm_dataset_split ON llm_dataset (split, id);
 
 CREATE FUNCTION llm_dataset_from_tokens(tokens int[], block_size int, stride int DEFAULT NULL,
-                                        split text DEFAULT 'train')
+                                        split text DEFAULT 'train',
+                                        val_fraction double precision DEFAULT 0)
 RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-    n int := cardinality(tokens);
+    t int[];
+    n int;
+    n_val int;
     step int := coalesce(stride, block_size);
-    lo int := array_lower(tokens, 1);
+    part record;
     inserted int;
+    total int := 0;
 BEGIN
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'tokens', tokens IS NULL);
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'block_size', block_size IS NULL);
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'split', split IS NULL);
+    PERFORM llm_require_arg('llm_dataset_from_tokens', 'val_fraction', val_fraction IS NULL);
     IF array_ndims(tokens) IS DISTINCT FROM 1 OR array_position(tokens, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'llm_dataset_from_tokens: tokens must be a one-dimensional array without NULLs'
             USING ERRCODE = 'invalid_parameter_value';
@@ -56,22 +61,38 @@ BEGIN
             block_size, step
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF n < block_size + 1 THEN
-        RAISE EXCEPTION 'llm_dataset_from_tokens: % tokens are too few for one block of %', n, block_size
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A block of block_size tokens needs block_size + 1: the targets are the tokens shifted by one.';
+    IF NOT (val_fraction >= 0 AND val_fraction < 1) THEN
+        RAISE EXCEPTION 'llm_dataset_from_tokens: val_fraction must be in [0, 1), got %', val_fraction
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    t := tokens[array_lower(tokens, 1):array_upper(tokens, 1)];    -- numbered from 1
+    n := cardinality(t);
+    -- The last val_fraction of the stream is split 'val' (as nanoGPT's
+    -- 90/10): the two splits never share a block.
+    n_val := floor(n * val_fraction)::int;
 
-    INSERT INTO llm_dataset (tokens, target, split)
-    SELECT tokens[lo + s : lo + s + block_size - 1], tokens[lo + s + 1 : lo + s + block_size], split
-    FROM generate_series(0, n - block_size - 1, step) AS s
-    ORDER BY s;
-    GET DIAGNOSTICS inserted = ROW_COUNT;
-    RETURN inserted;
+    FOR part IN SELECT * FROM (VALUES (split, t[1 : n - n_val]), ('val', t[n - n_val + 1 : n])) AS p(name, ids)
+                WHERE cardinality(p.ids) > 0 OR p.name = split
+    LOOP
+        IF block_size > cardinality(part.ids) - 1 THEN
+            RAISE EXCEPTION 'llm_dataset_from_tokens: % tokens are too few for one block of % (split %)',
+                cardinality(part.ids), block_size, part.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A block of block_size tokens needs block_size + 1: the targets are the tokens shifted by one.';
+        END IF;
+        INSERT INTO llm_dataset (tokens, target, split)
+        SELECT part.ids[s + 1 : s + block_size], part.ids[s + 2 : s + block_size + 1], part.name
+        FROM generate_series(0, cardinality(part.ids) - block_size - 1, step) AS s
+        ORDER BY s;
+        GET DIAGNOSTICS inserted = ROW_COUNT;
+        total := total + inserted;
+    END LOOP;
+    RETURN total;
 END $$;
-COMMENT ON FUNCTION llm_dataset_from_tokens(int[], int, int, text) IS
+COMMENT ON FUNCTION llm_dataset_from_tokens(int[], int, int, text, double precision) IS
 'cut a token stream into llm_dataset rows: blocks of block_size tokens every stride tokens (default: '
-'block_size, no overlap), target = the same block shifted by one token; returns the rows added';
+'block_size, no overlap), target = the same block shifted by one token; the last val_fraction of the '
+'tokens go to split ''val''; returns the rows added';
 
 -- ---- the logs --------------------------------------------------------------------
 
@@ -337,123 +358,3 @@ COMMENT ON COLUMN llm_checkpoints.created_at IS 'when it was saved';
 COMMENT ON COLUMN llm_checkpoints.path IS 'the .safetensors file also written, if any';
 COMMENT ON COLUMN llm_checkpoints.tensors IS 'how many parameters it holds';
 COMMENT ON COLUMN llm_checkpoints.bytes IS 'the space its weights and moments take';
-
--- ---- training steps (train/step.c, gpt2/train_forward.c) ------------------------------
-
-CREATE FUNCTION llm_gradients(model text, tokens int[], targets int[])
-RETURNS TABLE (name text, grad tensor)
-    AS 'MODULE_PATHNAME', 'llm_gradients' LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 150;
-COMMENT ON FUNCTION llm_gradients(text, int[], int[]) IS
-'the gradient of every parameter of the model for a batch (tokens and targets: int[] of one sequence '
-'or int[][] [B][T]; target -100: no loss there): d(mean cross-entropy)/d(weights), as loss.backward() '
-'computes it; nothing is written';
-
-CREATE FUNCTION llm_train_step(model text, tokens int[], targets int[], lr double precision,
-                               weight_decay double precision DEFAULT 0.01,
-                               beta1 double precision DEFAULT 0.9,
-                               beta2 double precision DEFAULT 0.999,
-                               eps double precision DEFAULT 1e-8,
-                               clip double precision DEFAULT NULL)
-RETURNS real
-    AS 'MODULE_PATHNAME', 'llm_train_step' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION llm_train_step(text, int[], int[], double precision, double precision,
-                                   double precision, double precision, double precision,
-                                   double precision) IS
-'one training step on a batch (tokens, targets: int[] or int[][] [B][T], -100 ignored): forward, mean '
-'cross-entropy, backward, clip_grad_norm_(clip) unless clip is NULL, AdamW (decay on 2-D tensors), '
-'written back to llm_param (data, grad, m, v, step) in one UPDATE with a row of llm_train_log and '
-'llm_grad_stats; returns the loss before the update';
-
-CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
-                           lr double precision DEFAULT 6e-4, warmup int DEFAULT 0,
-                           min_lr double precision DEFAULT NULL,
-                           weight_decay double precision DEFAULT 0.1,
-                           clip double precision DEFAULT 1.0, seed bigint DEFAULT 0,
-                           grad_workers int DEFAULT NULL, prune_workers int DEFAULT NULL,
-                           n_layer int DEFAULT NULL, n_head int DEFAULT NULL, d int DEFAULT NULL,
-                           vocab int DEFAULT NULL, save_every int DEFAULT 50,
-                           beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
-                           eps double precision DEFAULT 1e-8, decay_steps int DEFAULT NULL,
-                           notice_every int DEFAULT 1, split text DEFAULT 'train')
-    AS 'MODULE_PATHNAME', 'llm_train' LANGUAGE C;
-COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double precision,
-                               double precision, double precision, bigint, int, int, int, int, int,
-                               int, int, double precision, double precision, double precision, int,
-                               int, text) IS
-'train the model for steps steps on llm_dataset (split, default ''train''): each step draws batch_size '
-'examples with a generator seeded by (seed, llm_param.step), runs forward, backward, '
-'clip_grad_norm_(clip) (NULL: none) and AdamW (lr: linear warmup over warmup steps, then a cosine '
-'down to min_lr, default lr/10, at decay_steps, default steps), and COMMITs its rows of '
-'llm_train_log and llm_grad_stats; the weights and AdamW state stay in memory and are written back '
-'to llm_param every save_every steps and at the end (a cancel leaves the last write-back). '
-'grad_workers: threads of the forward and backward; prune_workers: threads of clipping and AdamW '
-'(NULL: pg_llm.threads). n_layer, n_head, d, vocab default to the model''s and must agree with it. '
-'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count.';
-
-CREATE FUNCTION llm_replay(model text, checkpoint bigint, to_step int) RETURNS int
-LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-#variable_conflict use_variable
-DECLARE
-    p_model text := model;
-    from_step int;
-    rows bigint[];
-    r record;
-    tok int[];
-    tgt int[];
-    loss real;
-BEGIN
-    PERFORM llm_require_arg('llm_replay', 'model', p_model IS NULL);
-    PERFORM llm_require_arg('llm_replay', 'checkpoint', checkpoint IS NULL);
-    PERFORM llm_require_arg('llm_replay', 'to_step', to_step IS NULL);
-    SELECT c.step INTO from_step FROM llm_checkpoint c WHERE c.id = checkpoint;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'llm_replay: there is no checkpoint %', checkpoint
-            USING ERRCODE = 'undefined_object';
-    END IF;
-    IF to_step < from_step THEN
-        RAISE EXCEPTION 'llm_replay: to_step % is before checkpoint %''s step %', to_step, checkpoint, from_step
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- the latest logged run of each step, chosen before the replay logs its own
-    SELECT array_agg(l.id ORDER BY l.step) INTO rows
-    FROM (SELECT DISTINCT ON (g.step) g.id, g.step FROM llm_train_log g
-          WHERE g.model = p_model AND g.step > from_step AND g.step <= to_step
-          ORDER BY g.step, g.id DESC) l;
-    IF coalesce(cardinality(rows), 0) <> to_step - from_step THEN
-        RAISE EXCEPTION 'llm_replay: llm_train_log of model "%" has % of the % steps % .. %',
-            p_model, coalesce(cardinality(rows), 0), to_step - from_step, from_step + 1, to_step
-            USING ERRCODE = 'no_data_found';
-    END IF;
-
-    PERFORM llm_checkpoint_load(p_model, checkpoint);
-    FOR i IN 1 .. coalesce(cardinality(rows), 0) LOOP
-        SELECT * INTO r FROM llm_train_log g WHERE g.id = rows[i];
-        IF r.tokens IS NOT NULL THEN
-            tok := r.tokens;
-            tgt := r.targets;
-        ELSIF r.batch IS NOT NULL THEN
-            SELECT array_agg(d.tokens ORDER BY u.n), array_agg(d.target ORDER BY u.n) INTO tok, tgt
-            FROM unnest(r.batch) WITH ORDINALITY AS u(id, n) JOIN llm_dataset d ON d.id = u.id;
-            IF coalesce(cardinality(tok), 0) = 0
-               OR array_length(tok, 1) <> cardinality(r.batch) THEN
-                RAISE EXCEPTION 'llm_replay: examples of step % (llm_dataset ids %) are gone', r.step, r.batch
-                    USING ERRCODE = 'no_data_found';
-            END IF;
-        ELSE
-            RAISE EXCEPTION 'llm_replay: step % was taken from stored gradients (llm_adamw_step): '
-                            'nothing to replay it from', r.step
-                USING ERRCODE = 'object_not_in_prerequisite_state';
-        END IF;
-        loss := llm_train_step(p_model, tok, tgt, r.lr, r.weight_decay, r.beta1, r.beta2, r.eps, r.clip);
-        IF loss IS DISTINCT FROM r.loss THEN
-            RAISE WARNING 'llm_replay: step % has loss % now, % when logged', r.step, loss, r.loss;
-        END IF;
-    END LOOP;
-    RETURN to_step - from_step;
-END $$;
-COMMENT ON FUNCTION llm_replay(text, bigint, int) IS
-'restore checkpoint into the model, then re-run the logged steps after it up to to_step (the latest '
-'logged run of each step: its batch from llm_dataset or its tokens, its lr and AdamW settings), one '
-'llm_train_step each: the weights come out bit for bit as they were; returns the steps replayed';
