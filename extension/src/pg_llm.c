@@ -22,6 +22,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
+#include "autograd/tape.h"
 #include "kernels/kernels.h"
 #include "pg_llm.h"
 
@@ -124,6 +125,7 @@ _PG_init(void)
 							   "when their model argument is NULL or left out.",
 							   &llm_default_model, "gpt2-small",
 							   PGC_USERSET, 0, NULL, NULL, NULL);
+	autograd_init();
 	MarkGUCPrefixReserved("pg_llm");
 }
 

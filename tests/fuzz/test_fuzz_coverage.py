@@ -4,7 +4,7 @@ until it gets a fuzz target (or a reason)."""
 import importlib
 
 FUZZ_FILES = ["test_fuzz_tensor_io", "test_fuzz_ops", "test_fuzz_files", "test_fuzz_gpt2", "test_fuzz_generation",
-              "test_fuzz_text", "test_fuzz_train", "test_fuzz_train_step"]
+              "test_fuzz_text", "test_fuzz_train", "test_fuzz_autograd", "test_fuzz_train_step"]
 
 NOT_FUZZED = {
     "llm_info": "no arguments",

@@ -18,6 +18,13 @@
  * to all the cached keys.  The weights come from model_cache.c.
  *
  * Also the SQL functions llm_logits() and llm_loss().
+ *
+ * When st->record (llm_loss and llm_logits with pg_llm.autograd_mode on),
+ * every step also goes on the autograd tape as the SQL op it is: a Conv1D
+ * layer is an llm_matmul and an llm_add of the bias (run apart then, so
+ * that the tape holds the product before the bias), attention is
+ * llm_attention_qkv over the fused [T, 3C] buffer, the weights are leaves
+ * named as in llm_param.  Off, each step pays one test of st->record.
  */
 #include "postgres.h"
 
@@ -28,6 +35,7 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
+#include "autograd/tape.h"
 #include "kernels/kernels.h"
 #include "gpt2/forward.h"
 #include "tensor/tensor.h"
@@ -129,37 +137,93 @@ timer_stop(Gpt2State *st, Gpt2Timer which, instr_time start)
 	st->seconds[which] += INSTR_TIME_GET_DOUBLE(now);
 }
 
-/* out[T, N] = in[T, K] @ w[K, N] + b[N]: a Conv1D layer (w stored [in, out]). */
-static void
-linear(Gpt2State *st, Gpt2Timer which, const float *in, const float *w, const float *b,
-	   float *out, int64 T, int64 K, int64 N)
-{
-	instr_time	start = timer_start();
+/* ---- the tape (only when st->record) ------------------------------------- */
 
-	llm_check_status(llm_matmul(in, w, b, out, T, K, N, 0, 0));
-	timer_stop(st, which, start);
+/* A weight as a leaf of the tape, named as its llm_param row; cols 0: 1-D. */
+static int32
+param_leaf(const float *w, int64 rows, int64 cols, const char *name)
+{
+	int64		dims[2] = {rows, cols};
+
+	return tape_leaf(w, cols ? 2 : 1, dims, name, false);
 }
 
-/* out[T, C] = LayerNorm(in[T, C]) * g + b, over each row. */
-static void
-layernorm(Gpt2State *st, const float *in, const float *g, const float *b, float *out, int64 T)
+static int32
+record(TapeOpKind kind, int32 a, int32 b, int32 c, const TapeAttrs *attrs,
+	   const float *out, int64 rows, int64 cols)
+{
+	int32		inputs[3] = {a, b, c};
+	int64		dims[2] = {rows, cols};
+
+	return tape_record(kind, inputs, tape_ops[kind].arity, attrs, out, 2, dims, false);
+}
+
+/* "h.<layer>.<what>" (layer < 0: "<what>"), a parameter's name. */
+static char *
+param_name(int layer, const char *what)
+{
+	return layer < 0 ? pstrdup(what) : psprintf("h.%d.%s", layer, what);
+}
+
+/*
+ * out[T, N] = in[T, K] @ w[K, N] + b[N]: a Conv1D layer (w stored [in, out])
+ * named `name` in layer `layer`; returns the tape id of out (0 when not
+ * recording), in_id being that of in.
+ */
+static int32
+linear(Gpt2State *st, Gpt2Timer which, const float *in, const float *w, const float *b,
+	   float *out, int64 T, int64 K, int64 N, int32 in_id, int layer, const char *name)
 {
 	instr_time	start = timer_start();
+	int32		product;
 
-	llm_check_status(llm_layernorm(in, g, b, out, T, st->model->cfg.n_embd,
+	if (!st->record)
+	{
+		llm_check_status(llm_matmul(in, w, b, out, T, K, N, 0, 0));
+		timer_stop(st, which, start);
+		return 0;
+	}
+	llm_check_status(llm_matmul(in, w, NULL, out, T, K, N, 0, 0));
+	product = record(TAPE_OP_MATMUL, in_id,
+					 param_leaf(w, K, N, psprintf("%s.weight", param_name(layer, name))), 0,
+					 &(TapeAttrs) {.i = {0, 0}}, out, T, N);
+	llm_add(out, b, out, T * N, N);
+	timer_stop(st, which, start);
+	return record(TAPE_OP_ADD, product,
+				  param_leaf(b, N, 0, psprintf("%s.bias", param_name(layer, name))), 0,
+				  NULL, out, T, N);
+}
+
+/* out[T, C] = LayerNorm(in[T, C]) * g + b, over each row; as linear(). */
+static int32
+layernorm(Gpt2State *st, const float *in, const float *g, const float *b, float *out, int64 T,
+		  int32 in_id, int layer, const char *name)
+{
+	int64		C = st->model->cfg.n_embd;
+	instr_time	start = timer_start();
+
+	llm_check_status(llm_layernorm(in, g, b, out, T, C,
 								   st->model->cfg.layer_norm_eps, NULL, NULL));
 	timer_stop(st, TIMER_LAYERNORM, start);
+	if (!st->record)
+		return 0;
+	return record(TAPE_OP_LAYERNORM, in_id,
+				  param_leaf(g, C, 0, psprintf("%s.weight", param_name(layer, name))),
+				  param_leaf(b, C, 0, psprintf("%s.bias", param_name(layer, name))),
+				  &(TapeAttrs) {.f = st->model->cfg.layer_norm_eps}, out, T, C);
 }
 
 /* x[T, C] += delta[T, C]: the residual connection. */
 static void
-residual_add(Gpt2State *st, const float *delta, int64 T)
+residual_add(Gpt2State *st, const float *delta, int64 T, int32 delta_id)
 {
 	instr_time	start = timer_start();
 	int64		n = T * st->model->cfg.n_embd;
 
 	llm_add(st->x, delta, st->x, n, n);
 	timer_stop(st, TIMER_RESIDUAL, start);
+	if (st->record)
+		st->x_id = record(TAPE_OP_ADD, st->x_id, delta_id, 0, NULL, st->x, T, st->model->cfg.n_embd);
 }
 
 /* x[t] = wte[tokens[t]] + wpe[n_past + t] */
@@ -170,9 +234,24 @@ embed(Gpt2State *st, const int32 *tokens, int64 T)
 	int64		C = m->cfg.n_embd;
 	instr_time	start = timer_start();
 
+	int32		tokens_id = 0,
+				positions_id = 0;
+
 	llm_embedding(m->wte, tokens, st->x, T, C);
+	if (st->record)
+	{
+		st->wte_id = param_leaf(m->wte, m->cfg.vocab_size, C, "wte.weight");
+		tokens_id = record(TAPE_OP_EMBEDDING, st->wte_id, 0, 0,
+						   &(TapeAttrs) {.ids = tokens, .n_ids = T}, st->x, T, C);
+		positions_id = record(TAPE_OP_SLICE,
+							  param_leaf(m->wpe, m->cfg.n_positions, C, "wpe.weight"), 0, 0,
+							  &(TapeAttrs) {.i = {st->n_past, st->n_past + T}},
+							  m->wpe + st->n_past * C, T, C);
+	}
 	llm_add(st->x, m->wpe + st->n_past * C, st->x, T * C, T * C);
 	timer_stop(st, TIMER_EMBED, start);
+	if (st->record)
+		st->x_id = record(TAPE_OP_ADD, tokens_id, positions_id, 0, NULL, st->x, T, C);
 }
 
 /*
@@ -196,9 +275,11 @@ attention_block(Gpt2State *st, int layer, int64 T)
 			   *v = st->qkv + 2 * C;
 	int64		ldkv = 3 * C;
 	instr_time	start;
+	int32		id;
 
-	layernorm(st, st->x, L->ln1_w, L->ln1_b, st->hidden, T);
-	linear(st, TIMER_QKV, st->hidden, L->attn_w, L->attn_b, st->qkv, T, C, 3 * C);
+	id = layernorm(st, st->x, L->ln1_w, L->ln1_b, st->hidden, T, st->x_id, layer, "ln_1");
+	id = linear(st, TIMER_QKV, st->hidden, L->attn_w, L->attn_b, st->qkv, T, C, 3 * C,
+				id, layer, "attn.c_attn");
 
 	start = timer_start();
 	if (st->k_cache != NULL)
@@ -220,9 +301,13 @@ attention_block(Gpt2State *st, int layer, int64 T)
 	llm_check_status(llm_attention(st->qkv, 3 * C, k, ldkv, v, ldkv, st->att,
 								   T, pos0 + T, C, m->cfg.n_head, 1, NULL));
 	timer_stop(st, TIMER_ATTENTION, start);
+	if (st->record)
+		id = record(TAPE_OP_ATTENTION_QKV, id, 0, 0, &(TapeAttrs) {.i = {m->cfg.n_head, 1}},
+					st->att, T, C);
 
-	linear(st, TIMER_ATTN_PROJ, st->att, L->attn_proj_w, L->attn_proj_b, st->proj, T, C, C);
-	residual_add(st, st->proj, T);
+	id = linear(st, TIMER_ATTN_PROJ, st->att, L->attn_proj_w, L->attn_proj_b, st->proj, T, C, C,
+				id, layer, "attn.c_proj");
+	residual_add(st, st->proj, T, id);
 }
 
 /* x += c_proj(gelu(c_fc(LayerNorm_2(x)))) */
@@ -234,16 +319,21 @@ mlp_block(Gpt2State *st, int layer, int64 T)
 	int64		C = m->cfg.n_embd,
 				F = m->cfg.n_inner;
 	instr_time	start;
+	int32		id;
 
-	layernorm(st, st->x, L->ln2_w, L->ln2_b, st->hidden, T);
-	linear(st, TIMER_MLP_FC, st->hidden, L->fc_w, L->fc_b, st->fc, T, C, F);
+	id = layernorm(st, st->x, L->ln2_w, L->ln2_b, st->hidden, T, st->x_id, layer, "ln_2");
+	id = linear(st, TIMER_MLP_FC, st->hidden, L->fc_w, L->fc_b, st->fc, T, C, F,
+				id, layer, "mlp.c_fc");
 
 	start = timer_start();
 	llm_check_status(llm_gelu(st->fc, st->fc, T * F));	/* elementwise: in place */
 	timer_stop(st, TIMER_GELU, start);
+	if (st->record)
+		id = record(TAPE_OP_GELU, id, 0, 0, NULL, st->fc, T, F);
 
-	linear(st, TIMER_MLP_PROJ, st->fc, L->mlp_proj_w, L->mlp_proj_b, st->proj, T, F, C);
-	residual_add(st, st->proj, T);
+	id = linear(st, TIMER_MLP_PROJ, st->fc, L->mlp_proj_w, L->mlp_proj_b, st->proj, T, F, C,
+				id, layer, "mlp.c_proj");
+	residual_add(st, st->proj, T, id);
 }
 
 void
@@ -265,7 +355,7 @@ gpt2_forward(Gpt2State *st, const int32 *tokens, int64 T)
 		attention_block(st, layer, T);
 		mlp_block(st, layer, T);
 	}
-	layernorm(st, st->x, m->lnf_w, m->lnf_b, st->hidden, T);
+	st->hidden_id = layernorm(st, st->x, m->lnf_w, m->lnf_b, st->hidden, T, st->x_id, -1, "ln_f");
 	st->n_past += T;
 	st->last_rows = T;
 }
@@ -358,8 +448,22 @@ llm_logits_sql(PG_FUNCTION_ARGS)
 	out = tensor_new(2, dims);
 
 	st = gpt2_state_new(m, T, T);
+	st->record = autograd_recording();
 	gpt2_forward(st, ids, T);
 	gpt2_logits(st, T - rows, rows, out->data);
+	if (st->record)
+	{
+		int32		hidden = st->hidden_id;
+		int32		inputs[2];
+
+		if (last_only)
+			hidden = record(TAPE_OP_SLICE, hidden, 0, 0, &(TapeAttrs) {.i = {T - 1, T}},
+							st->hidden + (T - 1) * m->cfg.n_embd, 1, m->cfg.n_embd);
+		inputs[0] = hidden;
+		inputs[1] = st->wte_id;
+		/* findable: a later llm_cross_entropy(llm_logits(...), ...) links to it */
+		tape_record(TAPE_OP_MATMUL, inputs, 2, &(TapeAttrs) {.i = {0, 1}}, out->data, 2, dims, true);
+	}
 	gpt2_state_free(st);
 	PG_RETURN_TENSOR_P(out);
 }
@@ -405,6 +509,9 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 				 errmsg("llm_loss: every target is the ignore index -100")));
 
 	st = gpt2_state_new(m, T, T);
+	st->record = autograd_recording();
+	if (st->record)
+		chunk = T;				/* the tape holds the logits as one tensor */
 	gpt2_forward(st, ids, T);
 	logits = llm_alloc_floats(chunk, V, "logits");
 	total_counted = 0;
@@ -422,6 +529,15 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 		llm_check_status(llm_cross_entropy(logits, targets + r0, nrows, V, &loss, &counted, NULL));
 		total_loss += loss * counted;	/* the chunk's mean, back to a sum */
 		total_counted += counted;
+	}
+	if (st->record)
+	{
+		float		loss = (float4) (total_loss / total_counted);
+		int32		id = record(TAPE_OP_MATMUL, st->hidden_id, st->wte_id, 0,
+								&(TapeAttrs) {.i = {0, 1}}, logits, T, V);
+
+		tape_record(TAPE_OP_CROSS_ENTROPY, &id, 1, &(TapeAttrs) {.ids = targets, .n_ids = T},
+					&loss, 1, (int64[]) {1}, false);
 	}
 	pfree(logits);
 	gpt2_state_free(st);

@@ -59,6 +59,11 @@ typedef struct Gpt2State
 	float	   *proj;			/* [max_rows, C]   output of a c_proj */
 	float	   *fc;				/* [max_rows, F]   MLP hidden layer */
 	double		seconds[TIMER_COUNT];
+	/* the autograd tape (llm_loss, llm_logits while recording), else all 0 */
+	bool		record;
+	int32		x_id;			/* tape ids of what x, hidden and wte hold */
+	int32		hidden_id;
+	int32		wte_id;
 } Gpt2State;
 
 /* The values of a 1-D int[] of token ids (error 22023 for 2-D, 22004 for NULLs). */

@@ -1,9 +1,10 @@
 /*
  * elementwise.c -- add, mul, scale and transpose, and their backward.
  *
- * Cheap, memory-bound maps: they run on the calling thread, in plain C
- * that the compiler vectorises for the baseline target; there is no SIMD
- * variant to choose.
+ * Cheap, memory-bound maps: they run on the calling thread, in plain C;
+ * there is no SIMD variant to choose.  The backward's loops go through
+ * simd.h's row updates, which the compiler vectorises for the baseline
+ * target.
  *
  * Broadcasting: b has bn elements and is added to (multiplied into) each
  * of the n / bn rows of a.  Its gradient is a sum over those rows, taken
@@ -92,21 +93,12 @@ sum_rows(const float *x, const float *w, float *y, int64_t rows, int64_t cols)
 
 		for (int64_t r = 0; r < rows; r++)
 		{
-			const float *xr = x + r * cols + j0;
-
 			if (w)
-			{
-				const float *wr = w + r * cols + j0;
-
-				for (int64_t j = 0; j < width; j++)
-					sum[j] += xr[j] * wr[j];
-			}
+				add_row_product(sum, x + r * cols + j0, w + r * cols + j0, width);
 			else
-				for (int64_t j = 0; j < width; j++)
-					sum[j] += xr[j];
+				add_row(sum, x + r * cols + j0, width);
 		}
-		for (int64_t j = 0; j < width; j++)
-			y[j0 + j] += sum[j];
+		add_row(y + j0, sum, width);
 	}
 }
 
@@ -116,8 +108,7 @@ llm_add_backward(const float *dy, float *da, float *db, int64_t n, int64_t bn)
 	if (bn <= 0)
 		bn = n;
 	if (da)
-		for (int64_t i = 0; i < n; i++)
-			da[i] += dy[i];
+		add_row(da, dy, n);
 	if (db && bn > 0)
 		sum_rows(dy, NULL, db, n / bn, bn);
 }
@@ -130,8 +121,7 @@ llm_mul_backward(const float *dy, const float *a, const float *b,
 		bn = n;
 	if (da)
 		for (int64_t row = 0; row < n; row += bn)
-			for (int64_t i = 0; i < bn; i++)
-				da[row + i] += dy[row + i] * b[i];
+			add_row_product(da + row, dy + row, b, bn);
 	if (db && bn > 0)
 		sum_rows(dy, a, db, n / bn, bn);
 }
@@ -139,8 +129,7 @@ llm_mul_backward(const float *dy, const float *a, const float *b,
 void
 llm_scale_backward(const float *dy, float s, float *dx, int64_t n)
 {
-	for (int64_t i = 0; i < n; i++)
-		dx[i] += s * dy[i];
+	add_row_scaled(dx, s, dy, n);
 }
 
 void

@@ -10,6 +10,8 @@
 
 #include <string.h>
 
+#include "simd.h"
+
 void
 llm_embedding(const float *w, const int32_t *ids, float *y,
 			  int64_t n_ids, int64_t dim)
@@ -23,11 +25,5 @@ llm_embedding_backward(const int32_t *ids, const float *dy, float *dw,
 					   int64_t n_ids, int64_t dim)
 {
 	for (int64_t t = 0; t < n_ids; t++)
-	{
-		const float *dyt = dy + t * dim;
-		float	   *dwt = dw + (int64_t) ids[t] * dim;
-
-		for (int64_t d = 0; d < dim; d++)
-			dwt[d] += dyt[d];
-	}
+		add_row(dw + (int64_t) ids[t] * dim, dy + t * dim, dim);
 }

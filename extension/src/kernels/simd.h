@@ -63,6 +63,50 @@ malloc_aligned(size_t nfloats, void **raw)
 }
 
 /*
+ * Row updates for the plain-C kernels: y[0, n) += x (or x * w, or s * x).
+ * gcc -O2 vectorises a loop only when its trip count is a known multiple
+ * of the vector width (-fvect-cost-model=very-cheap): a plain loop over n
+ * would stay scalar, so these go 16 at a time, then the rest.  y must not
+ * overlap x or w.
+ */
+static inline void
+add_row(float *restrict y, const float *restrict x, int64_t n)
+{
+	int64_t		i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		for (int j = 0; j < 16; j++)
+			y[i + j] += x[i + j];
+	for (; i < n; i++)
+		y[i] += x[i];
+}
+
+static inline void
+add_row_product(float *restrict y, const float *restrict x, const float *restrict w,
+				int64_t n)
+{
+	int64_t		i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		for (int j = 0; j < 16; j++)
+			y[i + j] += x[i + j] * w[i + j];
+	for (; i < n; i++)
+		y[i] += x[i] * w[i];
+}
+
+static inline void
+add_row_scaled(float *restrict y, float s, const float *restrict x, int64_t n)
+{
+	int64_t		i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		for (int j = 0; j < 16; j++)
+			y[i + j] += s * x[i + j];
+	for (; i < n; i++)
+		y[i] += s * x[i];
+}
+
+/*
  * Work per task of the row kernels, in floats: big enough that a task
  * dwarfs the cost of handing it out, small enough that two threads get
  * several tasks each.

@@ -1,7 +1,9 @@
 /*
  * ops.c -- SQL functions over `tensor`: check arguments, then call a
  * kernel.  Every shape check happens here, before any kernel runs, so a bad
- * call is an ERROR that names the shapes and never a crash.
+ * call is an ERROR that names the shapes and never a crash.  When
+ * pg_llm.autograd_mode is not off, each op then records itself on the
+ * autograd tape (autograd/tape.h).
  */
 #include "postgres.h"
 
@@ -12,6 +14,7 @@
 #include "fmgr.h"
 #include "utils/array.h"
 
+#include "autograd/tape.h"
 #include "kernels/kernels.h"
 #include "tensor/tensor.h"
 
@@ -102,6 +105,8 @@ llm_matmul_sql(PG_FUNCTION_ARGS)
 	dims[1] = N;
 	c = tensor_new(2, dims);
 	llm_check_status(llm_matmul(a->data, b->data, NULL, c->data, M, K, N, ta, tb));
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_MATMUL, (Tensor *[]) {a, b}, 2, &(TapeAttrs) {.i = {ta, tb}}, c);
 	PG_RETURN_TENSOR_P(c);
 }
 
@@ -111,7 +116,7 @@ typedef void (*binary_kernel) (const float *a, const float *b, float *y, int64_t
 
 /* y = kernel(a, b) where b equals a's shape or its trailing dimensions. */
 static Datum
-binary_op(FunctionCallInfo fcinfo, const char *who, binary_kernel kernel)
+binary_op(FunctionCallInfo fcinfo, const char *who, binary_kernel kernel, TapeOpKind kind)
 {
 	Tensor	   *a = PG_GETARG_TENSOR_P(0);
 	Tensor	   *b = PG_GETARG_TENSOR_P(1);
@@ -120,6 +125,8 @@ binary_op(FunctionCallInfo fcinfo, const char *who, binary_kernel kernel)
 	require_broadcast(who, a, b);
 	y = tensor_new_like(a);
 	kernel(a->data, b->data, y->data, tensor_numel(a), tensor_numel(b));
+	if (autograd_recording())
+		tape_record_op(kind, (Tensor *[]) {a, b}, 2, NULL, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -127,14 +134,14 @@ PG_FUNCTION_INFO_V1(llm_add_sql);
 Datum
 llm_add_sql(PG_FUNCTION_ARGS)
 {
-	return binary_op(fcinfo, "llm_add", llm_add);
+	return binary_op(fcinfo, "llm_add", llm_add, TAPE_OP_ADD);
 }
 
 PG_FUNCTION_INFO_V1(llm_mul_sql);
 Datum
 llm_mul_sql(PG_FUNCTION_ARGS)
 {
-	return binary_op(fcinfo, "llm_mul", llm_mul);
+	return binary_op(fcinfo, "llm_mul", llm_mul, TAPE_OP_MUL);
 }
 
 PG_FUNCTION_INFO_V1(llm_scale_sql);
@@ -156,6 +163,8 @@ llm_scale_sql(PG_FUNCTION_ARGS)
 				 errmsg("llm_scale: the factor %g is out of range for type real", s)));
 	y = tensor_new_like(x);
 	llm_scale(x->data, (float) s, y->data, tensor_numel(x));
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_SCALE, &x, 1, &(TapeAttrs) {.f = (float) s}, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -167,6 +176,8 @@ llm_gelu_sql(PG_FUNCTION_ARGS)
 	Tensor	   *y = tensor_new_like(x);
 
 	llm_check_status(llm_gelu(x->data, y->data, tensor_numel(x)));
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_GELU, &x, 1, NULL, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -185,6 +196,8 @@ llm_transpose_sql(PG_FUNCTION_ARGS)
 	dims[1] = x->dims[0];
 	y = tensor_new(2, dims);
 	llm_transpose(x->data, y->data, x->dims[0], x->dims[1]);
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_TRANSPOSE, &x, 1, NULL, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -231,6 +244,8 @@ llm_reshape_sql(PG_FUNCTION_ARGS)
 						tensor_shape_str(x), n, shape_str(ndim, dims))));
 	y = tensor_new(ndim, dims);
 	memcpy(y->data, x->data, n * sizeof(float));
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_RESHAPE, &x, 1, NULL, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -265,6 +280,13 @@ llm_slice_sql(PG_FUNCTION_ARGS)
 								  dims[0] * row * sizeof(float));
 	y = tensor_new(x->ndim, dims);
 	memcpy(y->data, VARDATA(rows), dims[0] * row * sizeof(float));
+	if (autograd_recording())
+	{
+		/* The tape needs the whole input (to know it by value). */
+		Tensor	   *whole = DatumGetTensorP(raw);
+
+		tape_record_op(TAPE_OP_SLICE, &whole, 1, &(TapeAttrs) {.i = {start, stop}}, y);
+	}
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -291,6 +313,8 @@ llm_softmax_sql(PG_FUNCTION_ARGS)
 	}
 	y = tensor_new_like(x);
 	llm_check_status(llm_softmax(x->data, y->data, tensor_rows(x), tensor_cols(x), causal_rows));
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_SOFTMAX, &x, 1, &(TapeAttrs) {.i = {causal}}, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -318,6 +342,8 @@ llm_layernorm_sql(PG_FUNCTION_ARGS)
 	y = tensor_new_like(x);
 	llm_check_status(llm_layernorm(x->data, g->data, b->data, y->data,
 								   tensor_rows(x), C, eps, NULL, NULL));
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_LAYERNORM, (Tensor *[]) {x, g, b}, 3, &(TapeAttrs) {.f = eps}, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -343,6 +369,8 @@ llm_embedding_sql(PG_FUNCTION_ARGS)
 	dims[1] = w->dims[1];
 	y = tensor_new(2, dims);
 	llm_embedding(w->data, ids, y->data, n, w->dims[1]);
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_EMBEDDING, &w, 1, &(TapeAttrs) {.ids = ids, .n_ids = n}, y);
 	PG_RETURN_TENSOR_P(y);
 }
 
@@ -370,6 +398,14 @@ llm_cross_entropy_sql(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("llm_cross_entropy: every target is the ignore index -100")));
+	if (autograd_recording())
+	{
+		float		value = (float4) loss;
+
+		tape_record_tensors(TAPE_OP_CROSS_ENTROPY, &logits, 1,
+							&(TapeAttrs) {.ids = targets, .n_ids = n},
+							&value, 1, (int64[]) {1});
+	}
 	PG_RETURN_FLOAT4((float4) loss);
 }
 
@@ -418,5 +454,8 @@ llm_attention_sql(PG_FUNCTION_ARGS)
 				 errmsg("llm_attention: value out of range: overflow in the scores q k^T of q %s and k %s",
 						tensor_shape_str(q), tensor_shape_str(k)),
 				 errhint("The scores of float32 attention must stay below %g.", FLT_MAX)));
+	if (autograd_recording())
+		tape_record_op(TAPE_OP_ATTENTION, (Tensor *[]) {q, k, v}, 3,
+					   &(TapeAttrs) {.i = {n_head, causal}}, y);
 	PG_RETURN_TENSOR_P(y);
 }

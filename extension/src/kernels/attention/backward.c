@@ -299,22 +299,13 @@ block_pair(const attention_backward_ctx *c, int64_t head, head_scratch *w,
 
 /* dst[r * ld + d] += src[r * hd32 + d] for r < rows, d < hd */
 static void
-add_rows(float *restrict dst, int64_t ld, const float *restrict src, int64_t hd32,
-		 int64_t rows, int64_t hd)
+add_rows(float *dst, int64_t ld, const float *src, int64_t hd32, int64_t rows, int64_t hd)
 {
 	for (int64_t r = 0; r < rows; r++)
 	{
-		float	   *dr = dst + r * ld;
-		const float *sr = src + r * hd32;
-		int64_t		d = 0;
-
 		if (r + ROW_PREFETCH < rows)
-			prefetch_row(dr + ROW_PREFETCH * ld, hd, 1);
-		for (; d + 16 <= hd; d += 16)	/* (16 at a time: vectorised) */
-			for (int j = 0; j < 16; j++)
-				dr[d + j] += sr[d + j];
-		for (; d < hd; d++)
-			dr[d] += sr[d];
+			prefetch_row(dst + (r + ROW_PREFETCH) * ld, hd, 1);
+		add_row(dst + r * ld, src + r * hd32, hd);
 	}
 }
 
