@@ -110,6 +110,8 @@ CREATE TABLE llm_train_log (
     beta2        double precision NOT NULL,
     eps          double precision NOT NULL,
     clip         double precision,
+    tokens       int[],
+    targets      int[],
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 COMMENT ON TABLE llm_train_log IS
@@ -127,6 +129,9 @@ COMMENT ON COLUMN llm_train_log.beta1 IS 'AdamW beta1';
 COMMENT ON COLUMN llm_train_log.beta2 IS 'AdamW beta2';
 COMMENT ON COLUMN llm_train_log.eps IS 'AdamW eps';
 COMMENT ON COLUMN llm_train_log.clip IS 'the max_norm gradients were clipped to (NULL: no clipping)';
+COMMENT ON COLUMN llm_train_log.tokens IS
+'the batch''s input ids [B][T] when they were passed to llm_train_step (NULL: see batch)';
+COMMENT ON COLUMN llm_train_log.targets IS 'the batch''s targets [B][T], with tokens';
 COMMENT ON COLUMN llm_train_log.created_at IS 'when the step was logged';
 COMMENT ON SEQUENCE llm_train_log_id_seq IS 'numbers the llm_train_log rows (identity of llm_train_log.id)';
 CREATE INDEX llm_train_log_model_step ON llm_train_log (model, step);

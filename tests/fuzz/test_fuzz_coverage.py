@@ -4,7 +4,7 @@ until it gets a fuzz target (or a reason)."""
 import importlib
 
 FUZZ_FILES = ["test_fuzz_tensor_io", "test_fuzz_ops", "test_fuzz_files", "test_fuzz_gpt2", "test_fuzz_generation",
-              "test_fuzz_text", "test_fuzz_train", "test_fuzz_autograd"]
+              "test_fuzz_text", "test_fuzz_train", "test_fuzz_autograd", "test_fuzz_train_step"]
 
 NOT_FUZZED = {
     "llm_info": "no arguments",
@@ -14,6 +14,8 @@ NOT_FUZZED = {
     "llm_param_bump_moved": "a trigger: runs when an UPDATE moves a row to another model (pg_regress model.sql)",
     "llm_init_std": "called by llm_init with the names of llm_param_shapes only",
     "llm_write_text_file": "writes config.json in llm_export_hf, which is fuzzed",
+    "llm_replay": "PL/pgSQL over llm_checkpoint_load and llm_train_step, both fuzzed; its checks are in "
+                  "tests/test_train_loop.py",
     "llm_model_config_check": "a trigger: runs on every llm_model_config write of the config fuzzing",
     "llm_model_config_new_version": "a trigger: runs on every llm_model_config write of the config fuzzing",
     "llm_tokenizer_bump_version": "a trigger: runs on every tokenizer write of the loader and training fuzzing",

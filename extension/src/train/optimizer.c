@@ -56,13 +56,30 @@ llm_train_state_adamw(LlmTrainState *st, const LlmAdamW *settings)
 
 /* ---- what a step logs --------------------------------------------------------------- */
 
+/* ids [B, T] as an int[][] (B = 1: a one-dimensional int[]). */
+static ArrayType *
+batch_array(const int32 *ids, int B, int T)
+{
+	Datum	   *d = palloc(sizeof(Datum) * B * T);
+	int			dims[2] = {B, T};
+	int			lbs[2] = {1, 1};
+
+	for (int i = 0; i < B * T; i++)
+		d[i] = Int32GetDatum(ids[i]);
+	if (B == 1)
+		return construct_md_array(d, NULL, 1, dims + 1, lbs, INT4OID, sizeof(int32), true,
+								  TYPALIGN_INT);
+	return construct_md_array(d, NULL, 2, dims, lbs, INT4OID, sizeof(int32), true, TYPALIGN_INT);
+}
+
 void
 llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 {
-	Oid			types[12] = {TEXTOID, INT4OID, FLOAT4OID, FLOAT8OID, FLOAT4OID, FLOAT8OID,
-	INT8ARRAYOID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
-	Datum		values[12];
-	char		nulls[12];
+	Oid			types[14] = {TEXTOID, INT4OID, FLOAT4OID, FLOAT8OID, FLOAT4OID, FLOAT8OID,
+		INT8ARRAYOID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, INT4ARRAYOID,
+	INT4ARRAYOID};
+	Datum		values[14];
+	char		nulls[14];
 	Datum	   *ids = palloc(sizeof(Datum) * Max(e->batch_size, 1));
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -91,13 +108,21 @@ llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 	values[11] = Float8GetDatum(e->clip);
 	if (e->clip <= 0)
 		nulls[11] = 'n';
+	nulls[12] = nulls[13] = 'n';
+	if (e->tokens != NULL)
+	{
+		values[12] = PointerGetDatum(batch_array(e->tokens, e->B, e->T));
+		values[13] = PointerGetDatum(batch_array(e->targets, e->B, e->T));
+		nulls[12] = nulls[13] = ' ';
+	}
 
 	SPI_connect();
 	if (SPI_execute_with_args(psprintf("INSERT INTO %s (model, step, loss, lr, grad_norm, "
-									   "tokens_per_s, batch, weight_decay, beta1, beta2, eps, clip) "
-									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+									   "tokens_per_s, batch, weight_decay, beta1, beta2, eps, clip, "
+									   "tokens, targets) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
 									   llm_table_name("llm_train_log")),
-							  12, types, values, nulls, false, 0) != SPI_OK_INSERT)
+							  14, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "pg_llm: writing llm_train_log failed");
 	SPI_finish();
 }
@@ -170,8 +195,8 @@ check_range(const char *who, const char *what, double x, double lo, double hi, b
 }
 
 /* The AdamW settings of a call, checked as torch.optim.AdamW checks them. */
-static LlmAdamW
-adamw_settings(const char *who, double lr, double weight_decay, double beta1, double beta2,
+LlmAdamW
+llm_adamw_settings(const char *who, double lr, double weight_decay, double beta1, double beta2,
 			   double eps)
 {
 	LlmAdamW	hp = {.lr = lr, .beta1 = beta1, .beta2 = beta2, .eps = eps,
@@ -211,7 +236,7 @@ llm_adamw_step(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("%s: only max_grad_norm may be NULL (argument %d is)", who, i + 1)));
 	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	hp = adamw_settings(who, PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2), PG_GETARG_FLOAT8(3),
+	hp = llm_adamw_settings(who, PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2), PG_GETARG_FLOAT8(3),
 						PG_GETARG_FLOAT8(4), PG_GETARG_FLOAT8(5));
 	if (!PG_ARGISNULL(6))
 	{

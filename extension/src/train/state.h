@@ -132,7 +132,18 @@ typedef struct LlmTrainLogEntry
 	int			batch_size;
 	LlmAdamW	hp;				/* beta1, beta2, eps, weight_decay (lr above) */
 	double		clip;			/* max_norm, <= 0: no clipping (NULL) */
+	const int32 *tokens;		/* [B, T] the batch itself, or NULL */
+	const int32 *targets;		/* [B, T] */
+	int			B,
+				T;
 } LlmTrainLogEntry;
+
+/*
+ * The AdamW settings of a call, checked as torch.optim.AdamW checks them
+ * (ERROR 22023 naming the setting and its value).
+ */
+extern LlmAdamW llm_adamw_settings(const char *who, double lr, double weight_decay,
+								   double beta1, double beta2, double eps);
 
 /* INSERT a row of llm_train_log at st->step, with st->grad_norm. */
 extern void llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e);

@@ -1,0 +1,185 @@
+"""Training GPT-2 inside PostgreSQL vs PyTorch, side by side.
+
+    python bench/bench_train.py                        # both models, threads 1 and 2
+    python bench/bench_train.py --models lab --threads 2 --steps 5
+
+Models (random init, float32), batch B=4 sequences of T=64 tokens:
+  lab    4 layers, 4 heads, n_embd 128, n_positions 128, vocab 50257
+  small  GPT-2 small: 12 layers, 12 heads, n_embd 768, n_positions 1024, vocab 50257
+
+A step is forward + backward + clip_grad_norm_(1.0) + AdamW, for:
+  torch           HF GPT2LMHeadModel, the loop of tests/train_reference.py
+                  (torch.set_num_threads(threads)), in a subprocess of its
+                  own so that its peak memory (VmHWM) is its own
+  llm_train_step  one SELECT per step: loads the state from llm_param,
+                  steps, writes data, grad, m and v back, logs
+  llm_train       CALL llm_train(steps, save_every > steps): the state stays
+                  in memory; the steady-state step time is the median gap
+                  between consecutive llm_train_log.created_at (one step
+                  and its COMMIT of the log rows, no write-back)
+Memory is VmHWM (peak resident set) of the process: a fresh backend per
+pg_llm measurement, read from /proc/<pg_backend_pid()>/status.
+Each time is the median of --steps steps after one warm-up step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import pg_llm_lab
+
+MODELS = {
+    "lab": dict(n_layer=4, n_head=4, n_embd=128, n_positions=128, vocab_size=50257),
+    "small": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257),
+}
+B, T = 4, 64
+SPLIT = "bench_train"
+
+
+def vm_hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_model(config: dict):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    cfg = GPT2Config(bos_token_id=0, eos_token_id=0, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0,
+                     **config)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def batches(vocab: int, n: int):
+    rng = np.random.default_rng(1)
+    for _ in range(n):
+        tokens = rng.integers(0, vocab, (B, T))
+        yield tokens, np.roll(tokens, -1, axis=1)
+
+
+def torch_child(label: str, threads: int, steps: int) -> None:
+    """Runs in a subprocess: prints a JSON line {step_s, hwm_mb}."""
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    model = make_model(MODELS[label])
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=6e-4, betas=(0.9, 0.95))
+    times = []
+    for tokens, targets in batches(MODELS[label]["vocab_size"], steps + 1):
+        x, y = torch.as_tensor(tokens), torch.as_tensor(targets)
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logits = model(x).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"step_s": statistics.median(times[1:]), "hwm_mb": vm_hwm_mb(os.getpid())}))
+
+
+def torch_run(label: str, threads: int, steps: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--torch-child", label, str(threads), str(steps)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def setup(label: str) -> str:
+    name = f"bench_train_{label}"
+    with pg_llm_lab.connect() as conn:
+        conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
+        pg_llm_lab.import_hf(conn, make_model(MODELS[label]), name, progress=False)
+        conn.execute("DELETE FROM llm_dataset WHERE split = %s", [SPLIT])
+        rng = np.random.default_rng(2)
+        stream = rng.integers(0, MODELS[label]["vocab_size"], 64 * T + 1)
+        conn.execute("SELECT llm_dataset_from_tokens(%s, %s, split => %s)", [stream.tolist(), T, SPLIT])
+    return name
+
+
+def step_run(name: str, label: str, threads: int, steps: int) -> dict:
+    with pg_llm_lab.connect() as conn:
+        conn.execute("SELECT set_config('pg_llm.threads', %s, false)", [str(threads)])
+        conn.execute("SET client_min_messages = debug1")
+        phases = []
+        conn.add_notice_handler(lambda d: phases.append(d.message_primary)
+                                if (d.message_primary or "").startswith("llm_train_step:") else None)
+        pid = conn.info.backend_pid
+        times = []
+        for tokens, targets in batches(MODELS[label]["vocab_size"], steps + 1):
+            start = time.perf_counter()
+            conn.execute("SELECT llm_train_step(%s, %s, %s, 6e-4, 0.1, 0.9, 0.95, 1e-8, 1.0)",
+                         [name, tokens.tolist(), targets.tolist()])
+            times.append(time.perf_counter() - start)
+        return {"step_s": statistics.median(times[1:]), "hwm_mb": vm_hwm_mb(pid),
+                "phases": phases[-1] if phases else ""}
+
+
+def loop_run(name: str, threads: int, steps: int) -> dict:
+    with pg_llm_lab.connect() as conn:
+        pid = conn.info.backend_pid
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
+        start = time.perf_counter()
+        conn.execute("CALL llm_train(%s, %s, batch_size => %s, grad_workers => %s, prune_workers => %s, "
+                     "save_every => %s, split => %s, notice_every => 0)",
+                     [name, steps + 1, B, threads, threads, steps + 10, SPLIT])
+        total = time.perf_counter() - start
+        stamps = [r[0] for r in conn.execute(
+            "SELECT extract(epoch FROM created_at) FROM llm_train_log WHERE model = %s AND id > %s ORDER BY id",
+            [name, first]).fetchall()]
+        gaps = np.diff(np.array(stamps, dtype=np.float64))
+        return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": vm_hwm_mb(pid)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--torch-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.torch_child:
+        label, threads, steps = args.torch_child
+        torch_child(label, int(threads), int(steps))
+        return
+
+    rows = []
+    for label in args.models:
+        name = setup(label)
+        for threads in args.threads:
+            t = torch_run(label, threads, args.steps)
+            s = step_run(name, label, threads, args.steps)
+            loop = loop_run(name, threads, args.steps)
+            rows.append((label, threads, t, s, loop))
+            print(f"{label} threads={threads}: torch {t['step_s']:.3f} s ({t['hwm_mb']:.0f} MB), "
+                  f"llm_train_step {s['step_s']:.3f} s ({s['hwm_mb']:.0f} MB), "
+                  f"llm_train {loop['step_s']:.3f} s/step ({loop['hwm_mb']:.0f} MB)\n    {s['phases']}",
+                  flush=True)
+        with pg_llm_lab.connect() as conn:
+            conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
+    with pg_llm_lab.connect() as conn:
+        conn.execute("DELETE FROM llm_dataset WHERE split = %s", [SPLIT])
+
+    print(f"\nB={B}, T={T}, float32; median of {args.steps} steps; memory = VmHWM\n")
+    print("| model | threads | PyTorch s/step | llm_train_step s | llm_train s/step | llm_train / PyTorch "
+          "| PyTorch MB | llm_train_step MB | llm_train MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, threads, t, s, loop in rows:
+        print(f"| {label} | {threads} | {t['step_s']:.3f} | {s['step_s']:.3f} | {loop['step_s']:.3f} | "
+              f"{loop['step_s'] / t['step_s']:.2f}x | {t['hwm_mb']:.0f} | {s['hwm_mb']:.0f} | {loop['hwm_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
