@@ -1,6 +1,7 @@
 """PGLLMClient: text generation in the database, from Python.
 
     import psycopg
+import psycopg.sql
     from pg_llm_client import PGLLMClient      # or: from pg_llm_lab import PGLLMClient
 
     with psycopg.connect(url) as conn:
@@ -12,7 +13,7 @@
             print(beam.score, beam.text)
 
 Every call is one SQL function (llm_generate, llm_generate_stream,
-llm_beam_search, llm_encode, llm_decode) with its arguments bound as
+llm_beam_search, llm_encode, llm_decode; train() is CALL llm_train) with its arguments bound as
 parameters, never formatted into the SQL.  stream() reads
 llm_generate_stream through a server-side cursor, one FETCH per token, so
 events arrive while the model still runs.  With model=None the server's
@@ -22,6 +23,7 @@ setting pg_llm.default_model decides.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +48,16 @@ _BEAM_SEARCH = (
 
 _cursor_names = itertools.count(1)
 
+
+# llm_train's settings after (model, steps), with their SQL types (sql/82_train_step.sql).
+_TRAIN_SETTINGS = {
+    "batch_size": "int", "lr": "float8", "warmup": "int", "min_lr": "float8", "weight_decay": "float8",
+    "clip": "float8", "seed": "bigint", "grad_workers": "int", "prune_workers": "int", "n_layer": "int",
+    "n_head": "int", "d": "int", "vocab": "int", "save_every": "int", "beta1": "float8", "beta2": "float8",
+    "eps": "float8", "decay_steps": "int", "notice_every": "int", "split": "text",
+}
+# llm_train's NOTICE: 'llm_train "m": step 12 (3 of 10), loss 4.123456'
+_TRAIN_NOTICE = re.compile(r"\((?P<done>\d+) of \d+\), loss (?P<loss>\S+?)(,|$)")
 
 @dataclass(frozen=True)
 class StreamEvent:
@@ -138,6 +150,42 @@ class PGLLMClient:
         return self.conn.execute("SELECT llm_decode(%s::int[], %s::text)",
                                  (list(ids), self._model_name(model))).fetchone()[0]
 
-    def train(self, *args, **kwargs):
-        """Training from the client comes with the training issue (llm_train)."""
-        raise NotImplementedError("PGLLMClient.train is not there yet: training comes with the training issue")
+    def train(self, steps: int, *, model: str | None = None, progress: bool = True,
+              **settings) -> list[tuple]:
+        """CALL llm_train(model, steps, ...): `steps` AdamW steps on batches of
+        llm_dataset, settings by name as llm_train takes them (batch_size, lr,
+        warmup, min_lr, weight_decay, clip, seed, save_every, ...).  The
+        procedure commits every step and sends a NOTICE; each moves a progress
+        bar.  Returns this run's rows of llm_train_log as (step, loss, lr,
+        grad_norm).  Needs an autocommit connection (pg_llm_lab.connect()
+        gives one): a CALL inside a transaction block cannot commit."""
+        unknown = sorted(set(settings) - set(_TRAIN_SETTINGS))
+        if unknown:
+            raise TypeError(f"llm_train has no setting {', '.join(unknown)}; it takes {', '.join(_TRAIN_SETTINGS)}")
+        if not self.conn.autocommit:
+            raise RuntimeError("llm_train commits after every step: use an autocommit connection")
+        name = self._model(model) or self.conn.execute("SELECT llm_default_model()").fetchone()[0]
+        since = self.conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
+        call = psycopg.sql.SQL("CALL llm_train(%s::text, %s::int{})").format(psycopg.sql.SQL("").join(
+            psycopg.sql.SQL(", {} => %s::" + _TRAIN_SETTINGS[key]).format(psycopg.sql.Identifier(key))
+            for key in settings))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=steps, desc=f"training {name}", unit="step")
+
+        def on_notice(diag):
+            done = _TRAIN_NOTICE.search(diag.message_primary or "")
+            if bar is not None and done:
+                bar.update(int(done["done"]) - bar.n)
+                bar.set_postfix(loss=done["loss"])
+
+        self.conn.add_notice_handler(on_notice)
+        try:
+            self.conn.execute(call, [name, steps, *settings.values()])
+        finally:
+            self.conn.remove_notice_handler(on_notice)
+            if bar is not None:
+                bar.close()
+        return self.conn.execute("SELECT step, loss, lr, grad_norm FROM llm_train_log "
+                                 "WHERE model = %s AND id > %s ORDER BY id", [name, since]).fetchall()

@@ -122,6 +122,19 @@ def test_errors_come_through(client):
         list(client.stream("x", max_tokens=0))
 
 
-def test_train_is_not_there_yet(client):
-    with pytest.raises(NotImplementedError, match="training issue"):
-        client.train()
+def test_train_calls_llm_train_with_a_progress_bar(conn, client, capsys):
+    last = q(conn, "SELECT coalesce(max(id), 0) FROM llm_dataset")
+    conn.execute("SELECT llm_dataset_from_text('cl', %s, 16, split => 'cl_train')",
+                 [" ".join(["The cat sat on the mat. Le café est très chaud."] * 6)])
+    try:
+        rows = client.train(3, batch_size=2, lr=1e-3, seed=1, split="cl_train", save_every=3)
+        assert [r[0] for r in rows] == sorted(r[0] for r in rows) and len(rows) == 3
+        assert all(r[1] > 0 for r in rows)
+        assert "3/3" in capsys.readouterr().err                    # the bar reached the end
+        logged = conn.execute("SELECT step, loss FROM llm_train_log WHERE model = 'cl' ORDER BY id DESC LIMIT 3"
+                              ).fetchall()[::-1]
+        assert [(s, l) for s, l, *_ in rows] == logged
+        with pytest.raises(TypeError, match="no setting learning_rate"):
+            client.train(1, learning_rate=1e-3)
+    finally:
+        conn.execute("DELETE FROM llm_dataset WHERE id > %s", [last])
