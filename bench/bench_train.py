@@ -2,6 +2,7 @@
 
     python bench/bench_train.py                        # both models, threads 1 and 2
     python bench/bench_train.py --models lab --threads 2 --steps 5
+    python bench/bench_train.py --simd avx2 --tape     # the AVX2 kernels; llm_train recording
 
 Models (random init, float32), batch B=4 sequences of T=64 tokens:
   lab    4 layers, 4 heads, n_embd 128, n_positions 128, vocab 50257
@@ -17,6 +18,11 @@ A step is forward + backward + clip_grad_norm_(1.0) + AdamW, for:
                   in memory; the steady-state step time is the median gap
                   between consecutive llm_train_log.created_at (one step
                   and its COMMIT of the log rows, no write-back)
+  llm_train meta/full   (--tape) the same with pg_llm.autograd_mode meta or
+                  full: each step also records its batch's forward on the
+                  tape (an extra forward; full keeps every value) and the
+                  tape's rows are written to llm_tape / llm_tensor_rt
+--simd sets pg_llm.simd in every pg_llm session (default: the best this CPU has).
 Memory is VmHWM (peak resident set) of the process: a fresh backend per
 pg_llm measurement, read from /proc/<pg_backend_pid()>/status.
 Each time is the median of --steps steps after one warm-up step.
@@ -109,8 +115,18 @@ def setup(label: str) -> str:
     return name
 
 
+SIMD: str | None = None   # --simd
+
+
+def connect():
+    conn = pg_llm_lab.connect()
+    if SIMD:
+        conn.execute("SELECT set_config('pg_llm.simd', %s, false)", [SIMD])
+    return conn
+
+
 def step_run(name: str, label: str, threads: int, steps: int) -> dict:
-    with pg_llm_lab.connect() as conn:
+    with connect() as conn:
         conn.execute("SELECT set_config('pg_llm.threads', %s, false)", [str(threads)])
         conn.execute("SET client_min_messages = debug1")
         phases = []
@@ -127,8 +143,9 @@ def step_run(name: str, label: str, threads: int, steps: int) -> dict:
                 "phases": phases[-1] if phases else ""}
 
 
-def loop_run(name: str, threads: int, steps: int) -> dict:
-    with pg_llm_lab.connect() as conn:
+def loop_run(name: str, threads: int, steps: int, tape: str = "off") -> dict:
+    with connect() as conn:
+        conn.execute("SELECT llm_autograd_mode(%s)", [tape])
         pid = conn.info.backend_pid
         first = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
         start = time.perf_counter()
@@ -140,7 +157,9 @@ def loop_run(name: str, threads: int, steps: int) -> dict:
             "SELECT extract(epoch FROM created_at) FROM llm_train_log WHERE model = %s AND id > %s ORDER BY id",
             [name, first]).fetchall()]
         gaps = np.diff(np.array(stamps, dtype=np.float64))
-        return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": vm_hwm_mb(pid)}
+        hwm = vm_hwm_mb(pid)
+        conn.execute("SELECT llm_autograd_mode('off'), llm_prune_autograd_state()")
+        return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": hwm}
 
 
 def main() -> None:
@@ -148,6 +167,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--simd", choices=["scalar", "avx2", "avx512"],
+                        help="pg_llm.simd for the pg_llm runs (default: the best this CPU has)")
+    parser.add_argument("--tape", action="store_true", help="also llm_train with the tape in meta and full")
     parser.add_argument("--torch-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_child:
@@ -155,6 +177,10 @@ def main() -> None:
         torch_child(label, int(threads), int(steps))
         return
 
+    global SIMD
+    SIMD = args.simd
+    with connect() as conn:
+        isa = conn.execute("SHOW pg_llm.simd").fetchone()[0]
     rows = []
     for label in args.models:
         name = setup(label)
@@ -162,23 +188,30 @@ def main() -> None:
             t = torch_run(label, threads, args.steps)
             s = step_run(name, label, threads, args.steps)
             loop = loop_run(name, threads, args.steps)
-            rows.append((label, threads, t, s, loop))
+            tapes = {m: loop_run(name, threads, args.steps, m) for m in (("meta", "full") if args.tape else ())}
+            rows.append((label, threads, t, s, loop, tapes))
             print(f"{label} threads={threads}: torch {t['step_s']:.3f} s ({t['hwm_mb']:.0f} MB), "
                   f"llm_train_step {s['step_s']:.3f} s ({s['hwm_mb']:.0f} MB), "
                   f"llm_train {loop['step_s']:.3f} s/step ({loop['hwm_mb']:.0f} MB)\n    {s['phases']}",
                   flush=True)
+            for mode, run in tapes.items():
+                print(f"    llm_train, tape {mode}: {run['step_s']:.3f} s/step ({run['hwm_mb']:.0f} MB)", flush=True)
         with pg_llm_lab.connect() as conn:
             conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
     with pg_llm_lab.connect() as conn:
         conn.execute("DELETE FROM llm_dataset WHERE split = %s", [SPLIT])
 
-    print(f"\nB={B}, T={T}, float32; median of {args.steps} steps; memory = VmHWM\n")
-    print("| model | threads | PyTorch s/step | llm_train_step s | llm_train s/step | llm_train / PyTorch "
-          "| PyTorch MB | llm_train_step MB | llm_train MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, threads, t, s, loop in rows:
-        print(f"| {label} | {threads} | {t['step_s']:.3f} | {s['step_s']:.3f} | {loop['step_s']:.3f} | "
-              f"{loop['step_s'] / t['step_s']:.2f}x | {t['hwm_mb']:.0f} | {s['hwm_mb']:.0f} | {loop['hwm_mb']:.0f} |")
+    print(f"\npg_llm.simd = {isa}; B={B}, T={T}, float32; median of {args.steps} steps; memory = VmHWM\n")
+    tape_cols = [f"llm_train, tape {m} s/step" for m in (("meta", "full") if args.tape else ())]
+    head = ["model", "threads", "PyTorch s/step", "llm_train_step s", "llm_train s/step",
+            "llm_train / PyTorch", *tape_cols, "PyTorch MB", "llm_train_step MB", "llm_train MB"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
+    for label, threads, t, s, loop, tapes in rows:
+        cells = [label, threads, f"{t['step_s']:.3f}", f"{s['step_s']:.3f}", f"{loop['step_s']:.3f}",
+                 f"{loop['step_s'] / t['step_s']:.2f}x", *(f"{r['step_s']:.3f}" for r in tapes.values()),
+                 f"{t['hwm_mb']:.0f}", f"{s['hwm_mb']:.0f}", f"{loop['hwm_mb']:.0f}"]
+        print("| " + " | ".join(map(str, cells)) + " |")
 
 
 if __name__ == "__main__":

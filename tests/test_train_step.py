@@ -49,7 +49,7 @@ def torch_gradients(model, tokens, targets):
     model.zero_grad(set_to_none=True)
     loss = batch_loss(model, tokens, targets)
     loss.backward()
-    return float(loss), {n: p.grad.numpy().copy() for n, p in named_parameters(model).items()}
+    return loss.item(), {n: p.grad.numpy().copy() for n, p in named_parameters(model).items()}
 
 
 def assert_grads_close(got, want, rel=1e-4):
@@ -216,3 +216,71 @@ def test_bad_input_is_an_error_and_writes_nothing(conn):
     conn.execute("DELETE FROM llm_param WHERE model = 'ts_bad' AND name = 'ln_f.bias'")
     with pytest.raises(psycopg.errors.DataException, match='missing parameter "ln_f.bias"'):
         conn.execute("SELECT llm_train_step('ts_bad', %s, %s, 1e-3)", [ok_t, ok_y])
+
+
+# ---- the tape of a training step -----------------------------------------------------
+
+def tape_rows(conn):
+    return conn.execute("SELECT count(*), count(*) FILTER (WHERE op = 'llm_cross_entropy') FROM llm_tape"
+                        ).fetchone()
+
+
+def test_a_recorded_step_leaves_its_batch_on_the_tape_with_torchs_gradients(conn):
+    """pg_llm.autograd_mode full: llm_train_step records the forward of its batch
+    (one graph a sequence, the weights shared leaves, the batch loss on top);
+    llm_backprop over it gives PyTorch's gradients at the weights before the
+    update, and recording changes nothing the step computes."""
+    model = make_reference_model(TINY, seed=7)
+    load_into_pg(conn, model, "ts_tape")
+    load_into_pg(conn, model, "ts_notape")
+    tokens, targets = batch(TINY["vocab_size"], 3, 17, 7)
+    want_loss, want = torch_gradients(model, tokens, targets)
+    s = AdamWSettings(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), max_grad_norm=1.0)
+
+    conn.execute("SELECT llm_autograd_mode('full')")
+    try:
+        loss = train_step(conn, "ts_tape", tokens, targets, 1e-3, s)
+    finally:
+        conn.execute("SELECT llm_autograd_mode('off')")
+    n_ops, n_losses = tape_rows(conn)
+    assert n_losses == 3
+    # the last op is the batch loss: the counted-weighted mean of the sequences' losses
+    root_op, root_value = conn.execute("""
+        SELECT t.op, r.data FROM llm_tape t JOIN llm_tensor_rt r ON r.id = t.output
+        ORDER BY t.id DESC LIMIT 1""").fetchone()
+    assert root_op == "llm_add"
+    assert abs(float(root_value[0]) - want_loss) <= 1e-5 * want_loss
+    assert abs(loss - want_loss) <= 1e-5 * want_loss
+
+    # one leaf a parameter, shared by the three sequences
+    leaves = dict(conn.execute("SELECT param_name, count(*) FROM llm_tensor_rt "
+                               "WHERE param_name IS NOT NULL GROUP BY 1").fetchall())
+    assert set(leaves) == set(want) and set(leaves.values()) == {1}
+    conn.execute("SELECT llm_backprop()")
+    got = dict(conn.execute("SELECT param_name, grad FROM llm_tensor_rt WHERE param_name IS NOT NULL"))
+    assert_grads_close(got, want)
+
+    # the step itself is the same with the tape off
+    train_step(conn, "ts_notape", tokens, targets, 1e-3, s)
+    a, b = params(conn, "ts_tape"), params(conn, "ts_notape")
+    assert all(a[n].tobytes() == b[n].tobytes() for n in a)
+
+
+def test_meta_mode_records_a_steps_shapes_and_off_records_nothing(conn):
+    model = make_reference_model(ONE, seed=8)
+    load_into_pg(conn, model, "ts_meta")
+    tokens, targets = batch(ONE["vocab_size"], 2, 6, 8, ignored=0)
+    s = AdamWSettings(lr=1e-3)
+    conn.execute("SELECT llm_prune_autograd_state()")
+    train_step(conn, "ts_meta", tokens, targets, 1e-3, s)
+    assert tape_rows(conn) == (0, 0)
+    conn.execute("SELECT llm_autograd_mode('meta')")
+    try:
+        train_step(conn, "ts_meta", tokens, targets, 1e-3, s)
+    finally:
+        conn.execute("SELECT llm_autograd_mode('off')")
+    n_ops, n_losses = tape_rows(conn)
+    # per sequence: 3 embedding ops, 14 a layer, ln_f, lm_head, cross-entropy; then the mean
+    assert (n_ops, n_losses) == (2 * (3 + 14 * ONE["n_layer"] + 3) + 3, 2)
+    assert conn.execute("SELECT count(*) FROM llm_tensor_rt WHERE data IS NOT NULL").fetchone()[0] == 0
+    conn.execute("SELECT llm_prune_autograd_state()")

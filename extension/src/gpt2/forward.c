@@ -31,6 +31,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/pg_list.h"
 #include "portability/instr_time.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -139,13 +140,36 @@ timer_stop(Gpt2State *st, Gpt2Timer which, instr_time start)
 
 /* ---- the tape (only when st->record) ------------------------------------- */
 
+/*
+ * While gpt2_record_batch() runs, the sequences of its batch share one leaf
+ * per weight, so that llm_backprop() sums each weight's gradient over the
+ * batch; otherwise every forward makes leaves of its own.
+ */
+static struct
+{
+	bool		on;
+	List	   *names;			/* of char *, the leaves' names */
+	List	   *ids;			/* of int, their tape ids */
+}			shared_leaves;
+
 /* A weight as a leaf of the tape, named as its llm_param row; cols 0: 1-D. */
 static int32
 param_leaf(const float *w, int64 rows, int64 cols, const char *name)
 {
 	int64		dims[2] = {rows, cols};
+	int32		id;
 
-	return tape_leaf(w, cols ? 2 : 1, dims, name, false);
+	if (shared_leaves.on)
+		for (int i = 0; i < list_length(shared_leaves.names); i++)
+			if (strcmp(list_nth(shared_leaves.names, i), name) == 0)
+				return list_nth_int(shared_leaves.ids, i);
+	id = tape_leaf(w, cols ? 2 : 1, dims, name, false);
+	if (shared_leaves.on)
+	{
+		shared_leaves.names = lappend(shared_leaves.names, pstrdup(name));
+		shared_leaves.ids = lappend_int(shared_leaves.ids, id);
+	}
+	return id;
 }
 
 static int32
@@ -469,14 +493,62 @@ llm_logits_sql(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The mean cross-entropy of one sequence's logits against its targets (-100
+ * ignored; at least one counted), *counted the targets counted.  With
+ * st->record, the lm_head and the cross-entropy go on the tape too (the
+ * logits as one [T, V] tensor) and *loss_id is the loss's node; otherwise the
+ * lm_head runs over chunks of rows, so a [T, V] matrix never exists at once.
+ */
+static double
+sequence_loss(Gpt2State *st, const int32 *ids, const int32 *targets, int64 T,
+			  int64 *counted_out, int32 *loss_id)
+{
+	int64		V = st->model->cfg.vocab_size;
+	int64		chunk = st->record ? T : Max(1, Min(T, (32 << 20) / (V * (int64) sizeof(float))));
+	int64		total_counted = 0;
+	double		total_loss = 0;
+	float	   *logits;
+
+	gpt2_forward(st, ids, T);
+	logits = llm_alloc_floats(chunk, V, "logits");
+	for (int64 r0 = 0; r0 < T; r0 += chunk)
+	{
+		int64		nrows = Min(chunk, T - r0);
+		double		loss;
+		int64		counted = 0;
+
+		for (int64 i = r0; i < r0 + nrows; i++)
+			counted += targets[i] != -100;
+		if (counted == 0 && !st->record)
+			continue;
+		gpt2_logits(st, r0, nrows, logits);
+		if (counted == 0)
+			continue;
+		llm_check_status(llm_cross_entropy(logits, targets + r0, nrows, V, &loss, &counted, NULL));
+		total_loss += loss * counted;	/* the chunk's mean, back to a sum */
+		total_counted += counted;
+	}
+	if (st->record)
+	{
+		float		loss = (float4) (total_loss / total_counted);
+		int32		id = record(TAPE_OP_MATMUL, st->hidden_id, st->wte_id, 0,
+								&(TapeAttrs) {.i = {0, 1}}, logits, T, V);
+
+		*loss_id = tape_record(TAPE_OP_CROSS_ENTROPY, &id, 1,
+							   &(TapeAttrs) {.ids = targets, .n_ids = T},
+							   &loss, 1, (int64[]) {1}, false);
+	}
+	pfree(logits);
+	*counted_out = total_counted;
+	return total_loss / total_counted;
+}
+
+/*
  * llm_loss(model, tokens, targets) -> mean cross-entropy of the logits at
  * row t against targets[t], over the t whose target is not -100.  The
  * targets are given explicitly, aligned with the tokens: for next-token
  * prediction pass targets = tokens[2:] || -100 (HF's labels=input_ids
  * shifts internally to the same thing).
- *
- * The lm_head runs over chunks of rows, so a [T, V] logits matrix never
- * exists at once.
  */
 PG_FUNCTION_INFO_V1(llm_loss_sql);
 Datum
@@ -488,58 +560,94 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 	int32	   *ids = gpt2_token_array("llm_loss", "tokens", PG_GETARG_ARRAYTYPE_P(1), &T);
 	int32	   *targets = gpt2_token_array("llm_loss", "targets", PG_GETARG_ARRAYTYPE_P(2), &n_targets);
 	const Gpt2Model *m = gpt2_model_get(name);
-	int64		V = m->cfg.vocab_size;
-	int64		chunk = Max(1, Min(T, (32 << 20) / (V * (int64) sizeof(float))));
-	int64		total_counted = 0;
-	double		total_loss = 0;
+	int64		counted = 0;
+	int32		loss_id;
+	double		loss;
 	Gpt2State  *st;
-	float	   *logits;
 
 	check_sequence("llm_loss", m, ids, T);
 	if (n_targets != T)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("llm_loss: %d targets for %d tokens (one target per token)", n_targets, T)));
-	check_token_ids("llm_loss", "target", targets, T, V, true, " (or -100 to ignore)");
+	check_token_ids("llm_loss", "target", targets, T, m->cfg.vocab_size, true, " (or -100 to ignore)");
 	for (int i = 0; i < T; i++)
-		total_counted += targets[i] != -100;
-	if (total_counted == 0)
+		counted += targets[i] != -100;
+	if (counted == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("llm_loss: every target is the ignore index -100")));
 
 	st = gpt2_state_new(m, T, T);
 	st->record = autograd_recording();
-	if (st->record)
-		chunk = T;				/* the tape holds the logits as one tensor */
-	gpt2_forward(st, ids, T);
-	logits = llm_alloc_floats(chunk, V, "logits");
-	total_counted = 0;
-	for (int64 r0 = 0; r0 < T; r0 += chunk)
-	{
-		int64		nrows = Min(chunk, T - r0);
-		double		loss;
-		int64		counted = 0;
+	loss = sequence_loss(st, ids, targets, T, &counted, &loss_id);
+	gpt2_state_free(st);
+	PG_RETURN_FLOAT4((float4) loss);
+}
 
-		for (int64 i = r0; i < r0 + nrows; i++)
-			counted += targets[i] != -100;
+/*
+ * The tape of a training batch: tokens and targets [B, T], checked by the
+ * caller.  The tape is emptied, then each sequence's forward is recorded
+ * as llm_loss records it, the sequences sharing the weights' leaves, and
+ * the batch loss -- the mean over every counted target, as the training
+ * step computes it -- is sum_b llm_scale(loss_b, counted_b / counted).
+ */
+static void
+record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets, int64 B, int64 T)
+{
+	int64		all_counted = 0;
+	int32		total_id = 0;
+	float		total = 0;
+
+	for (int64 i = 0; i < B * T; i++)
+		all_counted += targets[i] != -100;
+	for (int64 b = 0; b < B; b++)
+	{
+		int64		counted = 0;
+		int32		loss_id;
+		float		part;
+		int32		inputs[2];
+		Gpt2State  *st;
+		double		weight;
+
+		for (int64 t = 0; t < T; t++)
+			counted += targets[b * T + t] != -100;
 		if (counted == 0)
 			continue;
-		gpt2_logits(st, r0, nrows, logits);
-		llm_check_status(llm_cross_entropy(logits, targets + r0, nrows, V, &loss, &counted, NULL));
-		total_loss += loss * counted;	/* the chunk's mean, back to a sum */
-		total_counted += counted;
+		st = gpt2_state_new(m, T, T);
+		st->record = true;
+		weight = (double) counted / all_counted;
+		part = (float4) (sequence_loss(st, tokens + b * T, targets + b * T, T, &counted, &loss_id) * weight);
+		gpt2_state_free(st);
+		inputs[0] = tape_record(TAPE_OP_SCALE, &loss_id, 1, &(TapeAttrs) {.f = weight},
+								&part, 1, (int64[]) {1}, false);
+		if (total_id == 0)
+		{
+			total_id = inputs[0];
+			total = part;
+			continue;
+		}
+		inputs[1] = total_id;
+		total += part;
+		total_id = tape_record(TAPE_OP_ADD, inputs, 2, NULL, &total, 1, (int64[]) {1}, false);
 	}
-	if (st->record)
-	{
-		float		loss = (float4) (total_loss / total_counted);
-		int32		id = record(TAPE_OP_MATMUL, st->hidden_id, st->wte_id, 0,
-								&(TapeAttrs) {.i = {0, 1}}, logits, T, V);
+}
 
-		tape_record(TAPE_OP_CROSS_ENTROPY, &id, 1, &(TapeAttrs) {.ids = targets, .n_ids = T},
-					&loss, 1, (int64[]) {1}, false);
+void
+gpt2_record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets,
+				  int64 B, int64 T)
+{
+	tape_reset();
+	shared_leaves.on = true;
+	PG_TRY();
+	{
+		record_batch(m, tokens, targets, B, T);
 	}
-	pfree(logits);
-	gpt2_state_free(st);
-	PG_RETURN_FLOAT4((float4) (total_loss / total_counted));
+	PG_FINALLY();
+	{
+		shared_leaves.on = false;
+		shared_leaves.names = NIL;
+		shared_leaves.ids = NIL;
+	}
+	PG_END_TRY();
 }

@@ -89,4 +89,11 @@ extern void gpt2_logits(Gpt2State *st, int64 row, int64 nrows, float *out);
  */
 extern void gpt2_state_copy_cache(Gpt2State *dst, const Gpt2State *src);
 
+/*
+ * Empty the autograd tape and record on it the forward of a training batch
+ * (tokens, targets [B, T], checked) and its loss, the weights shared leaves.
+ */
+extern void gpt2_record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets,
+							  int64 B, int64 T);
+
 #endif							/* PG_LLM_GPT2_FORWARD_H */

@@ -18,6 +18,8 @@
 #include "utils/builtins.h"
 
 #include "pg_llm.h"
+#include "autograd/tape.h"
+#include "gpt2/forward.h"
 #include "gpt2/train_forward.h"
 #include "tensor/tensor.h"
 #include "train/state.h"
@@ -91,9 +93,13 @@ llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, const char *model,
 double
 llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch)
 {
-	Gpt2Batch  *b = gpt2_batch_new(&st->weights, batch->B, batch->T);
+	Gpt2Batch  *b;
 	double		loss;
 
+	/* pg_llm.autograd_mode meta or full: the step's forward goes on the tape */
+	if (autograd_recording())
+		gpt2_record_batch(&st->weights, batch->tokens, batch->targets, batch->B, batch->T);
+	b = gpt2_batch_new(&st->weights, batch->B, batch->T);
 	llm_train_state_zero_grad(st);
 	loss = gpt2_batch_forward(b, batch->tokens, batch->targets);
 	gpt2_batch_backward(b, &st->grads);
