@@ -39,6 +39,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION llm_autograd_mode(text) IS
     'set this session''s recording mode: off, meta (ops and shapes) or full (also values, for llm_backprop); returns it. '
+    'Recording covers the SQL ops, llm_logits/llm_loss and each training step (its batch''s forward). '
     'While recording, parallel query is off for the session (a worker''s tape would be lost)';
 
 CREATE TABLE llm_tensor_rt (
