@@ -180,7 +180,7 @@ def main() -> None:
     global SIMD
     SIMD = args.simd
     with connect() as conn:
-        isa = conn.execute("SHOW pg_llm.simd").fetchone()[0]
+        isa = conn.execute("SELECT llm_info()->>'simd'").fetchone()[0]
     rows = []
     for label in args.models:
         name = setup(label)
