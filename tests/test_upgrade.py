@@ -210,3 +210,11 @@ def test_connect_updates_an_older_database_and_says_so(server_url, capsys):
         assert "updated" not in capsys.readouterr().err
     finally:
         drop_database(server_url, "pg_llm_upgrade_connect")
+
+
+def test_connect_warns_when_the_server_has_no_newer_pg_llm(db_url, monkeypatch):
+    """A server whose installed pg_llm is older than the package (a Docker image of last
+    release, say) cannot be updated by connect(): it says what to do instead."""
+    monkeypatch.setattr(pg_llm_lab.db, "__version__", "99.0.0")
+    with pytest.warns(UserWarning, match=r"the server has no newer one; pg_llm_lab is 99\.0\.0"):
+        pg_llm_lab.connect(db_url).close()
