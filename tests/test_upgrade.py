@@ -218,3 +218,23 @@ def test_connect_warns_when_the_server_has_no_newer_pg_llm(db_url, monkeypatch):
     monkeypatch.setattr(pg_llm_lab.db, "__version__", "99.0.0")
     with pytest.warns(UserWarning, match=r"the server has no newer one; pg_llm_lab is 99\.0\.0"):
         pg_llm_lab.connect(db_url).close()
+
+
+def test_connect_warns_when_the_user_may_not_update(server_url):
+    """Only the extension's owner may update it: another user is told whom to ask."""
+    url = database_url(server_url, "pg_llm_upgrade_role")
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS llm_upgrade_learner")
+        admin.execute("CREATE ROLE llm_upgrade_learner LOGIN")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE EXTENSION pg_llm VERSION '{PREVIOUS}'")
+        with pytest.warns(UserWarning, match=r"may not update it .*ask the database owner"):
+            pg_llm_lab.connect(make_conninfo(url, user="llm_upgrade_learner")).close()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_llm'"
+                                ).fetchone()[0] == PREVIOUS
+    finally:
+        drop_database(server_url, "pg_llm_upgrade_role")
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute("DROP ROLE IF EXISTS llm_upgrade_learner")
