@@ -13,6 +13,7 @@ snapshots are equal; diff() says which objects are not.
 from __future__ import annotations
 
 import difflib
+import re
 
 MEMBERS = """
     SELECT d.classid::regclass::text, d.objid, pg_describe_object(d.classid, d.objid, 0)
@@ -176,3 +177,56 @@ def _field_diff(expected, actual, expected_label, actual_label) -> str:
         else:
             out.append(f"    field {field}: {expected_label} {want!r}, {actual_label} {got!r}")
     return "\n".join(out)
+
+
+def suggested_upgrade_sql(expected: dict, actual: dict) -> str:
+    """SQL that would bring `actual` to `expected`, where it can be derived from the
+    definitions (functions and procedures, comments, plain added columns); the rest as
+    TODO lines.  A starting point for the upgrade script: read it before pasting it."""
+    out = []
+    for name in sorted(actual.keys() - expected.keys()):
+        if name.startswith("function "):
+            kind = "PROCEDURE" if "CREATE OR REPLACE PROCEDURE" in actual[name][0] else "FUNCTION"
+            out.append(f"DROP {kind} {name.removeprefix('function ')};")
+        else:
+            out.append(f"-- TODO drop: {name}")
+    for name in sorted(expected.keys()):
+        if name in actual and expected[name] == actual[name]:
+            continue
+        if name.startswith("function "):
+            out.append(_function_sql(name.removeprefix("function "), expected[name]))
+        elif " column " in name and name.startswith("table ") and name not in actual:
+            out.append(_column_sql(name, expected[name]))
+        elif " constraint " in name and name not in actual and str(expected[name][0]).startswith("NOT NULL "):
+            continue  # (the ADD COLUMN ... NOT NULL above makes it)
+        else:
+            out.append(f"-- TODO {'add' if name not in actual else 'change'}: {name}: {expected[name]!r}")
+    return "\n".join(out)
+
+
+def _literal(text: str | None) -> str:
+    return "NULL" if text is None else "'" + text.replace("'", "''") + "'"
+
+
+def _function_sql(signature: str, definition: tuple) -> str:
+    functiondef, comment = definition[0], definition[1]
+    kind = "PROCEDURE" if functiondef.startswith("CREATE OR REPLACE PROCEDURE") else "FUNCTION"
+    # pg_get_functiondef names the schema, where sql/ wrote @extschema@ (and the
+    # upgrade script runs with the extension's schema first on the search_path)
+    schema = re.match(r"CREATE OR REPLACE (?:FUNCTION|PROCEDURE) ([a-z_][a-z0-9_]*)\.", functiondef)[1]
+    body = functiondef.replace(f" {schema}.", " ", 1)
+    body = re.sub(r"^( SET search_path TO .*)$",
+                  lambda m: m[1].replace(f"'{schema}'", "@extschema@"), body, count=1, flags=re.M)
+    return (f"-- (if its result type changed: DROP {kind} {signature}; first)\n{body.rstrip()};\n"
+            f"COMMENT ON {kind} {signature} IS {_literal(comment)};")
+
+
+def _column_sql(name: str, definition: tuple) -> str:
+    _, table, _, column = name.split(" ", 3)
+    type_, not_null, default, identity, generated, comment = definition[:6]
+    if identity or generated:
+        return f"-- TODO add: {name}: {definition!r}"
+    sql = f"ALTER TABLE {table} ADD COLUMN {column} {type_}"
+    sql += f" DEFAULT {default}" if default is not None else ""
+    sql += " NOT NULL" if not_null else ""
+    return sql + f";\nCOMMENT ON COLUMN {table}.{column} IS {_literal(comment)};"

@@ -16,7 +16,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 import pg_llm_lab
-from catalog_snapshot import diff, snapshot
+from catalog_snapshot import diff, snapshot, suggested_upgrade_sql
 from pg_llm_lab.adapters import register_tensor
 
 PREVIOUS = "0.1.0"
@@ -144,8 +144,11 @@ def test_updated_catalog_equals_a_fresh_install(fresh, updated):
     with psycopg.connect(updated) as conn:
         upgraded = snapshot(conn)
     differences = diff(fresh[0], upgraded)
-    assert not differences, (f"{len(differences)} objects differ between a fresh install and "
-                             f"{PREVIOUS} updated:\n" + "\n".join(differences))
+    assert not differences, (
+        f"{len(differences)} objects differ between a fresh install and {PREVIOUS} updated:\n"
+        + "\n".join(differences)
+        + f"\n\nSQL for extension/releases/pg_llm--{PREVIOUS}--{pg_llm_lab.__version__}.sql that would "
+        "fix it, where it can be derived (read it first):\n" + suggested_upgrade_sql(fresh[0], upgraded))
 
 
 def test_update_keeps_every_row_bit_for_bit(before, updated):
@@ -238,3 +241,27 @@ def test_connect_warns_when_the_user_may_not_update(server_url):
         drop_database(server_url, "pg_llm_upgrade_role")
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute("DROP ROLE IF EXISTS llm_upgrade_learner")
+
+
+def test_the_suggested_upgrade_sql_is_what_sql_would_write():
+    """The failure message's SQL: schema-free, @extschema@ in search_path, comments, columns, drops."""
+    fresh = {
+        "function llm_f(integer)": ("CREATE OR REPLACE FUNCTION public.llm_f(a integer)\n RETURNS integer\n"
+                                    " LANGUAGE sql\n SET search_path TO 'pg_catalog', 'public', 'pg_temp'\n"
+                                    "AS $function$SELECT 'public.' || a$function$\n", "it's f", None),
+        "table llm_t column c": ("text", True, "'x'::text", "", "", "the c", "x", "", "default", None),
+        "table llm_t constraint llm_t_c_not_null": ("NOT NULL c", None),
+    }
+    upgraded = {"function llm_old(text)": ("CREATE OR REPLACE PROCEDURE public.llm_old(t text)\n...", None, None)}
+    assert suggested_upgrade_sql(fresh, upgraded).splitlines() == [
+        "DROP PROCEDURE llm_old(text);",
+        "-- (if its result type changed: DROP FUNCTION llm_f(integer); first)",
+        "CREATE OR REPLACE FUNCTION llm_f(a integer)",
+        " RETURNS integer",
+        " LANGUAGE sql",
+        " SET search_path TO 'pg_catalog', @extschema@, 'pg_temp'",
+        "AS $function$SELECT 'public.' || a$function$;",
+        "COMMENT ON FUNCTION llm_f(integer) IS 'it''s f';",
+        "ALTER TABLE llm_t ADD COLUMN c text DEFAULT 'x'::text NOT NULL;",
+        "COMMENT ON COLUMN llm_t.c IS 'the c';",
+    ]
