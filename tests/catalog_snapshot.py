@@ -78,7 +78,10 @@ TYPE = """
            obj_description(t.oid, 'pg_type'),
            (SELECT array_agg(enumlabel ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid),
            (SELECT array_agg(conname || ' ' || pg_get_constraintdef(oid) ORDER BY conname)
-            FROM pg_constraint WHERE contypid = t.oid)
+            FROM pg_constraint WHERE contypid = t.oid),
+           (SELECT array_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attname)
+            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+            WHERE a.attrelid = t.typrelid AND c.relkind = 'c' AND a.attnum > 0 AND NOT a.attisdropped)
     FROM pg_type t WHERE t.oid = %s
 """
 
