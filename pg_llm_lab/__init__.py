@@ -20,6 +20,7 @@ from .db import connect, engine
 from .hf import export_hf, import_hf
 from .server import data_dir, start, status, stop, url
 from .tokenizer import export_tokenizer, load_tokenizer
+from .version import __version__
 
 __all__ = [
     "connect", "engine", "register_tensor", "import_hf", "export_hf", "load_tokenizer", "export_tokenizer",
@@ -28,4 +29,3 @@ __all__ = [
     "install_extension", "ensure_installed", "is_installed", "find_pg_config",
     "PGLLMClient",
 ]
-__version__ = "0.1.0"

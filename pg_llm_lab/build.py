@@ -62,7 +62,8 @@ def source_files() -> list[Path]:
     """Everything the installed extension is built from."""
     ext = extension_dir()
     sources = [p for p in (ext / "src").rglob("*") if p.suffix in (".c", ".h")]
-    return sources + sorted((REPO / "sql").glob("*.sql")) + [ext / "Makefile", ext / "pg_llm.control"]
+    releases = sorted((ext / "releases").glob("*.sql"))  # earlier releases and upgrade scripts
+    return sources + sorted((REPO / "sql").glob("*.sql")) + releases + [ext / "Makefile", ext / "pg_llm.control"]
 
 
 def is_installed(pg_config: str | os.PathLike | None = None) -> bool:

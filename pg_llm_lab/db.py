@@ -6,16 +6,22 @@
 Without a URL both use $DATABASE_URL if set, else the embedded server (which
 they start, after building and installing pg_llm into it if needed).  Every
 connection gets `CREATE EXTENSION IF NOT EXISTS pg_llm` and the numpy
-adapters.
+adapters.  A database whose pg_llm is older than this package is updated
+(`ALTER EXTENSION pg_llm UPDATE`: models, datasets, logs and checkpoints are
+kept), saying so on stderr.
 """
 
 from __future__ import annotations
+
+import sys
+import warnings
 
 import psycopg
 import sqlalchemy
 
 from . import build, server
 from .adapters import register_tensor
+from .version import __version__
 
 
 def default_url(install: bool = True, data=None) -> str:
@@ -38,10 +44,51 @@ def prepare(conn: psycopg.Connection, install: bool = True, load_numpy: bool = T
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
         except psycopg.errors.UniqueViolation:  # another session created it just now
             conn.rollback()
+        update_extension(conn)
     if install or psycopg.types.TypeInfo.fetch(conn, "tensor"):
         register_tensor(conn, load_numpy)
     if not conn.autocommit:
         conn.commit()
+
+
+def version_key(version: str) -> tuple:
+    """'0.10.1' -> (0, 10, 1), for comparing extension versions."""
+    return tuple(int(part) if part.isdigit() else part for part in version.split("."))
+
+
+def update_extension(conn: psycopg.Connection) -> str | None:
+    """ALTER EXTENSION pg_llm UPDATE if the database's pg_llm is older than this package.
+
+    Returns (and prints to stderr) what happened, e.g. "pg_llm 0.1.0 -> 0.2.0:
+    updated, ...", or None when there was nothing to do.  Warns instead when
+    the server has no newer pg_llm to update to, or the user may not update it.
+    """
+    row = conn.execute(
+        "SELECT e.extversion, a.default_version FROM pg_extension e "
+        "JOIN pg_available_extensions a ON a.name = e.extname WHERE e.extname = 'pg_llm'").fetchone()
+    if row is None or version_key(row[0]) >= version_key(__version__):
+        return None
+    installed, available = row
+    if version_key(available) <= version_key(installed):
+        warnings.warn(f"pg_llm {installed} is installed in the database and the server has no newer "
+                      f"one; pg_llm_lab is {__version__}: install the extension of this release "
+                      "(pg-llm-lab install --pg-config ...) and reconnect", stacklevel=3)
+        return None
+    try:
+        with conn.transaction():
+            conn.execute("ALTER EXTENSION pg_llm UPDATE")
+    except psycopg.errors.InsufficientPrivilege as err:
+        warnings.warn(f"pg_llm {installed} is older than pg_llm_lab {__version__} and this user "
+                      f"may not update it ({err}): ask the database owner to run "
+                      "ALTER EXTENSION pg_llm UPDATE", stacklevel=3)
+        return None
+    updated = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_llm'").fetchone()[0]
+    if updated == installed:
+        return None
+    message = (f"NOTICE:  pg_llm {installed} -> {updated}: updated, your models, datasets, logs "
+               "and checkpoints are kept")
+    print(message, file=sys.stderr, flush=True)
+    return message
 
 
 def connect(url: str | None = None, *, autocommit: bool = True, install: bool = True) -> psycopg.Connection:
