@@ -8,3 +8,9 @@
 -- differs: when you change sql/*.sql, add the same change here, in the order
 -- of sql/'s files (see releases/README.md).
 \echo Use "ALTER EXTENSION pg_llm UPDATE" to load this file. \quit
+
+-- 75_autograd.sql: training steps record on the tape too
+COMMENT ON FUNCTION llm_autograd_mode(text) IS
+    'set this session''s recording mode: off, meta (ops and shapes) or full (also values, for llm_backprop); returns it. '
+    'Recording covers the SQL ops, llm_logits/llm_loss and each training step (its batch''s forward). '
+    'While recording, parallel query is off for the session (a worker''s tape would be lost)';
