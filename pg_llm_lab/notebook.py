@@ -1,4 +1,4 @@
-"""The notebooks' %sql, without noise: `%load_ext pg_llm_lab.notebook`.
+"""Notebook helpers: `%load_ext pg_llm_lab.notebook` (jupysql without noise), optional().
 
     %load_ext pg_llm_lab.notebook      # what `%load_ext sql` does, quietly
     %sql engine                        # engine = pg_llm_lab.engine()
@@ -16,7 +16,9 @@ have to read past:
   DELETE) shows an empty table; here it shows nothing.  Rows affected are
   not announced (SqlMagic.feedback = 0); set it back to 1 to see them.
 * transformers logs warnings about generation settings (bos/eos/pad token
-  ids) on every generate(); only errors are shown (TRANSFORMERS_VERBOSITY).
+  ids) on every generate(); only errors are shown (TRANSFORMERS_VERBOSITY),
+  and its progress bars ("Loading weights") are off
+  (HF_HUB_DISABLE_PROGRESS_BARS): both unless already set.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def load_ipython_extension(ip) -> None:
     """%load_ext pg_llm_lab.notebook: jupysql's magics, quiet (see the module docstring)."""
     from IPython.utils.capture import capture_output
 
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")     # read when transformers is imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with capture_output(stdout=False, stderr=False, display=True):
         # only what jupysql *displays* while loading: its config-file search
         ip.extension_manager.load_extension("sql")
@@ -59,3 +62,27 @@ def load_ipython_extension(ip) -> None:
     ip.register_magic_function(quiet(magics["cell"]["sql"]), "cell", "sql")
     for name, value in QUIET_SETTINGS.items():
         ip.run_line_magic("config", f"SqlMagic.{name} = {value!r}")
+
+
+# -- optional comparisons ------------------------------------------------------
+
+INSTALL_HINT = "pip install 'pg_llm_lab[lab]'  (or: pip install torch==2.13.0 transformers)"
+
+
+def optional(*modules: str, shown: str):
+    """Import `modules` for the comparison described by `shown`; True if all import.
+
+    Without them, print which is missing and how to install it (INSTALL_HINT),
+    and return False: the notebook skips the comparison and goes on.
+    """
+    import importlib
+
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        print(f"{' and '.join(missing)} not installed: {shown} is skipped. To see it: {INSTALL_HINT}")
+    return not missing
