@@ -71,6 +71,26 @@ class TapeStepper:
         lines.append(self._tensor_line("out", output))
         return "\n".join(lines)
 
+    def figure(self, step: int):
+        """A matplotlib picture of the stepper at op `step`: the ops as a strip, that
+        one highlighted, and its panel below (for documents, where no widget runs)."""
+        import matplotlib.pyplot as plt
+
+        text = self.describe(step)
+        fig = plt.figure(figsize=(10, 1.2 + 0.19 * text.count("\n")))
+        strip = fig.add_axes([0.02, 1 - 0.9 / fig.get_figheight(), 0.96, 0.6 / fig.get_figheight()])
+        for i, row in enumerate(self.ops):
+            chosen = i + 1 == step
+            strip.add_patch(plt.Rectangle((i, 0), 0.92, 1, color="tab:blue" if chosen else "#dde6f0"))
+            strip.text(i + 0.46, 0.5, row[1].removeprefix("llm_"), ha="center", va="center", fontsize=8,
+                       color="white" if chosen else "black")
+        strip.set_xlim(0, len(self.ops))
+        strip.set_ylim(0, 1)
+        strip.axis("off")
+        fig.text(0.02, 1 - 1.1 / fig.get_figheight(), text, family="monospace", fontsize=9, va="top")
+        plt.close(fig)
+        return fig
+
     @property
     def widget(self):
         """A play button and a slider over the ops, and a panel describing the chosen one."""

@@ -2,6 +2,7 @@
 the sampling playground's controls against llm_generate itself."""
 
 import html
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ pytest.importorskip("ipywidgets")
 
 from pg_llm_lab.widgets import SamplingPlayground, TapeStepper  # noqa: E402
 
+DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 CORPUS = ["To be, or not to be, that is the question.", "All the world's a stage,",
           "And all the men and women merely players."] * 10
 
@@ -66,5 +68,12 @@ def test_tape_stepper_plays_and_shows_each_op(conn):
         stepper.slider.value = 2
         assert "op 2/3: llm_gelu" in stepper.panel.value and "grad  [" in stepper.panel.value
         assert box.children[0].children == (stepper.play, stepper.slider)
+
+        # the README's picture of the stepper: the panel of op 2 as a figure
+        fig = stepper.figure(2)
+        assert stepper.describe(2) in [t.get_text() for t in fig.texts]
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        fig.savefig(DOC_IMAGES / "tape_stepper.png", dpi=100)
+        assert (DOC_IMAGES / "tape_stepper.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         conn.execute("SELECT llm_autograd_mode('off')")
