@@ -69,10 +69,10 @@ def load_ipython_extension(ip) -> None:
 INSTALL_HINT = "pip install 'pg_llm_lab[lab]'  (or: pip install torch==2.13.0 transformers)"
 
 
-def optional(*modules: str, shown: str):
+def optional(*modules: str, shown: str, install: str = INSTALL_HINT) -> bool:
     """Import `modules` for the comparison described by `shown`; True if all import.
 
-    Without them, print which is missing and how to install it (INSTALL_HINT),
+    Without them, print which is missing and how to install it (`install`),
     and return False: the notebook skips the comparison and goes on.
     """
     import importlib
@@ -84,5 +84,5 @@ def optional(*modules: str, shown: str):
         except ImportError:
             missing.append(name)
     if missing:
-        print(f"{' and '.join(missing)} not installed: {shown} is skipped. To see it: {INSTALL_HINT}")
+        print(f"{' and '.join(missing)} not installed: {shown} is skipped. To see it: {install}")
     return not missing
