@@ -37,7 +37,8 @@ def test_the_numbered_path_is_complete():
 def test_committed_notebooks_carry_no_outputs(name):
     for i, cell in enumerate(load(name)["cells"]):
         if cell["cell_type"] == "code":
-            assert cell["outputs"] == [], f"{name} cell {i} has outputs: clear them before committing"
+            assert cell["outputs"] == [], (f"{name} cell {i} has outputs: clear them before committing "
+                                           "(jupyter nbconvert --clear-output --inplace notebooks/*.ipynb)")
             assert cell["execution_count"] is None, f"{name} cell {i} has an execution count"
 
 
