@@ -93,7 +93,7 @@ def offer_extras(install: bool) -> None:
         importlib.invalidate_caches()
         return
     print(f"note: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: the notebooks' "
-          "comparisons with PyTorch need {'it' if len(missing) == 1 else 'them'}.\n"
+          f"comparisons with PyTorch need {'it' if len(missing) == 1 else 'them'}.\n"
           f"  to see them: pg-llm-lab lab --install-extras, or\n  {shlex.join(command)}",
           file=sys.stderr, flush=True)
 

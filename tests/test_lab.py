@@ -66,7 +66,7 @@ def test_missing_extras_are_named_not_installed(monkeypatch, capsys):
     lab.offer_extras(install=False)
     err = capsys.readouterr().err
     assert ran == []
-    assert "torch is not installed" in err and "--install-extras" in err
+    assert "torch is not installed" in err and "PyTorch need it." in err and "--install-extras" in err
     assert "pip install --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in err
 
 
