@@ -8,6 +8,7 @@ The notebooks are copied to a temporary folder first: JupyterLab autosaves,
 and the committed notebooks must stay without outputs.
 """
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,6 +26,9 @@ CHROMIUM = "/usr/bin/chromium"
 IMAGES = REPO / "docs" / "images"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# JupyterLab renders error outputs and stderr streams alike; an error shows one of these
+STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+ERROR = r"Traceback|^\w*(Error|Exception)\b"  # (warnings read "file.py:12: UserWarning: ...")
 RUN_TIMEOUT_MS = 150_000  # the whole notebook, run through the UI
 
 
@@ -85,22 +89,24 @@ def open_notebook(context, lab, name, timeout: float = 90):
 
 
 def run_all_cells(page, code_cells: int) -> None:
-    """Run > Run All Cells, through the menu; wait until every code cell has run and the kernel is idle."""
+    """Run > Run All Cells, through the menu; wait until the kernel is idle again with
+    every code cell run, or with an error shown (JupyterLab stops at the first error)."""
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
     page.wait_for_function(
-        """n => {
+        """([n, stderr, error]) => {
             const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
             const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
-            return prompts.length === n && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
-                && indicator && indicator.dataset.status === 'idle';
-        }""", arg=code_cells, timeout=RUN_TIMEOUT_MS, polling=500)
+            if (!indicator || indicator.dataset.status !== 'idle' || prompts.some(p => p.textContent.includes('*')))
+                return false;
+            const failed = [...document.querySelectorAll(stderr)].some(o => new RegExp(error, 'm').test(o.textContent));
+            return failed || (prompts.length === n && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
+        }""", arg=[code_cells, STDERR, ERROR], timeout=RUN_TIMEOUT_MS, polling=500)
 
 
 def page_errors(page) -> list[str]:
-    """Output areas showing a traceback or an error (JupyterLab renders both as stderr)."""
-    texts = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
-    return [t for t in texts if "Traceback" in t or "Error" in t]
+    """The outputs that show an error."""
+    return [t for t in page.locator(STDERR).all_text_contents() if re.search(ERROR, t, re.M)]
 
 
 def save(page, lab, name):
@@ -123,7 +129,7 @@ def run_notebook(context, lab, name):
         page.screenshot(path=shot, full_page=True)
         print(f"\nscreenshot of the failure: {shot}\n{lab.log_text()[-3000:]}")
         raise
-    print(f"\n{name}: all {code_cells} code cells ran in the browser in {time.monotonic() - started:.0f} s")
+    print(f"\n{name}: Run All Cells ({code_cells} code cells) done in {time.monotonic() - started:.0f} s")
     return page
 
 
