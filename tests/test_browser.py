@@ -171,5 +171,5 @@ def test_tape_stepper_widget(browser_context, lab):
     assert "grad" in panel.inner_text()
     cell = page.locator(".jp-CodeCell", has=stepper)
     IMAGES.mkdir(parents=True, exist_ok=True)
-    cell.screenshot(path=IMAGES / "tape_stepper.png")
+    cell.screenshot(path=IMAGES / "jupyterlab_tape_stepper.png")
     page.close()
