@@ -1,6 +1,8 @@
 """`pg-llm-lab lab`: its command lines, the extras it offers, and a real start and stop."""
 import os
+import shutil
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -80,12 +82,13 @@ def test_install_extras_runs_pip(monkeypatch, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(bool(server.external_url()), reason="$DATABASE_URL is set: lab starts no server of its own")
 @pytest.mark.parametrize("already_running", [False, True], ids=["lab-starts-server", "server-already-up"])
-def test_lab_serves_the_notebooks_and_stops_what_it_started(db_url, tmp_path, already_running):
-    data = tmp_path / "pgdata"
+def test_lab_serves_the_notebooks_and_stops_what_it_started(db_url, already_running):
+    root = Path(tempfile.mkdtemp(prefix="pg_llm_lab_lab_"))  # (see test_browser.lab)
+    data = root / "pgdata"
     if already_running:
         server.start(data)
     try:
-        with running_lab(tmp_path) as running:
+        with running_lab(root) as running:
             names = {item["name"] for item in running.api("contents")["content"]}
             assert {"04_training.ipynb", "03_autograd_tape.ipynb"} <= names
             assert server.status(data)["running"]
@@ -97,3 +100,4 @@ def test_lab_serves_the_notebooks_and_stops_what_it_started(db_url, tmp_path, al
         assert server.status(data)["running"] == already_running
     finally:
         server.stop(data)
+        shutil.rmtree(root, ignore_errors=True)
