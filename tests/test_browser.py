@@ -57,7 +57,8 @@ def lab(db_url):
     """
     root = Path(tempfile.mkdtemp(prefix="pg_llm_lab_browser_"))
     notebooks = root / "notebooks"
-    shutil.copytree(REPO / "notebooks", notebooks, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(REPO / "notebooks", notebooks, ignore=shutil.ignore_patterns(".ipynb_checkpoints"),
+                    copy_function=shutil.copy)  # fresh times: the file browser shows "seconds ago"
     try:
         with running_lab(root, "--notebooks", str(notebooks)) as running:
             running.notebooks = notebooks
