@@ -7,13 +7,15 @@
     pg-llm-lab url     [--data DIR]         print the connection URL (starts the server)
     pg-llm-lab psql    [--data DIR] [ARGS]  open psql on it (ARGS go to psql)
     pg-llm-lab demo    [--data DIR]         a first look at tensors in SQL
+    pg-llm-lab lab     [--data DIR] [--port N] [--no-browser] [--install-extras] [JUPYTER ARGS]
+                                             the server and JupyterLab on the notebooks
     pg-llm-lab convert SRC OUT               HF checkpoint folder -> .npz / .safetensors
     pg-llm-lab import-hf SRC NAME            load a HF checkpoint (folder or file) as model NAME
     pg-llm-lab export-hf NAME DIR            write model NAME as a HF folder
     pg-llm-lab load-tokenizer VOCAB MERGES --model NAME
                                              load GPT-2's vocab.json + merges.txt as tokenizer NAME
 
-start, url, psql and demo first build pg_llm into the embedded PostgreSQL if
+start, url, psql, demo and lab first build pg_llm into the embedded PostgreSQL if
 it is missing or older than its sources.  $DATABASE_URL, if set, replaces the
 embedded server everywhere (and nothing is built).
 """
@@ -29,7 +31,7 @@ import sys
 import numpy as np
 import psycopg
 
-from . import build, datasets, db, hf, server, tokenizer
+from . import build, datasets, db, hf, lab, server, tokenizer
 
 DEMO = [
     ("a tensor, typed as text", "SELECT '[[1,2,3],[4,5,6]]'::tensor"),
@@ -128,6 +130,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_lab(args) -> int:
+    return lab.run(args.data, port=args.port, no_browser=args.no_browser, notebooks=args.notebooks,
+                   install_extras=args.install_extras, jupyter_args=args.psql_args)
+
+
 def cmd_convert(args) -> int:
     config = hf.convert(args.src, args.out)
     out = os.path.abspath(args.out)
@@ -196,6 +203,19 @@ def parser() -> argparse.ArgumentParser:
                          help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
         sub.set_defaults(run=run)
 
+    lab_cmd = commands.add_parser("lab", help="start the server and JupyterLab on the notebooks; "
+                                  "further arguments go to JupyterLab")
+    lab_cmd.add_argument("--data", metavar="DIR",
+                         help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
+    lab_cmd.add_argument("--port", type=int, help="JupyterLab's port (default: 8888 or the next free one)")
+    lab_cmd.add_argument("--no-browser", action="store_true", help="don't open a web browser")
+    lab_cmd.add_argument("--notebooks", metavar="DIR",
+                         help="folder to open (default: notebooks/ of the repository checkout)")
+    lab_cmd.add_argument("--install-extras", action="store_true",
+                         help="pip install torch (CPU build) and transformers if missing, for the "
+                              "notebooks' comparisons")
+    lab_cmd.set_defaults(run=cmd_lab)
+
     convert = commands.add_parser("convert", help="turn a HuggingFace GPT-2 folder into .npz or .safetensors")
     convert.add_argument("src", help="HuggingFace folder (config.json + model.safetensors or pytorch_model.bin)")
     convert.add_argument("out", help="output file, .npz or .safetensors")
@@ -231,7 +251,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, extra = p.parse_known_args(argv)
-    if extra and args.command != "psql":
+    if extra and args.command not in ("psql", "lab"):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     args.psql_args = extra
     try:
