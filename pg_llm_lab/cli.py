@@ -106,6 +106,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_import_hf(args) -> int:
+    missing = hf.missing_folder(args.src)
+    if missing:
+        print(f"pg-llm-lab import-hf: error: {missing}", file=sys.stderr)
+        return 2
     with db.connect(server_url(args.data)) as conn:
         count = hf.import_hf(conn, args.src, args.name)
     print(f"imported {count} tensors as model {args.name!r}")

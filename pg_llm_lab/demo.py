@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psycopg
 
+from . import db
 from .client import _TRAIN_NOTICE, PGLLMClient
 
 
@@ -129,7 +130,7 @@ def _mb(text: str) -> str:
 def train_tokenizer(conn, settings: Settings, text: str) -> int:
     """llm_bpe_train on the text's paragraphs; returns the vocabulary size."""
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-    return conn.execute("SELECT llm_bpe_train(%s, %s::text[], %s)",
+    return conn.execute("SELECT llm_bpe_train(%s::text, %s::text[], %s::int)",
                         [settings.model, paragraphs, settings.vocab]).fetchone()[0]
 
 
@@ -141,7 +142,7 @@ def make_dataset(conn, settings: Settings, text: str) -> tuple[int, int, int]:
         conn.execute("DELETE FROM llm_dataset WHERE split IN (%s, %s)", [train, val])
         tokens = conn.execute("SELECT llm_encode(%s, %s)", [text, settings.model]).fetchone()[0]
         n_val = int(len(tokens) * settings.val_fraction)
-        rows = [conn.execute("SELECT llm_dataset_from_tokens(%s::int[], %s, NULL, %s)",
+        rows = [conn.execute("SELECT llm_dataset_from_tokens(%s::int[], %s::int, NULL, %s::text)",
                              [part, settings.block, split]).fetchone()[0]
                 for part, split in ((tokens[:len(tokens) - n_val], train), (tokens[len(tokens) - n_val:], val))]
     return len(tokens), rows[0], rows[1]
@@ -154,13 +155,14 @@ def _splits(settings: Settings) -> tuple[str, str]:
 def register_model(conn, settings: Settings) -> int:
     """(Re-)register the model's shape and give it GPT-2's initialisation; returns its parameters."""
     with conn.transaction():
+        conn.execute("DELETE FROM llm_param WHERE model = %s", [settings.model])   # its shape may change
         conn.execute(
             "INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
             "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (model) DO UPDATE SET n_layer = excluded.n_layer, "
             "n_head = excluded.n_head, n_embd = excluded.n_embd, n_positions = excluded.n_positions, "
             "vocab_size = excluded.vocab_size",
             [settings.model, settings.n_layer, settings.n_head, settings.n_embd, settings.block, settings.vocab])
-        conn.execute("SELECT llm_init(%s, %s)", [settings.model, settings.seed])
+        conn.execute("SELECT llm_init(%s::text, %s::int)", [settings.model, settings.seed])
     return conn.execute("SELECT sum((SELECT coalesce(exp(sum(ln(d))), 1) FROM unnest(llm_shape(data)) d))"
                         "::bigint FROM llm_param WHERE model = %s", [settings.model]).fetchone()[0]
 
@@ -177,7 +179,7 @@ def evaluate(conn, settings: Settings) -> Score:
     """Mean cross-entropy over the first val_rows rows of the val split, per token
     (llm_eval) and per byte of the text those target tokens decode to."""
     _, val = _splits(settings)
-    loss, _, tokens, _ = conn.execute("SELECT * FROM llm_eval(%s, %s, %s)",
+    loss, _, tokens, _ = conn.execute("SELECT * FROM llm_eval(%s::text, %s::text, %s::int)",
                                       [settings.model, val, settings.val_rows]).fetchone()
     n_bytes = conn.execute(
         "SELECT sum(octet_length(llm_decode_bytes(array(SELECT t FROM unnest(d.target) t WHERE t <> -100), %s)))"
@@ -243,10 +245,10 @@ class LossFigure:
             self.line.close()
 
 
-def train(conn, settings: Settings, tty: bool) -> tuple[list[tuple], bool]:
+def train(conn, settings: Settings, tty: bool, out=sys.stdout) -> tuple[list[tuple], bool]:
     """CALL llm_train through PGLLMClient.train (its progress bar on a terminal) with a
     LossFigure listening too; returns (this run's llm_train_log rows, interrupted)."""
-    figure = LossFigure(settings.steps, tty)
+    figure = LossFigure(settings.steps, tty, out)
     client = PGLLMClient(conn, settings.model)
     train_split, _ = _splits(settings)
     since = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
@@ -280,7 +282,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
     def section(title: str) -> None:
         say(f"\n== {title} " + "=" * max(0, 60 - len(title)))
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    with db.connect(url) as conn:
         section("1. corpus")
         text, source = build_corpus(conn, settings)
         say(f"{source}: {_mb(text)}, {len(text):,} characters")
@@ -313,11 +315,11 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
 
         section("5. training")
         steps = _steps_for(conn, settings) if settings.minutes else settings.steps
-        settings = dataclasses.replace(settings, steps=steps)
+        settings = dataclasses.replace(settings, steps=steps, warmup=min(settings.warmup, steps // 10))
         say(f"CALL llm_train('{settings.model}', {steps}, batch_size => {settings.batch}, lr => {settings.lr}, "
             f"warmup => {settings.warmup}, split => '{_splits(settings)[0]}');   -- Ctrl-C stops it")
         tick = time.monotonic()
-        log, interrupted = train(conn, settings, tty)
+        log, interrupted = train(conn, settings, tty, out)
         seconds = time.monotonic() - tick
         losses = [row[1] for row in log if row[1] is not None]
         if losses:
@@ -358,7 +360,7 @@ def _steps_for(conn, settings: Settings) -> int:
     conn.execute("CALL llm_train(%s, 2, batch_size => %s, split => %s, notice_every => 0)",
                  [settings.model, settings.batch, train_split])
     per_step = (time.monotonic() - tick) / 2
-    conn.execute("SELECT llm_init(%s, %s)", [settings.model, settings.seed])
+    conn.execute("SELECT llm_init(%s::text, %s::int)", [settings.model, settings.seed])
     conn.execute("DELETE FROM llm_train_log WHERE model = %s", [settings.model])
     return max(1, min(settings.steps, int(settings.minutes * 60 / per_step)))
 
