@@ -292,6 +292,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         vocab = train_tokenizer(conn, settings, text)
         say(f"SELECT llm_bpe_train('{settings.model}', <{_mb(text)} of paragraphs>, {settings.vocab});"
             f"  -- {vocab} tokens in {time.monotonic() - tick:.1f} s")
+        settings = dataclasses.replace(settings, vocab=vocab)     # fewer when the text has no more pairs
         example = "Return the value of the database setting."
         ids = conn.execute("SELECT llm_encode(%s, %s)", [example, settings.model]).fetchone()[0]
         say(f"{example!r} -> {len(ids)} tokens {ids[:12]}{' ...' if len(ids) > 12 else ''}")
