@@ -165,3 +165,26 @@ def test_sparkline_and_plain_progress(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"  step {d:>5}/20  loss {10 - d / 4:.3f}" for d in range(2, 21, 2)]
     assert figure.losses[0] == 9.75 and len(figure.losses) == 20
+
+
+def test_llm_init_reports_progress_on_big_models_only(conn):
+    """llm_init says how far it is, a NOTICE per tenth, for a model of 10M values or
+    more (seconds of work); a small model initialises silently."""
+    notices = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
+    try:
+        conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+                     "VALUES ('init_big', 1, 2, 256, 64, 40000), ('init_small', 1, 2, 32, 16, 300)")
+        conn.execute("SELECT llm_init('init_small', 1)")
+        assert notices == []
+        total = conn.execute("SELECT sum(cardinality(real_array(data))) FROM llm_param "
+                             "WHERE model = 'init_small'").fetchone()[0]
+        assert total == 300 * 32 + 16 * 32 + 12 * 32 * 32 + 13 * 32 + 2 * 32     # wte, wpe, 1 block, ln_f
+        conn.execute("SELECT llm_init('init_big', 1)")
+        # wte (first) is 10.24M of the 11.05M values: 90 % comes at once.
+        percents = [int(re.match(r'llm_init "init_big": (\d+) % \((\d+) of (\d+) values\), [\d.]+ s', n)[1])
+                    for n in notices]
+        assert percents == [90, 100], notices
+        assert "(11046656 of 11046656 values)" in notices[-1]
+    finally:
+        conn.execute("DELETE FROM llm_model_config WHERE model IN ('init_big', 'init_small')")
