@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import os
 import re
 import sys
 import sysconfig
 import time
 from pathlib import Path
-
-import psycopg
 
 from . import db
 from .client import _TRAIN_NOTICE, PGLLMClient
@@ -45,7 +44,7 @@ class Settings:
     lr: float = 2e-3
     warmup: int = 20
     val_fraction: float = 0.1
-    val_rows: int = 200             # rows of the val split scored before and after
+    val_rows: int | None = None     # rows of the val split scored before and after (None: all)
     seed: int = 1337
     sample_tokens: int = 40
     minutes: float | None = None    # cap the training's wall time (steps are then an upper bound)
@@ -311,8 +310,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         section("4. before training")
         before = evaluate(conn, settings)
         _print_score(say, before, settings)
-        before_samples = samples(conn, settings)
-        _print_samples(say, before_samples)
+        _print_samples(say, samples(conn, settings))
 
         section("5. training")
         steps = _steps_for(conn, settings) if settings.minutes else settings.steps
@@ -336,7 +334,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         section("6. after training")
         after = evaluate(conn, settings)
         _print_score(say, after, settings, before)
-        _print_samples(say, samples(conn, settings), before_samples)
+        _print_samples(say, samples(conn, settings))
         checkpoint = conn.execute("SELECT llm_checkpoint_save(%s, %s)",
                                   [settings.model, f"pg-llm-lab demo, {len(log)} steps"]).fetchone()[0]
         say(f"saved: SELECT llm_checkpoint_save('{settings.model}', ...);  -- checkpoint {checkpoint}")
@@ -370,14 +368,10 @@ def _print_score(say, score: Score, settings: Settings, before: Score | None = N
     say(f"validation ({score.tokens:,} tokens, {score.bytes:,} bytes of '{_splits(settings)[1]}'): "
         f"{score.nats_per_token:.3f} nats/token, {score.nats_per_byte:.3f} nats/byte"
         + (f"  (before: {before.nats_per_token:.3f}, {before.nats_per_byte:.3f})" if before else
-           f"  (uniform guess: ln {settings.vocab} = {_ln(settings.vocab):.3f} nats/token)"))
+           f"  (uniform guess: ln {settings.vocab} = {math.log(settings.vocab):.3f} nats/token)"))
 
 
-def _print_samples(say, texts: list[str], before: list[str] | None = None) -> None:
+def _print_samples(say, texts: list[str]) -> None:
     for prompt, text in zip(PROMPTS, texts):
         say(f"  {prompt!r} -> {(prompt + text)!r}")
 
-
-def _ln(x: float) -> float:
-    import math
-    return math.log(x)

@@ -7,7 +7,6 @@ import sys
 import time
 
 import psycopg
-import pytest
 
 from pg_llm_lab import demo
 
