@@ -103,7 +103,7 @@ def pg_descriptions(conn) -> str:
     """PostgreSQL's comments on its own objects (pg_description), in a fixed order."""
     rows = conn.execute("SELECT description FROM pg_description "
                         "ORDER BY classoid, objoid, objsubid").fetchall()
-    return "\n".join(r[0] for r in rows)
+    return "\n\n".join(r[0] for r in rows)
 
 
 def build_corpus(conn, settings: Settings) -> tuple[str, str]:
@@ -127,24 +127,48 @@ def _mb(text: str) -> str:
 # ---- the steps ----------------------------------------------------------------------------
 
 def train_tokenizer(conn, settings: Settings, text: str) -> int:
-    """llm_bpe_train on the text's paragraphs; returns the vocabulary size."""
-    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    """llm_bpe_train on the text's paragraphs (the train split's: the val text is
+    never seen before it is scored); returns the vocabulary size."""
     return conn.execute("SELECT llm_bpe_train(%s::text, %s::text[], %s::int)",
-                        [settings.model, paragraphs, settings.vocab]).fetchone()[0]
+                        [settings.model, _paragraphs(text), settings.vocab]).fetchone()[0]
 
 
-def make_dataset(conn, settings: Settings, text: str) -> tuple[int, int, int]:
-    """Encode the text and cut it into rows of <model>-train and <model>-val
-    (the last val_fraction of the tokens); returns (tokens, train rows, val rows)."""
-    train, val = _splits(settings)
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """(train text, val text): every k-th paragraph (k = 1 / val_fraction) is held out,
+    so both splits come from every part of the corpus; a text of few paragraphs
+    gives its last val_fraction instead (as nanoGPT does)."""
+    paragraphs = _paragraphs(text)
+    every = max(2, round(1 / val_fraction))
+    if len(paragraphs) >= 10 * every:
+        return ("\n\n".join(p for i, p in enumerate(paragraphs) if i % every != every - 1),
+                "\n\n".join(p for i, p in enumerate(paragraphs) if i % every == every - 1))
+    cut = len(text) - int(len(text) * val_fraction)
+    return text[:cut], text[cut:]
+
+
+def _held_out(text: str, settings: Settings) -> str:
+    every = max(2, round(1 / settings.val_fraction))
+    if len(_paragraphs(text)) >= 10 * every:
+        return f"every {every}th paragraph"
+    return f"the last {settings.val_fraction:.0%} of the text"
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def make_dataset(conn, settings: Settings, parts: tuple[str, str]) -> tuple[int, int, int]:
+    """Encode the (train, val) texts into rows of llm_dataset, splits <model>-train
+    and <model>-val; returns (tokens, train rows, val rows)."""
     with conn.transaction():
-        conn.execute("DELETE FROM llm_dataset WHERE split IN (%s, %s)", [train, val])
-        tokens = conn.execute("SELECT llm_encode(%s, %s)", [text, settings.model]).fetchone()[0]
-        n_val = int(len(tokens) * settings.val_fraction)
-        rows = [conn.execute("SELECT llm_dataset_from_tokens(%s::int[], %s::int, NULL, %s::text)",
-                             [part, settings.block, split]).fetchone()[0]
-                for part, split in ((tokens[:len(tokens) - n_val], train), (tokens[len(tokens) - n_val:], val))]
-    return len(tokens), rows[0], rows[1]
+        conn.execute("DELETE FROM llm_dataset WHERE split = ANY(%s)", [list(_splits(settings))])
+        n_tokens, rows = 0, []
+        for part, split in zip(parts, _splits(settings)):
+            tokens = conn.execute("SELECT llm_encode(%s, %s)", [part, settings.model]).fetchone()[0]
+            n_tokens += len(tokens)
+            rows.append(conn.execute("SELECT llm_dataset_from_tokens(%s::int[], %s::int, NULL, %s::text)",
+                                     [tokens, settings.block, split]).fetchone()[0])
+    return n_tokens, rows[0], rows[1]
 
 
 def _splits(settings: Settings) -> tuple[str, str]:
@@ -286,10 +310,13 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         text, source = build_corpus(conn, settings)
         say(f"{source}: {_mb(text)}, {len(text):,} characters")
 
+        parts = split_text(text, settings.val_fraction)
+        say(f"held out for validation: {_mb(parts[1])} ({_held_out(text, settings)})")
+
         section("2. tokenizer")
         tick = time.monotonic()
-        vocab = train_tokenizer(conn, settings, text)
-        say(f"SELECT llm_bpe_train('{settings.model}', <{_mb(text)} of paragraphs>, {settings.vocab});"
+        vocab = train_tokenizer(conn, settings, parts[0])
+        say(f"SELECT llm_bpe_train('{settings.model}', <{_mb(parts[0])} of paragraphs>, {settings.vocab});"
             f"  -- {vocab} tokens in {time.monotonic() - tick:.1f} s")
         settings = dataclasses.replace(settings, vocab=vocab)     # fewer when the text has no more pairs
         example = "Return the value of the database setting."
@@ -298,7 +325,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
 
         section("3. dataset and model")
         tick = time.monotonic()
-        n_tokens, train_rows, val_rows = make_dataset(conn, settings, text)
+        n_tokens, train_rows, val_rows = make_dataset(conn, settings, parts)
         say(f"{n_tokens:,} tokens ({len(text.encode()) / n_tokens:.2f} bytes each) -> llm_dataset: "
             f"{train_rows} rows of {settings.block} in '{_splits(settings)[0]}', "
             f"{val_rows} in '{_splits(settings)[1]}' ({time.monotonic() - tick:.1f} s)")

@@ -187,3 +187,12 @@ def test_llm_init_reports_progress_on_big_models_only(conn):
         assert "(11046656 of 11046656 values)" in notices[-1]
     finally:
         conn.execute("DELETE FROM llm_model_config WHERE model IN ('init_big', 'init_small')")
+
+
+def test_split_text_holds_out_every_tenth_paragraph():
+    paragraphs = [f"paragraph {i}" for i in range(100)]
+    train, val = demo.split_text("\n\n".join(paragraphs), 0.1)
+    assert val == "\n\n".join(f"paragraph {i}" for i in range(9, 100, 10))
+    assert train == "\n\n".join(f"paragraph {i}" for i in range(100) if i % 10 != 9)
+    # Too few paragraphs to sample: the last tenth of the text, as nanoGPT.
+    assert demo.split_text("abcdefghij" * 10, 0.1) == ("abcdefghij" * 9, "abcdefghij")
