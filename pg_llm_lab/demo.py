@@ -15,14 +15,19 @@ live loss sparkline, the loss and samples after, and a checkpoint.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import math
 import os
 import re
+import signal
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
+
+import psycopg
 
 from . import db
 from .client import _TRAIN_NOTICE, PGLLMClient
@@ -268,6 +273,26 @@ class LossFigure:
             self.line.close()
 
 
+@contextlib.contextmanager
+def _ctrl_c_cancels(conn, interrupted: list):
+    """While inside, Ctrl-C (SIGINT) cancels the running statement on the server and
+    is noted in `interrupted`, instead of a KeyboardInterrupt that could land in a
+    notice handler (where psycopg cannot pass it on)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum, frame):
+        interrupted.append(True)
+        conn.cancel_safe(timeout=10)
+
+    previous = signal.signal(signal.SIGINT, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(conn, settings: Settings, tty: bool, out=sys.stdout) -> tuple[list[tuple], bool]:
     """CALL llm_train through PGLLMClient.train (its progress bar on a terminal) with a
     LossFigure listening too; returns (this run's llm_train_log rows, interrupted)."""
@@ -276,19 +301,23 @@ def train(conn, settings: Settings, tty: bool, out=sys.stdout) -> tuple[list[tup
     train_split, _ = _splits(settings)
     since = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
     conn.add_notice_handler(figure)
-    interrupted = False
+    interrupted = []
     try:
-        client.train(settings.steps, progress=tty, batch_size=settings.batch, lr=settings.lr,
-                     warmup=settings.warmup, min_lr=settings.lr / 10, weight_decay=0.1, clip=1.0,
-                     seed=settings.seed, split=train_split, notice_every=1, save_every=50)
-    except KeyboardInterrupt:
-        interrupted = True      # psycopg sent the server a cancel; the committed steps stay
+        with _ctrl_c_cancels(conn, interrupted):
+            client.train(settings.steps, progress=tty, batch_size=settings.batch, lr=settings.lr,
+                         warmup=settings.warmup, min_lr=settings.lr / 10, weight_decay=0.1, clip=1.0,
+                         seed=settings.seed, split=train_split, notice_every=1, save_every=50)
+    except KeyboardInterrupt:       # outside the main thread: psycopg cancelled the CALL
+        interrupted.append(True)
+    except psycopg.errors.QueryCanceled:
+        if not interrupted:
+            raise                   # not our Ctrl-C: statement_timeout, another session
     finally:
         conn.remove_notice_handler(figure)
         figure.close()
     log = conn.execute("SELECT step, loss, lr, grad_norm FROM llm_train_log WHERE model = %s AND id > %s "
                        "ORDER BY id", [settings.model, since]).fetchall()
-    return log, interrupted
+    return log, bool(interrupted)
 
 
 # ---- the run -------------------------------------------------------------------------------
