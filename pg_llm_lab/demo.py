@@ -39,13 +39,13 @@ class Settings:
     model: str = "demo"
     corpus: str | None = None       # a UTF-8 text file instead of the built-in corpus
     stdlib_bytes: int = 500_000     # cap of the standard library's docstrings
-    vocab: int = 2048
+    vocab: int = 4096
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     block: int = 64
     batch: int = 12
-    steps: int = 300
+    steps: int = 600
     lr: float = 2e-3
     warmup: int = 20
     val_fraction: float = 0.1
