@@ -196,3 +196,42 @@ def test_split_text_holds_out_every_tenth_paragraph():
     assert train == "\n\n".join(f"paragraph {i}" for i in range(100) if i % 10 != 9)
     # Too few paragraphs to sample: the last tenth of the text, as nanoGPT.
     assert demo.split_text("abcdefghij" * 10, 0.1) == ("abcdefghij" * 9, "abcdefghij")
+
+
+def test_demo_on_a_terminal_draws_a_bar_and_a_loss_line(db_url):
+    """On a terminal (a pseudo-terminal here, 100 columns) the training shows tqdm's
+    bar and, above it, a line with the loss so far as a sparkline, redrawn each step."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    model = "demo_tty"
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    env = dict(os.environ, DATABASE_URL=db_url)
+    proc = subprocess.Popen([sys.executable, "-m", "pg_llm_lab.cli", "demo", "--tiny", "--model", model],
+                            env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:             # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+        cleanup(db_url, model)
+    out = b"".join(chunks).decode("utf-8", "replace")
+    assert re.search(rf"training {model}: +100%\|.*\| 40/40", out), out
+    redraws = re.findall(r"\rloss 5\.\d\d ([▁▂▃▄▅▆▇█]+) \d\.\d\d", out)
+    assert len(redraws) >= 20 and len(redraws[-1]) == 40     # one character a step, up to 48
+    assert "  step    40/40" not in out                      # no plain progress lines
+    assert "== 6. after training" in out and "-- checkpoint " in out
