@@ -28,10 +28,10 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import psycopg
 
 from . import build, datasets, db, demo, hf, server, tokenizer
+
 
 def cmd_install(args) -> int:
     pg_config = build.find_pg_config(args.pg_config)
