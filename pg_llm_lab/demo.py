@@ -60,7 +60,7 @@ DEFAULT = Settings()
 TINY = Settings(stdlib_bytes=60_000, vocab=320, n_layer=1, n_head=2, n_embd=32, block=32, batch=8,
                 steps=40, lr=1e-2, warmup=4, val_rows=20, sample_tokens=12)
 
-PROMPTS = ["Return the", "The database"]
+PROMPTS = ["Return the", "The database"]     # for the built-in corpus; --corpus takes its own
 REFERENCE = ("nanoGPT's baby GPT on a CPU (4 layers, 4 heads, width 128, block 64, batch 12) reaches "
              "~1.88 nats/char on Tiny Shakespeare in ~3 minutes")
 
@@ -216,11 +216,23 @@ def evaluate(conn, settings: Settings) -> Score:
     return Score(loss, loss * tokens / n_bytes, tokens, n_bytes)
 
 
-def samples(conn, settings: Settings) -> list[str]:
+def prompts(settings: Settings, val_text: str) -> list[str]:
+    """PROMPTS for the built-in corpus; for a corpus file the first words (up to 3, on
+    one line) of the first two held-out paragraphs (or lines), so they sound like the text."""
+    if not settings.corpus:
+        return PROMPTS
+    lines = [p.strip().splitlines()[0] for p in _paragraphs(val_text)]
+    if len(lines) < 2:
+        lines = [line for line in val_text.splitlines()[1:] if line.strip()]   # the first may be cut
+    found = [" ".join(line.split()[:3]) for line in lines[:2]]
+    return found or PROMPTS
+
+
+def samples(conn, settings: Settings, starts: list[str]) -> list[str]:
     """What the model writes after each prompt: sampled at temperature 0.8, top-k 40, fixed seed."""
     client = PGLLMClient(conn, settings.model)
     return [client.generate(prompt, settings.sample_tokens, temperature=0.8, top_k=40, seed=settings.seed)
-            for prompt in PROMPTS]
+            for prompt in starts]
 
 
 # ---- the live loss figure -------------------------------------------------------------------
@@ -340,6 +352,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         say(f"{source}: {_mb(text)}, {len(text):,} characters")
 
         parts = split_text(text, settings.val_fraction)
+        starts = prompts(settings, parts[1])
         say(f"held out for validation: {_mb(parts[1])} ({_held_out(text, settings)})")
 
         section("2. tokenizer")
@@ -366,7 +379,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         section("4. before training")
         before = evaluate(conn, settings)
         _print_score(say, before, settings)
-        _print_samples(say, samples(conn, settings))
+        _print_samples(say, starts, samples(conn, settings, starts))
 
         section("5. training")
         steps = _steps_for(conn, settings) if settings.minutes else settings.steps
@@ -390,7 +403,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         section("6. after training")
         after = evaluate(conn, settings)
         _print_score(say, after, settings, before)
-        _print_samples(say, samples(conn, settings))
+        _print_samples(say, starts, samples(conn, settings, starts))
         checkpoint = conn.execute("SELECT llm_checkpoint_save(%s, %s)",
                                   [settings.model, f"pg-llm-lab demo, {len(log)} steps"]).fetchone()[0]
         say(f"saved: SELECT llm_checkpoint_save('{settings.model}', ...);  -- checkpoint {checkpoint}")
@@ -427,7 +440,7 @@ def _print_score(say, score: Score, settings: Settings, before: Score | None = N
            f"  (uniform guess: ln {settings.vocab} = {math.log(settings.vocab):.3f} nats/token)"))
 
 
-def _print_samples(say, texts: list[str]) -> None:
-    for prompt, text in zip(PROMPTS, texts):
+def _print_samples(say, starts: list[str], texts: list[str]) -> None:
+    for prompt, text in zip(starts, texts):
         say(f"  {prompt!r} -> {(prompt + text)!r}")
 

@@ -78,6 +78,8 @@ def test_demo_corpus_file(db_url, tmp_path):
         result = run_demo(db_url, "--model", model, "--corpus", str(corpus), "--steps", "30")
         assert result.returncode == 0, result.stderr
         assert f"{corpus}: {len(text.encode()) / 1e6:.2f} MB" in result.stdout
+        assert "\n  'Return the' -> " not in result.stdout     # the prompts come from the file
+        assert result.stdout.count(" -> '") == 4          # two prompts, before and after
         (before, _), (after, _) = scores(result.stdout)
         assert after < before - 1.0                  # a regular text is quickly learnt
     finally:
@@ -235,3 +237,13 @@ def test_demo_on_a_terminal_draws_a_bar_and_a_loss_line(db_url):
     assert len(redraws) >= 20 and len(redraws[-1]) == 40     # one character a step, up to 48
     assert "  step    40/40" not in out                      # no plain progress lines
     assert "== 6. after training" in out and "-- checkpoint " in out
+
+
+def test_prompts_come_from_the_held_out_text_of_a_corpus_file():
+    import dataclasses
+    val = "MENENIUS:\nWhat work's, my countrymen, in hand?\n\n  Second Citizen:  Our business\n\n"
+    assert demo.prompts(demo.DEFAULT, val) == demo.PROMPTS
+    mine = dataclasses.replace(demo.DEFAULT, corpus="play.txt")
+    assert demo.prompts(mine, val) == ["MENENIUS:", "Second Citizen: Our"]
+    assert demo.prompts(mine, "") == demo.PROMPTS
+    assert demo.prompts(mine, "ut off line\none two three four\n\n") == ["one two three"]
