@@ -6,7 +6,8 @@
     pg-llm-lab status  [--data DIR]         is it running? where? (exit 3 if not, like pg_ctl)
     pg-llm-lab url     [--data DIR]         print the connection URL (starts the server)
     pg-llm-lab psql    [--data DIR] [ARGS]  open psql on it (ARGS go to psql)
-    pg-llm-lab demo    [--data DIR]         a first look at tensors in SQL
+    pg-llm-lab demo    [--data DIR] [--corpus FILE] [--steps N] [--minutes M] [--model NAME] [--tiny]
+                                            train a small GPT-2 in the database
     pg-llm-lab lab     [--data DIR] [--port N] [--no-browser] [--install-extras] [JUPYTER ARGS]
                                              the server and JupyterLab on the notebooks
     pg-llm-lab convert SRC OUT               HF checkpoint folder -> .npz / .safetensors
@@ -23,34 +24,15 @@ embedded server everywhere (and nothing is built).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
 
-import numpy as np
 import psycopg
 
-from . import build, datasets, db, hf, lab, server, tokenizer
-
-DEMO = [
-    ("a tensor, typed as text", "SELECT '[[1,2,3],[4,5,6]]'::tensor"),
-    ("matrix product [2,3] @ [3,2]", "SELECT llm_matmul('[[1,2,3],[4,5,6]]', '[[1,0],[0,1],[1,1]]')"),
-    ("GELU, elementwise", "SELECT llm_gelu('[[-1,0,1],[2,3,4]]')"),
-    ("softmax over the last dimension", "SELECT llm_softmax('[[1,2,3],[1,1,1]]')"),
-]
-DEMO_ERROR = "SELECT llm_matmul('[[1,2]]', '[[1,2]]')"
-DEMO_GPT2 = [
-    ("register a small GPT-2 (2 layers, width 64) ...",
-     "INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
-     "VALUES ('demo-tiny', 2, 2, 64, 128, 500) ON CONFLICT (model) DO NOTHING"),
-    ("... give it GPT-2's random initialisation, seeded", "SELECT llm_init('demo-tiny', 0)"),
-    ("its parameters are rows", "SELECT count(*) FROM llm_param WHERE model = 'demo-tiny'"),
-    ("next-token logits for 3 tokens: [tokens, vocab]",
-     "SELECT llm_shape(llm_logits('demo-tiny', ARRAY[1, 2, 3]))"),
-    ("10 tokens, greedy, with a KV cache",
-     "SELECT llm_generate_tokens('demo-tiny', ARRAY[1, 2, 3], 10, temperature => 0)"),
-]
+from . import build, datasets, db, demo, hf, lab, server, tokenizer
 
 
 def cmd_install(args) -> int:
@@ -107,27 +89,10 @@ def cmd_psql(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    url = server_url(args.data)
-    print(f"server: {url}\n")
-    with db.connect(url) as conn, np.printoptions(precision=4, suppress=True):
-        for title, sql in DEMO:
-            value = conn.execute(sql).fetchone()[0]
-            print(f"-- {title}\n{sql};\n-> {type(value).__name__} {value.dtype} shape {value.shape}\n{value}\n")
-        print(f"-- shapes that do not fit are an error, not a wrong answer\n{DEMO_ERROR};")
-        try:
-            conn.execute(DEMO_ERROR)
-        except psycopg.Error as err:
-            print(f"-> {type(err).__name__} (SQLSTATE {err.sqlstate}): {str(err).strip()}\n")
-        print("-- GPT-2 in the database")
-        for title, sql in DEMO_GPT2:
-            cur = conn.execute(sql)
-            shown = cur.fetchone()[0] if cur.description else cur.statusmessage
-            print(f"-- {title}\n{sql};\n-> {shown if shown not in ('', None) else 'done'}\n")
-    print("next:\n  pg-llm-lab psql          SQL prompt on this server\n"
-          "  jupyter lab notebooks/   the notebooks, in order")
-    if not server.external_url():
-        print("  pg-llm-lab stop          stop the server when you are done")
-    return 0
+    settings = demo.TINY if args.tiny else demo.DEFAULT
+    chosen = {key: value for key, value in [("model", args.model), ("corpus", args.corpus), ("steps", args.steps),
+                                             ("minutes", args.minutes)] if value is not None}
+    return demo.run(server_url(args.data), dataclasses.replace(settings, **chosen))
 
 
 def cmd_lab(args) -> int:
@@ -148,6 +113,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_import_hf(args) -> int:
+    missing = hf.missing_folder(args.src)
+    if missing:
+        print(f"pg-llm-lab import-hf: error: {missing}", file=sys.stderr)
+        return 2
     with db.connect(server_url(args.data)) as conn:
         count = hf.import_hf(conn, args.src, args.name)
     print(f"imported {count} tensors as model {args.name!r}")
@@ -196,12 +165,22 @@ def parser() -> argparse.ArgumentParser:
         ("status", cmd_status, "show whether the server runs, its URL, pid and version"),
         ("url", cmd_url, "print the connection URL (starting the server if needed)"),
         ("psql", cmd_psql, "open psql on the server; further arguments go to psql"),
-        ("demo", cmd_demo, "run a few tensor operations and show the results"),
     ]:
         sub = commands.add_parser(name, help=help)
         sub.add_argument("--data", metavar="DIR",
                          help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
         sub.set_defaults(run=run)
+
+    demo_cmd = commands.add_parser("demo", help="train a small GPT-2 in the database, in about 4 minutes")
+    demo_cmd.add_argument("--data", metavar="DIR",
+                          help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
+    demo_cmd.add_argument("--corpus", metavar="FILE",
+                          help="train on this UTF-8 text file (default: Python's docstrings + pg_description)")
+    demo_cmd.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default %d)" % demo.DEFAULT.steps)
+    demo_cmd.add_argument("--minutes", type=float, metavar="M", help="fit the training into about M minutes")
+    demo_cmd.add_argument("--model", metavar="NAME", help="the model's (and tokenizer's) name (default demo)")
+    demo_cmd.add_argument("--tiny", action="store_true", help="a tiny model and a short run, in seconds")
+    demo_cmd.set_defaults(run=cmd_demo)
 
     lab_cmd = commands.add_parser("lab", help="start the server and JupyterLab on the notebooks; "
                                   "further arguments go to JupyterLab")

@@ -138,6 +138,17 @@ def _open_weights(path: Path, stack) -> tuple[list[str], Callable]:
     raise ValueError(f"{path}: unknown checkpoint format (expected .safetensors, .npz or .bin)")
 
 
+def missing_folder(source) -> str | None:
+    """"no such folder: SRC" when source is written as a path (contains a / or
+    starts with .) and nothing is there, else None.  A bare name such as gpt2
+    is left to open_checkpoint: it could be a hub name, which pg_llm_lab
+    never downloads."""
+    text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    if text is None or not ("/" in text or os.sep in text or text.startswith(".")):
+        return None
+    return None if Path(text).expanduser().exists() else f"no such folder: {text}"
+
+
 @contextlib.contextmanager
 def open_checkpoint(source, config=None):
     """Open a checkpoint: yields a Checkpoint.
@@ -156,7 +167,9 @@ def open_checkpoint(source, config=None):
             return
         path = Path(source).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"no such checkpoint: {path}")
+            raise FileNotFoundError(missing_folder(source) or
+                                    f"no such checkpoint: {path} (a folder or file here; hub names are "
+                                    f"not downloaded)")
         if config is None:
             config = (path if path.is_dir() else path.parent) / CONFIG
             if not config.exists():

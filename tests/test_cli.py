@@ -10,21 +10,25 @@ def run_cli(db_url, *args):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_demo(db_url):
-    result = run_cli(db_url, "demo")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "[[ 4.  5.]\n [10. 11.]]" in out                     # the matmul
-    assert "SQLSTATE 22000" in out and "do not align" in out    # the friendly error
-    assert "-> [3, 500]" in out                                 # GPT-2 logits shape
-    generated = out.split("with a KV cache")[1].splitlines()[2]
-    assert generated.startswith("-> [") and generated.count(",") == 9
-
-
 def test_url_and_errors(db_url):
     assert run_cli(db_url, "url").stdout.strip() == db_url
     bad = run_cli(db_url, "import-hf", "/no/such/folder", "m")
-    assert bad.returncode == 1 and "error" in bad.stderr
+    assert bad.returncode == 2 and "error: no such folder: /no/such/folder" in bad.stderr
+
+
+def test_import_hf_missing_folder(db_url, tmp_path, monkeypatch):
+    """A path-like source that is not there is "no such folder" (exit 2), never a hub name;
+    a bare name is not taken for a folder."""
+    monkeypatch.chdir(tmp_path)
+    bad = run_cli(db_url, "import-hf", "./my-gpt2", "m")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "pg-llm-lab import-hf: error: no such folder: ./my-gpt2"
+    assert run_cli(db_url, "import-hf", "sub/dir", "m").stderr.strip().endswith("no such folder: sub/dir")
+    from pg_llm_lab import hf
+    assert hf.missing_folder("gpt2") is None
+    assert hf.missing_folder(str(tmp_path)) is None         # exists
+    bare = run_cli(db_url, "import-hf", "gpt2", "m")
+    assert bare.returncode == 1 and "no such checkpoint" in bare.stderr and "not downloaded" in bare.stderr
 
 
 def test_load_tokenizer(db_url, tmp_path):
