@@ -5,11 +5,13 @@
     conn.execute("SELECT llm_gelu('[[1,2],[3,4]]'::tensor)").fetchone()[0]   # an ndarray
 
 Modules: server (the embedded PostgreSQL), build (compile pg_llm), db
-(connections), adapters (numpy <-> tensor), hf (HuggingFace checkpoints in
-and out), tokenizer (GPT-2's vocab.json / merges.txt in and out), datasets (text
-files into llm_dataset), client
-(PGLLMClient: generation, streaming, beam search), cli (the `pg-llm-lab`
-command).
+(connections; updates an older pg_llm), adapters (numpy <-> tensor), hf
+(HuggingFace checkpoints in and out), tokenizer (GPT-2's vocab.json /
+merges.txt in and out), datasets (text files into llm_dataset), client
+(PGLLMClient: generation, streaming, beam search, training), plots (loss
+curves, live from llm_train_log), widgets (tape stepper, sampling
+playground), notebook (`%load_ext pg_llm_lab.notebook`: quiet %sql), demo
+(`pg-llm-lab demo`), lab (`pg-llm-lab lab`), cli (the `pg-llm-lab` command).
 """
 
 from .adapters import register_tensor
