@@ -92,6 +92,8 @@ def cmd_demo(args) -> int:
     settings = demo.TINY if args.tiny else demo.DEFAULT
     chosen = {key: value for key, value in [("model", args.model), ("corpus", args.corpus), ("steps", args.steps),
                                              ("minutes", args.minutes)] if value is not None}
+    if args.steps is not None and args.minutes is None:
+        chosen["minutes"] = None        # the steps asked for, however long they take
     return demo.run(server_url(args.data), dataclasses.replace(settings, **chosen))
 
 
@@ -171,13 +173,13 @@ def parser() -> argparse.ArgumentParser:
                          help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
         sub.set_defaults(run=run)
 
-    demo_cmd = commands.add_parser("demo", help="train a small GPT-2 in the database, in about 4 minutes")
+    demo_cmd = commands.add_parser("demo", help="train a small GPT-2 in the database, in about 3 minutes")
     demo_cmd.add_argument("--data", metavar="DIR",
                           help="data directory (default: $PG_LLM_LAB_DATA, else the user data dir)")
     demo_cmd.add_argument("--corpus", metavar="FILE",
                           help="train on this UTF-8 text file (default: Python's docstrings + pg_description)")
     demo_cmd.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default %d)" % demo.DEFAULT.steps)
-    demo_cmd.add_argument("--minutes", type=float, metavar="M", help="fit the training into about M minutes")
+    demo_cmd.add_argument("--minutes", type=float, metavar="M", help="fit the training into about M minutes (default %g)" % demo.DEFAULT.minutes)
     demo_cmd.add_argument("--model", metavar="NAME", help="the model's (and tokenizer's) name (default demo)")
     demo_cmd.add_argument("--tiny", action="store_true", help="a tiny model and a short run, in seconds")
     demo_cmd.set_defaults(run=cmd_demo)
