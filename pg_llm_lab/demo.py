@@ -225,7 +225,7 @@ def prompts(settings: Settings, val_text: str) -> list[str]:
     lines = [p.strip().splitlines()[0] for p in _paragraphs(val_text)]
     if len(lines) < 2:
         lines = [line for line in val_text.splitlines()[1:] if line.strip()]   # the first may be cut
-    found = [" ".join(line.split()[:3]) for line in lines[:2]]
+    found = list(dict.fromkeys(" ".join(line.split()[:3]) for line in lines if line.split()))[:2]
     return found or PROMPTS
 
 
@@ -413,7 +413,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
     say(f"wall time {time.monotonic() - started:.0f} s; validation {after.nats_per_byte:.3f} nats/byte "
         f"(reference: {REFERENCE})")
     say("next:\n"
-        "  pg-llm-lab psql        then: SELECT llm_generate('Return the', 40, model => "
+        f"  pg-llm-lab psql        then: SELECT llm_generate({_sql_text(starts[0])}, 40, model => "
         f"'{settings.model}');\n"
         "  pg-llm-lab lab         the notebooks in JupyterLab\n"
         f"                         SELECT * FROM llm_checkpoints;  SELECT llm_checkpoint_load('{settings.model}', "
@@ -439,6 +439,10 @@ def _print_score(say, score: Score, settings: Settings, before: Score | None = N
         f"{score.nats_per_token:.3f} nats/token, {score.nats_per_byte:.3f} nats/byte"
         + (f"  (before: {before.nats_per_token:.3f}, {before.nats_per_byte:.3f})" if before else
            f"  (uniform guess: ln {settings.vocab} = {math.log(settings.vocab):.3f} nats/token)"))
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _print_samples(say, starts: list[str], texts: list[str]) -> None:

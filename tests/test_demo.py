@@ -247,3 +247,6 @@ def test_prompts_come_from_the_held_out_text_of_a_corpus_file():
     assert demo.prompts(mine, val) == ["MENENIUS:", "Second Citizen: Our"]
     assert demo.prompts(mine, "") == demo.PROMPTS
     assert demo.prompts(mine, "ut off line\none two three four\n\n") == ["one two three"]
+    # two held-out speeches of the same speaker give two different prompts
+    assert demo.prompts(mine, "First Citizen:\nWe\n\nFirst Citizen:\nYou\n\nAll:\nNo\n\n") == \
+        ["First Citizen:", "All:"]
