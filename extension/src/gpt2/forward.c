@@ -31,7 +31,6 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "nodes/pg_list.h"
 #include "portability/instr_time.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -141,33 +140,26 @@ timer_stop(Gpt2State *st, Gpt2Timer which, instr_time start)
 /* ---- the tape (only when st->record) ------------------------------------- */
 
 /*
- * While gpt2_record_batch() runs, the sequences of its batch share one leaf
- * per weight, so that llm_backprop() sums each weight's gradient over the
- * batch; otherwise every forward makes leaves of its own.
+ * A weight as a leaf of the tape, named as its llm_param row; cols 0: 1-D.
+ * With st->leaves (gpt2_record_batch), the sequences of a batch share one
+ * leaf per weight, so that llm_backprop() sums its gradient over the batch.
  */
-static struct
-{
-	bool		on;
-	List	   *names;			/* of char *, the leaves' names */
-	List	   *ids;			/* of int, their tape ids */
-}			shared_leaves;
-
-/* A weight as a leaf of the tape, named as its llm_param row; cols 0: 1-D. */
 static int32
-param_leaf(const float *w, int64 rows, int64 cols, const char *name)
+param_leaf(Gpt2State *st, const float *w, int64 rows, int64 cols, const char *name)
 {
 	int64		dims[2] = {rows, cols};
+	Gpt2Leaves *shared = st->leaves;
 	int32		id;
 
-	if (shared_leaves.on)
-		for (int i = 0; i < list_length(shared_leaves.names); i++)
-			if (strcmp(list_nth(shared_leaves.names, i), name) == 0)
-				return list_nth_int(shared_leaves.ids, i);
+	if (shared)
+		for (int i = 0; i < list_length(shared->names); i++)
+			if (strcmp(list_nth(shared->names, i), name) == 0)
+				return list_nth_int(shared->ids, i);
 	id = tape_leaf(w, cols ? 2 : 1, dims, name, false);
-	if (shared_leaves.on)
+	if (shared)
 	{
-		shared_leaves.names = lappend(shared_leaves.names, pstrdup(name));
-		shared_leaves.ids = lappend_int(shared_leaves.ids, id);
+		shared->names = lappend(shared->names, pstrdup(name));
+		shared->ids = lappend_int(shared->ids, id);
 	}
 	return id;
 }
@@ -209,12 +201,12 @@ linear(Gpt2State *st, Gpt2Timer which, const float *in, const float *w, const fl
 	}
 	llm_check_status(llm_matmul(in, w, NULL, out, T, K, N, 0, 0));
 	product = record(TAPE_OP_MATMUL, in_id,
-					 param_leaf(w, K, N, psprintf("%s.weight", param_name(layer, name))), 0,
+					 param_leaf(st, w, K, N, psprintf("%s.weight", param_name(layer, name))), 0,
 					 &(TapeAttrs) {.i = {0, 0}}, out, T, N);
 	llm_add(out, b, out, T * N, N);
 	timer_stop(st, which, start);
 	return record(TAPE_OP_ADD, product,
-				  param_leaf(b, N, 0, psprintf("%s.bias", param_name(layer, name))), 0,
+				  param_leaf(st, b, N, 0, psprintf("%s.bias", param_name(layer, name))), 0,
 				  NULL, out, T, N);
 }
 
@@ -232,8 +224,8 @@ layernorm(Gpt2State *st, const float *in, const float *g, const float *b, float 
 	if (!st->record)
 		return 0;
 	return record(TAPE_OP_LAYERNORM, in_id,
-				  param_leaf(g, C, 0, psprintf("%s.weight", param_name(layer, name))),
-				  param_leaf(b, C, 0, psprintf("%s.bias", param_name(layer, name))),
+				  param_leaf(st, g, C, 0, psprintf("%s.weight", param_name(layer, name))),
+				  param_leaf(st, b, C, 0, psprintf("%s.bias", param_name(layer, name))),
 				  &(TapeAttrs) {.f = st->model->cfg.layer_norm_eps}, out, T, C);
 }
 
@@ -264,11 +256,11 @@ embed(Gpt2State *st, const int32 *tokens, int64 T)
 	llm_embedding(m->wte, tokens, st->x, T, C);
 	if (st->record)
 	{
-		st->wte_id = param_leaf(m->wte, m->cfg.vocab_size, C, "wte.weight");
+		st->wte_id = param_leaf(st, m->wte, m->cfg.vocab_size, C, "wte.weight");
 		tokens_id = record(TAPE_OP_EMBEDDING, st->wte_id, 0, 0,
 						   &(TapeAttrs) {.ids = tokens, .n_ids = T}, st->x, T, C);
 		positions_id = record(TAPE_OP_SLICE,
-							  param_leaf(m->wpe, m->cfg.n_positions, C, "wpe.weight"), 0, 0,
+							  param_leaf(st, m->wpe, m->cfg.n_positions, C, "wpe.weight"), 0, 0,
 							  &(TapeAttrs) {.i = {st->n_past, st->n_past + T}},
 							  m->wpe + st->n_past * C, T, C);
 	}
@@ -592,13 +584,16 @@ llm_loss_sql(PG_FUNCTION_ARGS)
  * the batch loss -- the mean over every counted target, as the training
  * step computes it -- is sum_b llm_scale(loss_b, counted_b / counted).
  */
-static void
-record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets, int64 B, int64 T)
+void
+gpt2_record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets,
+				  int64 B, int64 T)
 {
+	Gpt2Leaves	leaves = {NIL, NIL};
 	int64		all_counted = 0;
 	int32		total_id = 0;
 	float		total = 0;
 
+	tape_reset();
 	for (int64 i = 0; i < B * T; i++)
 		all_counted += targets[i] != -100;
 	for (int64 b = 0; b < B; b++)
@@ -616,6 +611,7 @@ record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets, int6
 			continue;
 		st = gpt2_state_new(m, T, T);
 		st->record = true;
+		st->leaves = &leaves;
 		weight = (double) counted / all_counted;
 		part = (float4) (sequence_loss(st, tokens + b * T, targets + b * T, T, &counted, &loss_id) * weight);
 		gpt2_state_free(st);
@@ -631,23 +627,6 @@ record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets, int6
 		total += part;
 		total_id = tape_record(TAPE_OP_ADD, inputs, 2, NULL, &total, 1, (int64[]) {1}, false);
 	}
-}
-
-void
-gpt2_record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets,
-				  int64 B, int64 T)
-{
-	tape_reset();
-	shared_leaves.on = true;
-	PG_TRY();
-	{
-		record_batch(m, tokens, targets, B, T);
-	}
-	PG_FINALLY();
-	{
-		shared_leaves.on = false;
-		shared_leaves.names = NIL;
-		shared_leaves.ids = NIL;
-	}
-	PG_END_TRY();
+	list_free_deep(leaves.names);
+	list_free(leaves.ids);
 }

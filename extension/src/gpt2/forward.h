@@ -15,6 +15,7 @@
 
 #include "postgres.h"
 
+#include "nodes/pg_list.h"
 #include "utils/array.h"
 
 #include "gpt2/model_cache.h"
@@ -40,6 +41,13 @@ typedef enum Gpt2Timer
  * Everything lives in `mcxt`, a child of the caller's memory context, and
  * goes away with gpt2_state_free() (or with the caller's context on error).
  */
+/* The weights' tape leaves, by name, that the sequences of a batch share. */
+typedef struct Gpt2Leaves
+{
+	List	   *names;			/* of char * */
+	List	   *ids;			/* of int */
+} Gpt2Leaves;
+
 typedef struct Gpt2State
 {
 	MemoryContext mcxt;
@@ -59,11 +67,12 @@ typedef struct Gpt2State
 	float	   *proj;			/* [max_rows, C]   output of a c_proj */
 	float	   *fc;				/* [max_rows, F]   MLP hidden layer */
 	double		seconds[TIMER_COUNT];
-	/* the autograd tape (llm_loss, llm_logits while recording), else all 0 */
+	/* the autograd tape (llm_loss, llm_logits, gpt2_record_batch), else all 0 */
 	bool		record;
 	int32		x_id;			/* tape ids of what x, hidden and wte hold */
 	int32		hidden_id;
 	int32		wte_id;
+	Gpt2Leaves *leaves;		/* weights' leaves shared with other states, or NULL */
 } Gpt2State;
 
 /* The values of a 1-D int[] of token ids (error 22023 for 2-D, 22004 for NULLs). */
