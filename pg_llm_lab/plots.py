@@ -5,9 +5,9 @@
 
 `CALL llm_train` commits a row of llm_train_log after every step, so a
 second session -- another notebook, psql -- sees the run as it goes.
-live_loss polls for new rows, redraws one figure in place (a display that
-updates in Jupyter), and returns once the run is over: when no session is
-running llm_train any more and no new row came.
+live_loss polls for the model's new rows, redraws one figure in place (a
+display that updates in Jupyter), and returns once that model's run is over
+(another learner's run never keeps it waiting), or after a timeout.
 """
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import pandas as pd
 LOG_COLUMNS = ["id", "step", "loss", "lr", "grad_norm"]
 LOG_QUERY = ("SELECT id, step, loss, lr, grad_norm FROM llm_train_log "
              "WHERE model = %s AND id > %s ORDER BY id")
-# Another session is inside CALL llm_train (whatever the model: the call's
-# arguments may be bound parameters, invisible in pg_stat_activity).
+# Another session is inside CALL llm_train for this model: its query names the model as a
+# literal, or passes its arguments as bound parameters ($1 ...: which model is then invisible,
+# and live_loss falls back on the rows it sees coming).
 TRAINING_QUERY = ("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                  "AND state = 'active' AND query ~* '^\\s*call\\s+(\\S+\\.)?llm_train\\s*\\(')")
+                  "AND state = 'active' AND query ~* '^\\s*call\\s+(\\S+\\.)?llm_train\\s*\\(' "
+                  "AND (strpos(query, quote_literal(%s::text)) > 0 OR query ~ '\\$1'))")
 
 
 def train_log(conn, model: str, since: int = 0) -> pd.DataFrame:
@@ -61,45 +63,47 @@ def loss_curve(conn, model: str, *, since: int = 0, path=None):
     return fig
 
 
-def is_training(conn) -> bool:
-    """Is another session running CALL llm_train now?"""
-    return conn.execute(TRAINING_QUERY).fetchone()[0]
+def is_training(conn, model: str) -> bool:
+    """Is another session running CALL llm_train for `model` now (or one whose model it cannot see)?"""
+    return conn.execute(TRAINING_QUERY, [model]).fetchone()[0]
 
 
 def live_loss(conn, model: str, *, every: float = 1.0, since: int | None = None, wait: float = 30.0,
-              timeout: float | None = None, display: bool = True,
+              idle: float = 30.0, timeout: float = 600.0, display: bool = True,
               on_rows: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """Watch `model` train: poll llm_train_log every `every` seconds and redraw.
 
-    Rows with id > since count (default: those logged from now on).  Returns
-    all rows seen once the run is over -- no session runs llm_train and the
-    last poll brought nothing new -- or after `timeout` seconds; if no run
-    has started after `wait` seconds, returns what it has (maybe nothing).
-    conn should be an autocommit connection (pg_llm_lab.connect() gives
-    one): each poll then sees the rows committed since the last.
-    on_rows(new_rows) is called after each poll that brought rows.
+    Rows of `model` with id > since count (default: those logged from now
+    on); other models' runs are never waited for.  Returns all rows seen once
+    the run is over -- no session runs llm_train for `model` and the last poll
+    brought nothing new, or no new row came for `idle` seconds -- or after
+    `timeout` seconds; if no run has started after `wait` seconds, returns
+    what it has (maybe nothing).  conn should be an autocommit connection
+    (pg_llm_lab.connect() gives one): each poll then sees the rows committed
+    since the last.  on_rows(new_rows) is called after each poll that brought rows.
     """
     if since is None:
         since = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
     log = pd.DataFrame(columns=LOG_COLUMNS)
     fig = handle = None
-    start = time.monotonic()
+    start = last_row = time.monotonic()
     while True:
-        running = is_training(conn)          # before reading: the rows of a run that just ended are in
+        running = is_training(conn, model)   # before reading: the rows of a run that just ended are in
         new = train_log(conn, model, since)
+        now = time.monotonic()
         if len(new):
             since = int(new["id"].iloc[-1])
+            last_row = now
             log = new if log.empty else pd.concat([log, new], ignore_index=True)
             if on_rows is not None:
                 on_rows(new)
             if display:
                 fig = draw(log, model, fig)
                 handle = _show(fig, handle)
-        elapsed = time.monotonic() - start
         started = running or not log.empty
-        if (started and not running and not len(new)) or (not started and elapsed > wait):
+        if started and not len(new) and (not running or (not log.empty and now - last_row > idle)):
             return log
-        if timeout is not None and elapsed > timeout:
+        if (not started and now - start > wait) or now - start > timeout:
             return log
         time.sleep(every)
 

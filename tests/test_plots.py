@@ -73,6 +73,24 @@ def test_live_loss_gives_up_when_no_run_starts(conn, model):
     assert seen.empty and time.monotonic() - start < 10
 
 
+def test_live_loss_does_not_wait_for_another_models_run(conn, db_url, model):
+    """A neighbour training another model (a class on one server) never keeps live_loss waiting."""
+    make_model(conn, "tiny-gpt2-other", "tiny-gpt2-other")
+    thread, outcome = train_in_thread(db_url, "tiny-gpt2-other", 400, batch_size=8, save_every=1000)
+    try:
+        while not plots.is_training(conn, "tiny-gpt2-other") and thread.is_alive():
+            time.sleep(0.02)
+        assert plots.is_training(conn, "tiny-gpt2-other") and not plots.is_training(conn, model)
+        start = time.monotonic()
+        seen = plots.live_loss(conn, model, every=0.05, wait=0.5, display=False)
+        assert seen.empty and time.monotonic() - start < 5
+        assert "done_at" not in outcome               # the neighbour was still training meanwhile
+    finally:
+        thread.join()
+        conn.execute("DELETE FROM llm_model_config WHERE model = 'tiny-gpt2-other'")
+        conn.execute("DELETE FROM llm_dataset WHERE split = 'tiny-gpt2-other'")
+
+
 def test_loss_curve_and_the_readme_picture(conn, model):
     since = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
     conn.execute(f"CALL llm_train('{model}', 60, batch_size => 4, lr => 1e-2, warmup => 5, seed => 1, "
