@@ -88,7 +88,6 @@ SIGNATURES = {
     "llm_gelu_backward": (_int, [float_p, float_p, float_p, _i64]),
     # x, y, rows, cols, causal_rows
     "llm_softmax": (_int, [float_p, float_p, _i64, _i64, _i64]),
-    "llm_softmax_row": (None, [float_p, float_p, _i64]),
     # y, dy, dx, rows, cols, causal_rows
     "llm_softmax_backward": (_int, [float_p, float_p, float_p, _i64, _i64, _i64]),
     # x, g, b, y, rows, cols, eps, mean (or None), rstd (or None)

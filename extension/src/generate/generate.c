@@ -18,7 +18,7 @@
 
 #include "gpt2/forward.h"
 #include "tensor/tensor.h"
-#include "text/generate.h"
+#include "generate/generate.h"
 
 void
 check_stop_ids(const char *who, const Gpt2Model *m, const int32 *ids, int n)

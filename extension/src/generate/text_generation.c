@@ -17,8 +17,8 @@
 #include "utils/builtins.h"
 
 #include "pg_llm.h"
-#include "text/prompt.h"
-#include "text/text_generation.h"
+#include "generate/prompt.h"
+#include "generate/text_generation.h"
 
 /* The stop strings of a text[] argument, as UTF-8; none for NULL. */
 static void

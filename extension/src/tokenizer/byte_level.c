@@ -11,8 +11,8 @@
 #include "varatt.h"
 #endif
 
-#include "text/byte_level.h"
-#include "text/utf8.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/utf8.h"
 
 /* Bytes that stand for themselves: '!'..'~', '¡'..'¬', '®'..'ÿ'. */
 static inline bool

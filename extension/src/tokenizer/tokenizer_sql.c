@@ -15,9 +15,9 @@
 #include "utils/builtins.h"
 
 #include "tensor/tensor.h"
-#include "text/pretokenize.h"
-#include "text/tokenizer.h"
-#include "text/utf8.h"
+#include "tokenizer/pretokenize.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
 
 /* A 1-D int[] of the ids. */
 static ArrayType *

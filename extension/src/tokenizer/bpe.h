@@ -7,7 +7,7 @@
 
 #include "postgres.h"
 
-#include "text/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 /*
  * The merge ranks: (left id, right id) -> (rank, id of the merged token),

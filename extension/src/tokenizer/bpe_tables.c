@@ -10,7 +10,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
-#include "text/bpe_tables.h"
+#include "tokenizer/bpe_tables.h"
 
 /* A text[] of n UTF-8 strings, converted to the database encoding. */
 static ArrayType *

@@ -2,9 +2,9 @@
  * pretokenize.c -- GPT-2's pre-tokenizer pattern, matched by hand (see
  * pretokenize.h).  No PostgreSQL header.
  */
-#include "text/pretokenize.h"
+#include "tokenizer/pretokenize.h"
 
-#include "text/unicode_tables.h"
+#include "tokenizer/unicode_tables.h"
 
 /* The classes of the ASCII characters, for the common case. */
 static const uint8_t ascii_class[128] = {
@@ -35,12 +35,6 @@ llm_char_class(uint32_t cp)
 			return (LlmCharClass) llm_char_ranges[mid].cls;
 	}
 	return LLM_CHAR_OTHER;
-}
-
-const char *
-llm_unicode_version(void)
-{
-	return LLM_UNICODE_VERSION;
 }
 
 /* A character: its class and its length in bytes. */

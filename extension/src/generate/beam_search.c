@@ -43,10 +43,10 @@
 
 #include "gpt2/forward.h"
 #include "pg_llm.h"
-#include "text/beam_search.h"
-#include "text/generate.h"
-#include "text/prompt.h"
-#include "text/sampling.h"
+#include "generate/beam_search.h"
+#include "generate/generate.h"
+#include "generate/prompt.h"
+#include "generate/sampling.h"
 
 #if PG_VERSION_NUM < 160000
 #define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */

@@ -20,10 +20,10 @@
 #include "utils/memutils.h"
 
 #include "tensor/tensor.h"
-#include "text/bpe.h"
-#include "text/hash.h"
-#include "text/pretokenize.h"
-#include "text/utf8.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/hash.h"
+#include "tokenizer/pretokenize.h"
+#include "tokenizer/utf8.h"
 
 /* Pieces of at most this many bytes take the simple scan. */
 #define SHORT_PIECE 128

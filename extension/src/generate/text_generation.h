@@ -21,8 +21,8 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 
-#include "text/generate.h"
-#include "text/tokenizer.h"
+#include "generate/generate.h"
+#include "tokenizer/tokenizer.h"
 
 typedef struct TextGen
 {

@@ -14,7 +14,7 @@
 #include "fmgr.h"
 
 #include "gpt2/model_cache.h"
-#include "text/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 /*
  * The ids of a text prompt, as llm_encode gives them: <|endoftext|> written

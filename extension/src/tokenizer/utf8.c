@@ -3,7 +3,7 @@
  */
 #include "postgres.h"
 
-#include "text/utf8.h"
+#include "tokenizer/utf8.h"
 
 size_t
 llm_utf8_sequence(const unsigned char *s, size_t len, bool *ok, bool *truncated)

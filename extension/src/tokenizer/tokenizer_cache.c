@@ -20,10 +20,10 @@
 #include "utils/tuplestore.h"
 
 #include "pg_llm.h"
-#include "text/bpe.h"
-#include "text/bpe_tables.h"
-#include "text/byte_level.h"
-#include "text/hash.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/bpe_tables.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/hash.h"
 
 #if PG_VERSION_NUM < 160000
 #define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */

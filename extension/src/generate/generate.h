@@ -21,7 +21,7 @@
 #include "postgres.h"
 
 #include "gpt2/forward.h"
-#include "text/sampling.h"
+#include "generate/sampling.h"
 
 typedef struct Generator
 {

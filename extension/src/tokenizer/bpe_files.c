@@ -27,9 +27,9 @@
 
 #include "io/formats.h"
 #include "pg_llm.h"
-#include "text/bpe_tables.h"
-#include "text/hash.h"
-#include "text/utf8.h"
+#include "tokenizer/bpe_tables.h"
+#include "tokenizer/hash.h"
+#include "tokenizer/utf8.h"
 
 /* ---- the file ------------------------------------------------------------ */
 

@@ -27,9 +27,9 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 
-#include "text/generate.h"
-#include "text/prompt.h"
-#include "text/text_generation.h"
+#include "generate/generate.h"
+#include "generate/prompt.h"
+#include "generate/text_generation.h"
 
 /*
  * llm_generate_stream_tokens(model, prompt int[], max_tokens, temperature,

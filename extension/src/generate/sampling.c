@@ -36,7 +36,7 @@
 #include "utils/array.h"
 
 #include "tensor/tensor.h"
-#include "text/sampling.h"
+#include "generate/sampling.h"
 
 /* ---- arguments -------------------------------------------------------------- */
 

@@ -31,9 +31,6 @@ typedef enum LlmCharClass
 /* The class of code point cp. */
 extern LlmCharClass llm_char_class(uint32_t cp);
 
-/* The Unicode version the classes come from, e.g. "14.0.0". */
-extern const char *llm_unicode_version(void);
-
 /*
  * The length in bytes of the piece that starts at s (len > 0 bytes left):
  * the next match of GPT-2's pattern.  Always at least 1.

@@ -31,10 +31,10 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "text/bpe_tables.h"
-#include "text/byte_level.h"
-#include "text/hash.h"
-#include "text/pretokenize.h"
+#include "tokenizer/bpe_tables.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/hash.h"
+#include "tokenizer/pretokenize.h"
 
 #define EOT_TOKEN "<|endoftext|>"
 #define PROGRESS_SECONDS 10.0

@@ -13,8 +13,8 @@
 #include "utils/builtins.h"
 
 #include "gpt2/forward.h"
-#include "text/generate.h"
-#include "text/prompt.h"
+#include "generate/generate.h"
+#include "generate/prompt.h"
 
 char *
 text_to_utf8(text *t, int *len)
