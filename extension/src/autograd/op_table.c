@@ -17,7 +17,7 @@
 
 #include "autograd/tape.h"
 #include "kernels/kernels.h"
-#include "pg_llm.h"
+#include "support/support.h"
 
 /* ---- attributes as jsonb text -------------------------------------------- */
 

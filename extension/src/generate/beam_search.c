@@ -48,10 +48,6 @@
 #include "generate/prompt.h"
 #include "generate/sampling.h"
 
-#if PG_VERSION_NUM < 160000
-#define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
-#endif
-
 /* HF's score for what may not be chosen (added, in float32). */
 #define NOT_POSSIBLE (-1.0e9f)
 

@@ -21,7 +21,7 @@
 #include "utils/array.h"
 #include "utils/memutils.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 
 #define LLM_MAX_NDIM 8
 #define LLM_DTYPE_FLOAT32 0

@@ -26,7 +26,7 @@
 #include "utils/builtins.h"
 
 #include "io/formats.h"
-#include "pg_llm.h"
+#include "support/support.h"
 #include "tokenizer/bpe_tables.h"
 #include "tokenizer/hash.h"
 #include "tokenizer/utf8.h"

@@ -14,7 +14,7 @@
 
 #include "postgres.h"
 
-#include "pg_llm.h"				/* llm_table_name(): "schema"."table" */
+#include "support/support.h"
 
 /*
  * Replace the vocabulary of `model` with tokens[0..n) (UTF-8, token i has

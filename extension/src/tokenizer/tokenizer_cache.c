@@ -19,15 +19,11 @@
 #include "utils/memutils.h"
 #include "utils/tuplestore.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/bpe_tables.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/hash.h"
-
-#if PG_VERSION_NUM < 160000
-#define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
-#endif
 
 #define MAX_CACHED 4
 #define EOT_TOKEN "<|endoftext|>"

@@ -29,7 +29,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 #include "kernels/prng.h"
 #include "train/state.h"
 #include "tensor/tensor.h"
