@@ -41,7 +41,7 @@
 enum
 {
 	A_MODEL, A_STEPS, A_BATCH_SIZE, A_LR, A_WARMUP, A_MIN_LR, A_WEIGHT_DECAY, A_CLIP, A_SEED,
-	A_GRAD_WORKERS, A_PRUNE_WORKERS, A_N_LAYER, A_N_HEAD, A_D, A_VOCAB, A_SAVE_EVERY,
+	A_GRAD_WORKERS, A_OPTIMIZER_WORKERS, A_N_LAYER, A_N_HEAD, A_D, A_VOCAB, A_SAVE_EVERY,
 	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_COUNT
 };
 
@@ -155,7 +155,7 @@ read_settings(FunctionCallInfo fcinfo, TrainRun *run)
 			"clip must be positive and finite (or NULL: no clipping)", run->clip);
 	run->seed = PG_ARGISNULL(A_SEED) ? 0 : PG_GETARG_INT64(A_SEED);
 	run->grad_threads = workers_arg(fcinfo, A_GRAD_WORKERS, "grad_workers");
-	run->optim_threads = workers_arg(fcinfo, A_PRUNE_WORKERS, "prune_workers");
+	run->optim_threads = workers_arg(fcinfo, A_OPTIMIZER_WORKERS, "optimizer_workers");
 	run->save_every = int_arg(fcinfo, A_SAVE_EVERY, 50);
 	require(run->save_every >= 1, "save_every must be >= 1", run->save_every);
 	run->notice_every = int_arg(fcinfo, A_NOTICE_EVERY, 1);
@@ -290,7 +290,7 @@ train_one_step(const TrainRun *run, LlmTrainState *st, int i)
 
 /*
  * CALL llm_train(model, steps, batch_size, lr, warmup, min_lr, weight_decay,
- * clip, seed, grad_workers, prune_workers, n_layer, n_head, d, vocab,
+ * clip, seed, grad_workers, optimizer_workers, n_layer, n_head, d, vocab,
  * save_every, beta1, beta2, eps, decay_steps, notice_every, split)
  */
 PG_FUNCTION_INFO_V1(llm_train);
