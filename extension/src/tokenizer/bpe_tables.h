@@ -1,6 +1,6 @@
 /*
  * bpe_tables.h -- the tokenizer's tables, as C code reads and writes them
- * through SPI (sql/60_text.sql creates them):
+ * through SPI (sql/60_tokenizer.sql creates them):
  *
  *   llm_tokenizer    (model, version)          one row per tokenizer
  *   llm_bpe_vocab    (model, token, id, bytes)  bytes is generated from token

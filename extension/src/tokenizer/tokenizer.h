@@ -4,7 +4,7 @@
  * A tokenizer is the rows of one model in llm_bpe_vocab and llm_bpe_merges.
  * llm_tokenizer_get() reads them once and keeps them in backend memory,
  * keyed by llm_tokenizer.version, which every write to the two tables bumps
- * (statement triggers, sql/60_text.sql): as for the GPT-2 weight cache, a
+ * (statement triggers, sql/60_tokenizer.sql): as for the GPT-2 weight cache, a
  * call that sees the cached version may use the cache.
  *
  *     const LlmTokenizer *tok = llm_tokenizer_get("gpt2");

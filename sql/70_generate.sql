@@ -1,4 +1,4 @@
--- pg_llm: text generation (extension/src/text/: sampling.c, generate.c,
+-- pg_llm: text generation (extension/src/generate/: sampling.c, generate.c,
 -- stream.c, beam_search.c).
 --
 -- Sampling follows HuggingFace's generate(): repetition_penalty, then

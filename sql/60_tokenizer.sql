@@ -1,4 +1,4 @@
--- pg_llm: text.  GPT-2's byte-level BPE tokenizer (extension/src/text/).
+-- pg_llm: GPT-2's byte-level BPE tokenizer (extension/src/tokenizer/).
 --
 --   SELECT pg_llm_load_bpe('/data/gpt2/vocab.json', '/data/gpt2/merges.txt', 'gpt2');
 --   SELECT llm_bpe_train('shakespeare', 'SELECT line FROM play', 4096);   -- or learn one
