@@ -9,8 +9,8 @@
  *   BeamResult r = beam_search(who, model, prompt, n_prompt, &p, eos, n_eos);
  *   r.hyps[0 .. r.n-1]: best first
  */
-#ifndef PG_LLM_TEXT_BEAM_SEARCH_H
-#define PG_LLM_TEXT_BEAM_SEARCH_H
+#ifndef PG_LLM_GENERATE_BEAM_SEARCH_H
+#define PG_LLM_GENERATE_BEAM_SEARCH_H
 
 #include "postgres.h"
 
@@ -74,4 +74,4 @@ extern void beam_params_check(const char *who, const BeamParams *p);
 extern BeamResult beam_search(const char *who, const Gpt2Model *m, const int32 *prompt,
 							  int n_prompt, const BeamParams *p, const int32 *eos, int n_eos);
 
-#endif							/* PG_LLM_TEXT_BEAM_SEARCH_H */
+#endif							/* PG_LLM_GENERATE_BEAM_SEARCH_H */

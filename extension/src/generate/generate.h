@@ -15,8 +15,8 @@
  * gpt2_model_get loaded for one call only, under row-level security, live
  * in the generator's memory and are kept.)
  */
-#ifndef PG_LLM_TEXT_GENERATE_H
-#define PG_LLM_TEXT_GENERATE_H
+#ifndef PG_LLM_GENERATE_GENERATE_H
+#define PG_LLM_GENERATE_GENERATE_H
 
 #include "postgres.h"
 
@@ -74,4 +74,4 @@ extern void generator_free(Generator *g);
 /* Error 22023 naming the first stop id outside the vocabulary. */
 extern void check_stop_ids(const char *who, const Gpt2Model *m, const int32 *ids, int n);
 
-#endif							/* PG_LLM_TEXT_GENERATE_H */
+#endif							/* PG_LLM_GENERATE_GENERATE_H */

@@ -6,8 +6,8 @@
  *   int32 *ids = prompt_ids(who, tok, m, PG_GETARG_TEXT_PP(0), max_tokens, &n);
  *   int32 *stop = stop_ids_or_eot(fcinfo, argno, who, tok, m, &n_stop);
  */
-#ifndef PG_LLM_TEXT_PROMPT_H
-#define PG_LLM_TEXT_PROMPT_H
+#ifndef PG_LLM_GENERATE_PROMPT_H
+#define PG_LLM_GENERATE_PROMPT_H
 
 #include "postgres.h"
 
@@ -43,4 +43,4 @@ extern char *text_to_utf8(text *t, int *len);
 /* UTF-8 bytes as a text value in the database encoding. */
 extern text *utf8_to_text(const char *utf8, int len);
 
-#endif							/* PG_LLM_TEXT_PROMPT_H */
+#endif							/* PG_LLM_GENERATE_PROMPT_H */

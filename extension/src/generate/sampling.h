@@ -12,8 +12,8 @@
  * sampler_filter() exposes the distribution a draw comes from
  * (llm_sampling_probs in SQL).
  */
-#ifndef PG_LLM_TEXT_SAMPLING_H
-#define PG_LLM_TEXT_SAMPLING_H
+#ifndef PG_LLM_GENERATE_SAMPLING_H
+#define PG_LLM_GENERATE_SAMPLING_H
 
 #include "postgres.h"
 
@@ -80,4 +80,4 @@ extern int64 sampler_filter(Sampler *s, const char *who, const float *logits);
 /* Draw the next token (seeded), and count it as seen. */
 extern int32 sampler_next(Sampler *s, const char *who, const float *logits);
 
-#endif							/* PG_LLM_TEXT_SAMPLING_H */
+#endif							/* PG_LLM_GENERATE_SAMPLING_H */

@@ -13,8 +13,8 @@
  * llm_generate_stream: prompt, max_tokens, temperature, top_k, top_p,
  * model, seed, stop, stop_ids, repetition_penalty.
  */
-#ifndef PG_LLM_TEXT_TEXT_GENERATION_H
-#define PG_LLM_TEXT_TEXT_GENERATION_H
+#ifndef PG_LLM_GENERATE_TEXT_GENERATION_H
+#define PG_LLM_GENERATE_TEXT_GENERATION_H
 
 #include "postgres.h"
 
@@ -57,4 +57,4 @@ extern void textgen_resume(TextGen *t);
 
 extern void textgen_free(TextGen *t);
 
-#endif							/* PG_LLM_TEXT_TEXT_GENERATION_H */
+#endif							/* PG_LLM_GENERATE_TEXT_GENERATION_H */

@@ -2,8 +2,8 @@
  * hash.h -- the hash functions of the tokenizer's tables (open addressing,
  * power-of-two sizes; the top bits of a hash pick the slot).
  */
-#ifndef PG_LLM_TEXT_HASH_H
-#define PG_LLM_TEXT_HASH_H
+#ifndef PG_LLM_TOKENIZER_HASH_H
+#define PG_LLM_TOKENIZER_HASH_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -54,4 +54,4 @@ llm_pair_key(int32_t left, int32_t right)
 	return (uint64_t) (uint32_t) left << 32 | (uint32_t) right;
 }
 
-#endif							/* PG_LLM_TEXT_HASH_H */
+#endif							/* PG_LLM_TOKENIZER_HASH_H */
