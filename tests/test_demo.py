@@ -1,4 +1,5 @@
 """`pg-llm-lab demo`: the corpus it builds, its loss figure, and whole runs in the tiny setting."""
+import dataclasses
 import os
 import re
 import signal
@@ -155,17 +156,47 @@ def test_sparkline_and_plain_progress(capsys):
     assert demo.sparkline(list(range(100)) + [float("nan")], width=10) == "▁▁▂▃▄▅▆▇██"
     assert demo.sparkline([]) == ""
 
-    class Notice:
-        def __init__(self, done):
-            self.message_primary = f'llm_train "m": step {done} ({done} of 20), loss {10 - done / 4:.6f}'
-
     figure = demo.LossFigure(20, tty=False, out=sys.stdout)
     for done in range(1, 21):
-        figure(Notice(done))
+        figure(done, 10 - done / 4)
     figure.close()
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"  step {d:>5}/20  loss {10 - d / 4:.3f}" for d in range(2, 21, 2)]
     assert figure.losses[0] == 9.75 and len(figure.losses) == 20
+
+
+def test_a_step_is_timed_inside_one_call(conn):
+    """step_seconds times a step as CALL llm_train runs it: from the log rows of one
+    call, without the call's load and write-back, which it reports apart.  Checked
+    against the marginal cost of a step (two calls of different lengths, timed here),
+    and the timing call is undone: the weights of a fresh llm_init, no log rows."""
+    settings = dataclasses.replace(demo.TINY, model="demo_timing", vocab=8000, n_embd=64, block=8, batch=2)
+    conn.execute("DELETE FROM llm_dataset WHERE split = 'demo_timing-train'")
+    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+                 "VALUES ('demo_timing', 1, 2, 64, 8, 8000)")
+    try:
+        conn.execute("SELECT llm_dataset_from_tokens(%s::int[], 8, NULL, 'demo_timing-train')",
+                     [[(i * 37) % 8000 for i in range(400)]])
+        conn.execute("SELECT llm_init('demo_timing', %s)", [settings.seed])
+        initial = conn.execute("SELECT array_agg(md5(llm_bytea(data)) ORDER BY name) FROM llm_param "
+                               "WHERE model = 'demo_timing'").fetchone()[0]
+
+        def call_seconds(steps):
+            tick = time.monotonic()
+            conn.execute("CALL llm_train('demo_timing', %s, batch_size => 2, split => 'demo_timing-train', "
+                         "notice_every => 0)", [steps])
+            return time.monotonic() - tick
+
+        marginal = (call_seconds(24) - call_seconds(4)) / 20
+        per_step, once = demo.step_seconds(conn, settings)
+        assert 0.5 * marginal < per_step < 2 * marginal, (per_step, marginal)
+        assert once > per_step         # 8000 x 64 weights loaded and written back, 16 tokens a step
+        assert conn.execute("SELECT array_agg(md5(llm_bytea(data)) ORDER BY name) FROM llm_param "
+                            "WHERE model = 'demo_timing'").fetchone()[0] == initial
+        assert conn.execute("SELECT count(*) FROM llm_train_log WHERE model = 'demo_timing'").fetchone()[0] == 0
+    finally:
+        conn.execute("DELETE FROM llm_dataset WHERE split = 'demo_timing-train'")
+        conn.execute("DELETE FROM llm_model_config WHERE model = 'demo_timing'")
 
 
 def test_llm_init_reports_progress_on_big_models_only(conn):

@@ -12,7 +12,7 @@
  *       llm_train_state_zero_grad(st);
  *       ... forward on &st->weights, backward into st->grad (through st->grads) ...
  *       norm = llm_train_state_clip(st, 1.0);          // clip_grad_norm_
- *       hp.lr = llm_lr_at(&schedule, st->step);        // kernels/optim.h
+ *       hp.lr = llm_lr_at(&schedule, i);               // i-th step of this call, from 0
  *       llm_train_state_adamw(st, &hp);                // st->step + 1
  *       llm_train_state_log(st, &entry);               // a row of llm_train_log
  *       llm_train_state_record_grad_stats(st);         // rows of llm_grad_stats

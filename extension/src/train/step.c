@@ -25,10 +25,6 @@
 #include "train/state.h"
 #include "train/step.h"
 
-#if PG_VERSION_NUM < 160000
-#define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
-#endif
-
 /* ids of an int[] that is [T] or [B][T], without NULLs; sets *B, *T. */
 static int32 *
 batch_ids(const char *who, const char *what, ArrayType *arr, int *B, int *T)
