@@ -130,8 +130,9 @@ def tape_graph(conn, *, leaves: bool = True, highlight: int | None = None, ax=No
 
     Ops go down the page by depth (an op sits one row below the deepest op
     it reads); an arrow that skips rows -- a residual connection -- bends to
-    the side.  Inputs that no op produced (leaves: weights, data) are listed
-    in grey beside their reader, by param_name, if `leaves`.  `highlight`
+    the side; an input read twice by one op is one arrow marked ×2.  Inputs
+    that no op produced (leaves: weights, data) are listed in grey beside
+    their reader, by param_name, if `leaves`.  `highlight`
     (an llm_tape.id) is drawn in colour.
     """
     import matplotlib.pyplot as plt
@@ -155,7 +156,7 @@ def tape_graph(conn, *, leaves: bool = True, highlight: int | None = None, ax=No
     chosen = dict(box, fc="tab:blue", ec="tab:blue")
     for op_id, op, inputs, _ in ops:
         x, y = where[op_id]
-        for tensor_id in inputs:
+        for tensor_id in dict.fromkeys(inputs):          # once per tensor, however often it is read
             if tensor_id not in producer:
                 continue
             (px, py), skipped = where[producer[tensor_id]], depth[op_id] - depth[producer[tensor_id]]
@@ -163,6 +164,8 @@ def tape_graph(conn, *, leaves: bool = True, highlight: int | None = None, ax=No
             ax.annotate("", xy=(x, y + 0.2), xytext=(px, py - 0.2),
                         arrowprops=dict(arrowstyle="->", color="gray", lw=0.8,
                                         connectionstyle=f"arc3,rad={bend}"))
+            if inputs.count(tensor_id) > 1:
+                ax.text((x + px) / 2 + 0.15, (y + py) / 2, f"×{inputs.count(tensor_id)}", fontsize=7, color="gray")
         ax.text(x, y, f"{op_id} {op.removeprefix('llm_')}", ha="center", va="center", fontsize=8,
                 bbox=chosen if op_id == highlight else box, color="white" if op_id == highlight else "black")
         read = [names.get(t) or f"#{t}" for t in inputs if t not in producer]
