@@ -79,7 +79,7 @@ PARAMETERS = textwrap.dedent("""
     ip.user_ns["sentence"] = sys.argv[2]
     ip.user_ns["ids"] = [3, 1, 4]
     row = ip.run_cell_magic("sql", "", "SELECT :sentence AS s, cardinality(:ids) AS n, '[1,2]'::tensor AS t")
-    print(json.dumps(list(row)[0]))
+    print(json.dumps(list(list(row)[0])))
 """)
 
 
