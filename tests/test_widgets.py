@@ -157,4 +157,5 @@ def test_tape_graph_has_a_box_per_op_and_an_arrow_per_input(conn, gpt2_tape):
     leaf_labels = " ".join(t.get_text() for t in ax.texts if t.get_text().startswith("← "))
     assert "h.1.mlp.c_fc.weight" in leaf_labels and "wte.weight" in leaf_labels
     chosen = next(t for t in ax.texts if t.get_text() == f"7 {ops[6][1].removeprefix('llm_')}")
-    assert chosen.get_bbox_patch().get_facecolor() != boxes and chosen.get_color() == "white"
+    assert chosen.get_color() == "white"
+    fig.savefig(DOC_IMAGES / "tape_graph.png", dpi=80, bbox_inches="tight")   # the README's picture of it
