@@ -45,15 +45,14 @@
 /*
  * Every query here runs with read_only = true.  For SPI that means: run in
  * the snapshot that is active for the calling SQL statement, do not take a
- * new one per query.  So the version read by read_config() and the
+ * new one per query.  So the version read by gpt2_config_read() and the
  * parameters read by load_parameters() come from the *same* snapshot, and
  * the weights we cache are exactly the weights of the version we label
  * them with -- even if another session commits new weights in between.
  */
 
-/* The config row of `model`; false if there is none. */
-static bool
-read_config(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
+bool
+gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 {
 	Oid			argtype = TEXTOID;
 	Datum		arg = CStringGetTextDatum(model);
@@ -89,8 +88,8 @@ read_config(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 }
 
 /* Refuse configs the table constraints should have refused already. */
-static void
-check_config(const char *model, const Gpt2Config *c)
+void
+gpt2_config_check(const char *model, const Gpt2Config *c)
 {
 	double		floats;
 
@@ -109,18 +108,6 @@ check_config(const char *model, const Gpt2Config *c)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("model \"%s\" has %.0f parameters, more than pg_llm can cache (%.0f)",
 						model, floats, MAX_MODEL_FLOATS)));
-}
-
-bool
-gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
-{
-	return read_config(model, relid, version, cfg);
-}
-
-void
-gpt2_config_check(const char *model, const Gpt2Config *cfg)
-{
-	check_config(model, cfg);
 }
 
 /* "parameter \"wte.weight\"", or "m of parameter \"wte.weight\"" (for messages). */
@@ -406,7 +393,7 @@ gpt2_model_get(const char *model)
 	bool		shared;
 
 	SPI_connect();
-	if (!read_config(model, &relid, &version, &cfg))
+	if (!gpt2_config_read(model, &relid, &version, &cfg))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown model \"%s\"", model),
@@ -424,7 +411,7 @@ gpt2_model_get(const char *model)
 	}
 
 	/* Free the old weights before decoding new ones: peak memory is one model. */
-	check_config(model, &cfg);
+	gpt2_config_check(model, &cfg);
 	drop_cached_model();
 	m = load_model(caller, model, relid, version, &cfg);
 	SPI_finish();
