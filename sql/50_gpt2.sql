@@ -1,4 +1,4 @@
--- pg_llm: GPT-2 inference (extension/src/gpt2/: model_cache.c, forward.c)
+-- pg_llm: GPT-2 inference (extension/src/gpt2/: gpt2_sql.c over forward.c)
 -- and initialisation (extension/src/ops/init.c).  Generation is in
 -- 70_generate.sql.
 --

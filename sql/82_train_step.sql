@@ -1,5 +1,5 @@
 -- pg_llm: training steps -- the batched forward and fused backward
--- (gpt2/train_forward.c), one step from SQL (train/step.c), a run in one
+-- (gpt2/forward.c, gpt2/backward.c), one step from SQL (train/step.c), a run in one
 -- procedure call (train/loop.c), and the replay of logged steps.
 --
 --   SELECT * FROM llm_gradients('lab', tokens, targets);          -- nothing written

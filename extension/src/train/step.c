@@ -1,6 +1,7 @@
 /*
  * step.c -- a training step from SQL: the batch given as token arrays, the
- * forward and backward of gpt2/train_forward.c on the training state.
+ * forward and backward of gpt2/ on the training state (and, while
+ * pg_llm.autograd_mode records, the tape built from that forward).
  *
  *   llm_gradients(model, tokens, targets)   the gradients, nothing written
  *   llm_train_step(model, tokens, targets, lr, ...)   forward, backward,
@@ -18,9 +19,9 @@
 #include "utils/builtins.h"
 
 #include "pg_llm.h"
+#include "autograd/gpt2_tape.h"
 #include "autograd/tape.h"
-#include "gpt2/forward.h"
-#include "gpt2/train_forward.h"
+#include "gpt2/backward.h"
 #include "tensor/tensor.h"
 #include "train/state.h"
 #include "train/step.h"
@@ -89,15 +90,13 @@ llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, const char *model,
 double
 llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch)
 {
-	Gpt2Batch  *b;
+	Gpt2Batch  *b = gpt2_batch_new(&st->weights, batch->B, batch->T);
 	double		loss;
 
-	/* pg_llm.autograd_mode meta or full: the step's forward goes on the tape */
-	if (autograd_recording())
-		gpt2_record_batch(&st->weights, batch->tokens, batch->targets, batch->B, batch->T);
-	b = gpt2_batch_new(&st->weights, batch->B, batch->T);
 	llm_train_state_zero_grad(st);
 	loss = gpt2_batch_forward(b, batch->tokens, batch->targets);
+	if (autograd_recording())
+		gpt2_tape_batch(b);
 	gpt2_batch_backward(b, &st->grads);
 	gpt2_batch_free(b);
 	return loss;
