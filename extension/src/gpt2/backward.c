@@ -15,7 +15,7 @@
 #include "miscadmin.h"
 #include "utils/memutils.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 #include "kernels/kernels.h"
 #include "gpt2/backward.h"
 

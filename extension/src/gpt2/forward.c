@@ -22,7 +22,7 @@
 #include "portability/instr_time.h"
 #include "utils/memutils.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 #include "kernels/kernels.h"
 #include "gpt2/forward.h"
 

@@ -12,7 +12,7 @@
  *
  * Training (and recording on the tape): an activation store, every layer
  * its own buffers, which backward.h's gpt2_batch_backward and the tape
- * builder (autograd/gpt2_tape.h) read.
+ * builder (gpt2/tape.h) read.
  *
  *   Gpt2Batch *b = gpt2_batch_new(m, B, T);
  *   loss = gpt2_batch_forward(b, tokens, targets);   (tokens, targets [B, T])

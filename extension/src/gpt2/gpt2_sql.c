@@ -3,7 +3,7 @@
  * llm_loss, thin wrappers over model.c and forward.c.  While
  * pg_llm.autograd_mode records, llm_logits and llm_loss keep their
  * forward's activations and put it on the tape afterwards
- * (autograd/gpt2_tape.h).
+ * (gpt2/tape.h).
  */
 #include "postgres.h"
 
@@ -13,7 +13,7 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 
-#include "autograd/gpt2_tape.h"
+#include "gpt2/tape.h"
 #include "autograd/tape.h"
 #include "gpt2/forward.h"
 #include "kernels/kernels.h"

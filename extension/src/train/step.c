@@ -19,7 +19,8 @@
 #include "utils/builtins.h"
 
 #include "pg_llm.h"
-#include "autograd/gpt2_tape.h"
+#include "gpt2/tape.h"
+#include "train/batch.h"
 #include "autograd/tape.h"
 #include "gpt2/backward.h"
 #include "tensor/tensor.h"
@@ -57,7 +58,6 @@ llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, const char *model,
 	LlmBatch	b;
 	int			tB,
 				tT;
-	int64		counted = 0;
 
 	b.tokens = batch_ids(who, "tokens", tokens, &b.B, &b.T);
 	b.targets = batch_ids(who, "targets", targets, &tB, &tT);
@@ -70,20 +70,7 @@ llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, const char *model,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: targets [%d][%d] do not match tokens [%d][%d] (one target per token)",
 						who, tB, tT, b.B, b.T)));
-	if (b.T > cfg->n_positions)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: sequences of %d tokens are more than model \"%s\" takes (n_positions = %d)",
-						who, b.T, model, cfg->n_positions)));
-	check_token_ids(who, "token", b.tokens, b.B * b.T, cfg->vocab_size, false, "");
-	check_token_ids(who, "target", b.targets, b.B * b.T, cfg->vocab_size, true,
-					" (or -100 to ignore)");
-	for (int i = 0; i < b.B * b.T; i++)
-		counted += b.targets[i] != -100;
-	if (counted == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: every target is the ignore index -100", who)));
+	llm_batch_check(who, &b, cfg, model);
 	return b;
 }
 

@@ -33,7 +33,7 @@ extern LlmBatch llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, co
 /*
  * st->grad = d(mean cross-entropy of the batch)/d(st->data); returns the
  * loss.  While pg_llm.autograd_mode records, the batch's forward also goes
- * on the tape (autograd/gpt2_tape.h).
+ * on the tape (gpt2/tape.h).
  */
 extern double llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch);
 

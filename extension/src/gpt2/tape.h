@@ -1,6 +1,6 @@
 /*
- * gpt2_tape.h -- the autograd tape of a GPT-2 forward, built after the
- * forward from the activations it saved (gpt2_tape.c), never by running it
+ * tape.h -- the autograd tape of a GPT-2 forward, built after the
+ * forward from the activations it saved (tape.c), never by running it
  * again:
  *
  *   gpt2_tape_batch(b);          a training step's batch (after gpt2_batch_forward)
@@ -16,8 +16,8 @@
  * never kept, is recomputed (mode meta records no values and computes
  * nothing).
  */
-#ifndef PG_LLM_AUTOGRAD_GPT2_TAPE_H
-#define PG_LLM_AUTOGRAD_GPT2_TAPE_H
+#ifndef PG_LLM_GPT2_TAPE_H
+#define PG_LLM_GPT2_TAPE_H
 
 #include "postgres.h"
 
@@ -44,4 +44,4 @@ extern void gpt2_tape_logits(const Gpt2Model *m, const Gpt2Activations *acts,
 							 const int32 *tokens, int64 T, bool last_only,
 							 const float *logits);
 
-#endif							/* PG_LLM_AUTOGRAD_GPT2_TAPE_H */
+#endif							/* PG_LLM_GPT2_TAPE_H */

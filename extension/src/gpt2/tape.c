@@ -1,13 +1,13 @@
 /*
- * gpt2_tape.c -- the tape of a GPT-2 forward from its saved activations
- * (see gpt2_tape.h).  Nodes are recorded in the order the ops ran, so that
+ * tape.c -- the tape of a GPT-2 forward from its saved activations
+ * (see tape.h).  Nodes are recorded in the order the ops ran, so that
  * llm_tape reads like the forward, and ids are those a learner's SQL would
  * have made op by op.
  */
 #include "postgres.h"
 
-#include "pg_llm.h"
-#include "autograd/gpt2_tape.h"
+#include "support/support.h"
+#include "gpt2/tape.h"
 #include "autograd/tape.h"
 #include "kernels/kernels.h"
 
