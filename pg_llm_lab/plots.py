@@ -116,3 +116,76 @@ def _show(fig, handle):
         return display(fig, display_id=True)
     handle.update(fig)
     return handle
+
+
+# ---- the learning path's pictures: the next token, the class at a glance -------------------
+
+def token_label(text: str) -> str:
+    """A decoded token as a bar's label: spaces and newlines made visible."""
+    return repr(text)[1:-1].replace(" ", "␣") or "∅"
+
+
+def next_token_bars(conn, model: str, prompt: str, *, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, n: int = 15, fig=None):
+    """The model's next token after `prompt`: the n likeliest tokens (llm_logits), labelled
+    by their text (llm_decode), grey for their probability at temperature 1, blue for the
+    probability they are drawn with under the settings (llm_sampling_probs)."""
+    from matplotlib.figure import Figure
+
+    ids = conn.execute("SELECT llm_encode(%s, %s)", [prompt, model]).fetchone()[0]
+    logits = conn.execute("SELECT llm_logits(%s, %s, true)", [model, ids]).fetchone()[0][0]
+    plain, drawn = conn.execute("SELECT llm_sampling_probs(%(l)s, 1.0, 0, 1.0), "
+                                "llm_sampling_probs(%(l)s, %(t)s, %(k)s, %(p)s)",
+                                dict(l=logits, t=temperature, k=top_k, p=top_p)).fetchone()
+    top = [int(i) for i in plain.argsort()[::-1][:n]]
+    texts = dict(conn.execute("SELECT id, llm_decode(ARRAY[id], %s) FROM unnest(%s::int[]) AS id",
+                              [model, top]).fetchall())
+    fig = fig or Figure(figsize=(10, 3.2))
+    fig.clear()
+    ax = fig.subplots()
+    x = range(len(top))
+    ax.bar(x, plain[top], color="lightgray", label="temperature 1, all tokens")
+    ax.bar(x, drawn[top], width=0.5, color="tab:blue", label="drawn with these settings")
+    ax.set_xticks(list(x), [token_label(texts[i]) for i in top], rotation=45, ha="right", fontsize=9)
+    ax.set_ylabel("probability")
+    kept = int((drawn > 0).sum())
+    ax.set_title(f"next token after {prompt!r}: temperature {temperature:g}, top-k {top_k or 'off'}, "
+                 f"top-p {top_p:g} -> {kept:,} of {len(drawn):,} tokens can be drawn", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+CLASS_LOG_QUERY = """
+    SELECT l.model, l.id, l.step, l.loss, l.created_at
+    FROM llm_train_log l
+    WHERE l.created_at > now() - make_interval(mins => %s) AND l.loss IS NOT NULL
+    ORDER BY l.model, l.id"""
+
+
+def class_log(conn, minutes: float = 60) -> pd.DataFrame:
+    """Every model's llm_train_log rows of the last `minutes`: model, id, step, loss, created_at."""
+    return pd.DataFrame(conn.execute(CLASS_LOG_QUERY, [minutes]).fetchall(),
+                        columns=["model", "id", "step", "loss", "created_at"])
+
+
+def class_curves(log: pd.DataFrame, fig=None):
+    """One loss curve per model, side by side on one axis, over the minutes of the log."""
+    from matplotlib.figure import Figure
+
+    fig = fig or Figure(figsize=(10, 4))
+    fig.clear()
+    ax = fig.subplots()
+    if log.empty:
+        ax.text(0.5, 0.5, "no training logged in this window", ha="center", va="center")
+    else:
+        start = log["created_at"].min()
+        for model, rows in log.groupby("model"):
+            minutes = (rows["created_at"] - start).dt.total_seconds() / 60
+            ax.plot(minutes, rows["loss"], lw=1, label=f"{model} (step {rows['step'].iloc[-1]})")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("training loss (nats per token)")
+    ax.set_title(f"the class: {log['model'].nunique()} models training")
+    fig.tight_layout()
+    return fig

@@ -167,3 +167,113 @@ class SamplingPlayground:
         """The next seed (the button): a new sample with the same settings; returns it."""
         self.seed.value += 1      # observed: show() runs
         return self.text
+
+
+# ---- the learning path: a run watched live, the class at a glance ------------------------
+
+def _png(fig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+class TrainingWatcher:
+    """Follows one model's `CALL llm_train` from a session and a thread of its own.
+
+    Started before the CALL (which may run in a %%sql cell: this widget
+    keeps drawing while that cell runs).  It polls llm_train_log for the
+    model's new rows (plots.live_loss: other models' runs are ignored; it
+    gives up after `wait` seconds if no run starts, and after `timeout` in
+    all), redraws the loss, and each time the run writes its weights back to
+    llm_param it saves a checkpoint of them and samples a line of text.
+
+        watcher = TrainingWatcher("alice_gpt", prompt="ROMEO:")
+        watcher.widget              # display it, then run the CALL
+        log = watcher.join()        # the rows it saw, once the run is over
+        watcher.samples             # [(step, checkpoint id, text), ...]
+    """
+
+    def __init__(self, model: str, prompt: str, *, url: str | None = None, every: float = 1.0,
+                 wait: float = 120.0, timeout: float = 600.0, sample_tokens: int = 30):
+        import threading
+
+        import ipywidgets as widgets
+
+        from . import db
+
+        self.model, self.prompt, self.sample_tokens = model, prompt, sample_tokens
+        self.every, self.wait, self.timeout = every, wait, timeout
+        self.conn = db.connect(url)
+        self.samples: list[tuple[int, int, str]] = []
+        self.log = None
+        self.error: BaseException | None = None
+        self._written = self._written_step()
+        self._figure = None
+        self.image = widgets.Image(format="png")
+        self.status = widgets.HTML(f"waiting for <code>CALL llm_train('{html.escape(model)}', ...)</code>"
+                                   f" (up to {wait:.0f} s)")
+        self.text = widgets.HTML()
+        self.widget = widgets.VBox([self.status, self.image, self.text])
+        self._thread = threading.Thread(target=self._follow, name=f"watch {model}", daemon=True)
+        self._thread.start()
+
+    def _written_step(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(step), 0) FROM llm_param WHERE model = %s",
+                                 [self.model]).fetchone()[0]
+
+    def _follow(self) -> None:
+        from . import plots
+
+        try:
+            self.log = plots.live_loss(self.conn, self.model, every=self.every, wait=self.wait,
+                                       timeout=self.timeout, display=False, on_rows=self._on_rows)
+            steps = len(self.log)
+            self.status.value = (f"{self.model}: {steps} steps watched; the run is over" if steps else
+                                 f"no run of {html.escape(self.model)} started in {self.wait:.0f} s: "
+                                 "run this cell again to watch the next one")
+        except BaseException as error:      # shown in the widget: a thread's exception goes nowhere
+            self.error = error
+            self.status.value = f"the watcher stopped: {html.escape(repr(error))}"
+        finally:
+            self.conn.close()
+
+    def _on_rows(self, new) -> None:
+        import pandas as pd
+        from matplotlib.figure import Figure
+
+        from . import plots
+
+        self.log = new if self.log is None else pd.concat([self.log, new], ignore_index=True)
+        if self._figure is None:    # (not pyplot's: this runs in a thread of its own)
+            self._figure = Figure(figsize=(10, 3))
+            self._figure.subplots(1, 2)
+        plots.draw(self.log, self.model, self._figure)
+        self.image.value = _png(self._figure)
+        last = self.log.iloc[-1]
+        self.status.value = f"{self.model}: step {last['step']}, loss {last['loss']:.3f}"
+        written = self._written_step()
+        if written > self._written:
+            self._written = written
+            self._sample(written)
+
+    def _sample(self, step: int) -> None:
+        """A checkpoint of the weights just written back, and what they write after the prompt."""
+        from .client import PGLLMClient
+
+        saved = self.conn.execute("SELECT llm_checkpoint_save(%s, %s)",
+                                  [self.model, f"watched during training: step {step}"]).fetchone()[0]
+        text = PGLLMClient(self.conn, self.model).generate(self.prompt, self.sample_tokens, temperature=0.8,
+                                                           top_k=40, seed=1)
+        self.samples.append((step, saved, text))
+        self.text.value = "".join(
+            f"<pre style='white-space: pre-wrap'><b>step {s} (checkpoint {c}):</b> "
+            f"{html.escape(self.prompt + t)}</pre>" for s, c, t in self.samples)
+
+    def join(self, timeout: float | None = None):
+        """Wait for the watcher to finish (the run is over); the log rows it saw."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.log
