@@ -18,6 +18,8 @@ import warnings
 
 import psycopg
 import sqlalchemy
+from psycopg.types import TypeInfo
+from psycopg.types.string import TextLoader
 
 from . import build, server
 from .adapters import register_tensor
@@ -114,9 +116,14 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + rest
 
 
-def engine(url: str | None = None, *, install: bool = True, numpy: bool = False,
-           **kwargs) -> sqlalchemy.Engine:
+def engine(url: str | None = None, *, conn: psycopg.Connection | None = None, install: bool = True,
+           numpy: bool = False, **kwargs) -> sqlalchemy.Engine:
     """A SQLAlchemy engine (psycopg 3 driver) whose connections are prepared like connect()'s.
+
+    With conn (a connection from connect()), the engine's one connection IS
+    conn: `%%sql` cells and Python then share one session -- its autograd
+    mode, its tape (llm_tape shows the session's own), its temporary tables.
+    Otherwise it opens connections to url (default: the lab's server).
 
     By default tensors in results keep their text form, which is what a %sql
     table shows (jupysql compares result rows, which ndarrays of different
@@ -124,6 +131,17 @@ def engine(url: str | None = None, *, install: bool = True, numpy: bool = False,
     pandas.read_sql.  ndarray parameters are sent as tensors either way.
     Extra keyword arguments go to sqlalchemy.create_engine.
     """
+    if conn is not None:
+        eng = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: conn,
+                                       poolclass=sqlalchemy.pool.StaticPool, **kwargs)
+        if not numpy:        # conn loads ndarrays; the engine's cursors keep the text form
+            tensor_oid = TypeInfo.fetch(conn, "tensor").oid
+
+            @sqlalchemy.event.listens_for(eng, "before_cursor_execute")
+            def _text_tensors(connection, cursor, statement, parameters, context, executemany):
+                cursor.adapters.register_loader(tensor_oid, TextLoader)
+
+        return eng
     eng = sqlalchemy.create_engine(sqlalchemy_url(url or default_url(install)), **kwargs)
 
     @sqlalchemy.event.listens_for(eng, "connect")

@@ -5,4 +5,4 @@ checks it); pyproject.toml reads this one.  connect() updates a database
 whose pg_llm is older (extension/releases/README.md).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -3,7 +3,9 @@
 -- SELECT llm_autograd_mode('full') makes every tensor op, and llm_loss /
 -- llm_logits, record itself.  At the end of each statement the session's
 -- tape is written to llm_tape (one row per op) and llm_tensor_rt (one row
--- per tensor), so any session can query, join and plot it.  llm_backprop()
+-- per tensor), views of this session's rows of llm_tape_all and
+-- llm_tensor_rt_all, so it can be queried, joined and plotted (from another
+-- session too, through the _all tables and the session's pid).  llm_backprop()
 -- then fills llm_tensor_rt.grad, and llm_accumulate_grads(model) adds the
 -- gradients of the parameters into llm_param.grad.
 
@@ -42,20 +44,38 @@ COMMENT ON FUNCTION llm_autograd_mode(text) IS
     'Recording covers the SQL ops, llm_logits/llm_loss and each training step (its batch''s forward). '
     'While recording, parallel query is off for the session (a worker''s tape would be lost)';
 
-CREATE TABLE llm_tensor_rt (
-    id          int PRIMARY KEY,
+-- Every session's tape: llm_tensor_rt_all and llm_tape_all, keyed by (session, id).  A class
+-- shares one server, so a session's store replaces only its own rows (and those of sessions that
+-- have ended); the views llm_tensor_rt and llm_tape show the rows of the session reading them.
+CREATE TABLE llm_tensor_rt_all (
+    id          int NOT NULL,
     shape       int[] NOT NULL,
     data        tensor,
     grad        tensor,
     param_name  text,
-    produced_by int
+    produced_by int,
+    session     int NOT NULL DEFAULT pg_backend_pid(),
+    PRIMARY KEY (session, id)
 );
-ALTER TABLE llm_tensor_rt ALTER COLUMN data SET STORAGE EXTERNAL,
-                          ALTER COLUMN grad SET STORAGE EXTERNAL;
-COMMENT ON TABLE llm_tensor_rt IS
-    'the tensors of the last recorded computation (runtime tensors), one row each. An op''s tensor argument is '
+ALTER TABLE llm_tensor_rt_all ALTER COLUMN data SET STORAGE EXTERNAL,
+                              ALTER COLUMN grad SET STORAGE EXTERNAL;
+COMMENT ON TABLE llm_tensor_rt_all IS
+    'the tensors of every session''s tape (runtime tensors), one row each; llm_tensor_rt shows your session''s';
+COMMENT ON COLUMN llm_tensor_rt_all.session IS 'the process id (pg_backend_pid()) of the session that recorded it';
+COMMENT ON COLUMN llm_tensor_rt_all.id IS 'as llm_tensor_rt.id';
+COMMENT ON COLUMN llm_tensor_rt_all.shape IS 'as llm_tensor_rt.shape';
+COMMENT ON COLUMN llm_tensor_rt_all.data IS 'as llm_tensor_rt.data';
+COMMENT ON COLUMN llm_tensor_rt_all.grad IS 'as llm_tensor_rt.grad';
+COMMENT ON COLUMN llm_tensor_rt_all.param_name IS 'as llm_tensor_rt.param_name';
+COMMENT ON COLUMN llm_tensor_rt_all.produced_by IS 'as llm_tensor_rt.produced_by';
+
+CREATE VIEW llm_tensor_rt AS
+    SELECT id, shape, data, grad, param_name, produced_by
+    FROM llm_tensor_rt_all WHERE session = pg_backend_pid();
+COMMENT ON VIEW llm_tensor_rt IS
+    'the tensors of this session''s last recorded computation (runtime tensors), one row each. An op''s tensor argument is '
     'matched by value (shape and bytes) to the latest tensor of the tape that had it: equal tensors are one node, '
-    'and a value seen for the first time is a new leaf';
+    'and a value seen for the first time is a new leaf. Another session''s: llm_tensor_rt_all';
 COMMENT ON COLUMN llm_tensor_rt.id IS 'the tensor''s id: llm_tape.inputs and llm_tape.output refer to it';
 COMMENT ON COLUMN llm_tensor_rt.shape IS 'the tensor''s shape';
 COMMENT ON COLUMN llm_tensor_rt.data IS 'its values (mode full; NULL in mode meta)';
@@ -64,16 +84,32 @@ COMMENT ON COLUMN llm_tensor_rt.param_name IS
     'for a leaf that is a parameter: its llm_param.name (GPT-2''s llm_loss names its weights; llm_tensor_rt_leaf names others)';
 COMMENT ON COLUMN llm_tensor_rt.produced_by IS 'the llm_tape.id of the op whose output this is; NULL for a leaf';
 
-CREATE TABLE llm_tape (
-    id      int PRIMARY KEY,
+CREATE TABLE llm_tape_all (
+    id      int NOT NULL,
     op      text NOT NULL,
     inputs  int[] NOT NULL,
     output  int NOT NULL,
     shape   int[] NOT NULL,
-    attrs   jsonb NOT NULL DEFAULT '{}'
+    attrs   jsonb NOT NULL DEFAULT '{}',
+    session int NOT NULL DEFAULT pg_backend_pid(),
+    PRIMARY KEY (session, id)
 );
-COMMENT ON TABLE llm_tape IS
-    'the ops of the last recorded computation in the order they ran, one row each; llm_backprop() walks it backwards';
+COMMENT ON TABLE llm_tape_all IS
+    'the ops of every session''s tape, one row each; llm_tape shows your session''s';
+COMMENT ON COLUMN llm_tape_all.session IS 'the process id (pg_backend_pid()) of the session that recorded it';
+COMMENT ON COLUMN llm_tape_all.id IS 'as llm_tape.id';
+COMMENT ON COLUMN llm_tape_all.op IS 'as llm_tape.op';
+COMMENT ON COLUMN llm_tape_all.inputs IS 'as llm_tape.inputs';
+COMMENT ON COLUMN llm_tape_all.output IS 'as llm_tape.output';
+COMMENT ON COLUMN llm_tape_all.shape IS 'as llm_tape.shape';
+COMMENT ON COLUMN llm_tape_all.attrs IS 'as llm_tape.attrs';
+
+CREATE VIEW llm_tape AS
+    SELECT id, op, inputs, output, shape, attrs
+    FROM llm_tape_all WHERE session = pg_backend_pid();
+COMMENT ON VIEW llm_tape IS
+    'the ops of this session''s last recorded computation in the order they ran, one row each; llm_backprop() walks '
+    'it backwards. Another session''s: llm_tape_all';
 COMMENT ON COLUMN llm_tape.id IS 'position on the tape: 1 is the first op';
 COMMENT ON COLUMN llm_tape.op IS 'the op, named as its SQL function (llm_attention_qkv: GPT-2''s attention over its fused [T, 3C] q, k, v)';
 COMMENT ON COLUMN llm_tape.inputs IS 'the llm_tensor_rt ids of its tensor arguments, in argument order';
@@ -116,4 +152,4 @@ COMMENT ON FUNCTION llm_zero_grad(text) IS
 CREATE FUNCTION llm_prune_autograd_state() RETURNS void
     AS 'MODULE_PATHNAME', 'llm_prune_autograd_state_sql' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION llm_prune_autograd_state() IS
-    'forget this session''s tape and empty llm_tape and llm_tensor_rt';
+    'forget this session''s tape and empty llm_tape and llm_tensor_rt (this session''s rows)';

@@ -5,6 +5,8 @@ against HF's gradients, the modes, other sessions, and bad input.
 Every backprop here is checked against the gradients torch computes for the
 same graph from the same values: nothing compares pg_llm with itself.
 """
+import time
+
 import numpy as np
 import psycopg
 import pytest
@@ -239,13 +241,40 @@ def test_meta_records_shapes_not_values(conn):
         q(conn, "SELECT llm_backprop(NULL, %s)", randn(3, 5))
 
 
-def test_another_session_sees_the_tape(conn, db_url):
+def test_another_session_sees_the_tape_through_its_pid(conn, db_url):
+    record(conn)
+    x = randn(2, 3)
+    q(conn, "SELECT llm_gelu(%s)", x)
+    pid = q(conn, "SELECT pg_backend_pid()")
+    with pg_llm_lab.connect(db_url) as other:
+        assert other.execute("SELECT op FROM llm_tape_all WHERE session = %s", [pid]).fetchall() == [("llm_gelu",)]
+        np.testing.assert_array_equal(
+            q(other, "SELECT data FROM llm_tensor_rt_all WHERE session = %s AND id = 1", pid), x)
+        assert q(other, "SELECT count(*) FROM llm_tape") == 0          # its own tape: none yet
+
+
+def test_two_sessions_keep_their_own_tapes(conn, db_url):
+    """A class on one server: a neighbour's recording never replaces this session's tape."""
     record(conn)
     x = randn(2, 3)
     q(conn, "SELECT llm_gelu(%s)", x)
     with pg_llm_lab.connect(db_url) as other:
-        assert other.execute("SELECT op FROM llm_tape").fetchall() == [("llm_gelu",)]
-        np.testing.assert_array_equal(q(other, "SELECT data FROM llm_tensor_rt WHERE id = 1"), x)
+        record(other)
+        q(other, "SELECT llm_scale(%s, 2)", randn(4, 4))
+        assert [r[0] for r in other.execute("SELECT op FROM llm_tape")] == ["llm_scale"]
+        assert [r[0] for r in conn.execute("SELECT op FROM llm_tape")] == ["llm_gelu"]
+        np.testing.assert_array_equal(q(conn, "SELECT data FROM llm_tensor_rt WHERE id = 1"), x)
+        q(conn, "SELECT llm_backprop(NULL, %s)", np.ones((2, 3), np.float32))
+        assert q(other, "SELECT count(*) FROM llm_tensor_rt WHERE grad IS NOT NULL") == 0
+        gone = q(other, "SELECT pg_backend_pid()")
+    # the closed session's rows go at the next fresh tape's first store, whoever stores it
+    for _ in range(500):                  # (its backend leaves pg_stat_activity a moment after the close)
+        if not q(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", gone):
+            break
+        time.sleep(0.01)
+    record(conn)
+    q(conn, "SELECT llm_gelu(%s)", x)
+    assert q(conn, "SELECT count(*) FROM llm_tape_all WHERE session = %s", gone) == 0
 
 
 def test_rollback_then_the_tape_is_written_again(conn):

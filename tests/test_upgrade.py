@@ -19,7 +19,7 @@ import pg_llm_lab
 from catalog_snapshot import diff, snapshot, suggested_upgrade_sql
 from pg_llm_lab.adapters import register_tensor
 
-PREVIOUS = "0.1.0"
+PREVIOUS = "0.2.0"
 EXTENSION = Path(__file__).resolve().parent.parent / "extension"
 MODEL = "upgrade-tiny"
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6]

@@ -12,10 +12,13 @@
  * allowed (unless the transaction is read-only: then the rows wait for the
  * next statement that may write).
  *
- * The tables hold the tape of the last session that recorded: the first
- * store of a fresh tape deletes whatever rows were there.  A rollback
- * undoes stored rows but not the tape in memory: the next store writes the
- * whole tape again.
+ * The tables llm_tape_all and llm_tensor_rt_all hold every session's tape,
+ * keyed by (session, id), session being the backend's pid; the views llm_tape
+ * and llm_tensor_rt show the reading session's rows.  A class shares one
+ * server: the first store of a fresh tape deletes this session's rows and
+ * those of sessions that have ended (a pid no backend has any more), never a
+ * live neighbour's.  A rollback undoes stored rows but not the tape in
+ * memory: the next store writes the whole tape again.
  */
 #include "postgres.h"
 
@@ -24,6 +27,7 @@
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -180,16 +184,16 @@ execute(SPIPlanPtr plan, Datum *values, const char *nulls, int expected)
 static void
 store_tensors(Tape *t, Oid tensor_type)
 {
-	Oid			types[6] = {INT4OID, INT4ARRAYOID, tensor_type, tensor_type, TEXTOID, INT4OID};
-	SPIPlanPtr	insert = SPI_prepare(psprintf("INSERT INTO %s (id, shape, data, grad, param_name, produced_by) "
-											  "VALUES ($1, $2, $3, $4, $5, $6)",
-											  llm_table_name("llm_tensor_rt")), 6, types);
+	Oid			types[7] = {INT4OID, INT4ARRAYOID, tensor_type, tensor_type, TEXTOID, INT4OID, INT4OID};
+	SPIPlanPtr	insert = SPI_prepare(psprintf("INSERT INTO %s (id, shape, data, grad, param_name, produced_by, session) "
+											  "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+											  llm_table_name("llm_tensor_rt_all")), 7, types);
 
 	for (int32 id = t->stored_tensors + 1; id <= t->n_tensors; id++)
 	{
 		TapeTensor *node = &t->tensors[id];
-		Datum		values[6];
-		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+		Datum		values[7];
+		char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 		values[0] = Int32GetDatum(id);
 		values[1] = int_array(node->dims, node->ndim);
@@ -199,6 +203,7 @@ store_tensors(Tape *t, Oid tensor_type)
 		values[5] = Int32GetDatum(node->produced_by);
 		if (node->produced_by == 0)
 			nulls[5] = 'n';
+		values[6] = Int32GetDatum(MyProcPid);
 		execute(insert, values, nulls, SPI_OK_INSERT);
 	}
 }
@@ -206,17 +211,18 @@ store_tensors(Tape *t, Oid tensor_type)
 static void
 store_grads(Tape *t, Oid tensor_type)
 {
-	Oid			types[2] = {INT4OID, tensor_type};
-	SPIPlanPtr	update = SPI_prepare(psprintf("UPDATE %s SET grad = $2 WHERE id = $1",
-											  llm_table_name("llm_tensor_rt")), 2, types);
+	Oid			types[3] = {INT4OID, tensor_type, INT4OID};
+	SPIPlanPtr	update = SPI_prepare(psprintf("UPDATE %s SET grad = $2 WHERE session = $3 AND id = $1",
+											  llm_table_name("llm_tensor_rt_all")), 3, types);
 
 	for (int32 id = 1; id <= t->stored_tensors; id++)
 	{
 		TapeTensor *node = &t->tensors[id];
-		Datum		values[2];
-		char		nulls[2] = {' ', ' '};
+		Datum		values[3];
+		char		nulls[3] = {' ', ' ', ' '};
 
 		values[0] = Int32GetDatum(id);
+		values[2] = Int32GetDatum(MyProcPid);
 		values[1] = node->grad ? tensor_datum(node, node->grad) : (nulls[1] = 'n', (Datum) 0);
 		execute(update, values, nulls, SPI_OK_UPDATE);
 	}
@@ -225,17 +231,17 @@ store_grads(Tape *t, Oid tensor_type)
 static void
 store_ops(Tape *t)
 {
-	Oid			types[6] = {INT4OID, TEXTOID, INT4ARRAYOID, INT4OID, INT4ARRAYOID, TEXTOID};
-	SPIPlanPtr	insert = SPI_prepare(psprintf("INSERT INTO %s (id, op, inputs, output, shape, attrs) "
-											  "VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-											  llm_table_name("llm_tape")), 6, types);
+	Oid			types[7] = {INT4OID, TEXTOID, INT4ARRAYOID, INT4OID, INT4ARRAYOID, TEXTOID, INT4OID};
+	SPIPlanPtr	insert = SPI_prepare(psprintf("INSERT INTO %s (id, op, inputs, output, shape, attrs, session) "
+											  "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)",
+											  llm_table_name("llm_tape_all")), 7, types);
 
 	for (int32 id = t->stored_ops + 1; id <= t->n_ops; id++)
 	{
 		TapeOp	   *op = &t->ops[id];
 		TapeTensor *out = &t->tensors[op->output];
 		int64		inputs[TAPE_MAX_INPUTS];
-		Datum		values[6];
+		Datum		values[7];
 
 		for (int i = 0; i < op->n_inputs; i++)
 			inputs[i] = op->inputs[i];
@@ -245,15 +251,29 @@ store_ops(Tape *t)
 		values[3] = Int32GetDatum(op->output);
 		values[4] = int_array(out->dims, out->ndim);
 		values[5] = CStringGetTextDatum(tape_ops[op->kind].attrs_json(op));
+		values[6] = Int32GetDatum(MyProcPid);
 		execute(insert, values, NULL, SPI_OK_INSERT);
 	}
+}
+
+/* Delete this session's rows of `table` and those of sessions that have ended. */
+static void
+forget_rows(const char *table)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(MyProcPid)};
+
+	execute(SPI_prepare(psprintf("DELETE FROM %s WHERE session = $1 OR session NOT IN "
+								 "(SELECT pid FROM pg_catalog.pg_stat_get_activity(NULL) WHERE pid IS NOT NULL)",
+								 llm_table_name(table)), 1, types),
+			values, NULL, SPI_OK_DELETE);
 }
 
 void
 tape_store(void)
 {
 	Tape	   *t = tape_get();
-	Oid			relid = llm_table_oid("llm_tensor_rt");
+	Oid			relid = llm_table_oid("llm_tensor_rt_all");
 	Oid			tensor_type = get_atttype(relid, get_attnum(relid, "data"));
 	bool		push = !ActiveSnapshotSet();
 
@@ -266,10 +286,8 @@ tape_store(void)
 	if (t->stored_tensors == 0 && t->stored_ops == 0)
 	{
 		/* A fresh tape: the tables held another (or a rolled back) one. */
-		execute(SPI_prepare(psprintf("DELETE FROM %s", llm_table_name("llm_tape")), 0, NULL),
-				NULL, NULL, SPI_OK_DELETE);
-		execute(SPI_prepare(psprintf("DELETE FROM %s", llm_table_name("llm_tensor_rt")), 0, NULL),
-				NULL, NULL, SPI_OK_DELETE);
+		forget_rows("llm_tape_all");
+		forget_rows("llm_tensor_rt_all");
 		t->tables_stale = false;
 	}
 	if (t->grads_dirty)
