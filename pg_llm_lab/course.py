@@ -186,3 +186,10 @@ def trained_model(conn) -> str:
         raise RuntimeError(f"running {TRAINING_NOTEBOOK.name} failed: open it and run it yourself\n"
                            + done.stderr[-2000:])
     return model
+
+
+def course_prompt(conn) -> str:
+    """The prompt notebook 08 used: held_out_prompt of the course text's held-out part."""
+    from .demo import split_text
+
+    return held_out_prompt(split_text(course_text(conn)[0], 0.1)[1])

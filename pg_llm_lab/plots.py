@@ -130,8 +130,6 @@ def next_token_bars(conn, model: str, prompt: str, *, temperature: float = 1.0, 
     """The model's next token after `prompt`: the n likeliest tokens (llm_logits), labelled
     by their text (llm_decode), grey for their probability at temperature 1, blue for the
     probability they are drawn with under the settings (llm_sampling_probs)."""
-    from matplotlib.figure import Figure
-
     ids = conn.execute("SELECT llm_encode(%s, %s)", [prompt, model]).fetchone()[0]
     logits = conn.execute("SELECT llm_logits(%s, %s, true)", [model, ids]).fetchone()[0][0]
     plain, drawn = conn.execute("SELECT llm_sampling_probs(%(l)s, 1.0, 0, 1.0), "
@@ -140,9 +138,7 @@ def next_token_bars(conn, model: str, prompt: str, *, temperature: float = 1.0, 
     top = [int(i) for i in plain.argsort()[::-1][:n]]
     texts = dict(conn.execute("SELECT id, llm_decode(ARRAY[id], %s) FROM unnest(%s::int[]) AS id",
                               [model, top]).fetchall())
-    fig = fig or Figure(figsize=(10, 3.2))
-    fig.clear()
-    ax = fig.subplots()
+    ax = _fresh_axes(fig, (10, 3.2))
     x = range(len(top))
     ax.bar(x, plain[top], color="lightgray", label="temperature 1, all tokens")
     ax.bar(x, drawn[top], width=0.5, color="tab:blue", label="drawn with these settings")
@@ -152,8 +148,20 @@ def next_token_bars(conn, model: str, prompt: str, *, temperature: float = 1.0, 
     ax.set_title(f"next token after {prompt!r}: temperature {temperature:g}, top-k {top_k or 'off'}, "
                  f"top-p {top_p:g} -> {kept:,} of {len(drawn):,} tokens can be drawn", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def _fresh_axes(fig, size):
+    """One empty axes filling fig, or a new figure of `size` (a thread draws into a
+    Figure of its own: pyplot is not thread-safe)."""
+    if fig is None:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=size)
+        plt.close(fig)        # shown by whoever displays it, not again by the inline backend
+    fig.clear()
+    return fig.subplots()
 
 
 CLASS_LOG_QUERY = """
@@ -171,11 +179,7 @@ def class_log(conn, minutes: float = 60) -> pd.DataFrame:
 
 def class_curves(log: pd.DataFrame, fig=None):
     """One loss curve per model, side by side on one axis, over the minutes of the log."""
-    from matplotlib.figure import Figure
-
-    fig = fig or Figure(figsize=(10, 4))
-    fig.clear()
-    ax = fig.subplots()
+    ax = _fresh_axes(fig, (10, 4))
     if log.empty:
         ax.text(0.5, 0.5, "no training logged in this window", ha="center", va="center")
     else:
@@ -186,6 +190,6 @@ def class_curves(log: pd.DataFrame, fig=None):
         ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("minutes")
     ax.set_ylabel("training loss (nats per token)")
-    ax.set_title(f"the class: {log['model'].nunique()} models training")
-    fig.tight_layout()
-    return fig
+    ax.set_title(f"the class: {log['model'].nunique()} models")
+    ax.figure.tight_layout()
+    return ax.figure

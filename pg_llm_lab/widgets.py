@@ -10,9 +10,10 @@ given, reference gradients (e.g. from PyTorch) beside pg_llm's.
     print(stepper.describe(3))            # the same panel as text
 
 SamplingPlayground generates text from a prompt with sliders for
-temperature, top-k and top-p, a seed and a regenerate button (llm_generate).
+temperature, top-k and top-p, a seed and a regenerate button (llm_generate),
+above bars of the next token's probabilities under those settings.
 
-    playground = SamplingPlayground(conn, "ROMEO:", model="nb06")
+    playground = SamplingPlayground(conn, "ROMEO:", model="alice_gpt")
     playground.widget
     playground.generate()                 # the text for the current settings
 """
@@ -113,11 +114,23 @@ class TapeStepper:
         return self._widget
 
 
+def _png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (for an ipywidgets Image)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
 class SamplingPlayground:
     """Sliders for temperature, top-k, top-p and a seed over llm_generate.
 
     Moving a control or pressing "regenerate" writes a new sample; with the
     same settings and seed the text is the same (llm_generate is seeded).
+    Below it, the next token after the prompt: the likeliest tokens, labelled
+    by their text, with the probabilities they are drawn with under the
+    settings (plots.next_token_bars), redrawn as the controls move.
     """
 
     def __init__(self, conn, prompt: str, *, model: str | None = None, max_tokens: int = 40,
@@ -126,7 +139,9 @@ class SamplingPlayground:
 
         from .client import PGLLMClient
 
+        self.conn = conn
         self.client = PGLLMClient(conn, model)
+        self.model = model or conn.execute("SELECT llm_default_model()").fetchone()[0]
         self.max_tokens = max_tokens
         style = {"description_width": "90px"}
         self.prompt = widgets.Text(value=prompt, description="prompt", style=style)
@@ -140,11 +155,13 @@ class SamplingPlayground:
         self.seed = widgets.IntText(value=seed, description="seed", style=style)
         self.button = widgets.Button(description="regenerate", tooltip="a new seed, a new sample")
         self.output = widgets.HTML()
+        self.bars = widgets.Image(format="png")
+        self._figure = None
         for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.seed):
             control.observe(lambda change: self.show(), names="value")
         self.button.on_click(lambda button: self.regenerate())
         self.widget = widgets.VBox([self.prompt, self.temperature, self.top_k, self.top_p,
-                                    widgets.HBox([self.seed, self.button]), self.output])
+                                    widgets.HBox([self.seed, self.button]), self.output, self.bars])
         self.show()
 
     def settings(self) -> dict:
@@ -157,10 +174,18 @@ class SamplingPlayground:
         return self.client.generate(self.prompt.value, self.max_tokens, **self.settings())
 
     def show(self) -> str:
-        """Generate with the current settings into the output panel; returns the text."""
+        """Generate with the current settings into the output panel and redraw the
+        next token's bars; returns the text."""
+        from . import plots
+
         self.text = self.generate()
         self.output.value = (f"<pre style='white-space: pre-wrap'><b>{html.escape(self.prompt.value)}</b>"
                              f"{html.escape(self.text)}</pre>")
+        settings = self.settings()
+        del settings["seed"]
+        self._figure = plots.next_token_bars(self.conn, self.model, self.prompt.value, fig=self._figure,
+                                             **settings)
+        self.bars.value = _png(self._figure)
         return self.text
 
     def regenerate(self) -> str:
@@ -170,14 +195,6 @@ class SamplingPlayground:
 
 
 # ---- the learning path: a run watched live, the class at a glance ------------------------
-
-def _png(fig) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
 
 class TrainingWatcher:
     """Follows one model's `CALL llm_train` from a session and a thread of its own.
