@@ -294,3 +294,82 @@ class TrainingWatcher:
         if self.error is not None:
             raise self.error
         return self.log
+
+
+TRAINING_NOW_QUERY = """
+    SELECT pid, usename, now() - query_start AS running_for, left(query, 120) AS query
+    FROM pg_stat_activity
+    WHERE state = 'active' AND query ~* '^\\s*call\\s+(\\S+\\.)?llm_train\\s*\\('
+    ORDER BY query_start"""
+
+
+def training_now(conn) -> list[tuple]:
+    """The sessions inside CALL llm_train now: (pid, role, running for, the CALL's text)."""
+    return conn.execute(TRAINING_NOW_QUERY).fetchall()
+
+
+class ClassView:
+    """The class at a glance, redrawn every `every` seconds for `duration` seconds
+    from a session and a thread of its own: one loss curve per model trained in the
+    last `minutes` (llm_train_log) and the sessions training now (pg_stat_activity).
+    It only reads.
+
+        view = ClassView(minutes=60)
+        view.widget
+    """
+
+    def __init__(self, *, url: str | None = None, minutes: float = 60, every: float = 5.0,
+                 duration: float = 600.0):
+        import threading
+
+        import ipywidgets as widgets
+
+        from . import db
+
+        self.minutes, self.every, self.duration = minutes, every, duration
+        self.conn = db.connect(url)
+        self.refreshes = 0
+        self._figure = None
+        self._stop = threading.Event()
+        self.image = widgets.Image(format="png")
+        self.status = widgets.HTML()
+        self.button = widgets.Button(description="stop", tooltip="stop refreshing")
+        self.button.on_click(lambda button: self.stop())
+        self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.image])
+        self._thread = threading.Thread(target=self._follow, name="class view", daemon=True)
+        self._thread.start()
+
+    def refresh(self) -> None:
+        """Read the log and the sessions once, and redraw."""
+        import time
+
+        from matplotlib.figure import Figure
+
+        from . import plots
+
+        log = plots.class_log(self.conn, self.minutes)
+        self._figure = plots.class_curves(log, self._figure or Figure(figsize=(10, 4)))
+        self.image.value = _png(self._figure)
+        rows = "".join(f"<li><code>{html.escape(query)}</code> ({html.escape(role)}, pid {pid}, "
+                       f"{running.total_seconds():.0f} s)</li>" for pid, role, running, query in training_now(self.conn))
+        self.status.value = (f"{time.strftime('%H:%M:%S')}: training now: " + (f"<ul>{rows}</ul>" if rows else "nobody"))
+        self.refreshes += 1
+
+    def _follow(self) -> None:
+        import time
+
+        until = time.monotonic() + self.duration
+        try:
+            while True:
+                self.refresh()
+                if self._stop.wait(self.every) or time.monotonic() > until:
+                    break
+        except BaseException as error:      # shown in the widget: a thread's exception goes nowhere
+            self.status.value = f"the view stopped: {html.escape(repr(error))}"
+        finally:
+            self.conn.close()
+
+    def stop(self) -> None:
+        """Stop refreshing (the button)."""
+        self._stop.set()
+        self._thread.join(timeout=30)
