@@ -11,6 +11,7 @@ display that updates in Jupyter), and returns once that model's run is over
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Callable
 
@@ -164,6 +165,7 @@ def _fresh_axes(fig, size):
     return fig.subplots()
 
 
+COLORS = [f"C{i}" for i in range(10)]     # matplotlib's default cycle, one color per model
 CLASS_LOG_QUERY = """
     SELECT l.model, l.id, l.step, l.loss, l.created_at
     FROM llm_train_log l
@@ -178,15 +180,20 @@ def class_log(conn, minutes: float = 60) -> pd.DataFrame:
 
 
 def class_curves(log: pd.DataFrame, fig=None):
-    """One loss curve per model, side by side on one axis, over the minutes of the log."""
+    """One loss curve per model, side by side on one axis, over the minutes of the log;
+    a model's line breaks where its step number goes back (a new run, a checkpoint loaded)."""
     ax = _fresh_axes(fig, (10, 4))
     if log.empty:
         ax.text(0.5, 0.5, "no training logged in this window", ha="center", va="center")
     else:
         start = log["created_at"].min()
-        for model, rows in log.groupby("model"):
+        for (model, rows), color in zip(log.groupby("model"), itertools.cycle(COLORS)):
             minutes = (rows["created_at"] - start).dt.total_seconds() / 60
-            ax.plot(minutes, rows["loss"], lw=1, label=f"{model} (step {rows['step'].iloc[-1]})")
+            runs = (rows["step"].diff() <= 0).cumsum()
+            label = f"{model} (step {rows['step'].iloc[-1]})"
+            for _, run in rows.groupby(runs):
+                ax.plot(minutes[run.index], run["loss"], lw=1, color=color, label=label)
+                label = None
         ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("minutes")
     ax.set_ylabel("training loss (nats per token)")
