@@ -23,7 +23,7 @@ def test_lab_extra_is_pyprojects():
 
 def test_notebooks_folder():
     assert lab.notebooks_dir() == REPO / "notebooks"
-    assert (lab.notebooks_dir() / "04_training.ipynb").exists()
+    assert (lab.notebooks_dir() / "08_training_on_text.ipynb").exists()
     with pytest.raises(FileNotFoundError, match="no such folder: .*/nowhere"):
         lab.notebooks_dir(REPO / "nowhere")
 
@@ -90,7 +90,7 @@ def test_lab_serves_the_notebooks_and_stops_what_it_started(db_url, already_runn
     try:
         with running_lab(root) as running:
             names = {item["name"] for item in running.api("contents")["content"]}
-            assert {"04_training.ipynb", "03_autograd_tape.ipynb"} <= names
+            assert {"00_setup.ipynb", "08_training_on_text.ipynb"} <= names
             assert server.status(data)["running"]
             expected = "was already running" if already_running else "started by lab: stopped when lab exits"
             assert expected in running.log_text()
