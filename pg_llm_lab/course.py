@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import platformdirs
@@ -146,13 +147,13 @@ def quick() -> bool:
 
 
 def held_out_prompt(held_out: str) -> str:
-    """A prompt that sounds like the text: the first words (up to 3) of the held-out
-    text's first paragraph that has any, e.g. 'GLOUCESTER:' or 'Return the number'."""
-    for paragraph in re.split(r"\n\s*\n", held_out):
-        words = paragraph.strip().splitlines()[0].split() if paragraph.strip() else []
-        if words:
-            return " ".join(words[:3])
-    return "The"
+    """A prompt that sounds like the text: the most common start (up to two words: a
+    capital first, letters, maybe a ':' or ',') of the first lines of its held-out
+    paragraphs, e.g. a speaker 'ROMEO:' or 'Return the'."""
+    first_lines = (p.strip().splitlines()[0] for p in re.split(r"\n\s*\n", held_out) if p.strip())
+    starts = Counter(" ".join(words) for words in (line.split()[:2] for line in first_lines)
+                     if words[0][0].isupper() and all(re.fullmatch(r"[A-Za-z]+[:,]?", w) for w in words))
+    return starts.most_common(1)[0][0] if starts else "The"
 
 
 def is_trained(conn, model: str) -> bool:

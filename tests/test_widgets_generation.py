@@ -155,9 +155,12 @@ def test_the_class_view_draws_every_run_and_who_trains(conn, db_url, text_model)
         thread.join()
 
 
-def test_held_out_prompt_is_the_first_words_of_the_held_out_text():
-    assert course.held_out_prompt("\n\nGLOUCESTER:\nNow is the winter") == "GLOUCESTER:"
-    assert course.held_out_prompt("Return the number of items in the list.\nMore.") == "Return the number"
+def test_held_out_prompt_is_how_most_paragraphs_begin():
+    play = "ROMEO:\nHe jests at scars.\n\nJULIET:\nAy me!\n\nROMEO:\nShe speaks.\n\n2 gentlemen enter"
+    assert course.held_out_prompt(play) == "ROMEO:"
+    docs = "Return the sum.\n\nimplementation of = operator\n\nReturn the size.\n\nI/O error\n\nReturn a copy."
+    assert course.held_out_prompt(docs) == "Return the"
+    assert course.held_out_prompt("") == "The"
 
 
 def test_trained_model_is_the_learners_model_once_trained(conn, monkeypatch, text_model):
