@@ -90,7 +90,7 @@ def test_lab_serves_the_notebooks_and_stops_what_it_started(db_url, already_runn
     try:
         with running_lab(root) as running:
             names = {item["name"] for item in running.api("contents")["content"]}
-            assert {"00_setup.ipynb", "08_training_on_text.ipynb"} <= names
+            assert {"00_setup.ipynb", "06_the_gpt2_tape.ipynb"} <= names
             assert server.status(data)["running"]
             expected = "was already running" if already_running else "started by lab: stopped when lab exits"
             assert expected in running.log_text()
