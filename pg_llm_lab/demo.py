@@ -61,6 +61,8 @@ DEFAULT = Settings(minutes=3.5)
 TINY = Settings(stdlib_bytes=60_000, vocab=320, n_layer=1, n_head=2, n_embd=32, block=32, batch=8,
                 steps=40, lr=1e-2, warmup=4, val_rows=20, sample_tokens=12)
 
+SAVE_EVERY = 50             # steps between the run's write-backs of the weights to llm_param
+SHORT, LONG = 2, 8          # the steps of the two calls that time a step (_steps_for)
 PROMPTS = ["Return the", "The database"]     # for the built-in corpus; --corpus takes its own
 REFERENCE = ("nanoGPT's baby GPT on a CPU (4 layers, 4 heads, width 128, block 64, batch 12) reaches "
              "~1.88 nats/char on Tiny Shakespeare in ~3 minutes")
@@ -319,7 +321,7 @@ def train(conn, settings: Settings, tty: bool, out=sys.stdout) -> tuple[list[tup
         with _ctrl_c_cancels(conn, interrupted):
             client.train(settings.steps, progress=tty, batch_size=settings.batch, lr=settings.lr,
                          warmup=settings.warmup, min_lr=settings.lr / 10, weight_decay=0.1, clip=1.0,
-                         seed=settings.seed, split=train_split, notice_every=1, save_every=50)
+                         seed=settings.seed, split=train_split, notice_every=1, save_every=SAVE_EVERY)
     except KeyboardInterrupt:       # outside the main thread: psycopg cancelled the CALL
         interrupted.append(True)
     except psycopg.errors.QueryCanceled:
@@ -422,16 +424,35 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
 
 
 def _steps_for(conn, settings: Settings) -> int:
-    """The steps that fit in settings.minutes, from the time of two timed steps."""
-    # Two steps measured on the model itself, then undone by llm_init (same seed).
+    """The steps that fit in settings.minutes, timed as CALL llm_train runs them.
+
+    A call pays once for loading the weights and writing them back at the end,
+    and then per step; the run also writes back every SAVE_EVERY steps.  Two
+    calls, of SHORT and LONG steps (each undone by llm_init with the same
+    seed), give both costs: their difference is LONG - SHORT steps alone.
+    """
+    short, long = (_timed_call(conn, settings, steps) for steps in (SHORT, LONG))
+    per_step = max((long - short) / (LONG - SHORT), long / LONG / 2)   # (a busy machine's noise)
+    call = max(short - SHORT * per_step, 0.0)
+    return steps_within(settings.minutes * 60, per_step, call, settings.steps)
+
+
+def steps_within(seconds: float, per_step: float, call: float, most: int) -> int:
+    """How many steps (1 to most) a run fits in `seconds`: a call's fixed cost (loading
+    and writing back the weights) once, and again every SAVE_EVERY steps."""
+    return max(1, min(most, int((seconds - call) / (per_step + call / SAVE_EVERY))))
+
+
+def _timed_call(conn, settings: Settings, steps: int) -> float:
+    """Seconds of CALL llm_train(model, steps) on the demo's split; the model is then re-initialised."""
     train_split, _ = _splits(settings)
     tick = time.monotonic()
-    conn.execute("CALL llm_train(%s, 2, batch_size => %s, split => %s, notice_every => 0)",
-                 [settings.model, settings.batch, train_split])
-    per_step = (time.monotonic() - tick) / 2
+    conn.execute("CALL llm_train(%s, %s, batch_size => %s, split => %s, notice_every => 0)",
+                 [settings.model, steps, settings.batch, train_split])
+    seconds = time.monotonic() - tick
     conn.execute("SELECT llm_init(%s::text, %s::int)", [settings.model, settings.seed])
     conn.execute("DELETE FROM llm_train_log WHERE model = %s", [settings.model])
-    return max(1, min(settings.steps, int(settings.minutes * 60 / per_step)))
+    return seconds
 
 
 def _print_score(say, score: Score, settings: Settings, before: Score | None = None) -> None:

@@ -1,4 +1,5 @@
 """`pg-llm-lab demo`: the corpus it builds, its loss figure, and whole runs in the tiny setting."""
+import dataclasses
 import os
 import re
 import signal
@@ -250,3 +251,32 @@ def test_prompts_come_from_the_held_out_text_of_a_corpus_file():
     # two held-out speeches of the same speaker give two different prompts
     assert demo.prompts(mine, "First Citizen:\nWe\n\nFirst Citizen:\nYou\n\nAll:\nNo\n\n") == \
         ["First Citizen:", "All:"]
+
+
+def test_the_budget_counts_a_calls_fixed_cost_once_and_each_write_back():
+    """180 s at 0.1 s a step, a call costing 5 s more (loading, writing back): 175 s for the steps,
+    each also carrying a fiftieth of a write-back (0.1 s) -- not 180 / 2.6 s as two timed steps
+    of a 5.2 s call would say."""
+    assert demo.steps_within(180, 0.1, 5.0, 10_000) == int(175 / 0.2)
+    assert demo.steps_within(180, 0.1, 5.0, 100) == 100              # --steps caps it
+    assert demo.steps_within(3, 0.1, 5.0, 100) == 1                  # at least one step
+
+
+def test_timing_the_steps_leaves_the_model_as_initialised(conn, monkeypatch):
+    settings = dataclasses.replace(demo.TINY, model="demo_timing", minutes=1.0)
+    text = demo.build_corpus(conn, settings)[0]
+    parts = demo.split_text(text, settings.val_fraction)
+    settings = dataclasses.replace(settings, vocab=demo.train_tokenizer(conn, settings, parts[0]))
+    demo.make_dataset(conn, settings, parts)
+    demo.register_model(conn, settings)
+    before = dict(conn.execute("SELECT name, md5(llm_bytea(data)) FROM llm_param WHERE model = 'demo_timing'"))
+    try:
+        steps = demo._steps_for(conn, settings)
+        assert 1 <= steps <= settings.steps
+        after = dict(conn.execute("SELECT name, md5(llm_bytea(data)) FROM llm_param WHERE model = 'demo_timing'"))
+        assert after == before
+        assert conn.execute("SELECT count(*) FROM llm_train_log WHERE model = 'demo_timing'").fetchone()[0] == 0
+    finally:
+        conn.execute("DELETE FROM llm_model_config WHERE model = 'demo_timing'")
+        conn.execute("DELETE FROM llm_tokenizer WHERE model = 'demo_timing'")
+        conn.execute("DELETE FROM llm_dataset WHERE split LIKE 'demo_timing-%'")
