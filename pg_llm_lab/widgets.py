@@ -231,7 +231,7 @@ class TrainingWatcher:
         self.image = widgets.Image(format="png")
         self.status = widgets.HTML(f"waiting for <code>CALL llm_train('{html.escape(model)}', ...)</code>"
                                    f" (up to {wait:.0f} s)")
-        self.text = widgets.HTML()
+        self.text = widgets.HTML(layout=widgets.Layout(max_height="16em", overflow="auto"))
         self.widget = widgets.VBox([self.status, self.image, self.text])
         self._thread = threading.Thread(target=self._follow, name=f"watch {model}", daemon=True)
         self._thread.start()
@@ -284,9 +284,9 @@ class TrainingWatcher:
         text = PGLLMClient(self.conn, self.model).generate(self.prompt, self.sample_tokens, temperature=0.8,
                                                            top_k=40, seed=1)
         self.samples.append((step, saved, text))
-        self.text.value = "".join(
+        self.text.value = "".join(     # the latest first
             f"<pre style='white-space: pre-wrap'><b>step {s} (checkpoint {c}):</b> "
-            f"{html.escape(self.prompt + t)}</pre>" for s, c, t in self.samples)
+            f"{html.escape(self.prompt + t)}</pre>" for s, c, t in reversed(self.samples))
 
     def join(self, timeout: float | None = None):
         """Wait for the watcher to finish (the run is over); the log rows it saw."""
