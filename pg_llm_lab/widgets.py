@@ -247,9 +247,13 @@ class TrainingWatcher:
             self.log = plots.live_loss(self.conn, self.model, every=self.every, wait=self.wait,
                                        timeout=self.timeout, display=False, on_rows=self._on_rows)
             steps = len(self.log)
-            self.status.value = (f"{self.model}: {steps} steps watched; the run is over" if steps else
-                                 f"no run of {html.escape(self.model)} started in {self.wait:.0f} s: "
-                                 "run this cell again to watch the next one")
+            if plots.is_training(self.conn, self.model):
+                self.status.value = f"{self.model}: {steps} steps watched, then {self.timeout:.0f} s were up"
+            elif steps:
+                self.status.value = f"{self.model}: {steps} steps watched; the run is over"
+            else:
+                self.status.value = (f"no run of {html.escape(self.model)} started in {self.wait:.0f} s: "
+                                     "run this cell again to watch the next one")
         except BaseException as error:      # shown in the widget: a thread's exception goes nowhere
             self.error = error
             self.status.value = f"the watcher stopped: {html.escape(repr(error))}"
@@ -273,14 +277,15 @@ class TrainingWatcher:
         written = self._written_step()
         if written > self._written:
             self._written = written
-            self._sample(written)
+            self._sample()
 
-    def _sample(self, step: int) -> None:
-        """A checkpoint of the weights just written back, and what they write after the prompt."""
+    def _sample(self) -> None:
+        """A checkpoint of the weights last written back, and what they write after the prompt."""
         from .client import PGLLMClient
 
-        saved = self.conn.execute("SELECT llm_checkpoint_save(%s, %s)",
-                                  [self.model, f"watched during training: step {step}"]).fetchone()[0]
+        saved = self.conn.execute("SELECT llm_checkpoint_save(%s, 'watched during training')",
+                                  [self.model]).fetchone()[0]
+        step = self.conn.execute("SELECT step FROM llm_checkpoint WHERE id = %s", [saved]).fetchone()[0]
         text = PGLLMClient(self.conn, self.model).generate(self.prompt, self.sample_tokens, temperature=0.8,
                                                            top_k=40, seed=1)
         self.samples.append((step, saved, text))
