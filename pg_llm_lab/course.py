@@ -190,7 +190,8 @@ def trained_model(conn) -> str:
 
 
 def course_prompt(conn) -> str:
-    """The prompt notebook 08 used: held_out_prompt of the course text's held-out part."""
-    from .demo import split_text
-
-    return held_out_prompt(split_text(course_text(conn)[0], 0.1)[1])
+    """The prompt notebook 08 used: held_out_prompt of the held-out paragraphs it
+    keeps in the learner's table mine(conn, 'course_text')."""
+    held_out = conn.execute(f"SELECT string_agg(paragraph, E'\\n\\n' ORDER BY id) FROM {mine(conn, 'course_text')} "
+                            "WHERE part = 'val'").fetchone()[0]
+    return held_out_prompt(held_out or "")

@@ -175,3 +175,15 @@ def test_trained_model_is_the_learners_model_once_trained(conn, monkeypatch, tex
         conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
         conn.execute("DELETE FROM llm_tokenizer WHERE model = %s", [name])
         conn.execute("DELETE FROM llm_dataset WHERE split = %s", [name])
+
+
+def test_course_prompt_reads_the_held_out_text_notebook_08_kept(conn, monkeypatch):
+    monkeypatch.setenv("PG_LLM_LAB_LEARNER", "test_gen_learner")
+    table = course.mine(conn, "course_text")
+    conn.execute(f"CREATE TABLE {table} (id int, part text, paragraph text)")
+    try:
+        conn.execute(f"INSERT INTO {table} VALUES (0, 'train', 'KING:\nNo.'), (0, 'val', 'ROMEO:\nAy.'), "
+                     "(1, 'val', 'JULIET:\nO.'), (2, 'val', 'ROMEO:\nSo.')")
+        assert course.course_prompt(conn) == "ROMEO:"
+    finally:
+        conn.execute(f"DROP TABLE {table}")
