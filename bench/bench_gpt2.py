@@ -23,7 +23,7 @@ and both run with the same number of threads:
   its VmHWM (peak since the backend started, loading included), read from
   /proc/<pg_backend_pid()>/status, against the weights' size.
 
-With --profile the forward's per-kernel timers are printed (pg_llm reports
+With --profile the forward's timers (transformer, lm_head) are printed (pg_llm reports
 them at DEBUG1).
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ def bench(conn, model, threads, args, rng):
 
 
 def profile(conn, threads, T):
-    """Print pg_llm's per-kernel timers for a prefill of T tokens and 16 decode steps."""
+    """Print pg_llm's timers (transformer, lm_head) for a prefill of T tokens and 16 decode steps."""
     notices = []
     conn.add_notice_handler(lambda d: notices.append(d.message_primary))
     conn.execute("SELECT set_config('pg_llm.threads', %s, false)", (str(threads),))
@@ -205,7 +205,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--url", default=os.environ.get("DATABASE_URL"))
     ap.add_argument("--no-load", action="store_true", help="reuse the bench_gpt2 weights already in the database")
-    ap.add_argument("--profile", action="store_true", help="print pg_llm's per-kernel timers")
+    ap.add_argument("--profile", action="store_true", help="print pg_llm's timers (transformer, lm_head)")
     args = ap.parse_args()
 
     model = make_hf()

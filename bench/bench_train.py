@@ -19,9 +19,12 @@ A step is forward + backward + clip_grad_norm_(1.0) + AdamW, for:
                   between consecutive llm_train_log.created_at (one step
                   and its COMMIT of the log rows, no write-back)
   llm_train meta/full   (--tape) the same with pg_llm.autograd_mode meta or
-                  full: each step also records its batch's forward on the
-                  tape (an extra forward; full keeps every value) and the
-                  tape's rows are written to llm_tape / llm_tensor_rt
+                  full: each step also puts its batch's forward on the tape,
+                  built from the activations the step saved (meta: ops and
+                  shapes; full also copies every value and recomputes each
+                  product before its bias), and the tape's rows are written
+                  to llm_tape / llm_tensor_rt; printed with its ratio to the
+                  unrecorded llm_train step
 --simd sets pg_llm.simd in every pg_llm session (default: the best this CPU has).
 Memory is VmHWM (peak resident set) of the process: a fresh backend per
 pg_llm measurement, read from /proc/<pg_backend_pid()>/status.
@@ -195,7 +198,8 @@ def main() -> None:
                   f"llm_train {loop['step_s']:.3f} s/step ({loop['hwm_mb']:.0f} MB)\n    {s['phases']}",
                   flush=True)
             for mode, run in tapes.items():
-                print(f"    llm_train, tape {mode}: {run['step_s']:.3f} s/step ({run['hwm_mb']:.0f} MB)", flush=True)
+                print(f"    llm_train, tape {mode}: {run['step_s']:.3f} s/step ({run['hwm_mb']:.0f} MB), "
+                      f"{run['step_s'] / loop['step_s']:.2f}x the unrecorded step", flush=True)
         with pg_llm_lab.connect() as conn:
             conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
     with pg_llm_lab.connect() as conn:

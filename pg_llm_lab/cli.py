@@ -11,6 +11,7 @@
     pg-llm-lab lab     [--data DIR] [--port N] [--no-browser] [--install-extras] [JUPYTER ARGS]
                                              the server and JupyterLab on the notebooks
     pg-llm-lab convert SRC OUT               HF checkpoint folder -> .npz / .safetensors
+                                             (the server names the parameters)
     pg-llm-lab import-hf SRC NAME            load a HF checkpoint (folder or file) as model NAME
     pg-llm-lab export-hf NAME DIR            write model NAME as a HF folder
     pg-llm-lab load-tokenizer VOCAB MERGES --model NAME
@@ -103,7 +104,8 @@ def cmd_lab(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    config = hf.convert(args.src, args.out)
+    with db.connect(server_url(args.data)) as conn:       # it names the parameters
+        config = hf.convert(conn, args.src, args.out)
     out = os.path.abspath(args.out)
     name = args.name or os.path.basename(os.path.abspath(args.src))
     importer = "pg_llm_import_npz" if out.endswith(".npz") else "pg_llm_import_safetensors"
@@ -201,7 +203,6 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="HuggingFace folder (config.json + model.safetensors or pytorch_model.bin)")
     convert.add_argument("out", help="output file, .npz or .safetensors")
     convert.add_argument("--name", help="model name for the printed SQL (default: the folder's name)")
-    convert.set_defaults(run=cmd_convert)
 
     import_hf = commands.add_parser("import-hf", help="load a HuggingFace GPT-2 checkpoint over the connection")
     import_hf.add_argument("src", help="HuggingFace folder, or a .safetensors / .npz file")
@@ -222,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
     prepare.add_argument("--stride", type=int, help="tokens between example starts (default: block size)")
     prepare.add_argument("--val-fraction", type=float, default=0.1,
                          help="share of the tokens, at the end, for split 'val' (default 0.1)")
-    for sub, run in ((import_hf, cmd_import_hf), (export_hf, cmd_export_hf),
+    for sub, run in ((convert, cmd_convert), (import_hf, cmd_import_hf), (export_hf, cmd_export_hf),
                      (load_tok, cmd_load_tokenizer), (prepare, cmd_prepare_dataset)):
         sub.add_argument("--data", metavar="DIR", help="data directory of the embedded server")
         sub.set_defaults(run=run)

@@ -1,7 +1,6 @@
 """PGLLMClient: text generation in the database, from Python.
 
     import psycopg
-import psycopg.sql
     from pg_llm_client import PGLLMClient      # or: from pg_llm_lab import PGLLMClient
 
     with psycopg.connect(url) as conn:
@@ -22,12 +21,15 @@ setting pg_llm.default_model decides.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import re
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
+import psycopg.conninfo
+import psycopg.sql
 
 _GENERATE = (
     "SELECT llm_generate(%s::text, %s::int, %s::float8, %s::int, %s::float8, model => %s::text,"
@@ -49,15 +51,14 @@ _BEAM_SEARCH = (
 _cursor_names = itertools.count(1)
 
 
-# llm_train's settings after (model, steps), with their SQL types (sql/82_train_step.sql).
-_TRAIN_SETTINGS = {
-    "batch_size": "int", "lr": "float8", "warmup": "int", "min_lr": "float8", "weight_decay": "float8",
-    "clip": "float8", "seed": "bigint", "grad_workers": "int", "prune_workers": "int", "n_layer": "int",
-    "n_head": "int", "d": "int", "vocab": "int", "save_every": "int", "beta1": "float8", "beta2": "float8",
-    "eps": "float8", "decay_steps": "int", "notice_every": "int", "split": "text",
-}
-# llm_train's NOTICE: 'llm_train "m": step 12 (3 of 10), loss 4.123456'
-_TRAIN_NOTICE = re.compile(r"\((?P<done>\d+) of \d+\), loss (?P<loss>\S+?)(,|$)")
+# llm_train's arguments and their SQL types, in order, as the catalog has them.
+_TRAIN_ARGUMENTS = (
+    "SELECT a.name, format_type(a.type, NULL) FROM pg_proc p"
+    " JOIN pg_extension e ON e.extname = 'pg_llm' AND p.pronamespace = e.extnamespace,"
+    " unnest(p.proargnames, p.proargtypes::oid[]) WITH ORDINALITY AS a(name, type, n)"
+    " WHERE p.proname = 'llm_train' AND p.prokind = 'p' ORDER BY a.n"
+)
+
 
 @dataclass(frozen=True)
 class StreamEvent:
@@ -151,41 +152,78 @@ class PGLLMClient:
                                  (list(ids), self._model_name(model))).fetchone()[0]
 
     def train(self, steps: int, *, model: str | None = None, progress: bool = True,
-              **settings) -> list[tuple]:
+              on_step: Callable[[int, float], None] | None = None, **settings) -> list[tuple]:
         """CALL llm_train(model, steps, ...): `steps` AdamW steps on batches of
         llm_dataset, settings by name as llm_train takes them (batch_size, lr,
         warmup, min_lr, weight_decay, clip, seed, save_every, ...).  The
-        procedure commits every step and sends a NOTICE; each moves a progress
-        bar.  Returns this run's rows of llm_train_log as (step, loss, lr,
-        grad_norm).  Needs an autocommit connection (pg_llm_lab.connect()
-        gives one): a CALL inside a transaction block cannot commit."""
-        unknown = sorted(set(settings) - set(_TRAIN_SETTINGS))
+        procedure commits a row of llm_train_log every step; a second
+        connection reads them as they come, moves a progress bar and calls
+        on_step(steps done, loss).  Returns this run's rows of llm_train_log as
+        (step, loss, lr, grad_norm).  Needs an autocommit connection
+        (pg_llm_lab.connect() gives one): a CALL inside a transaction block
+        cannot commit."""
+        arguments = dict(self.conn.execute(_TRAIN_ARGUMENTS).fetchall())
+        accepted = list(arguments)[2:]          # after model and steps
+        unknown = sorted(set(settings) - set(accepted))
         if unknown:
-            raise TypeError(f"llm_train has no setting {', '.join(unknown)}; it takes {', '.join(_TRAIN_SETTINGS)}")
+            raise TypeError(f"llm_train has no setting {', '.join(unknown)}; it takes {', '.join(accepted)}")
         if not self.conn.autocommit:
             raise RuntimeError("llm_train commits after every step: use an autocommit connection")
         name = self._model(model) or self.conn.execute("SELECT llm_default_model()").fetchone()[0]
         since = self.conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
         call = psycopg.sql.SQL("CALL llm_train(%s::text, %s::int{})").format(psycopg.sql.SQL("").join(
-            psycopg.sql.SQL(", {} => %s::" + _TRAIN_SETTINGS[key]).format(psycopg.sql.Identifier(key))
+            psycopg.sql.SQL(", {} => %s::{}").format(psycopg.sql.Identifier(key), psycopg.sql.SQL(arguments[key]))
             for key in settings))
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=steps, desc=f"training {name}", unit="step")
 
-        def on_notice(diag):
-            done = _TRAIN_NOTICE.search(diag.message_primary or "")
-            if bar is not None and done:
-                bar.update(int(done["done"]) - bar.n)
-                bar.set_postfix(loss=done["loss"])
+        def on_row(done: int, loss: float) -> None:
+            if bar is not None:
+                bar.update(done - bar.n)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if on_step is not None:
+                on_step(done, loss)
 
-        self.conn.add_notice_handler(on_notice)
         try:
-            self.conn.execute(call, [name, steps, *settings.values()])
+            with following_train_log(self.conn, name, since, on_row):
+                self.conn.execute(call, [name, steps, *settings.values()])
         finally:
-            self.conn.remove_notice_handler(on_notice)
             if bar is not None:
                 bar.close()
         return self.conn.execute("SELECT step, loss, lr, grad_norm FROM llm_train_log "
                                  "WHERE model = %s AND id > %s ORDER BY id", [name, since]).fetchall()
+
+
+@contextlib.contextmanager
+def following_train_log(conn: psycopg.Connection, model: str, since: int,
+                        on_row: Callable[[int, float], None], interval: float = 0.2):
+    """While inside, a thread reads the rows of llm_train_log of `model` after id
+    `since` on a connection of its own (conn is busy with the CALL) and calls
+    on_row(rows so far, loss) for each; the last rows are read after the block."""
+    reader = psycopg.connect(psycopg.conninfo.make_conninfo(conn.info.dsn, password=conn.info.password),
+                             autocommit=True)
+    stop = threading.Event()
+    seen = [since, 0]                          # last id, rows read
+
+    def read_new_rows() -> None:
+        rows = reader.execute("SELECT id, loss FROM llm_train_log WHERE model = %s AND id > %s ORDER BY id",
+                              [model, seen[0]]).fetchall()
+        for row_id, loss in rows:
+            seen[0], seen[1] = row_id, seen[1] + 1
+            on_row(seen[1], loss)
+
+    def follow() -> None:
+        while not stop.wait(interval):
+            read_new_rows()
+        read_new_rows()
+
+    thread = threading.Thread(target=follow, name="llm_train_log", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        reader.close()

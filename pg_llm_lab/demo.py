@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg
 
 from . import db
-from .client import _TRAIN_NOTICE, PGLLMClient
+from .client import PGLLMClient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +61,9 @@ DEFAULT = Settings(minutes=3.5)
 TINY = Settings(stdlib_bytes=60_000, vocab=320, n_layer=1, n_head=2, n_embd=32, block=32, batch=8,
                 steps=40, lr=1e-2, warmup=4, val_rows=20, sample_tokens=12)
 
-SAVE_EVERY = 50             # steps between the run's write-backs of the weights to llm_param
-SHORT, LONG = 2, 8          # the steps of the two calls that time a step (_steps_for)
+SAVE_EVERY = 50       # llm_train writes the weights back every 50 steps
+TIMING_STEPS = 6      # the call that times a step: 5 intervals between its 6 log rows
+
 PROMPTS = ["Return the", "The database"]     # for the built-in corpus; --corpus takes its own
 REFERENCE = ("nanoGPT's baby GPT on a CPU (4 layers, 4 heads, width 128, block 64, batch 12) reaches "
              "~1.88 nats/char on Tiny Shakespeare in ~3 minutes")
@@ -257,8 +258,9 @@ def sparkline(values, width: int = 48) -> str:
 
 
 class LossFigure:
-    """Follows llm_train's NOTICEs: on a terminal a line above the progress bar that
-    redraws (the loss so far as a sparkline); elsewhere a plain line every tenth of the run."""
+    """Follows the rows of llm_train_log as PGLLMClient.train reads them: on a terminal
+    a line above the progress bar that redraws (the loss so far as a sparkline);
+    elsewhere a plain line every tenth of the run."""
 
     def __init__(self, steps: int, tty: bool, out=sys.stdout):
         self.steps, self.tty, self.out = steps, tty, out
@@ -268,16 +270,12 @@ class LossFigure:
             from tqdm.auto import tqdm
             self.line = tqdm(total=0, bar_format="{desc}", position=0, leave=True)
 
-    def __call__(self, diag) -> None:
-        found = _TRAIN_NOTICE.search(diag.message_primary or "")
-        if not found:
-            return
-        self.losses.append(float(found["loss"]))
-        done = int(found["done"])
+    def __call__(self, done: int, loss: float) -> None:
+        self.losses.append(loss)
         if self.line is not None:
             self.line.set_description_str(self.describe())
         elif done == self.steps or done % max(1, self.steps // 10) == 0:
-            print(f"  step {done:>5}/{self.steps}  loss {self.losses[-1]:.3f}", file=self.out, flush=True)
+            print(f"  step {done:>5}/{self.steps}  loss {loss:.3f}", file=self.out, flush=True)
 
     def describe(self) -> str:
         first, last = self.losses[0], self.losses[-1]
@@ -291,8 +289,8 @@ class LossFigure:
 @contextlib.contextmanager
 def _ctrl_c_cancels(conn, interrupted: list):
     """While inside, Ctrl-C (SIGINT) cancels the running statement on the server and
-    is noted in `interrupted`, instead of a KeyboardInterrupt that could land in a
-    notice handler (where psycopg cannot pass it on)."""
+    is noted in `interrupted`, instead of a KeyboardInterrupt raised wherever the
+    main thread happens to be."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -310,25 +308,23 @@ def _ctrl_c_cancels(conn, interrupted: list):
 
 def train(conn, settings: Settings, tty: bool, out=sys.stdout) -> tuple[list[tuple], bool]:
     """CALL llm_train through PGLLMClient.train (its progress bar on a terminal) with a
-    LossFigure listening too; returns (this run's llm_train_log rows, interrupted)."""
+    LossFigure following the log too; returns (this run's llm_train_log rows, interrupted)."""
     figure = LossFigure(settings.steps, tty, out)
     client = PGLLMClient(conn, settings.model)
     train_split, _ = _splits(settings)
     since = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
-    conn.add_notice_handler(figure)
     interrupted = []
     try:
         with _ctrl_c_cancels(conn, interrupted):
-            client.train(settings.steps, progress=tty, batch_size=settings.batch, lr=settings.lr,
+            client.train(settings.steps, progress=tty, on_step=figure, batch_size=settings.batch, lr=settings.lr,
                          warmup=settings.warmup, min_lr=settings.lr / 10, weight_decay=0.1, clip=1.0,
-                         seed=settings.seed, split=train_split, notice_every=1, save_every=SAVE_EVERY)
+                         seed=settings.seed, split=train_split, notice_every=0, save_every=SAVE_EVERY)
     except KeyboardInterrupt:       # outside the main thread: psycopg cancelled the CALL
         interrupted.append(True)
     except psycopg.errors.QueryCanceled:
         if not interrupted:
             raise                   # not our Ctrl-C: statement_timeout, another session
     finally:
-        conn.remove_notice_handler(figure)
         figure.close()
     log = conn.execute("SELECT step, loss, lr, grad_norm FROM llm_train_log WHERE model = %s AND id > %s "
                        "ORDER BY id", [settings.model, since]).fetchall()
@@ -399,7 +395,7 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
         if interrupted:
             kept = conn.execute("SELECT max(step) FROM llm_param WHERE model = %s", [settings.model]).fetchone()[0]
             say(f"\ninterrupted: {len(log)} steps are logged in llm_train_log; the weights in llm_param are "
-                f"those of step {kept} (written back every 50 steps).\n"
+                f"those of step {kept} (written back every {SAVE_EVERY} steps).\n"
                 f"  SELECT step, loss FROM llm_train_log WHERE model = '{settings.model}' ORDER BY id;")
             return 130
 
@@ -424,35 +420,29 @@ def run(url: str, settings: Settings = DEFAULT, out=sys.stdout, tty: bool | None
 
 
 def _steps_for(conn, settings: Settings) -> int:
-    """The steps that fit in settings.minutes, timed as CALL llm_train runs them.
-
-    A call pays once for loading the weights and writing them back at the end,
-    and then per step; the run also writes back every SAVE_EVERY steps.  Two
-    calls, of SHORT and LONG steps (each undone by llm_init with the same
-    seed), give both costs: their difference is LONG - SHORT steps alone.
-    """
-    short, long = (_timed_call(conn, settings, steps) for steps in (SHORT, LONG))
-    per_step = max((long - short) / (LONG - SHORT), long / LONG / 2)   # (a busy machine's noise)
-    call = max(short - SHORT * per_step, 0.0)
-    return steps_within(settings.minutes * 60, per_step, call, settings.steps)
+    """The steps that fit in settings.minutes, timed the way CALL llm_train runs them."""
+    per_step, once = step_seconds(conn, settings)
+    return max(1, min(settings.steps, int((settings.minutes * 60 - once) / per_step)))
 
 
-def steps_within(seconds: float, per_step: float, call: float, most: int) -> int:
-    """How many steps (1 to most) a run fits in `seconds`: a call's fixed cost (loading
-    and writing back the weights) once, and again every SAVE_EVERY steps."""
-    return max(1, min(most, int((seconds - call) / (per_step + call / SAVE_EVERY))))
-
-
-def _timed_call(conn, settings: Settings, steps: int) -> float:
-    """Seconds of CALL llm_train(model, steps) on the demo's split; the model is then re-initialised."""
+def step_seconds(conn, settings: Settings, steps: int = TIMING_STEPS) -> tuple[float, float]:
+    """(seconds of a step inside one CALL llm_train, seconds a call spends once: loading
+    the model, the last write-back, the round trip), from a short call on the model
+    itself, then undone (llm_init with the same seed, its log rows deleted).  A step is
+    the time between its row of llm_train_log and the one before (created_at), so it
+    counts what every step of a run does (batch, forward, backward, AdamW, log, COMMIT)."""
     train_split, _ = _splits(settings)
     tick = time.monotonic()
-    conn.execute("CALL llm_train(%s, %s, batch_size => %s, split => %s, notice_every => 0)",
-                 [settings.model, steps, settings.batch, train_split])
-    seconds = time.monotonic() - tick
+    conn.execute("CALL llm_train(%s, %s, batch_size => %s, split => %s, notice_every => 0, save_every => %s)",
+                 [settings.model, steps, settings.batch, train_split, SAVE_EVERY])
+    call = time.monotonic() - tick
+    first, last = conn.execute("SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at)) "
+                               "FROM (SELECT created_at FROM llm_train_log WHERE model = %s "
+                               "ORDER BY id DESC LIMIT %s) AS call", [settings.model, steps]).fetchone()
+    per_step = float(last - first) / (steps - 1)
     conn.execute("SELECT llm_init(%s::text, %s::int)", [settings.model, settings.seed])
     conn.execute("DELETE FROM llm_train_log WHERE model = %s", [settings.model])
-    return seconds
+    return per_step, max(0.0, call - steps * per_step)
 
 
 def _print_score(say, score: Score, settings: Settings, before: Score | None = None) -> None:

@@ -4,15 +4,15 @@
     hf.import_hf(conn, "checkpoints/gpt2", "gpt2")      # a folder: config.json + weights
     hf.import_hf(conn, model, "gpt2")                   # a transformers GPT2LMHeadModel
     hf.export_hf(conn, "gpt2", "checkpoints/gpt2-tuned")
-    hf.convert("checkpoints/gpt2", "gpt2.npz")          # for the server-side importers
+    hf.convert(conn, "checkpoints/gpt2", "gpt2.npz")    # for the server-side importers
 
 These functions read and write files *here*, on the client, and send the
 tensors over the connection: they work with any server, remote or in
 Docker.  The SQL functions (llm_import_hf, pg_llm_import_safetensors,
 pg_llm_import_npz, llm_export_hf) do the same with files on the *server*.
 
-Both sides name parameters the same way (see hf_param_name) and register
-configs with the same SQL function, llm_register_hf_config.
+Both sides name parameters with the same SQL function, llm_hf_param_name
+(see param_names), and register configs with llm_register_hf_config.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,21 +37,14 @@ PYTORCH_BIN = "pytorch_model.bin"
 
 # -- names --------------------------------------------------------------------
 
-def hf_param_name(name: str) -> str | None:
-    """The llm_param name of a tensor in a HuggingFace GPT-2 checkpoint, or None
-    for tensors that are not parameters (same rule as SQL's llm_hf_param_name).
-
-    >>> hf_param_name("transformer.h.0.attn.c_attn.weight")
-    'h.0.attn.c_attn.weight'
-    >>> hf_param_name("h.0.attn.bias") is None          # the causal-mask buffer
-    True
-    >>> hf_param_name("lm_head.weight") is None         # tied to wte.weight
-    True
-    """
-    name = name.removeprefix("transformer.")
-    if name == "lm_head.weight" or re.search(r"(^|\.)attn\.(bias|masked_bias)$", name):
-        return None
-    return name
+def param_names(conn, stored: list[str]) -> list[tuple[str, str]]:
+    """(llm_param name, stored name) of the tensors of a HuggingFace GPT-2 checkpoint
+    that are parameters, in order.  The server names them (SQL's llm_hf_param_name,
+    the rule its own importers follow): "transformer." dropped, the attention-mask
+    buffers and the tied lm_head.weight left out."""
+    rows = conn.execute("SELECT llm_hf_param_name(u.name), u.name FROM unnest(%s::text[]) "
+                        "WITH ORDINALITY AS u(name, i) ORDER BY u.i", [list(stored)]).fetchall()
+    return [(param, name) for param, name in rows if param is not None]
 
 
 # -- reading checkpoints ------------------------------------------------------------
@@ -67,10 +59,6 @@ class Checkpoint:
     config: dict
     names: list[str]
     load: Callable[[str], np.ndarray]
-
-    def params(self) -> list[tuple[str, str]]:
-        """(llm_param name, stored name) of the tensors that are parameters."""
-        return [(hf_param_name(n), n) for n in self.names if hf_param_name(n) is not None]
 
 
 def to_float32(value) -> np.ndarray:
@@ -189,10 +177,10 @@ def _progress(items, enabled: bool, desc: str, total: int | None = None):
     return tqdm(items, desc=desc, unit="tensor", total=total)
 
 
-def _check_names(checkpoint: Checkpoint, expected: dict, name: str) -> None:
+def _check_names(params: list[tuple[str, str]], expected: dict, name: str) -> None:
     """Every parameter exactly once, nothing unknown: else ValueError naming them."""
     seen = {}
-    for param, stored in checkpoint.params():
+    for param, stored in params:
         if param in seen:
             raise ValueError(f"the checkpoint holds {param!r} twice (as {seen[param]!r} and {stored!r})")
         seen[param] = stored
@@ -218,10 +206,10 @@ def import_hf(conn, source, name: str, *, config=None, progress: bool = True) ->
         conn.execute("SELECT llm_register_hf_config(%s, %s)", [name, Jsonb(checkpoint.config)])
         expected = {row[0]: tuple(row[1]) for row in
                     conn.execute("SELECT name, shape FROM llm_param_shapes(%s)", [name])}
-        _check_names(checkpoint, expected, name)
+        params = param_names(conn, checkpoint.names)
+        _check_names(params, expected, name)
 
         conn.execute("DELETE FROM llm_param WHERE model = %s", [name])
-        params = checkpoint.params()
         copy_sql = "COPY llm_param (model, name, data) FROM STDIN (FORMAT BINARY)"
         with conn.cursor() as cur, cur.copy(copy_sql) as copy:
             copy.set_types(["text", "text", "tensor"])
@@ -297,10 +285,11 @@ CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "laye
                "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "tie_word_embeddings")
 
 
-def convert(source, out_path, *, config=None) -> dict:
+def convert(conn, source, out_path, *, config=None) -> dict:
     """Turn a HuggingFace checkpoint into the .npz or .safetensors file (by
     out_path's suffix) that pg_llm_import_npz / pg_llm_import_safetensors read
-    on the server: float32, llm_param names, buffers and lm_head dropped.
+    on the server: float32, llm_param names, buffers and lm_head dropped (the
+    names come from conn's server: see param_names).
 
     source: as for open_checkpoint.  Returns the config (a dict) to register:
     SELECT llm_register_hf_config(model, config) before importing.
@@ -311,7 +300,7 @@ def convert(source, out_path, *, config=None) -> dict:
     if out_path.suffix not in (".npz", ".safetensors"):
         raise ValueError(f"{out_path}: the output must end in .npz or .safetensors")
     with open_checkpoint(source, config) as checkpoint:
-        tensors = {param: checkpoint.load(stored) for param, stored in checkpoint.params()}
+        tensors = {param: checkpoint.load(stored) for param, stored in param_names(conn, checkpoint.names)}
         config = checkpoint.config
     if out_path.suffix == ".npz":
         _write_atomically(out_path, lambda tmp: np.savez(tmp, **tensors))

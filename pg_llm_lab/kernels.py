@@ -3,7 +3,7 @@
 The one binding of the kernel library that the kernel tests and the
 benchmarks share: `load()` compiles the kernels into a shared library
 (`pg_llm_lab.build.build_kernel_library`), loads it and declares every
-function's signature, as extension/src/kernels/kernels.h has it.
+function's signature, read from extension/src/kernels/kernels.h and optim.h.
 
     from pg_llm_lab import kernels
     lib = kernels.load()                      # RuntimeError without a C compiler
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 import shutil
 import tempfile
 
 import numpy as np
 
-from .build import build_kernel_library
+from .build import build_kernel_library, extension_dir
 
 ISA = {"scalar": 0, "avx2": 1, "avx512": 2}  # llm_isa
 LLM_OK, LLM_INTERRUPTED, LLM_NOMEM = 0, 1, 2
@@ -32,7 +33,6 @@ int32_p = ctypes.POINTER(ctypes.c_int32)
 double_p = ctypes.POINTER(ctypes.c_double)
 int64_p = ctypes.POINTER(ctypes.c_int64)
 _i64, _int, _float = ctypes.c_int64, ctypes.c_int, ctypes.c_float
-
 
 
 # ---- optim.h's structs ------------------------------------------------------
@@ -56,75 +56,49 @@ class LrSchedule(ctypes.Structure):
 
 range_p = ctypes.POINTER(ParamRange)
 
-# name: (restype, argtypes), in kernels.h's (then optim.h's) order
-SIGNATURES = {
-    "llm_pool_set_threads": (None, [_int]),
-    "llm_pool_threads": (_int, []),
-    "llm_cpu_count": (_int, []),
-    "llm_cpu_isa": (_int, []),
-    "llm_isa_name": (ctypes.c_char_p, [_int]),
-    "llm_set_isa": (None, [_int]),
-    # A, B, bias, C, M, K, N, transA, transB
-    "llm_matmul": (_int, [float_p, float_p, float_p, float_p, _i64, _i64, _i64, _int, _int]),
-    # A, B, C (+=), M, K, N, transA, transB
-    "llm_matmul_acc": (_int, [float_p, float_p, float_p, _i64, _i64, _i64, _int, _int]),
-    # dC, A, B, dA, dB, dbias (each gradient or None), M, K, N, transA, transB
-    "llm_matmul_backward": (_int, [float_p, float_p, float_p, float_p, float_p, float_p,
-                                   _i64, _i64, _i64, _int, _int]),
-    "llm_add": (None, [float_p, float_p, float_p, _i64, _i64]),
-    "llm_mul": (None, [float_p, float_p, float_p, _i64, _i64]),
-    "llm_scale": (None, [float_p, _float, float_p, _i64]),
-    "llm_transpose": (None, [float_p, float_p, _i64, _i64]),
-    # dy, da, db, n, bn
-    "llm_add_backward": (None, [float_p, float_p, float_p, _i64, _i64]),
-    # dy, a, b, da, db, n, bn
-    "llm_mul_backward": (None, [float_p, float_p, float_p, float_p, float_p, _i64, _i64]),
-    # dy, s, dx, n
-    "llm_scale_backward": (None, [float_p, _float, float_p, _i64]),
-    # dy [cols, rows], dx [rows, cols], rows, cols
-    "llm_transpose_backward": (None, [float_p, float_p, _i64, _i64]),
-    "llm_gelu": (_int, [float_p, float_p, _i64]),
-    # x, dy, dx, n
-    "llm_gelu_backward": (_int, [float_p, float_p, float_p, _i64]),
-    # x, y, rows, cols, causal_rows
-    "llm_softmax": (_int, [float_p, float_p, _i64, _i64, _i64]),
-    "llm_softmax_row": (None, [float_p, float_p, _i64]),
-    # y, dy, dx, rows, cols, causal_rows
-    "llm_softmax_backward": (_int, [float_p, float_p, float_p, _i64, _i64, _i64]),
-    # x, g, b, y, rows, cols, eps, mean (or None), rstd (or None)
-    "llm_layernorm": (_int, [float_p, float_p, float_p, float_p, _i64, _i64, _float,
-                             float_p, float_p]),
-    # x, g, mean, rstd, dy, dx, dg, db (each gradient or None), rows, cols
-    "llm_layernorm_backward": (_int, [float_p, float_p, float_p, float_p, float_p,
-                                      float_p, float_p, float_p, _i64, _i64]),
-    "llm_embedding": (None, [float_p, int32_p, float_p, _i64, _i64]),
-    # ids, dy, dw, n_ids, dim
-    "llm_embedding_backward": (None, [int32_p, float_p, float_p, _i64, _i64]),
-    # logits, targets, rows, vocab, &loss, &counted, lse (or None)
-    "llm_cross_entropy": (_int, [float_p, int32_p, _i64, _i64, double_p, int64_p, float_p]),
-    # logits, targets, lse (or None), rows, vocab, scale, dlogits
-    "llm_cross_entropy_backward": (_int, [float_p, int32_p, float_p, _i64, _i64, _float,
-                                          float_p]),
-    # q, ldq, k, ldk, v, ldv, y, Tq, Tk, C, n_head, causal, lse (or None)
-    "llm_attention": (_int, [float_p, _i64, float_p, _i64, float_p, _i64, float_p,
-                             _i64, _i64, _i64, _i64, _int, float_p]),
-    # optim.h: x, ranges, n_ranges, sq[n_ranges]
-    "llm_sum_squares": (_int, [float_p, range_p, _int, double_p]),
-    # grads, ranges, n_ranges, max_norm, norms[n_ranges] (or None), &total
-    "llm_clip_grad_norm": (_int, [float_p, range_p, _int, ctypes.c_double, float_p, float_p]),
-    "llm_clip_coef": (_float, [_float, ctypes.c_double]),
-    "llm_scale_ranges": (_int, [float_p, range_p, _int, _float]),
-    "llm_lr_at": (ctypes.c_double, [ctypes.POINTER(LrSchedule), _i64]),
-    # params, grads, m, v, ranges, n_ranges, &settings, update_sq[n_ranges] (or None)
-    "llm_adamw_update": (_int, [float_p, float_p, float_p, float_p, range_p, _int,
-                                ctypes.POINTER(AdamW), double_p]),
-    # q, ldq, k, ldk, v, ldv, y, lse, dy, dq, ldq_grad, dk, ldk_grad, dv, ldv_grad,
-    # Tq, Tk, C, n_head, causal
-    "llm_attention_backward": (_int, [float_p, _i64, float_p, _i64, float_p, _i64,
-                                      float_p, float_p, float_p,
-                                      float_p, _i64, float_p, _i64, float_p, _i64,
-                                      _i64, _i64, _i64, _i64, _int]),
+# C types of kernels.h and optim.h as ctypes ("const" dropped); a function
+# with an argument of another type (a callback, LlmChunks) is not bound.
+_CTYPES = {
+    "void": None, "int": _int, "float": _float, "double": ctypes.c_double, "int64_t": _i64,
+    "llm_isa": _int, "char *": ctypes.c_char_p, "float *": float_p, "int32_t *": int32_p,
+    "double *": double_p, "int64_t *": int64_p, "LlmParamRange *": range_p,
+    "LlmAdamW *": ctypes.POINTER(AdamW), "LlmLrSchedule *": ctypes.POINTER(LrSchedule),
 }
+_PROTOTYPE = re.compile(r"^(?P<result>[A-Za-z_][\w ]*?\s*\**)\s*(?P<name>llm_\w+)\((?P<args>[^)]*)\);", re.M)
+
+
+def _ctype(declaration: str):
+    """The ctypes type of a C type, or of an argument with its name ('const float *x')."""
+    words = re.sub(r"\bconst\b", "", declaration).replace("*", " * ").split()
+    if len(words) > 1 and words[-1] != "*":
+        words = words[:-1]                      # the argument's name
+    return _CTYPES[" ".join(words)]
+
+
+def prototypes(header: str) -> dict[str, tuple[str, list[str]]]:
+    """name: (result type, argument declarations) of every llm_ function a header declares."""
+    code = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+    found = {}
+    for m in _PROTOTYPE.finditer(code):
+        args = [a.strip() for a in m["args"].split(",")]
+        found[m["name"]] = (m["result"].strip(), [] if args == ["void"] else args)
+    return found
+
+
+def signatures(headers=("kernels.h", "optim.h")) -> dict[str, tuple]:
+    """name: (restype, argtypes) of the kernel functions, read from the C headers
+    in extension/src/kernels/ (the one source of the signatures)."""
+    out = {}
+    for header in headers:
+        for name, (result, args) in prototypes((extension_dir() / "src" / "kernels" / header).read_text()).items():
+            try:
+                out[name] = (_ctype(result), [_ctype(a) for a in args])
+            except KeyError:
+                continue
+    return out
+
+
+SIGNATURES = signatures()
 
 
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:

@@ -2,6 +2,9 @@
 
     fig = loss_curve(conn, "lab")              # the model's whole log, loss and learning rate
     rows = live_loss(conn, "lab", every=1.0)   # watch a run another session is making
+    fig = tape_graph(conn)                     # this session's autograd tape as a graph
+    fig = next_token_bars(conn, "lab", "ROMEO:", temperature=0.8)   # what the next token may be
+    fig = class_curves(class_log(conn))        # every model trained in the last hour, side by side
 
 `CALL llm_train` commits a row of llm_train_log after every step, so a
 second session -- another notebook, psql -- sees the run as it goes.
@@ -117,6 +120,65 @@ def _show(fig, handle):
         return display(fig, display_id=True)
     handle.update(fig)
     return handle
+
+
+# ---- the autograd tape as a graph (notebooks 05, 06) ---------------------------------------
+
+GRAPH_OPS = "SELECT id, op, inputs, output FROM llm_tape ORDER BY id"
+GRAPH_TENSORS = "SELECT id, param_name, produced_by FROM llm_tensor_rt"
+
+
+def tape_graph(conn, *, leaves: bool = True, highlight: int | None = None, ax=None):
+    """This session's tape drawn as a graph: a box per llm_tape row, an arrow per input.
+
+    Ops go down the page by depth (an op sits one row below the deepest op
+    it reads); an arrow that skips rows -- a residual connection -- bends to
+    the side; an input read twice by one op is one arrow marked ×2.  Inputs
+    that no op produced (leaves: weights, data) are listed in grey beside
+    their reader, by param_name, if `leaves`.  `highlight`
+    (an llm_tape.id) is drawn in colour.
+    """
+    import matplotlib.pyplot as plt
+
+    ops = conn.execute(GRAPH_OPS).fetchall()
+    names = {tid: name for tid, name, _ in conn.execute(GRAPH_TENSORS).fetchall()}
+    if not ops:
+        raise ValueError("the tape is empty: record with SELECT llm_autograd_mode('full') and run some ops")
+    producer = {output: op_id for op_id, _, _, output in ops}
+    depth, rows, where = {}, {}, {}
+    for op_id, _, inputs, _ in ops:
+        depth[op_id] = 1 + max([depth[producer[t]] for t in inputs if t in producer], default=0)
+        row = rows.setdefault(depth[op_id], [])
+        where[op_id] = (2.6 * len(row), -depth[op_id])
+        row.append(op_id)
+    width = max(len(row) for row in rows.values())
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(2.5 + 2.6 * width + (2.2 if leaves else 0), 0.8 + 0.42 * len(rows)))
+        plt.close(fig)       # shown by whoever displays it
+    box = dict(boxstyle="round,pad=0.3", fc="#dde6f0", ec="#4a6f96")
+    chosen = dict(box, fc="tab:blue", ec="tab:blue")
+    for op_id, op, inputs, _ in ops:
+        x, y = where[op_id]
+        for tensor_id in dict.fromkeys(inputs):          # once per tensor, however often it is read
+            if tensor_id not in producer:
+                continue
+            (px, py), skipped = where[producer[tensor_id]], depth[op_id] - depth[producer[tensor_id]]
+            bend = 0 if skipped == 1 and px == x else -0.25 - 0.03 * skipped
+            ax.annotate("", xy=(x, y + 0.2), xytext=(px, py - 0.2),
+                        arrowprops=dict(arrowstyle="->", color="gray", lw=0.8,
+                                        connectionstyle=f"arc3,rad={bend}"))
+            if inputs.count(tensor_id) > 1:
+                ax.text((x + px) / 2 + 0.15, (y + py) / 2, f"×{inputs.count(tensor_id)}", fontsize=7, color="gray")
+        ax.text(x, y, f"{op_id} {op.removeprefix('llm_')}", ha="center", va="center", fontsize=8,
+                bbox=chosen if op_id == highlight else box, color="white" if op_id == highlight else "black")
+        read = [names.get(t) or f"#{t}" for t in inputs if t not in producer]
+        if leaves and read:
+            ax.text(x + 1.0, y, "← " + ", ".join(read), ha="left", va="center", fontsize=6.5, color="dimgray")
+    ax.set_xlim(-1.6, 2.6 * width + (2.4 if leaves else 0))
+    ax.set_ylim(-len(rows) - 0.6, -0.4)
+    ax.axis("off")
+    ax.set_title(f"the tape: {len(ops)} ops (boxes), their inputs (arrows, and in grey the leaves)", fontsize=10)
+    return ax.figure
 
 
 # ---- the learning path's pictures: the next token, the class at a glance -------------------

@@ -1,13 +1,16 @@
 """Widgets for the notebooks.
 
 TapeStepper steps through the autograd tape (llm_tape joined with
-llm_tensor_rt) one op at a time: a play button and a slider pick the op, and
-the panel shows its inputs, its output and their gradients -- and, when
-given, reference gradients (e.g. from PyTorch) beside pg_llm's.
+llm_tensor_rt) one op at a time: filters keep one kind of op or one layer of
+GPT-2, a play button and a slider pick the op, and the panel shows its
+inputs, its output, their values and gradients -- and, when given, reference
+gradients (e.g. from PyTorch) beside pg_llm's -- with a heatmap of the
+output's value and gradient.
 
     stepper = TapeStepper(conn)           # conn: pg_llm_lab.connect()
     stepper.widget                        # display it in Jupyter
-    print(stepper.describe(3))            # the same panel as text
+    print(stepper.describe(3))            # op 3 of the tape, as text
+    stepper.op_ids(layer="h.0")           # the ops of GPT-2's first block
 
 SamplingPlayground generates text from a prompt with sliders for
 temperature, top-k and top-p, a seed and a regenerate button (llm_generate),
@@ -23,11 +26,9 @@ import html
 
 import numpy as np
 
-TAPE_QUERY = """
-    SELECT t.id, t.op, t.inputs, t.output, t.shape, t.attrs
-    FROM llm_tape t ORDER BY t.id
-"""
+TAPE_QUERY = "SELECT id, op, inputs, output, shape, attrs FROM llm_tape ORDER BY id"
 TENSOR_QUERY = "SELECT id, shape, data, grad, param_name, produced_by FROM llm_tensor_rt ORDER BY id"
+ALL = "all"
 
 
 def _summary(values: np.ndarray | None, limit: int = 6) -> str:
@@ -39,8 +40,47 @@ def _summary(values: np.ndarray | None, limit: int = 6) -> str:
     return f"[{head}{more}] (|max| {np.abs(flat).max():.3g})"
 
 
+def param_layer(param_name: str | None) -> tuple[int, str] | None:
+    """Where a GPT-2 parameter sits, as (order, name): wte/wpe -> (0, 'embeddings'),
+    h.3.* -> (4, 'h.3'), ln_f -> (big, 'head'); None for a tensor that is no parameter."""
+    if not param_name:
+        return None
+    if param_name.startswith("h."):
+        n = int(param_name.split(".")[1])
+        return n + 1, f"h.{n}"
+    if param_name.startswith(("wte.", "wpe.")):
+        return 0, "embeddings"
+    if param_name.startswith("ln_f."):
+        return 10**6, "head"
+    return None
+
+
+def op_layers(ops, tensors) -> list[str]:
+    """The part of GPT-2 each op of the tape belongs to ('embeddings', 'h.0', ..., 'head').
+
+    An op is in the deepest layer of the parameters it reads, and never before
+    the op recorded ahead of it: the residual adds and the attention read no
+    parameter and stay in their block, the tied lm_head reads wte after ln_f
+    and stays in the head.  A tape with no GPT-2 parameters gets '' throughout.
+    """
+    layers, current = [], (-1, "")
+    for _, _, inputs, _, _, _ in ops:
+        read = [param_layer(tensors[t][4]) for t in inputs if t in tensors]
+        current = max([current] + [layer for layer in read if layer])
+        layers.append(current[1])
+    return layers
+
+
 class TapeStepper:
-    """Step through the tape the database holds now (read once, at creation)."""
+    """Step through this session's tape (read once, at creation), op by op.
+
+    Filters pick the ops of one kind (`op`, e.g. 'llm_attention_qkv') or of
+    one layer of GPT-2 (`layer`: 'embeddings', 'h.0', ..., 'head'); the slider
+    runs over the ops they keep.  The panel shows the op's inputs and output,
+    their values and gradients (values need mode full, gradients
+    llm_backprop()), and, when given, reference gradients beside them;
+    output_figure(op_id) draws the output's value and gradient.
+    """
 
     def __init__(self, conn, reference_grads: dict[int, np.ndarray] | None = None,
                  reference_name: str = "torch"):
@@ -50,7 +90,13 @@ class TapeStepper:
         self.reference_name = reference_name
         if not self.ops:
             raise ValueError("the tape is empty: record with SELECT llm_autograd_mode('full') and run some ops")
+        self.layers = op_layers(self.ops, self.tensors)
         self._widget = None
+
+    def op_ids(self, op: str = ALL, layer: str = ALL) -> list[int]:
+        """The llm_tape ids of the ops kept by the filters ('all' keeps every one)."""
+        return [row[0] for row, in_layer in zip(self.ops, self.layers)
+                if op in (ALL, row[1]) and layer in (ALL, in_layer)]
 
     def _tensor_line(self, role: str, tensor_id: int) -> str:
         _, shape, data, grad, param_name, _ = self.tensors[tensor_id]
@@ -64,24 +110,25 @@ class TapeStepper:
                          f"{np.abs(np.asarray(grad) - ref).max():.2e}")
         return "\n".join(lines)
 
-    def describe(self, step: int) -> str:
-        """Op number `step` (1-based, as llm_tape.id) as text."""
-        op_id, op, inputs, output, shape, attrs = self.ops[step - 1]
-        lines = [f"op {op_id}/{len(self.ops)}: {op}  {attrs or ''}"]
+    def describe(self, op_id: int) -> str:
+        """The op with llm_tape.id op_id (1 is the first) as text."""
+        _, op, inputs, output, shape, attrs = self.ops[op_id - 1]
+        layer = f"  [{self.layers[op_id - 1]}]" if self.layers[op_id - 1] else ""
+        lines = [f"op {op_id}/{len(self.ops)}: {op}{layer}  {attrs or ''}"]
         lines += [self._tensor_line(f"in{i}", tid) for i, tid in enumerate(inputs)]
         lines.append(self._tensor_line("out", output))
         return "\n".join(lines)
 
-    def figure(self, step: int):
-        """A matplotlib picture of the stepper at op `step`: the ops as a strip, that
+    def figure(self, op_id: int):
+        """A matplotlib picture of the stepper at op op_id: the ops as a strip, that
         one highlighted, and its panel below (for documents, where no widget runs)."""
         import matplotlib.pyplot as plt
 
-        text = self.describe(step)
+        text = self.describe(op_id)
         fig = plt.figure(figsize=(10, 1.2 + 0.19 * text.count("\n")))
         strip = fig.add_axes([0.02, 1 - 0.9 / fig.get_figheight(), 0.96, 0.6 / fig.get_figheight()])
         for i, row in enumerate(self.ops):
-            chosen = i + 1 == step
+            chosen = i + 1 == op_id
             strip.add_patch(plt.Rectangle((i, 0), 0.92, 1, color="tab:blue" if chosen else "#dde6f0"))
             strip.text(i + 0.46, 0.5, row[1].removeprefix("llm_"), ha="center", va="center", fontsize=8,
                        color="white" if chosen else "black")
@@ -92,25 +139,77 @@ class TapeStepper:
         plt.close(fig)
         return fig
 
+    def output_figure(self, op_id: int):
+        """The output of op op_id: its value and its gradient as heatmaps (a vector as one row)."""
+        import matplotlib.pyplot as plt
+
+        _, op, _, output, _, _ = self.ops[op_id - 1]
+        _, _, data, grad, _, _ = self.tensors[output]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 2.6))
+        for ax, values, what in zip(axes, (data, grad), ("value", "gradient")):
+            if values is None:
+                ax.text(0.5, 0.5, f"no {what} recorded", ha="center", va="center")
+                ax.axis("off")
+                continue
+            matrix = np.atleast_2d(np.asarray(values))
+            limit = float(np.abs(matrix).max()) or 1.0
+            image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                              interpolation="nearest")
+            fig.colorbar(image, ax=ax)
+            ax.set_title(f"op {op_id} {op}: output {what} {list(np.shape(values))}", fontsize=9)
+        fig.tight_layout()
+        plt.close(fig)
+        return fig
+
     @property
     def widget(self):
-        """A play button and a slider over the ops, and a panel describing the chosen one."""
+        """Filters (op, layer), a play button and a slider over the ops they keep, and a
+        panel describing the chosen op with a picture of its output's value and gradient."""
         if self._widget is None:
             import ipywidgets as widgets
+            from IPython.display import display
 
-            self.slider = widgets.IntSlider(value=1, min=1, max=len(self.ops), description="op",
+            ops = sorted({row[1] for row in self.ops})
+            layers = list(dict.fromkeys(layer for layer in self.layers if layer))
+            self.op_filter = widgets.Dropdown(options=[ALL] + ops, value=ALL, description="op")
+            self.layer_filter = widgets.Dropdown(options=[ALL] + layers, value=ALL, description="layer",
+                                                 disabled=not layers)
+            self.slider = widgets.IntSlider(value=1, min=1, max=len(self.ops), description="op no.",
                                             continuous_update=False)
             self.play = widgets.Play(value=1, min=1, max=len(self.ops), interval=1000,
                                      description="play the tape")
             widgets.jslink((self.play, "value"), (self.slider, "value"))
             self.panel = widgets.HTML()
+            self.picture = widgets.Output()
+
+            def chosen() -> list[int]:
+                return self.op_ids(self.op_filter.value, self.layer_filter.value)
 
             def show(change=None):
-                self.panel.value = f"<pre>{html.escape(self.describe(self.slider.value))}</pre>"
+                kept = chosen()
+                if not kept:
+                    self.panel.value = "<pre>no op of the tape passes these filters</pre>"
+                    self.picture.clear_output()
+                    return
+                op_id = kept[min(self.slider.value, len(kept)) - 1]
+                self.panel.value = (f"<pre>{len(kept)} of {len(self.ops)} ops shown\n"
+                                    f"{html.escape(self.describe(op_id))}</pre>")
+                self.picture.clear_output(wait=True)
+                with self.picture:
+                    display(self.output_figure(op_id))
+
+            def refilter(change=None):
+                n = max(len(chosen()), 1)
+                self.slider.value = self.play.value = 1
+                self.slider.max = self.play.max = n
+                show()
 
             self.slider.observe(show, names="value")
+            self.op_filter.observe(refilter, names="value")
+            self.layer_filter.observe(refilter, names="value")
             show()
-            self._widget = widgets.VBox([widgets.HBox([self.play, self.slider]), self.panel])
+            self._widget = widgets.VBox([widgets.HBox([self.op_filter, self.layer_filter]),
+                                         widgets.HBox([self.play, self.slider]), self.panel, self.picture])
         return self._widget
 
 

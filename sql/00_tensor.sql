@@ -1,4 +1,4 @@
--- pg_llm: the tensor type.
+-- pg_llm: the tensor type (extension/src/tensor/).
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION pg_llm" to load this file. \quit
 

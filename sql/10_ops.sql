@@ -1,4 +1,5 @@
--- pg_llm: tensor operations.  Each is one kernel in extension/src/kernels/.
+-- pg_llm: tensor operations (extension/src/ops/ops.c; autograd/op_list.h lists them).
+-- Each is one kernel in extension/src/kernels/.
 
 CREATE FUNCTION llm_matmul(a tensor, b tensor,
                            transpose_a boolean DEFAULT false,

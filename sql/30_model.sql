@@ -52,8 +52,8 @@ VALUES ('gpt2-small', 12, 12, 768, 1024, 50257);
 
 -- The parameters GPT-2 has, with HuggingFace names and shapes (Conv1D
 -- weights are [in, out]; lm_head is tied to wte and not listed).  The list
--- lives in C (extension/src/gpt2/model_cache.c), next to the weight cache
--- that reads it.
+-- lives in C (extension/src/gpt2/model.c), which the weight cache and the
+-- training state lay their arenas out by.
 CREATE FUNCTION llm_param_shapes(p_model text)
 RETURNS TABLE (name text, shape int[])
     AS 'MODULE_PATHNAME', 'llm_param_shapes_sql' LANGUAGE C STABLE STRICT;

@@ -360,7 +360,7 @@ COMMENT ON FUNCTION pg_llm_export_safetensors(text, text) IS
 
 -- A folder that GPT2LMHeadModel.from_pretrained(dir) loads: config.json and
 -- model.safetensors (lm_head.weight left out: it is tied to wte.weight);
--- and, when the model has a tokenizer of its name (sql/60_text.sql),
+-- and, when the model has a tokenizer of its name (sql/60_tokenizer.sql),
 -- vocab.json and merges.txt, which GPT2TokenizerFast.from_pretrained(dir) loads.
 CREATE FUNCTION llm_export_hf(model text, dir text) RETURNS bigint
 SET search_path = pg_catalog, @extschema@, pg_temp

@@ -1,6 +1,6 @@
--- pg_llm: GPT-2 inference (extension/src/gpt2/: model_cache.c, forward.c)
+-- pg_llm: GPT-2 inference (extension/src/gpt2/: gpt2_sql.c over forward.c)
 -- and initialisation (extension/src/ops/init.c).  Generation is in
--- 70_generation.sql.
+-- 70_generate.sql.
 --
 -- The functions that read llm_param are STABLE: they see the weights of
 -- the calling statement's snapshot.  The weights are decoded once into

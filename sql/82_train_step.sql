@@ -1,5 +1,5 @@
 -- pg_llm: training steps -- the batched forward and fused backward
--- (gpt2/train_forward.c), one step from SQL (train/step.c), a run in one
+-- (gpt2/forward.c, gpt2/backward.c), one step from SQL (train/step.c), a run in one
 -- procedure call (train/loop.c), and the replay of logged steps.
 --
 --   SELECT * FROM llm_gradients('lab', tokens, targets);          -- nothing written
@@ -36,7 +36,7 @@ CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
                            min_lr double precision DEFAULT NULL,
                            weight_decay double precision DEFAULT 0.1,
                            clip double precision DEFAULT 1.0, seed bigint DEFAULT 0,
-                           grad_workers int DEFAULT NULL, prune_workers int DEFAULT NULL,
+                           grad_workers int DEFAULT NULL, optimizer_workers int DEFAULT NULL,
                            n_layer int DEFAULT NULL, n_head int DEFAULT NULL, d int DEFAULT NULL,
                            vocab int DEFAULT NULL, save_every int DEFAULT 50,
                            beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
@@ -53,7 +53,7 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 'down to min_lr, default lr/10, at decay_steps, default steps), and COMMITs its rows of '
 'llm_train_log and llm_grad_stats; the weights and AdamW state stay in memory and are written back '
 'to llm_param every save_every steps and at the end (a cancel leaves the last write-back). '
-'grad_workers: threads of the forward and backward; prune_workers: threads of clipping and AdamW '
+'grad_workers: threads of the forward and backward; optimizer_workers: threads of clipping and AdamW '
 '(NULL: pg_llm.threads). n_layer, n_head, d, vocab default to the model''s and must agree with it. '
 'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count.';
 

@@ -5,7 +5,7 @@
 --
 -- A dataset is rows of llm_dataset (80_train.sql): blocks of token ids and
 -- the ids each position should predict.  Text becomes one by way of the
--- model's tokenizer (60_text.sql); pg_llm_lab.prepare_dataset does the same
+-- model's tokenizer (60_tokenizer.sql); pg_llm_lab.prepare_dataset does the same
 -- for files on the client, with a progress bar.
 
 CREATE FUNCTION llm_dataset_from_text(model text, input text, block_size int, stride int DEFAULT NULL,

@@ -416,3 +416,23 @@ def test_gpt2_meta_mode_and_off(conn, gpt2_models):
     assert q(conn, "SELECT count(*) FROM llm_tape") == 3 + 14 * 2 + 3
     assert q(conn, "SELECT count(*) FROM llm_tensor_rt WHERE data IS NOT NULL") == 0
     assert q(conn, "SELECT shape FROM llm_tape WHERE op = 'llm_attention_qkv' LIMIT 1") == [4, 34]
+
+
+@pytest.mark.parametrize("mode", ["meta", "full"])
+def test_gpt2_recording_changes_no_bit_of_what_it_returns(conn, gpt2_models, mode):
+    """The tape of llm_logits and llm_loss is built after their forward, from what
+    it saved: recording or not, they return the same bits."""
+    vocab = gpt2_models["ag_odd"].config.vocab_size
+    tokens = np.random.default_rng(7).integers(0, vocab, 29).tolist()
+    targets = tokens[1:] + [-100]
+    targets[3] = -100
+    calls = [("SELECT llm_loss('ag_odd', %s, %s)", tokens, targets),
+             ("SELECT llm_logits('ag_odd', %s, false)", tokens),
+             ("SELECT llm_logits('ag_odd', %s, true)", tokens)]
+    record(conn, "off")
+    off = [q(conn, sql, *args) for sql, *args in calls]
+    record(conn, mode)
+    on = [q(conn, sql, *args) for sql, *args in calls]
+    record(conn, "off")
+    assert np.float32(on[0]).tobytes() == np.float32(off[0]).tobytes()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(on[1:], off[1:]))

@@ -156,17 +156,47 @@ def test_sparkline_and_plain_progress(capsys):
     assert demo.sparkline(list(range(100)) + [float("nan")], width=10) == "▁▁▂▃▄▅▆▇██"
     assert demo.sparkline([]) == ""
 
-    class Notice:
-        def __init__(self, done):
-            self.message_primary = f'llm_train "m": step {done} ({done} of 20), loss {10 - done / 4:.6f}'
-
     figure = demo.LossFigure(20, tty=False, out=sys.stdout)
     for done in range(1, 21):
-        figure(Notice(done))
+        figure(done, 10 - done / 4)
     figure.close()
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"  step {d:>5}/20  loss {10 - d / 4:.3f}" for d in range(2, 21, 2)]
     assert figure.losses[0] == 9.75 and len(figure.losses) == 20
+
+
+def test_a_step_is_timed_inside_one_call(conn):
+    """step_seconds times a step as CALL llm_train runs it: from the log rows of one
+    call, without the call's load and write-back, which it reports apart.  Checked
+    against the marginal cost of a step (two calls of different lengths, timed here),
+    and the timing call is undone: the weights of a fresh llm_init, no log rows."""
+    settings = dataclasses.replace(demo.TINY, model="demo_timing", vocab=8000, n_embd=64, block=8, batch=2)
+    conn.execute("DELETE FROM llm_dataset WHERE split = 'demo_timing-train'")
+    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+                 "VALUES ('demo_timing', 1, 2, 64, 8, 8000)")
+    try:
+        conn.execute("SELECT llm_dataset_from_tokens(%s::int[], 8, NULL, 'demo_timing-train')",
+                     [[(i * 37) % 8000 for i in range(400)]])
+        conn.execute("SELECT llm_init('demo_timing', %s)", [settings.seed])
+        initial = conn.execute("SELECT array_agg(md5(llm_bytea(data)) ORDER BY name) FROM llm_param "
+                               "WHERE model = 'demo_timing'").fetchone()[0]
+
+        def call_seconds(steps):
+            tick = time.monotonic()
+            conn.execute("CALL llm_train('demo_timing', %s, batch_size => 2, split => 'demo_timing-train', "
+                         "notice_every => 0)", [steps])
+            return time.monotonic() - tick
+
+        marginal = (call_seconds(24) - call_seconds(4)) / 20
+        per_step, once = demo.step_seconds(conn, settings)
+        assert 0.5 * marginal < per_step < 2 * marginal, (per_step, marginal)
+        assert once > per_step         # 8000 x 64 weights loaded and written back, 16 tokens a step
+        assert conn.execute("SELECT array_agg(md5(llm_bytea(data)) ORDER BY name) FROM llm_param "
+                            "WHERE model = 'demo_timing'").fetchone()[0] == initial
+        assert conn.execute("SELECT count(*) FROM llm_train_log WHERE model = 'demo_timing'").fetchone()[0] == 0
+    finally:
+        conn.execute("DELETE FROM llm_dataset WHERE split = 'demo_timing-train'")
+        conn.execute("DELETE FROM llm_model_config WHERE model = 'demo_timing'")
 
 
 def test_llm_init_reports_progress_on_big_models_only(conn):
@@ -251,32 +281,3 @@ def test_prompts_come_from_the_held_out_text_of_a_corpus_file():
     # two held-out speeches of the same speaker give two different prompts
     assert demo.prompts(mine, "First Citizen:\nWe\n\nFirst Citizen:\nYou\n\nAll:\nNo\n\n") == \
         ["First Citizen:", "All:"]
-
-
-def test_the_budget_counts_a_calls_fixed_cost_once_and_each_write_back():
-    """180 s at 0.1 s a step, a call costing 5 s more (loading, writing back): 175 s for the steps,
-    each also carrying a fiftieth of a write-back (0.1 s) -- not 180 / 2.6 s as two timed steps
-    of a 5.2 s call would say."""
-    assert demo.steps_within(180, 0.1, 5.0, 10_000) == int(175 / 0.2)
-    assert demo.steps_within(180, 0.1, 5.0, 100) == 100              # --steps caps it
-    assert demo.steps_within(3, 0.1, 5.0, 100) == 1                  # at least one step
-
-
-def test_timing_the_steps_leaves_the_model_as_initialised(conn, monkeypatch):
-    settings = dataclasses.replace(demo.TINY, model="demo_timing", minutes=1.0)
-    text = demo.build_corpus(conn, settings)[0]
-    parts = demo.split_text(text, settings.val_fraction)
-    settings = dataclasses.replace(settings, vocab=demo.train_tokenizer(conn, settings, parts[0]))
-    demo.make_dataset(conn, settings, parts)
-    demo.register_model(conn, settings)
-    before = dict(conn.execute("SELECT name, md5(llm_bytea(data)) FROM llm_param WHERE model = 'demo_timing'"))
-    try:
-        steps = demo._steps_for(conn, settings)
-        assert 1 <= steps <= settings.steps
-        after = dict(conn.execute("SELECT name, md5(llm_bytea(data)) FROM llm_param WHERE model = 'demo_timing'"))
-        assert after == before
-        assert conn.execute("SELECT count(*) FROM llm_train_log WHERE model = 'demo_timing'").fetchone()[0] == 0
-    finally:
-        conn.execute("DELETE FROM llm_model_config WHERE model = 'demo_timing'")
-        conn.execute("DELETE FROM llm_tokenizer WHERE model = 'demo_timing'")
-        conn.execute("DELETE FROM llm_dataset WHERE split LIKE 'demo_timing-%'")

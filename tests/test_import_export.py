@@ -27,9 +27,10 @@ from transformers import GPT2LMHeadModel  # noqa: E402
 
 
 def hf_state(model) -> dict[str, np.ndarray]:
-    """llm_param name -> float32 array of every parameter of an HF model."""
-    return {hf.hf_param_name(k): v.detach().numpy() for k, v in model.state_dict().items()
-            if hf.hf_param_name(k) is not None}
+    """llm_param name -> float32 array of every parameter of an HF model: the names
+    of its transformer's parameters (lm_head.weight is wte.weight; buffers are not
+    parameters)."""
+    return {k: v.detach().numpy() for k, v in model.transformer.named_parameters()}
 
 
 def db_params(conn, model_name) -> dict[str, np.ndarray]:
@@ -69,12 +70,14 @@ NAMES = ["transformer.wte.weight", "wpe.weight", "transformer.h.0.attn.c_attn.bi
          "h.0.mlp.c_proj.weight", "transformer.ln_f.bias", "attn.bias", "h.0.attn.c_attn.weight"]
 
 
-def test_python_and_sql_map_names_alike(conn):
-    sql = conn.execute("SELECT array_agg(llm_hf_param_name(n) ORDER BY i) "
-                       "FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)", [NAMES]).fetchone()[0]
-    assert sql == [hf.hf_param_name(n) for n in NAMES]
-    assert hf.hf_param_name("transformer.h.0.attn.c_attn.bias") == "h.0.attn.c_attn.bias"
-    assert hf.hf_param_name("h.0.attn.bias") is None
+def test_the_server_names_the_parameters(conn):
+    """hf.param_names asks SQL's llm_hf_param_name: "transformer." dropped, the
+    attention-mask buffers and the tied lm_head left out, the order kept."""
+    assert hf.param_names(conn, NAMES) == [
+        ("wte.weight", "transformer.wte.weight"), ("wpe.weight", "wpe.weight"),
+        ("h.0.attn.c_attn.bias", "transformer.h.0.attn.c_attn.bias"),
+        ("h.0.mlp.c_proj.weight", "h.0.mlp.c_proj.weight"), ("ln_f.bias", "transformer.ln_f.bias"),
+        ("h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight")]
 
 
 # -- server-side import ------------------------------------------------------------
@@ -158,7 +161,7 @@ def test_import_converted_files(conn, models, workdir):
     """hf.convert (the old convert_gpt2_checkpoint.py) makes what the server reads."""
     model, folder = models["io_odd"]
     for out in ("odd_converted.npz", "odd_converted.safetensors"):
-        config = hf.convert(folder, workdir / out)
+        config = hf.convert(conn, folder, workdir / out)
         conn.execute("SELECT llm_register_hf_config('io_odd', %s)", [psycopg.types.json.Jsonb(config)])
         importer = "pg_llm_import_npz" if out.endswith(".npz") else "pg_llm_import_safetensors"
         conn.execute(f"SELECT {importer}(%s, 'io_odd')", [str(workdir / out)])

@@ -63,3 +63,33 @@ def test_plain_jupysql_is_what_it_quiets(db_url):
         import toml  # noqa: F401
     except ImportError:
         assert any("toml" in line for line in shown["load"])
+
+
+PARAMETERS = textwrap.dedent("""
+    import json, sys
+    from IPython.core.interactiveshell import InteractiveShell
+    import pg_llm_lab
+
+    conn = pg_llm_lab.connect(sys.argv[1])
+    ip = InteractiveShell.instance()
+    ip.user_ns["engine"] = pg_llm_lab.engine(conn=conn)
+    ip.run_line_magic("load_ext", "pg_llm_lab.notebook")
+    ip.run_line_magic("sql", "engine")
+    ip.run_line_magic("config", 'SqlMagic.named_parameters = "enabled"')
+    ip.user_ns["sentence"] = sys.argv[2]
+    ip.user_ns["ids"] = [3, 1, 4]
+    row = ip.run_cell_magic("sql", "", "SELECT :sentence AS s, cardinality(:ids) AS n, '[1,2]'::tensor AS t")
+    print(json.dumps(list(list(row)[0])))
+""")
+
+
+def test_named_parameters_carry_any_text(db_url):
+    """The notebooks pass a learner's text to %%sql as :name (SqlMagic.named_parameters):
+    quotes and apostrophes arrive intact, lists as arrays, and '::' casts still work --
+    where '{{name}}' pasted into the SQL would break on the first apostrophe."""
+    sentence = "It's Juliet's \"quote\"; -- not a comment"
+    done = subprocess.run([sys.executable, "-c", PARAMETERS, db_url, sentence], cwd=NOTEBOOKS,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    s, n, t = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("[")))
+    assert s == sentence and n == 3 and t == "[1,2]"

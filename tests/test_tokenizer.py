@@ -326,13 +326,13 @@ def test_cancel_leaves_the_cache_usable(conn, tok):
 
 
 def test_unicode_tables_are_generated_from_this_python():
-    """extension/src/text/unicode_tables.h is what tools/gen_unicode_tables.py
+    """extension/src/tokenizer/unicode_tables.h is what tools/gen_unicode_tables.py
     writes (checked when this Python has the header's Unicode version)."""
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    header = (root / "extension/src/text/unicode_tables.h").read_text()
+    header = (root / "extension/src/tokenizer/unicode_tables.h").read_text()
     if f'LLM_UNICODE_VERSION "{unicodedata.unidata_version}"' not in header:
         pytest.skip(f"the header is not from Unicode {unicodedata.unidata_version} (this Python's)")
     result = subprocess.run([sys.executable, str(root / "tools/gen_unicode_tables.py"), "--check"],

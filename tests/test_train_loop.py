@@ -88,7 +88,7 @@ def test_bit_identical_at_any_thread_count(conn, dataset):
     model = make_reference_model(TINY, seed=12)
     for name, workers in (("tl_one", 1), ("tl_two", 2)):
         load_into_pg(conn, model, name)
-        train(conn, name, 5, grad_workers=workers, prune_workers=workers)
+        train(conn, name, 5, grad_workers=workers, optimizer_workers=workers)
     a, b = log(conn, "tl_one"), log(conn, "tl_two")
     assert [r[1] for r in a] == [r[1] for r in b] and [r[4] for r in a] == [r[4] for r in b]
     pa, pb = params(conn, "tl_one"), params(conn, "tl_two")

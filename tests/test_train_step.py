@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 torch = pytest.importorskip("torch", reason="the gradients are compared with PyTorch autograd")
+F = torch.nn.functional
 pytest.importorskip("transformers", reason="the reference model is HF's GPT-2")
 
 from train_reference import (ONE, TINY, AdamWSettings, ReferenceTrainer, batch_loss,  # noqa: E402
@@ -264,6 +265,66 @@ def test_a_recorded_step_leaves_its_batch_on_the_tape_with_torchs_gradients(conn
     train_step(conn, "ts_notape", tokens, targets, 1e-3, s)
     a, b = params(conn, "ts_tape"), params(conn, "ts_notape")
     assert all(a[n].tobytes() == b[n].tobytes() for n in a)
+
+
+def torch_op(op, attrs, inputs):
+    """What the SQL op `op` computes from its recorded input values, in float64 torch."""
+    x = [torch.as_tensor(np.asarray(v, dtype=np.float64)) for v in inputs]
+    if op == "llm_add":
+        return x[0] + x[1]
+    if op == "llm_scale":
+        return x[0] * attrs["s"]
+    if op == "llm_matmul":
+        a, b = x
+        return (a.T if attrs["transpose_a"] else a) @ (b.T if attrs["transpose_b"] else b)
+    if op == "llm_layernorm":
+        return F.layer_norm(x[0], x[0].shape[-1:], x[1], x[2], attrs["eps"])
+    if op == "llm_gelu":
+        return F.gelu(x[0], approximate="tanh")
+    if op == "llm_embedding":
+        return x[0][attrs["ids"]]
+    if op == "llm_slice":
+        return x[0][attrs["start"]:attrs["stop"]]
+    if op == "llm_attention_qkv":
+        T, C3 = x[0].shape
+        H, C = attrs["n_head"], C3 // 3
+        q, k, v = (t.reshape(T, H, C // H).transpose(0, 1) for t in x[0].split(C, dim=1))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1).reshape(T, C)
+    if op == "llm_cross_entropy":
+        return F.cross_entropy(x[0], torch.as_tensor(attrs["targets"]), ignore_index=-100).reshape(1)
+    raise AssertionError(f"no reference for {op}")
+
+
+def test_a_recorded_steps_values_are_its_ops_of_their_inputs(conn):
+    """The tape of a step is built after the forward from what it saved: in mode
+    full, every op's output is what PyTorch computes from its recorded inputs
+    (sliced from the batch's rows correctly); a sequence with no counted target
+    is left out of the batch loss, and backprop still gives torch's gradients."""
+    model = make_reference_model(ODD, seed=9)
+    load_into_pg(conn, model, "ts_values")
+    tokens, targets = batch(ODD["vocab_size"], 3, 11, 9)
+    targets[1, :] = -100
+    want_loss, want = torch_gradients(model, tokens, targets)
+
+    conn.execute("SELECT llm_autograd_mode('full'), llm_prune_autograd_state()")
+    try:
+        loss = train_step(conn, "ts_values", tokens, targets, 1e-3, AdamWSettings(lr=1e-3))
+    finally:
+        conn.execute("SELECT llm_autograd_mode('off')")
+    assert tape_rows(conn)[1] == 2
+    assert abs(loss - want_loss) <= 1e-5 * want_loss
+    values = dict(conn.execute("SELECT id, data FROM llm_tensor_rt").fetchall())
+    ops = conn.execute("SELECT op, inputs, output, attrs FROM llm_tape ORDER BY id").fetchall()
+    for op, inputs, output, attrs in ops:
+        got = values[output].astype(np.float64)
+        expected = torch_op(op, attrs, [values[i] for i in inputs]).numpy()
+        assert got.shape == expected.shape, op
+        scale = max(1.0, np.abs(expected).max())
+        assert np.abs(got - expected).max() <= 1e-5 * scale, f"{op} -> {output}"
+    conn.execute("SELECT llm_backprop()")
+    got = dict(conn.execute("SELECT param_name, grad FROM llm_tensor_rt WHERE param_name IS NOT NULL"))
+    assert_grads_close(got, want)
+    conn.execute("SELECT llm_prune_autograd_state()")
 
 
 def test_meta_mode_records_a_steps_shapes_and_off_records_nothing(conn):

@@ -127,9 +127,10 @@ def updated(before):
     return url
 
 
-def test_the_version_is_one_for_the_package_and_the_extension():
+def test_the_version_is_one_for_the_package_and_the_extension(conn):
     control = (EXTENSION / "pg_llm.control").read_text()
     assert re.search(r"^default_version = '(.*)'$", control, re.M)[1] == pg_llm_lab.__version__
+    assert conn.execute("SELECT llm_info()->>'version'").fetchone()[0] == pg_llm_lab.__version__
     assert (EXTENSION / "releases" / f"pg_llm--{PREVIOUS}.sql").exists()
     assert (EXTENSION / "releases" / f"pg_llm--{PREVIOUS}--{pg_llm_lab.__version__}.sql").exists()
 

@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pg_llm_lab.hf import hf_param_name
 
 # The lab model of the issue, and small odd ones for quick tests.
 LAB = dict(n_layer=4, n_head=4, n_embd=128, n_positions=128, vocab_size=50257)
@@ -61,7 +60,7 @@ def load_into_pg(conn, model: GPT2LMHeadModel, name: str) -> None:
 
 def named_parameters(model: GPT2LMHeadModel) -> dict[str, torch.nn.Parameter]:
     """The model's parameters under llm_param's names (lm_head is wte: listed once)."""
-    return {hf_param_name(n): p for n, p in model.named_parameters() if hf_param_name(n) is not None}
+    return dict(model.transformer.named_parameters())
 
 
 # ---- the optimizer ---------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate extension/src/text/unicode_tables.h: the character classes of
+"""Generate extension/src/tokenizer/unicode_tables.h: the character classes of
 GPT-2's pre-tokenizer pattern, from Python's unicodedata.
 
     python3 tools/gen_unicode_tables.py            # rewrites the header
@@ -30,7 +30,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "extension" / "src" / "text" / "unicode_tables.h"
+OUT = Path(__file__).resolve().parents[1] / "extension" / "src" / "tokenizer" / "unicode_tables.h"
 CLASS_NAMES = {"L": "LLM_CHAR_LETTER", "N": "LLM_CHAR_NUMBER", "S": "LLM_CHAR_SPACE"}
 INFORMATION_SEPARATORS = range(0x1C, 0x20)
 

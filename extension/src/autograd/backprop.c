@@ -20,7 +20,7 @@
 #include "utils/memutils.h"
 
 #include "autograd/tape.h"
-#include "pg_llm.h"
+#include "support/support.h"
 
 static void
 require_values(const Tape *t, int32 id, int32 op_id)

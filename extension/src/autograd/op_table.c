@@ -1,8 +1,9 @@
 /*
- * op_table.c -- the ops the tape knows: for each, its SQL name, how many
- * tensors it takes, its attributes as jsonb for llm_tape.attrs, and its
- * backward, which accumulates the inputs' gradients from the output's
- * through the kernels' llm_<op>_backward (kernels.h).
+ * op_table.c -- the ops the tape knows (op_list.h): for each, its SQL
+ * name, how many tensors it takes, its attributes as jsonb for
+ * llm_tape.attrs (<op>_attrs), and its backward (<op>_backward), which
+ * accumulates the inputs' gradients from the output's through the kernels'
+ * llm_<op>_backward (kernels.h).
  *
  * A backward gets the op, its input tensors (values recorded in mode
  * full), its output tensor, the input gradients to add to (din[i], any may
@@ -17,7 +18,7 @@
 
 #include "autograd/tape.h"
 #include "kernels/kernels.h"
-#include "pg_llm.h"
+#include "support/support.h"
 
 /* ---- attributes as jsonb text -------------------------------------------- */
 
@@ -26,6 +27,12 @@ no_attrs(const TapeOp *op)
 {
 	return "{}";
 }
+
+#define add_attrs no_attrs
+#define mul_attrs no_attrs
+#define transpose_attrs no_attrs
+#define reshape_attrs no_attrs
+#define gelu_attrs no_attrs
 
 static const char *
 json_bool(int64 v)
@@ -259,19 +266,8 @@ attention_qkv_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out,
 								   dout, T, T, C, op->i[0], true);
 }
 
+#define TAPE_OP_ROW(KIND, name, arity, sql_arguments) \
+	[TAPE_OP_##KIND] = {"llm_" #name, arity, name##_attrs, name##_backward},
 const TapeOpInfo tape_ops[TAPE_OP_COUNT] = {
-	[TAPE_OP_MATMUL] = {"llm_matmul", 2, matmul_attrs, matmul_backward},
-	[TAPE_OP_ADD] = {"llm_add", 2, no_attrs, add_backward},
-	[TAPE_OP_MUL] = {"llm_mul", 2, no_attrs, mul_backward},
-	[TAPE_OP_SCALE] = {"llm_scale", 1, scale_attrs, scale_backward},
-	[TAPE_OP_TRANSPOSE] = {"llm_transpose", 1, no_attrs, transpose_backward},
-	[TAPE_OP_RESHAPE] = {"llm_reshape", 1, no_attrs, reshape_backward},
-	[TAPE_OP_SLICE] = {"llm_slice", 1, slice_attrs, slice_backward},
-	[TAPE_OP_GELU] = {"llm_gelu", 1, no_attrs, gelu_backward},
-	[TAPE_OP_SOFTMAX] = {"llm_softmax", 1, softmax_attrs, softmax_backward},
-	[TAPE_OP_LAYERNORM] = {"llm_layernorm", 3, layernorm_attrs, layernorm_backward},
-	[TAPE_OP_EMBEDDING] = {"llm_embedding", 1, embedding_attrs, embedding_backward},
-	[TAPE_OP_CROSS_ENTROPY] = {"llm_cross_entropy", 1, cross_entropy_attrs, cross_entropy_backward},
-	[TAPE_OP_ATTENTION] = {"llm_attention", 3, attention_attrs, attention_backward},
-	[TAPE_OP_ATTENTION_QKV] = {"llm_attention_qkv", 1, attention_qkv_attrs, attention_qkv_backward},
+	TAPE_OPS(TAPE_OP_ROW)
 };

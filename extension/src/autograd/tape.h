@@ -23,6 +23,7 @@
 
 #include "access/parallel.h"
 
+#include "autograd/op_list.h"
 #include "tensor/tensor.h"
 
 typedef enum AutogradMode
@@ -42,25 +43,14 @@ autograd_recording(void)
 	return autograd_mode != AUTOGRAD_OFF && !IsParallelWorker();
 }
 
-/* The ops the tape knows, in the order of the op table (op_table.c). */
+/* The ops the tape knows (op_list.h), in the order of the op table. */
+#define TAPE_OP_KIND(KIND, name, arity, sql_arguments) TAPE_OP_##KIND,
 typedef enum TapeOpKind
 {
-	TAPE_OP_MATMUL,
-	TAPE_OP_ADD,
-	TAPE_OP_MUL,
-	TAPE_OP_SCALE,
-	TAPE_OP_TRANSPOSE,
-	TAPE_OP_RESHAPE,
-	TAPE_OP_SLICE,
-	TAPE_OP_GELU,
-	TAPE_OP_SOFTMAX,
-	TAPE_OP_LAYERNORM,
-	TAPE_OP_EMBEDDING,
-	TAPE_OP_CROSS_ENTROPY,
-	TAPE_OP_ATTENTION,
-	TAPE_OP_ATTENTION_QKV,
+	TAPE_OPS(TAPE_OP_KIND)
 	TAPE_OP_COUNT
 } TapeOpKind;
+#undef TAPE_OP_KIND
 
 #define TAPE_MAX_INPUTS 3
 

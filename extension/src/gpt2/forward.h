@@ -1,53 +1,100 @@
 /*
  * forward.h -- GPT-2's forward pass (forward.c), HuggingFace's
- * GPT2LMHeadModel in eval mode, over the cached weights of model_cache.h:
+ * GPT2LMHeadModel in eval mode, over B sequences of T tokens as N = B*T
+ * rows.  It exists once; what it keeps depends on the caller:
  *
- *   Gpt2State *st = gpt2_state_new(m, max_rows, n_ctx); (KV cache, scratch)
+ * Generation: a KV cache, every layer sharing a few scratch buffers.
+ *
+ *   Gpt2State *st = gpt2_state_new(m, max_rows, n_ctx);
  *   gpt2_forward(st, tokens, T);       (T new tokens after st->n_past old ones)
  *   gpt2_logits(st, row, nrows, out);  (lm_head on rows of that forward)
  *   gpt2_state_free(st);
  *
- * text/generate.c samples from it token by token; text/beam_search.c keeps
- * one state per beam.
+ * Training (and recording on the tape): an activation store, every layer
+ * its own buffers, which backward.h's gpt2_batch_backward and the tape
+ * builder (gpt2/tape.h) read.
+ *
+ *   Gpt2Batch *b = gpt2_batch_new(m, B, T);
+ *   loss = gpt2_batch_forward(b, tokens, targets);   (tokens, targets [B, T])
+ *   gpt2_batch_free(b);
+ *
+ * Every kernel called is bit-identical at any thread count, and so is all
+ * of the above.
  */
 #ifndef PG_LLM_GPT2_FORWARD_H
 #define PG_LLM_GPT2_FORWARD_H
 
 #include "postgres.h"
 
-#include "nodes/pg_list.h"
 #include "utils/array.h"
 
 #include "gpt2/model_cache.h"
 
-/* Timers of the forward pass, reported at DEBUG1 (SET client_min_messages). */
-typedef enum Gpt2Timer
+/* What one transformer block computes, [N] rows each. */
+typedef struct Gpt2LayerActs
 {
-	TIMER_EMBED,
-	TIMER_LAYERNORM,
-	TIMER_QKV,
-	TIMER_ATTENTION,
-	TIMER_ATTN_PROJ,
-	TIMER_MLP_FC,
-	TIMER_GELU,
-	TIMER_MLP_PROJ,
-	TIMER_RESIDUAL,
-	TIMER_LM_HEAD,
-	TIMER_COUNT
-} Gpt2Timer;
+	float	   *ln1;			/* [N, C] LayerNorm_1 of the block's input */
+	float	   *ln1_mean,
+			   *ln1_rstd;		/* [N] (store only) */
+	float	   *qkv;			/* [N, 3C] c_attn: q, k, v side by side */
+	float	   *atty;			/* [N, C] attention output, before c_proj */
+	float	   *att_lse;		/* [B, n_head, T] (store only) */
+	float	   *res_mid;		/* [N, C] input + c_proj(attention) */
+	float	   *ln2;			/* [N, C] */
+	float	   *ln2_mean,
+			   *ln2_rstd;		/* [N] (store only) */
+	float	   *fc;				/* [N, F] c_fc, before GELU */
+	float	   *fc_gelu;		/* [N, F] */
+	float	   *res_out;		/* [N, C] the block's output: res_mid + MLP */
+} Gpt2LayerActs;
+
+/*
+ * The activations of a forward over up to N rows.  A store gives every
+ * layer its own buffers; scratch points every layer at the same few and
+ * leaves NULL what only the backward reads.
+ */
+typedef struct Gpt2Activations
+{
+	float	   *encoded;		/* [N, C] wte[token] + wpe[position] */
+	Gpt2LayerActs *layers;		/* [n_layer] */
+	float	   *lnf;			/* [N, C] ln_f of the last block's output */
+	float	   *lnf_mean,
+			   *lnf_rstd;		/* [N] (store only) */
+} Gpt2Activations;
+
+/* Keys and values of every position so far, per layer [n_ctx, C]. */
+typedef struct Gpt2KVCache
+{
+	float	  **k;
+	float	  **v;
+} Gpt2KVCache;
+
+extern Gpt2Activations *gpt2_activations_store(const Gpt2Model *m, int64 N);
+extern Gpt2Activations *gpt2_activations_scratch(const Gpt2Model *m, int64 N);
+
+/* The residual stream entering block `layer` (layer n_layer: entering ln_f). */
+extern const float *gpt2_block_input(const Gpt2Activations *acts, int layer);
+
+/*
+ * tokens [B, T] at positions pos0 .. pos0+T-1 through the network up to
+ * ln_f, into acts.  With kv (B = 1), their keys and values are appended to
+ * it and attention reads every cached position; without, pos0 is 0 and
+ * each sequence attends within itself.
+ */
+extern void gpt2_transformer(const Gpt2Model *m, const Gpt2Activations *acts,
+							 const int32 *tokens, int64 B, int64 T, int64 pos0,
+							 const Gpt2KVCache *kv);
+
+/* out[nrows, V] = lnf[nrows, C] @ wte^T: the tied lm_head. */
+extern void gpt2_lm_head(const Gpt2Model *m, const float *lnf, int64 nrows, float *out);
+
+/* ---- generation: the KV-cached state ------------------------------------ */
 
 /*
  * The state of one inference call: the KV cache and scratch activations.
  * Everything lives in `mcxt`, a child of the caller's memory context, and
  * goes away with gpt2_state_free() (or with the caller's context on error).
  */
-/* The weights' tape leaves, by name, that the sequences of a batch share. */
-typedef struct Gpt2Leaves
-{
-	List	   *names;			/* of char * */
-	List	   *ids;			/* of int */
-} Gpt2Leaves;
-
 typedef struct Gpt2State
 {
 	MemoryContext mcxt;
@@ -55,24 +102,12 @@ typedef struct Gpt2State
 	int64		max_rows;		/* most tokens one gpt2_forward may take */
 	int64		n_ctx;			/* positions the KV cache holds */
 	int64		n_past;			/* positions already in the KV cache */
-	int64		last_rows;		/* rows of the latest forward (in `hidden`) */
-	float	  **k_cache;		/* [n_layer] of [n_ctx, C]; NULL when one
-								 * forward covers all n_ctx positions */
-	float	  **v_cache;		/* [n_layer] of [n_ctx, C] (or NULL) */
-	float	   *x;				/* [max_rows, C]   residual stream */
-	float	   *hidden;			/* [max_rows, C]   LayerNorm output; after the
-								 * forward, ln_f(x) for the lm_head */
-	float	   *qkv;			/* [max_rows, 3C]  fused q, k, v */
-	float	   *att;			/* [max_rows, C]   attention output */
-	float	   *proj;			/* [max_rows, C]   output of a c_proj */
-	float	   *fc;				/* [max_rows, F]   MLP hidden layer */
-	double		seconds[TIMER_COUNT];
-	/* the autograd tape (llm_loss, llm_logits, gpt2_record_batch), else all 0 */
-	bool		record;
-	int32		x_id;			/* tape ids of what x, hidden and wte hold */
-	int32		hidden_id;
-	int32		wte_id;
-	Gpt2Leaves *leaves;		/* weights' leaves shared with other states, or NULL */
+	int64		last_rows;		/* rows of the latest forward (in acts->lnf) */
+	Gpt2KVCache *kv;			/* NULL when one forward covers all n_ctx
+								 * positions: attention reads k, v in place */
+	Gpt2Activations *acts;		/* scratch for max_rows rows */
+	double		forward_seconds;	/* reported at DEBUG1 by gpt2_state_free */
+	double		lm_head_seconds;
 } Gpt2State;
 
 /* The values of a 1-D int[] of token ids (error 22023 for 2-D, 22004 for NULLs). */
@@ -84,7 +119,7 @@ extern void gpt2_state_free(Gpt2State *st);
 /*
  * Run T tokens (at positions n_past .. n_past+T-1) through the transformer,
  * appending their keys and values to the KV cache.  Afterwards
- * st->hidden[0 .. T-1] holds ln_f of their last hidden states.
+ * st->acts->lnf[0 .. T-1] holds ln_f of their last hidden states.
  */
 extern void gpt2_forward(Gpt2State *st, const int32 *tokens, int64 T);
 
@@ -98,11 +133,32 @@ extern void gpt2_logits(Gpt2State *st, int64 row, int64 nrows, float *out);
  */
 extern void gpt2_state_copy_cache(Gpt2State *dst, const Gpt2State *src);
 
+/* ---- training: the activation store ------------------------------------- */
+
+typedef struct Gpt2Batch
+{
+	MemoryContext mcxt;			/* owns everything below */
+	const Gpt2Model *model;		/* the weights (not owned) */
+	int64		B,
+				T,
+				N;				/* N = B * T rows */
+	int32	   *tokens;			/* [N], copies of the last forward's */
+	int32	   *targets;		/* [N] */
+	int64		counted;		/* targets that are not -100 */
+	Gpt2Activations *acts;		/* the store */
+	float	   *logits;			/* [N, V] */
+	float	   *lse;			/* [N] logsumexp of each row of logits */
+} Gpt2Batch;
+
+/* Buffers for B sequences of T tokens, in a child of CurrentMemoryContext. */
+extern Gpt2Batch *gpt2_batch_new(const Gpt2Model *m, int64 B, int64 T);
+extern void gpt2_batch_free(Gpt2Batch *b);
+
 /*
- * Empty the autograd tape and record on it the forward of a training batch
- * (tokens, targets [B, T], checked) and its loss, the weights shared leaves.
+ * The forward over tokens [B, T] (ids checked by the caller; targets in the
+ * vocabulary or -100, at least one counted): returns the mean cross-entropy
+ * over the counted targets, as F.cross_entropy(ignore_index=-100).
  */
-extern void gpt2_record_batch(const Gpt2Model *m, const int32 *tokens, const int32 *targets,
-							  int64 B, int64 T);
+extern double gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets);
 
 #endif							/* PG_LLM_GPT2_FORWARD_H */

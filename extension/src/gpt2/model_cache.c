@@ -33,171 +33,26 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rls.h"
-#include "utils/tuplestore.h"
 
 #include "gpt2/model_cache.h"
 #include "tensor/tensor.h"
 
-/* Arena offsets are rounded up to 16 floats: every tensor starts on 64 bytes. */
-#define ARENA_ALIGN_FLOATS 16
 /* A model bigger than this many floats (16 GB) is refused before allocating. */
 #define MAX_MODEL_FLOATS ((double) (INT64CONST(1) << 32))
-
-/* ---- the parameter table: HF name -> place in the arena ---------------- */
-
-/* One named tensor of the model and where it goes. */
-typedef struct ParamSlot
-{
-	char	   *name;			/* HF name, e.g. "h.0.attn.c_attn.weight" */
-	int			ndim;			/* 1 or 2 */
-	int64		dims[2];
-	int64		offset;			/* in floats, from the start of the arena */
-	const float **dst;			/* the model's pointer to set */
-	bool		loaded;
-} ParamSlot;
-
-typedef struct SlotList
-{
-	const char *model;			/* for messages */
-	ParamSlot  *items;
-	int			n;
-	int64		n_floats;		/* arena size so far */
-} SlotList;
-
-static int64
-slot_numel(const ParamSlot *s)
-{
-	return s->ndim == 1 ? s->dims[0] : s->dims[0] * s->dims[1];
-}
-
-/*
- * Append a tensor of shape [d0] (d1 == 0) or [d0, d1].  A config whose
- * shapes are not tensors (a dimension over 2^31 - 1, more than
- * LLM_MAX_ELEMS values) is ERROR 22003 naming the parameter and its shape.
- * So every slot is under 2^28 floats and there are fewer than 2^25 slots
- * (see build_slots): the arena size cannot overflow.
- */
-static void
-slot_add(SlotList *list, char *name, const float **dst, int64 d0, int64 d1)
-{
-	ParamSlot  *s = &list->items[list->n++];
-
-	s->name = name;
-	s->ndim = d1 == 0 ? 1 : 2;
-	s->dims[0] = d0;
-	s->dims[1] = d1;
-	tensor_check_shape(psprintf("model \"%s\": parameter \"%s\"", list->model, name),
-					   s->ndim, s->dims);
-	s->offset = list->n_floats;
-	s->dst = dst;
-	s->loaded = false;
-	list->n_floats += TYPEALIGN(ARENA_ALIGN_FLOATS, slot_numel(s));
-}
-
-/*
- * Every parameter of the model: the one list of GPT-2's tensors, with
- * HuggingFace's names and shapes (Conv1D weights are [in, out]; lm_head is
- * tied to wte and not listed).  SQL sees it as llm_param_shapes(model).
- * The pointers to set live in `m`; m->layers is allocated here.
- */
-static SlotList
-build_slots(Gpt2Model *m)
-{
-	const Gpt2Config *c = &m->cfg;
-	int64		C = c->n_embd,
-				F = c->n_inner;
-	SlotList	list = {.model = m->name};
-	Size		n_slots = 4 + 12 * (Size) c->n_layer;
-
-	if (n_slots > MaxAllocSize / sizeof(ParamSlot))
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("model \"%s\" has n_layer = %d, more layers than pg_llm can list",
-						m->name, c->n_layer)));
-	m->layers = palloc0(sizeof(Gpt2Layer) * c->n_layer);
-	list.items = palloc(sizeof(ParamSlot) * n_slots);
-	slot_add(&list, "wte.weight", &m->wte, c->vocab_size, C);
-	slot_add(&list, "wpe.weight", &m->wpe, c->n_positions, C);
-	for (int l = 0; l < c->n_layer; l++)
-	{
-		Gpt2Layer  *L = &m->layers[l];
-
-		slot_add(&list, psprintf("h.%d.ln_1.weight", l), &L->ln1_w, C, 0);
-		slot_add(&list, psprintf("h.%d.ln_1.bias", l), &L->ln1_b, C, 0);
-		slot_add(&list, psprintf("h.%d.attn.c_attn.weight", l), &L->attn_w, C, 3 * C);
-		slot_add(&list, psprintf("h.%d.attn.c_attn.bias", l), &L->attn_b, 3 * C, 0);
-		slot_add(&list, psprintf("h.%d.attn.c_proj.weight", l), &L->attn_proj_w, C, C);
-		slot_add(&list, psprintf("h.%d.attn.c_proj.bias", l), &L->attn_proj_b, C, 0);
-		slot_add(&list, psprintf("h.%d.ln_2.weight", l), &L->ln2_w, C, 0);
-		slot_add(&list, psprintf("h.%d.ln_2.bias", l), &L->ln2_b, C, 0);
-		slot_add(&list, psprintf("h.%d.mlp.c_fc.weight", l), &L->fc_w, C, F);
-		slot_add(&list, psprintf("h.%d.mlp.c_fc.bias", l), &L->fc_b, F, 0);
-		slot_add(&list, psprintf("h.%d.mlp.c_proj.weight", l), &L->mlp_proj_w, F, C);
-		slot_add(&list, psprintf("h.%d.mlp.c_proj.bias", l), &L->mlp_proj_b, C, 0);
-	}
-	slot_add(&list, "ln_f.weight", &m->lnf_w, C, 0);
-	slot_add(&list, "ln_f.bias", &m->lnf_b, C, 0);
-	return list;
-}
-
-static ParamSlot *
-find_slot(SlotList *list, const char *name)
-{
-	for (int i = 0; i < list->n; i++)
-		if (strcmp(list->items[i].name, name) == 0)
-			return &list->items[i];
-	return NULL;
-}
-
-Gpt2ParamInfo *
-gpt2_param_layout(const char *model, const Gpt2Config *cfg, int *n_params, int64 *n_floats)
-{
-	Gpt2Model	m = {.name = (char *) model, .cfg = *cfg};
-	SlotList	slots;
-	Gpt2ParamInfo *params;
-
-	slots = build_slots(&m);
-	params = palloc(sizeof(Gpt2ParamInfo) * slots.n);
-	for (int i = 0; i < slots.n; i++)
-	{
-		ParamSlot  *s = &slots.items[i];
-
-		params[i].name = s->name;
-		params[i].ndim = s->ndim;
-		params[i].dims[0] = s->dims[0];
-		params[i].dims[1] = s->ndim == 1 ? 0 : s->dims[1];
-		params[i].numel = slot_numel(s);
-		params[i].offset = s->offset;
-	}
-	*n_params = slots.n;
-	*n_floats = slots.n_floats;
-	return params;
-}
-
-void
-gpt2_model_bind(Gpt2Model *m, const float *arena)
-{
-	SlotList	slots = build_slots(m);
-
-	for (int i = 0; i < slots.n; i++)
-		*slots.items[i].dst = arena + slots.items[i].offset;
-	m->n_floats = slots.n_floats;
-}
 
 /* ---- reading the tables (SPI) ------------------------------------------ */
 
 /*
  * Every query here runs with read_only = true.  For SPI that means: run in
  * the snapshot that is active for the calling SQL statement, do not take a
- * new one per query.  So the version read by read_config() and the
+ * new one per query.  So the version read by gpt2_config_read() and the
  * parameters read by load_parameters() come from the *same* snapshot, and
  * the weights we cache are exactly the weights of the version we label
  * them with -- even if another session commits new weights in between.
  */
 
-/* The config row of `model`; false if there is none. */
-static bool
-read_config(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
+bool
+gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 {
 	Oid			argtype = TEXTOID;
 	Datum		arg = CStringGetTextDatum(model);
@@ -233,8 +88,8 @@ read_config(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 }
 
 /* Refuse configs the table constraints should have refused already. */
-static void
-check_config(const char *model, const Gpt2Config *c)
+void
+gpt2_config_check(const char *model, const Gpt2Config *c)
 {
 	double		floats;
 
@@ -253,18 +108,6 @@ check_config(const char *model, const Gpt2Config *c)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("model \"%s\" has %.0f parameters, more than pg_llm can cache (%.0f)",
 						model, floats, MAX_MODEL_FLOATS)));
-}
-
-bool
-gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
-{
-	return read_config(model, relid, version, cfg);
-}
-
-void
-gpt2_config_check(const char *model, const Gpt2Config *cfg)
-{
-	check_config(model, cfg);
 }
 
 /* "parameter \"wte.weight\"", or "m of parameter \"wte.weight\"" (for messages). */
@@ -368,31 +211,30 @@ gpt2_param_read(const char *model, const Gpt2ParamInfo *p, const char *column,
 	}
 }
 
-/* Copy one llm_param value into its slot of the arena, after checking its shape. */
-static void
-copy_parameter(const char *model, ParamSlot *slot, Datum raw, float *arena)
+/* The parameter named `name`, or NULL. */
+static const Gpt2ParamInfo *
+find_param(const Gpt2ParamInfo *params, int n_params, const char *name)
 {
-	Gpt2ParamInfo p = {.name = slot->name, .ndim = slot->ndim,
-		.dims = {slot->dims[0], slot->dims[1]}, .numel = slot_numel(slot),
-	.offset = slot->offset};
-
-	gpt2_param_read(model, &p, "data", raw, arena + slot->offset);
-	slot->loaded = true;
+	for (int i = 0; i < n_params; i++)
+		if (strcmp(params[i].name, name) == 0)
+			return &params[i];
+	return NULL;
 }
 
-/* Read every llm_param row of the model into the arena. */
+/* Read every llm_param row of the model into the arena, laid out as `params`. */
 static void
-load_parameters(const char *model, SlotList *slots, float *arena)
+load_parameters(const char *model, const Gpt2ParamInfo *params, int n_params, float *arena)
 {
 	Oid			argtype = TEXTOID;
 	Datum		arg = CStringGetTextDatum(model);
+	bool	   *loaded = palloc0(sizeof(bool) * n_params);
 	StringInfoData missing;
 	int			n_missing = 0;
 	int			ret;
 
 	/*
 	 * The result rows hold TOAST pointers, not the data: the tensors are
-	 * only read when copy_parameter() detoasts them, one at a time.
+	 * only read when gpt2_param_read() detoasts them, one at a time.
 	 */
 	ret = SPI_execute_with_args(psprintf("SELECT name, data FROM %s WHERE model = $1",
 										 llm_table_name("llm_param")),
@@ -405,29 +247,32 @@ load_parameters(const char *model, SlotList *slots, float *arena)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		char	   *name = SPI_getvalue(tup, desc, 1);
-		ParamSlot  *slot = find_slot(slots, name);
+		const Gpt2ParamInfo *p = find_param(params, n_params, name);
 		bool		isnull;
 		Datum		raw = SPI_getbinval(tup, desc, 2, &isnull);
 
 		CHECK_FOR_INTERRUPTS();
-		if (slot == NULL)
+		if (p == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("model \"%s\" has an unexpected parameter \"%s\"", model, name),
 					 errhint("SELECT * FROM llm_param_shapes(model) lists the names GPT-2 has.")));
 		if (!isnull)
-			copy_parameter(model, slot, raw, arena);
+		{
+			gpt2_param_read(model, p, "data", raw, arena + p->offset);
+			loaded[p - params] = true;
+		}
 		pfree(name);
 	}
 
 	/* Name the missing ones, like llm_check_complete() does. */
 	initStringInfo(&missing);
-	for (int i = 0; i < slots->n; i++)
+	for (int i = 0; i < n_params; i++)
 	{
-		if (slots->items[i].loaded)
+		if (loaded[i])
 			continue;
 		if (n_missing < 5)
-			appendStringInfo(&missing, "%s%s", n_missing ? ", " : "", slots->items[i].name);
+			appendStringInfo(&missing, "%s%s", n_missing ? ", " : "", params[i].name);
 		n_missing++;
 	}
 	if (n_missing > 0)
@@ -437,6 +282,7 @@ load_parameters(const char *model, SlotList *slots, float *arena)
 						model, n_missing, missing.data, n_missing > 5 ? ", ..." : ""),
 				 errhint("Import weights, or run SELECT llm_init('%s', seed) for a fresh model.",
 						 model)));
+	pfree(loaded);
 }
 
 /*
@@ -453,7 +299,8 @@ load_model(MemoryContext parent, const char *model, Oid relid, int64 version,
 											   ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(mcxt);
 	Gpt2Model  *m = palloc0(sizeof(Gpt2Model));
-	SlotList	slots;
+	Gpt2ParamInfo *params;
+	int			n_params;
 	char	   *raw_arena;
 	float	   *arena;
 
@@ -462,19 +309,17 @@ load_model(MemoryContext parent, const char *model, Oid relid, int64 version,
 	m->config_relid = relid;
 	m->version = version;
 	m->cfg = *cfg;
-	slots = build_slots(m);
-	m->n_floats = slots.n_floats;
+	params = gpt2_param_layout(model, cfg, &n_params, &m->n_floats);
 
 	/* One allocation for all the weights, its start aligned to 64 bytes. */
 	raw_arena = llm_alloc_huge(m->n_floats * sizeof(float) + 64,
-						   psprintf("the weights of model \"%s\"", model));
+							   psprintf("the weights of model \"%s\"", model));
 	arena = (float *) TYPEALIGN(64, raw_arena);
-	for (int i = 0; i < slots.n; i++)
-		*slots.items[i].dst = arena + slots.items[i].offset;
+	gpt2_model_bind(m, arena);
 	MemoryContextSwitchTo(old);
 
 	/* Detoasted copies are made in `old` (SPI's context) and freed one by one. */
-	load_parameters(model, &slots, arena);
+	load_parameters(model, params, n_params, arena);
 	return m;
 }
 
@@ -548,7 +393,7 @@ gpt2_model_get(const char *model)
 	bool		shared;
 
 	SPI_connect();
-	if (!read_config(model, &relid, &version, &cfg))
+	if (!gpt2_config_read(model, &relid, &version, &cfg))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown model \"%s\"", model),
@@ -566,7 +411,7 @@ gpt2_model_get(const char *model)
 	}
 
 	/* Free the old weights before decoding new ones: peak memory is one model. */
-	check_config(model, &cfg);
+	gpt2_config_check(model, &cfg);
 	drop_cached_model();
 	m = load_model(caller, model, relid, version, &cfg);
 	SPI_finish();
@@ -598,49 +443,7 @@ gpt2_check_tokens(const char *who, const Gpt2Model *m, const int32 *ids, int n)
 					psprintf(" of model \"%s\"", m->name));
 }
 
-/* ---- SQL: the parameter list, the cache ---------------------------------- */
-
-/*
- * llm_param_shapes(model) RETURNS TABLE (name text, shape int[]): the
- * tensors `model` has (build_slots), none for an unknown model.  The
- * llm_param trigger checks every written row against it.
- */
-PG_FUNCTION_INFO_V1(llm_param_shapes_sql);
-Datum
-llm_param_shapes_sql(PG_FUNCTION_ARGS)
-{
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid			relid;
-	int64		version;
-	Gpt2Config	cfg;
-	bool		found;
-
-	InitMaterializedSRF(fcinfo, 0);
-	SPI_connect();
-	found = read_config(model, &relid, &version, &cfg);
-	SPI_finish();
-	if (found)
-	{
-		Gpt2Model	m = {.name = model, .cfg = cfg};
-		SlotList	slots;
-
-		slots = build_slots(&m);
-		for (int i = 0; i < slots.n; i++)
-		{
-			Datum		dims[2] = {Int32GetDatum(slots.items[i].dims[0]),
-			Int32GetDatum(slots.items[i].dims[1])};
-			Datum		values[2];
-			bool		nulls[2] = {false, false};
-
-			values[0] = CStringGetTextDatum(slots.items[i].name);
-			values[1] = PointerGetDatum(construct_array(dims, slots.items[i].ndim, INT4OID,
-														sizeof(int32), true, TYPALIGN_INT));
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
-	}
-	return (Datum) 0;
-}
+/* ---- SQL: the cache ----------------------------------------------------- */
 
 /* llm_model_cache(): which model this backend holds, and how often it loaded. */
 PG_FUNCTION_INFO_V1(llm_model_cache_sql);

@@ -25,10 +25,6 @@
 
 #include "io/formats.h"
 
-#if PG_VERSION_NUM < 160000
-#define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
-#endif
-
 /* Bytes converted per chunk when a file's dtype is not float32. */
 #define CONVERT_CHUNK (64 * 1024)
 

@@ -13,26 +13,14 @@
 #include "dispatch.h"
 #include "simd.h"
 
+#define SCALAR(family) .family = &family##_scalar_kernels,
+#define AVX2(family) .family = &family##_avx2_kernels,
+#define AVX512(family) .family = &family##_avx512_kernels,
 static const llm_kernel_tables tables[] = {
-	[LLM_ISA_SCALAR] = {
-		LLM_ISA_SCALAR, &matmul_scalar_kernels, &gelu_scalar_kernels,
-		&softmax_scalar_kernels, &layernorm_scalar_kernels,
-		&cross_entropy_scalar_kernels, &attention_scalar_kernels,
-		&adamw_scalar_kernels
-	},
+	[LLM_ISA_SCALAR] = {.isa = LLM_ISA_SCALAR, LLM_KERNEL_FAMILIES(SCALAR)},
 #if LLM_X86
-	[LLM_ISA_AVX2] = {
-		LLM_ISA_AVX2, &matmul_avx2_kernels, &gelu_avx2_kernels,
-		&softmax_avx2_kernels, &layernorm_avx2_kernels,
-		&cross_entropy_avx2_kernels, &attention_avx2_kernels,
-		&adamw_avx2_kernels
-	},
-	[LLM_ISA_AVX512] = {
-		LLM_ISA_AVX512, &matmul_avx512_kernels, &gelu_avx512_kernels,
-		&softmax_avx512_kernels, &layernorm_avx512_kernels,
-		&cross_entropy_avx512_kernels, &attention_avx512_kernels,
-		&adamw_avx512_kernels
-	},
+	[LLM_ISA_AVX2] = {.isa = LLM_ISA_AVX2, LLM_KERNEL_FAMILIES(AVX2)},
+	[LLM_ISA_AVX512] = {.isa = LLM_ISA_AVX512, LLM_KERNEL_FAMILIES(AVX512)},
 #endif
 };
 

@@ -114,45 +114,36 @@ typedef struct
 						   const adamw_consts *k, int decay);
 } adamw_kernels;
 
+/*
+ * The families, once: llm_kernel_tables has a member per family, and each
+ * family's file defines <family>_scalar_kernels, <family>_avx2_kernels and
+ * <family>_avx512_kernels, which cpu.c's rows point at.
+ */
+#define LLM_KERNEL_FAMILIES(FAMILY) \
+	FAMILY(matmul) \
+	FAMILY(gelu) \
+	FAMILY(softmax) \
+	FAMILY(layernorm) \
+	FAMILY(cross_entropy) \
+	FAMILY(attention) \
+	FAMILY(adamw)
+
 /* One ISA's tables, one per family. */
+#define LLM_FAMILY_MEMBER(family) const family##_kernels *family;
 typedef struct
 {
 	llm_isa		isa;
-	const matmul_kernels *matmul;
-	const gelu_kernels *gelu;
-	const softmax_kernels *softmax;
-	const layernorm_kernels *layernorm;
-	const cross_entropy_kernels *cross_entropy;
-	const attention_kernels *attention;
-	const adamw_kernels *adamw;
+	LLM_KERNEL_FAMILIES(LLM_FAMILY_MEMBER)
 } llm_kernel_tables;
+#undef LLM_FAMILY_MEMBER
 
 /* The tables in use (never NULL: the scalar ones until llm_set_isa runs). */
 extern const llm_kernel_tables *llm_kernels;
 
-/* Each family's tables, defined in the family's file. */
-extern const matmul_kernels matmul_scalar_kernels;
-extern const gelu_kernels gelu_scalar_kernels;
-extern const softmax_kernels softmax_scalar_kernels;
-extern const layernorm_kernels layernorm_scalar_kernels;
-extern const cross_entropy_kernels cross_entropy_scalar_kernels;
-extern const attention_kernels attention_scalar_kernels;
-extern const adamw_kernels adamw_scalar_kernels;
-
-extern const matmul_kernels matmul_avx2_kernels;
-extern const gelu_kernels gelu_avx2_kernels;
-extern const softmax_kernels softmax_avx2_kernels;
-extern const layernorm_kernels layernorm_avx2_kernels;
-extern const cross_entropy_kernels cross_entropy_avx2_kernels;
-extern const attention_kernels attention_avx2_kernels;
-extern const adamw_kernels adamw_avx2_kernels;
-
-extern const matmul_kernels matmul_avx512_kernels;
-extern const gelu_kernels gelu_avx512_kernels;
-extern const softmax_kernels softmax_avx512_kernels;
-extern const layernorm_kernels layernorm_avx512_kernels;
-extern const cross_entropy_kernels cross_entropy_avx512_kernels;
-extern const attention_kernels attention_avx512_kernels;
-extern const adamw_kernels adamw_avx512_kernels;
+#define LLM_FAMILY_TABLES(family) \
+	extern const family##_kernels family##_scalar_kernels, family##_avx2_kernels, \
+		family##_avx512_kernels;
+LLM_KERNEL_FAMILIES(LLM_FAMILY_TABLES)
+#undef LLM_FAMILY_TABLES
 
 #endif							/* PG_LLM_DISPATCH_H */

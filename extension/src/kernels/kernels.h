@@ -162,9 +162,6 @@ int			llm_gelu_backward(const float *x, const float *dy, float *dx, int64_t n);
 int			llm_softmax(const float *x, float *y, int64_t rows, int64_t cols,
 						int64_t causal_rows);
 
-/* Softmax of one row of n > 0 values (y may be x). */
-void		llm_softmax_row(const float *x, float *y, int64_t n);
-
 /*
  * Backward of llm_softmax from its output y: per row,
  * dx += y * (dy - sum(y * dy)) over the columns the forward kept (same

@@ -194,12 +194,6 @@ const softmax_kernels softmax_avx512_kernels = {
 
 #endif							/* LLM_X86 */
 
-void
-llm_softmax_row(const float *x, float *y, int64_t n)
-{
-	llm_kernels->softmax->row(x, y, n);
-}
-
 typedef struct
 {
 	const float *x;				/* x, or y for the backward */

@@ -31,17 +31,6 @@ require_ndim(const char *who, const char *what, const Tensor *t, int ndim)
 }
 
 static bool
-all_finite(const Tensor *t)
-{
-	int64		n = tensor_numel(t);
-
-	for (int64 i = 0; i < n; i++)
-		if (!isfinite(t->data[i]))
-			return false;
-	return true;
-}
-
-static bool
 same_shape(const Tensor *a, const Tensor *b)
 {
 	if (a->ndim != b->ndim)
@@ -448,7 +437,7 @@ llm_attention_sql(PG_FUNCTION_ARGS)
 	llm_check_status(llm_attention(q->data, C, k->data, C, v->data, C, y->data,
 								   q->dims[0], k->dims[0], C, n_head, causal, NULL));
 	/* finite q, k and v give a finite y, unless q k^T passed float32's range */
-	if (!all_finite(y) && all_finite(v))
+	if (tensor_first_nonfinite(y) >= 0 && tensor_first_nonfinite(v) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("llm_attention: value out of range: overflow in the scores q k^T of q %s and k %s",

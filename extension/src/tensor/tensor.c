@@ -94,17 +94,27 @@ tensor_new_like(const Tensor *like)
 	return t;
 }
 
-void
-tensor_check_finite(const char *who, const Tensor *t)
+int64
+tensor_first_nonfinite(const Tensor *t)
 {
 	int64		n = tensor_numel(t);
 
 	for (int64 i = 0; i < n; i++)
 		if (!isfinite(t->data[i]))
-			ereport(ERROR,
-					(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
-					 errmsg("%s: input has a non-finite value (%s) at flat index " INT64_FORMAT,
-							who, isnan(t->data[i]) ? "NaN" : "Infinity", i)));
+			return i;
+	return -1;
+}
+
+void
+tensor_check_finite(const char *who, const Tensor *t)
+{
+	int64		i = tensor_first_nonfinite(t);
+
+	if (i >= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
+				 errmsg("%s: input has a non-finite value (%s) at flat index " INT64_FORMAT,
+						who, isnan(t->data[i]) ? "NaN" : "Infinity", i)));
 }
 
 int32 *

@@ -21,7 +21,7 @@
 #include "utils/array.h"
 #include "utils/memutils.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 
 #define LLM_MAX_NDIM 8
 #define LLM_DTYPE_FLOAT32 0
@@ -80,6 +80,8 @@ extern int64 tensor_check_shape(const char *who, int ndim, const int64 *dims);
 /* "[2,3]" for error messages (palloc'd). */
 extern char *tensor_shape_str(const Tensor *t);
 extern char *shape_str(int ndim, const int64 *dims);
+/* The flat index of the first NaN or infinite value, or -1: all finite. */
+extern int64 tensor_first_nonfinite(const Tensor *t);
 /* Error if any value is NaN or infinite. */
 extern void tensor_check_finite(const char *who, const Tensor *t);
 /* Shape from an int[] argument (one-dimensional, no NULLs, 1..8 values). */

@@ -1,16 +1,17 @@
 /*
  * loop.c -- CALL llm_train(model, steps, ...): a training run in one
  * procedure call.  The training state (train/state.h) stays in backend
- * memory for the whole call; every step draws a batch from llm_dataset
- * (split 'train'), runs forward, backward, clip and AdamW, and COMMITs its
+ * memory for the whole call; every step draws a batch from a split of
+ * llm_dataset, runs forward, backward, clip and AdamW, and COMMITs its
  * rows of llm_train_log and llm_grad_stats, so another session sees the
  * run as it goes.  The weights are written back every save_every steps and
  * at the end: a cancel or a crash leaves llm_param at the last write-back.
  *
  * Batches: update number s of the model (llm_param.step before it) draws
  * batch_size examples, with replacement, from a generator seeded with
- * (seed, s) among the examples of the split (default 'train'): the same seed, data and step give the same batch, in any call,
- * after a checkpoint load too.  The learning rate of the call's i-th step
+ * (seed, s) among the examples of the split (default 'train'): the same
+ * seed, data and step give the same batch, in any call, after a checkpoint
+ * load too.  The learning rate of the call's i-th step
  * is llm_lr_at(lr, warmup, decay_steps, min_lr) at i (kernels/optim.h).
  */
 #include "postgres.h"
@@ -29,17 +30,18 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "pg_llm.h"
 #include "kernels/prng.h"
-#include "train/state.h"
+#include "support/support.h"
 #include "tensor/tensor.h"
+#include "train/batch.h"
+#include "train/state.h"
 #include "train/step.h"
 
 /* The procedure's arguments, in llm_train's order (sql/82_train_step.sql). */
 enum
 {
 	A_MODEL, A_STEPS, A_BATCH_SIZE, A_LR, A_WARMUP, A_MIN_LR, A_WEIGHT_DECAY, A_CLIP, A_SEED,
-	A_GRAD_WORKERS, A_PRUNE_WORKERS, A_N_LAYER, A_N_HEAD, A_D, A_VOCAB, A_SAVE_EVERY,
+	A_GRAD_WORKERS, A_OPTIMIZER_WORKERS, A_N_LAYER, A_N_HEAD, A_D, A_VOCAB, A_SAVE_EVERY,
 	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_COUNT
 };
 
@@ -57,7 +59,7 @@ typedef struct TrainRun
 	int			save_every;
 	int			notice_every;
 	char	   *split;			/* llm_dataset.split to draw from */
-	int64	   *ids;			/* llm_dataset ids of split 'train', ascending */
+	int64	   *ids;			/* llm_dataset ids of the split, ascending */
 	int			n_ids;
 } TrainRun;
 
@@ -153,7 +155,7 @@ read_settings(FunctionCallInfo fcinfo, TrainRun *run)
 			"clip must be positive and finite (or NULL: no clipping)", run->clip);
 	run->seed = PG_ARGISNULL(A_SEED) ? 0 : PG_GETARG_INT64(A_SEED);
 	run->grad_threads = workers_arg(fcinfo, A_GRAD_WORKERS, "grad_workers");
-	run->optim_threads = workers_arg(fcinfo, A_PRUNE_WORKERS, "prune_workers");
+	run->optim_threads = workers_arg(fcinfo, A_OPTIMIZER_WORKERS, "optimizer_workers");
 	run->save_every = int_arg(fcinfo, A_SAVE_EVERY, 50);
 	require(run->save_every >= 1, "save_every must be >= 1", run->save_every);
 	run->notice_every = int_arg(fcinfo, A_NOTICE_EVERY, 1);
@@ -233,11 +235,6 @@ draw_batch(const TrainRun *run, const Gpt2Config *cfg, int64 step, int64 *ids)
 		if (i == 0)
 		{
 			b.T = n;
-			if (n < 1 || n > cfg->n_positions)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("llm_train: example " INT64_FORMAT " has %d tokens; the model takes 1 to %d",
-								ids[i], n, cfg->n_positions)));
 			tokens = palloc(sizeof(int32) * run->batch_size * n);
 			targets = palloc(sizeof(int32) * run->batch_size * n);
 		}
@@ -254,8 +251,7 @@ draw_batch(const TrainRun *run, const Gpt2Config *cfg, int64 step, int64 *ids)
 	b.B = run->batch_size;
 	b.tokens = tokens;
 	b.targets = targets;
-	check_token_ids(who, "token", tokens, b.B * b.T, cfg->vocab_size, false, "");
-	check_token_ids(who, "target", targets, b.B * b.T, cfg->vocab_size, true, " (or -100)");
+	llm_batch_check(who, &b, cfg, run->model);
 	return b;
 }
 
@@ -269,15 +265,7 @@ train_one_step(const TrainRun *run, LlmTrainState *st, int i)
 	LlmAdamW	hp = run->hp;
 	instr_time	start,
 				took;
-	int64		counted = 0;
 
-	for (int k = 0; k < b.B * b.T; k++)
-		counted += b.targets[k] != -100;
-	if (counted == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("llm_train: every target of the batch of step " INT64_FORMAT " is -100",
-						st->step + 1)));
 	hp.lr = llm_lr_at(&run->schedule, i);
 
 	INSTR_TIME_SET_CURRENT(start);
@@ -302,7 +290,7 @@ train_one_step(const TrainRun *run, LlmTrainState *st, int i)
 
 /*
  * CALL llm_train(model, steps, batch_size, lr, warmup, min_lr, weight_decay,
- * clip, seed, grad_workers, prune_workers, n_layer, n_head, d, vocab,
+ * clip, seed, grad_workers, optimizer_workers, n_layer, n_head, d, vocab,
  * save_every, beta1, beta2, eps, decay_steps, notice_every, split)
  */
 PG_FUNCTION_INFO_V1(llm_train);

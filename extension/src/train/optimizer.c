@@ -16,7 +16,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 #include "train/state.h"
 
 /* ---- steps ----------------------------------------------------------------------- */

@@ -20,7 +20,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "pg_llm.h"
+#include "support/support.h"
 #include "tensor/tensor.h"
 #include "train/state.h"
 

@@ -3,7 +3,7 @@
  * while it trains (state.c), and the optimizer steps on it (optimizer.c).
  *
  * Parameters, gradients and AdamW's two moments are four float arenas with
- * the weight cache's layout (gpt2_param_layout in gpt2/model_cache.h): the
+ * the weight cache's layout (gpt2_param_layout in gpt2/model.h): the
  * forward pass runs on st->weights as it runs on the cache, and the backward
  * writes gradients through st->grads, whose pointers have the same names.
  *
@@ -12,7 +12,7 @@
  *       llm_train_state_zero_grad(st);
  *       ... forward on &st->weights, backward into st->grad (through st->grads) ...
  *       norm = llm_train_state_clip(st, 1.0);          // clip_grad_norm_
- *       hp.lr = llm_lr_at(&schedule, st->step);        // kernels/optim.h
+ *       hp.lr = llm_lr_at(&schedule, i);               // i-th step of this call, from 0
  *       llm_train_state_adamw(st, &hp);                // st->step + 1
  *       llm_train_state_log(st, &entry);               // a row of llm_train_log
  *       llm_train_state_record_grad_stats(st);         // rows of llm_grad_stats
@@ -59,11 +59,9 @@ typedef struct LlmTrainState
 	float	   *v;				/* AdamW's second moment */
 	int64		step;			/* AdamW updates taken (llm_param.step) */
 
-	Gpt2Model	weights;		/* pointers into data, for gpt2_forward */
+	Gpt2Model	weights;		/* pointers into data, for gpt2_batch_forward */
 	Gpt2Model	grads;			/* pointers into grad: grads.layers[l].fc_w is
-								 * the gradient of h.l.mlp.c_fc.weight (the
-								 * pointers are const-qualified, the memory is
-								 * the state's own: cast to write) */
+								 * the gradient of h.l.mlp.c_fc.weight */
 
 	/* measured by the latest clip and update, for llm_grad_stats */
 	float	   *grad_norms;		/* [n_params] gradient norms before clipping */

@@ -1,6 +1,7 @@
 /*
  * step.c -- a training step from SQL: the batch given as token arrays, the
- * forward and backward of gpt2/train_forward.c on the training state.
+ * forward and backward of gpt2/ on the training state (and, while
+ * pg_llm.autograd_mode records, the tape built from that forward).
  *
  *   llm_gradients(model, tokens, targets)   the gradients, nothing written
  *   llm_train_step(model, tokens, targets, lr, ...)   forward, backward,
@@ -18,16 +19,13 @@
 #include "utils/builtins.h"
 
 #include "pg_llm.h"
+#include "gpt2/tape.h"
+#include "train/batch.h"
 #include "autograd/tape.h"
-#include "gpt2/forward.h"
-#include "gpt2/train_forward.h"
+#include "gpt2/backward.h"
 #include "tensor/tensor.h"
 #include "train/state.h"
 #include "train/step.h"
-
-#if PG_VERSION_NUM < 160000
-#define InitMaterializedSRF SetSingleFuncCall	/* its name in PostgreSQL 15 */
-#endif
 
 /* ids of an int[] that is [T] or [B][T], without NULLs; sets *B, *T. */
 static int32 *
@@ -60,7 +58,6 @@ llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, const char *model,
 	LlmBatch	b;
 	int			tB,
 				tT;
-	int64		counted = 0;
 
 	b.tokens = batch_ids(who, "tokens", tokens, &b.B, &b.T);
 	b.targets = batch_ids(who, "targets", targets, &tB, &tT);
@@ -73,35 +70,20 @@ llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, const char *model,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: targets [%d][%d] do not match tokens [%d][%d] (one target per token)",
 						who, tB, tT, b.B, b.T)));
-	if (b.T > cfg->n_positions)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: sequences of %d tokens are more than model \"%s\" takes (n_positions = %d)",
-						who, b.T, model, cfg->n_positions)));
-	check_token_ids(who, "token", b.tokens, b.B * b.T, cfg->vocab_size, false, "");
-	check_token_ids(who, "target", b.targets, b.B * b.T, cfg->vocab_size, true,
-					" (or -100 to ignore)");
-	for (int i = 0; i < b.B * b.T; i++)
-		counted += b.targets[i] != -100;
-	if (counted == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: every target is the ignore index -100", who)));
+	llm_batch_check(who, &b, cfg, model);
 	return b;
 }
 
 double
 llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch)
 {
-	Gpt2Batch  *b;
+	Gpt2Batch  *b = gpt2_batch_new(&st->weights, batch->B, batch->T);
 	double		loss;
 
-	/* pg_llm.autograd_mode meta or full: the step's forward goes on the tape */
-	if (autograd_recording())
-		gpt2_record_batch(&st->weights, batch->tokens, batch->targets, batch->B, batch->T);
-	b = gpt2_batch_new(&st->weights, batch->B, batch->T);
 	llm_train_state_zero_grad(st);
 	loss = gpt2_batch_forward(b, batch->tokens, batch->targets);
+	if (autograd_recording())
+		gpt2_tape_batch(b);
 	gpt2_batch_backward(b, &st->grads);
 	gpt2_batch_free(b);
 	return loss;

@@ -1,6 +1,6 @@
 /*
  * step.h -- a batch of token sequences and the gradients of a training
- * state on it (step.c; the math is gpt2/train_forward.c).
+ * state on it (step.c; the math is gpt2/forward.c and gpt2/backward.c).
  */
 #ifndef PG_LLM_TRAIN_STEP_H
 #define PG_LLM_TRAIN_STEP_H
@@ -32,7 +32,8 @@ extern LlmBatch llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, co
 
 /*
  * st->grad = d(mean cross-entropy of the batch)/d(st->data); returns the
- * loss.
+ * loss.  While pg_llm.autograd_mode records, the batch's forward also goes
+ * on the tape (gpt2/tape.h).
  */
 extern double llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch);
 

@@ -1,0 +1,52 @@
+/*
+ * support.h -- the PostgreSQL glue every part of the extension shares:
+ * turning a kernel's status into PostgreSQL's errors, allocating large
+ * buffers, the names of the extension's tables, and the set-returning
+ * function setup under its PostgreSQL 15 name.
+ *
+ * It includes only PostgreSQL's headers and kernels/kernels.h, so any folder
+ * may include it without an include cycle.
+ */
+#ifndef PG_LLM_SUPPORT_H
+#define PG_LLM_SUPPORT_H
+
+#include "postgres.h"
+
+#include "funcapi.h"
+
+/* Prefix form works on every PostgreSQL version we build against. */
+#define llm_noreturn __attribute__((noreturn))
+
+/* InitMaterializedSRF() is called SetSingleFuncCall() in PostgreSQL 15. */
+#if PG_VERSION_NUM < 160000
+#define InitMaterializedSRF SetSingleFuncCall
+#endif
+
+/*
+ * Run a kernel status through PostgreSQL: LLM_OK returns, LLM_NOMEM is
+ * ERROR 53200, LLM_INTERRUPTED is the usual cancel (or terminate) error.
+ */
+extern void llm_check_status(int status);
+
+/*
+ * Allocate `bytes` in the current memory context; may exceed PostgreSQL's
+ * 1 GB palloc limit.  Out of memory is ERROR 53200 naming `what`.
+ */
+extern void *llm_alloc_huge(Size bytes, const char *what);
+
+/*
+ * llm_alloc_huge() for a [rows, cols] float32 matrix; the product is
+ * overflow-checked (ERROR 22003 naming `what` and the shape).
+ */
+extern float *llm_alloc_floats(int64 rows, int64 cols, const char *what);
+
+/*
+ * The extension's own tables, for SPI queries: "schema"."name", quoted as
+ * needed, never resolved through the caller's search_path (a temporary table
+ * or a table planted in an earlier schema could shadow it).
+ */
+extern Oid	llm_extension_schema(void);
+extern char *llm_table_name(const char *name);
+extern Oid	llm_table_oid(const char *name);
+
+#endif							/* PG_LLM_SUPPORT_H */
