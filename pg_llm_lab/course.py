@@ -191,7 +191,7 @@ def trained_model(conn) -> str:
 
 def course_prompt(conn) -> str:
     """The prompt notebook 08 used: held_out_prompt of the held-out paragraphs it
-    keeps in the learner's table mine(conn, 'course_text')."""
-    held_out = conn.execute(f"SELECT string_agg(paragraph, E'\\n\\n' ORDER BY id) FROM {mine(conn, 'course_text')} "
+    keeps in the learner's table mine(conn, 'gpt_paragraphs')."""
+    held_out = conn.execute(f"SELECT string_agg(paragraph, E'\\n\\n' ORDER BY id) FROM {mine(conn, 'gpt_paragraphs')} "
                             "WHERE part = 'val'").fetchone()[0]
     return held_out_prompt(held_out or "")

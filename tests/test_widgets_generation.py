@@ -179,7 +179,7 @@ def test_trained_model_is_the_learners_model_once_trained(conn, monkeypatch, tex
 
 def test_course_prompt_reads_the_held_out_text_notebook_08_kept(conn, monkeypatch):
     monkeypatch.setenv("PG_LLM_LAB_LEARNER", "test_gen_learner")
-    table = course.mine(conn, "course_text")
+    table = course.mine(conn, "gpt_paragraphs")
     conn.execute(f"CREATE TABLE {table} (id int, part text, paragraph text)")
     try:
         conn.execute(f"INSERT INTO {table} VALUES (0, 'train', 'KING:\nNo.'), (0, 'val', 'ROMEO:\nAy.'), "
