@@ -10,8 +10,10 @@ Modules: server (the embedded PostgreSQL), build (compile pg_llm), db
 merges.txt in and out), datasets (text files into llm_dataset), client
 (PGLLMClient: generation, streaming, beam search, training), plots (loss
 curves, live from llm_train_log), widgets (tape stepper, sampling
-playground), notebook (`%load_ext pg_llm_lab.notebook`: quiet %sql), demo
-(`pg-llm-lab demo`), lab (`pg-llm-lab lab`), cli (the `pg-llm-lab` command).
+playground, training watcher, class view), course (what the notebooks share:
+the learner's names, checks, the text, the trained model), notebook
+(`%load_ext pg_llm_lab.notebook`: quiet %sql), demo (`pg-llm-lab demo`), lab
+(`pg-llm-lab lab`), cli (the `pg-llm-lab` command).
 """
 
 from .adapters import register_tensor

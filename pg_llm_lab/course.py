@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import platformdirs
@@ -132,3 +133,65 @@ def course_text(conn, download: bool | None = None) -> tuple[str, str]:
         return text, "Tiny Shakespeare (1.1 MB: 40,000 lines of Shakespeare's plays)"
     return offline_text(conn), ("Python's standard library docstrings + PostgreSQL's pg_description "
                                 "(built offline, about 0.6 MB)")
+
+
+# ---- the learner's model (notebooks 08 to 11) ------------------------------------------
+
+MODEL = "gpt"        # mine(conn, MODEL): the GPT-2 notebook 08 trains on the course text
+TRAINING_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_training_on_text.ipynb"
+
+
+def quick() -> bool:
+    """$PG_LLM_LAB_QUICK is set: notebook 08 trains for a few steps only (a test of the whole path)."""
+    return bool(os.environ.get("PG_LLM_LAB_QUICK"))
+
+
+def held_out_prompt(held_out: str) -> str:
+    """A prompt that sounds like the text: the most common start (up to two words: a
+    capital first, letters, maybe a ':' or ',') of the first lines of its held-out
+    paragraphs, e.g. a speaker 'ROMEO:' or 'Return the'."""
+    first_lines = (p.strip().splitlines()[0] for p in re.split(r"\n\s*\n", held_out) if p.strip())
+    starts = Counter(" ".join(words) for words in (line.split()[:2] for line in first_lines)
+                     if words[0][0].isupper() and all(re.fullmatch(r"[A-Za-z]+[:,]?", w) for w in words))
+    return starts.most_common(1)[0][0] if starts else "The"
+
+
+def is_trained(conn, model: str) -> bool:
+    """Has `model` taken a training step and does a tokenizer of its name exist?"""
+    return conn.execute("SELECT EXISTS (SELECT FROM llm_train_log WHERE model = %s) "
+                        "AND EXISTS (SELECT FROM llm_tokenizer WHERE model = %s)", [model, model]).fetchone()[0]
+
+
+def trained_model(conn) -> str:
+    """The learner's model trained by notebook 08, mine(conn, 'gpt').
+
+    When 08 has not been run yet, it is run now, in quick mode (a short
+    training; $PG_LLM_LAB_QUICK), in a kernel of its own that connects as
+    this one does: 09, 10 and 11 then run on their own.
+    """
+    import subprocess
+    import sys
+
+    model = mine(conn, MODEL)
+    if is_trained(conn, model):
+        return model
+    if not TRAINING_NOTEBOOK.is_file():
+        raise FileNotFoundError(f"{model} is not trained yet and {TRAINING_NOTEBOOK} is missing: run notebook 08")
+    print(f"{model} is not trained yet: running {TRAINING_NOTEBOOK.name} now, in quick mode (a minute or two)...",
+          flush=True)
+    run = ("import sys, nbclient, nbformat; nb = nbformat.read(sys.argv[1], as_version=4); "
+           "nbclient.NotebookClient(nb, timeout=300, resources={'metadata': {'path': sys.argv[2]}}).execute()")
+    done = subprocess.run([sys.executable, "-c", run, str(TRAINING_NOTEBOOK), str(TRAINING_NOTEBOOK.parent)],
+                          env={**os.environ, "PG_LLM_LAB_QUICK": "1"}, capture_output=True, text=True)
+    if done.returncode != 0 or not is_trained(conn, model):
+        raise RuntimeError(f"running {TRAINING_NOTEBOOK.name} failed: open it and run it yourself\n"
+                           + done.stderr[-2000:])
+    return model
+
+
+def course_prompt(conn) -> str:
+    """The prompt notebook 08 used: held_out_prompt of the held-out paragraphs it
+    keeps in the learner's table mine(conn, 'gpt_paragraphs')."""
+    held_out = conn.execute(f"SELECT string_agg(paragraph, E'\\n\\n' ORDER BY id) FROM {mine(conn, 'gpt_paragraphs')} "
+                            "WHERE part = 'val'").fetchone()[0]
+    return held_out_prompt(held_out or "")

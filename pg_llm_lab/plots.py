@@ -3,6 +3,8 @@
     fig = loss_curve(conn, "lab")              # the model's whole log, loss and learning rate
     rows = live_loss(conn, "lab", every=1.0)   # watch a run another session is making
     fig = tape_graph(conn)                     # this session's autograd tape as a graph
+    fig = next_token_bars(conn, "lab", "ROMEO:", temperature=0.8)   # what the next token may be
+    fig = class_curves(class_log(conn))        # every model trained in the last hour, side by side
 
 `CALL llm_train` commits a row of llm_train_log after every step, so a
 second session -- another notebook, psql -- sees the run as it goes.
@@ -12,6 +14,7 @@ display that updates in Jupyter), and returns once that model's run is over
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Callable
 
@@ -175,4 +178,87 @@ def tape_graph(conn, *, leaves: bool = True, highlight: int | None = None, ax=No
     ax.set_ylim(-len(rows) - 0.6, -0.4)
     ax.axis("off")
     ax.set_title(f"the tape: {len(ops)} ops (boxes), their inputs (arrows, and in grey the leaves)", fontsize=10)
+    return ax.figure
+
+
+# ---- the learning path's pictures: the next token, the class at a glance -------------------
+
+def token_label(text: str) -> str:
+    """A decoded token as a bar's label: spaces and newlines made visible."""
+    return repr(text)[1:-1].replace(" ", "␣") or "∅"
+
+
+def next_token_bars(conn, model: str, prompt: str, *, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, n: int = 15, fig=None):
+    """The model's next token after `prompt`: the n likeliest tokens (llm_logits), labelled
+    by their text (llm_decode), grey for their probability at temperature 1, blue for the
+    probability they are drawn with under the settings (llm_sampling_probs)."""
+    ids = conn.execute("SELECT llm_encode(%s, %s)", [prompt, model]).fetchone()[0]
+    logits = conn.execute("SELECT llm_logits(%s, %s, true)", [model, ids]).fetchone()[0][0]
+    plain, drawn = conn.execute("SELECT llm_sampling_probs(%(l)s, 1.0, 0, 1.0), "
+                                "llm_sampling_probs(%(l)s, %(t)s, %(k)s, %(p)s)",
+                                dict(l=logits, t=temperature, k=top_k, p=top_p)).fetchone()
+    top = [int(i) for i in plain.argsort()[::-1][:n]]
+    texts = dict(conn.execute("SELECT id, llm_decode(ARRAY[id], %s) FROM unnest(%s::int[]) AS id",
+                              [model, top]).fetchall())
+    ax = _fresh_axes(fig, (10, 3.2))
+    x = range(len(top))
+    ax.bar(x, plain[top], color="lightgray", label="temperature 1, all tokens")
+    ax.bar(x, drawn[top], width=0.5, color="tab:blue", label="drawn with these settings")
+    ax.set_xticks(list(x), [token_label(texts[i]) for i in top], rotation=45, ha="right", fontsize=9)
+    ax.set_ylabel("probability")
+    kept = int((drawn > 0).sum())
+    ax.set_title(f"next token after {prompt!r}: temperature {temperature:g}, top-k {top_k or 'off'}, "
+                 f"top-p {top_p:g} -> {kept:,} of {len(drawn):,} tokens can be drawn", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def _fresh_axes(fig, size):
+    """One empty axes filling fig, or a new figure of `size` (a thread draws into a
+    Figure of its own: pyplot is not thread-safe)."""
+    if fig is None:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=size)
+        plt.close(fig)        # shown by whoever displays it, not again by the inline backend
+    fig.clear()
+    return fig.subplots()
+
+
+COLORS = [f"C{i}" for i in range(10)]     # matplotlib's default cycle, one color per model
+CLASS_LOG_QUERY = """
+    SELECT l.model, l.id, l.step, l.loss, l.created_at
+    FROM llm_train_log l
+    WHERE l.created_at > now() - make_interval(mins => %s) AND l.loss IS NOT NULL
+    ORDER BY l.model, l.id"""
+
+
+def class_log(conn, minutes: float = 60) -> pd.DataFrame:
+    """Every model's llm_train_log rows of the last `minutes`: model, id, step, loss, created_at."""
+    return pd.DataFrame(conn.execute(CLASS_LOG_QUERY, [minutes]).fetchall(),
+                        columns=["model", "id", "step", "loss", "created_at"])
+
+
+def class_curves(log: pd.DataFrame, fig=None):
+    """One loss curve per model, side by side on one axis, over the minutes of the log;
+    a model's line breaks where its step number goes back (a new run, a checkpoint loaded)."""
+    ax = _fresh_axes(fig, (10, 4))
+    if log.empty:
+        ax.text(0.5, 0.5, "no training logged in this window", ha="center", va="center")
+    else:
+        start = log["created_at"].min()
+        for (model, rows), color in zip(log.groupby("model"), itertools.cycle(COLORS)):
+            minutes = (rows["created_at"] - start).dt.total_seconds() / 60
+            runs = (rows["step"].diff() <= 0).cumsum()
+            label = f"{model} (step {rows['step'].iloc[-1]})"
+            for _, run in rows.groupby(runs):
+                ax.plot(minutes[run.index], run["loss"], lw=1, color=color, label=label)
+                label = None
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("training loss (nats per token)")
+    ax.set_title(f"the class: {log['model'].nunique()} models")
+    ax.figure.tight_layout()
     return ax.figure

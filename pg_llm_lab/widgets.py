@@ -13,9 +13,10 @@ output's value and gradient.
     stepper.op_ids(layer="h.0")           # the ops of GPT-2's first block
 
 SamplingPlayground generates text from a prompt with sliders for
-temperature, top-k and top-p, a seed and a regenerate button (llm_generate).
+temperature, top-k and top-p, a seed and a regenerate button (llm_generate),
+above bars of the next token's probabilities under those settings.
 
-    playground = SamplingPlayground(conn, "ROMEO:", model="nb06")
+    playground = SamplingPlayground(conn, "ROMEO:", model="alice_gpt")
     playground.widget
     playground.generate()                 # the text for the current settings
 """
@@ -212,11 +213,23 @@ class TapeStepper:
         return self._widget
 
 
+def _png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (for an ipywidgets Image)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
 class SamplingPlayground:
     """Sliders for temperature, top-k, top-p and a seed over llm_generate.
 
     Moving a control or pressing "regenerate" writes a new sample; with the
     same settings and seed the text is the same (llm_generate is seeded).
+    Below it, the next token after the prompt: the likeliest tokens, labelled
+    by their text, with the probabilities they are drawn with under the
+    settings (plots.next_token_bars), redrawn as the controls move.
     """
 
     def __init__(self, conn, prompt: str, *, model: str | None = None, max_tokens: int = 40,
@@ -225,7 +238,9 @@ class SamplingPlayground:
 
         from .client import PGLLMClient
 
+        self.conn = conn
         self.client = PGLLMClient(conn, model)
+        self.model = model or conn.execute("SELECT llm_default_model()").fetchone()[0]
         self.max_tokens = max_tokens
         style = {"description_width": "90px"}
         self.prompt = widgets.Text(value=prompt, description="prompt", style=style)
@@ -239,11 +254,13 @@ class SamplingPlayground:
         self.seed = widgets.IntText(value=seed, description="seed", style=style)
         self.button = widgets.Button(description="regenerate", tooltip="a new seed, a new sample")
         self.output = widgets.HTML()
+        self.bars = widgets.Image(format="png")
+        self._figure = None
         for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.seed):
             control.observe(lambda change: self.show(), names="value")
         self.button.on_click(lambda button: self.regenerate())
         self.widget = widgets.VBox([self.prompt, self.temperature, self.top_k, self.top_p,
-                                    widgets.HBox([self.seed, self.button]), self.output])
+                                    widgets.HBox([self.seed, self.button]), self.output, self.bars])
         self.show()
 
     def settings(self) -> dict:
@@ -256,13 +273,207 @@ class SamplingPlayground:
         return self.client.generate(self.prompt.value, self.max_tokens, **self.settings())
 
     def show(self) -> str:
-        """Generate with the current settings into the output panel; returns the text."""
+        """Generate with the current settings into the output panel and redraw the
+        next token's bars; returns the text."""
+        from . import plots
+
         self.text = self.generate()
         self.output.value = (f"<pre style='white-space: pre-wrap'><b>{html.escape(self.prompt.value)}</b>"
                              f"{html.escape(self.text)}</pre>")
+        settings = self.settings()
+        del settings["seed"]
+        self._figure = plots.next_token_bars(self.conn, self.model, self.prompt.value, fig=self._figure,
+                                             **settings)
+        self.bars.value = _png(self._figure)
         return self.text
 
     def regenerate(self) -> str:
         """The next seed (the button): a new sample with the same settings; returns it."""
         self.seed.value += 1      # observed: show() runs
         return self.text
+
+
+# ---- the learning path: a run watched live, the class at a glance ------------------------
+
+class TrainingWatcher:
+    """Follows one model's `CALL llm_train` from a session and a thread of its own.
+
+    Started before the CALL (which may run in a %%sql cell: this widget
+    keeps drawing while that cell runs).  It polls llm_train_log for the
+    model's new rows (plots.live_loss: other models' runs are ignored; it
+    gives up after `wait` seconds if no run starts, and after `timeout` in
+    all), redraws the loss, and each time the run writes its weights back to
+    llm_param it saves a checkpoint of them and samples a line of text.
+
+        watcher = TrainingWatcher("alice_gpt", prompt="ROMEO:")
+        watcher.widget              # display it, then run the CALL
+        log = watcher.join()        # the rows it saw, once the run is over
+        watcher.samples             # [(step, checkpoint id, text), ...]
+    """
+
+    def __init__(self, model: str, prompt: str, *, url: str | None = None, every: float = 1.0,
+                 wait: float = 120.0, timeout: float = 600.0, sample_tokens: int = 30):
+        import threading
+
+        import ipywidgets as widgets
+
+        from . import db
+
+        self.model, self.prompt, self.sample_tokens = model, prompt, sample_tokens
+        self.every, self.wait, self.timeout = every, wait, timeout
+        self.conn = db.connect(url)
+        self.samples: list[tuple[int, int, str]] = []
+        self.log = None
+        self.error: BaseException | None = None
+        self._written = self._written_step()
+        self._figure = None
+        self.image = widgets.Image(format="png")
+        self.status = widgets.HTML(f"waiting for <code>CALL llm_train('{html.escape(model)}', ...)</code>"
+                                   f" (up to {wait:.0f} s)")
+        self.text = widgets.HTML(layout=widgets.Layout(max_height="16em", overflow="auto"))
+        self.widget = widgets.VBox([self.status, self.image, self.text])
+        self._thread = threading.Thread(target=self._follow, name=f"watch {model}", daemon=True)
+        self._thread.start()
+
+    def _written_step(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(step), 0) FROM llm_param WHERE model = %s",
+                                 [self.model]).fetchone()[0]
+
+    def _follow(self) -> None:
+        from . import plots
+
+        try:
+            self.log = plots.live_loss(self.conn, self.model, every=self.every, wait=self.wait,
+                                       timeout=self.timeout, display=False, on_rows=self._on_rows)
+            steps = len(self.log)
+            if plots.is_training(self.conn, self.model):
+                self.status.value = f"{self.model}: {steps} steps watched, then {self.timeout:.0f} s were up"
+            elif steps:
+                self.status.value = f"{self.model}: {steps} steps watched; the run is over"
+            else:
+                self.status.value = (f"no run of {html.escape(self.model)} started in {self.wait:.0f} s: "
+                                     "run this cell again to watch the next one")
+        except BaseException as error:      # shown in the widget: a thread's exception goes nowhere
+            self.error = error
+            self.status.value = f"the watcher stopped: {html.escape(repr(error))}"
+        finally:
+            self.conn.close()
+
+    def _on_rows(self, new) -> None:
+        import pandas as pd
+        from matplotlib.figure import Figure
+
+        from . import plots
+
+        self.log = new if self.log is None else pd.concat([self.log, new], ignore_index=True)
+        if self._figure is None:    # (not pyplot's: this runs in a thread of its own)
+            self._figure = Figure(figsize=(10, 3))
+            self._figure.subplots(1, 2)
+        plots.draw(self.log, self.model, self._figure)
+        self.image.value = _png(self._figure)
+        last = self.log.iloc[-1]
+        self.status.value = f"{self.model}: step {last['step']}, loss {last['loss']:.3f}"
+        written = self._written_step()
+        if written > self._written:
+            self._written = written
+            self._sample()
+
+    def _sample(self) -> None:
+        """A checkpoint of the weights last written back, and what they write after the prompt."""
+        from .client import PGLLMClient
+
+        saved = self.conn.execute("SELECT llm_checkpoint_save(%s, 'watched during training')",
+                                  [self.model]).fetchone()[0]
+        step = self.conn.execute("SELECT step FROM llm_checkpoint WHERE id = %s", [saved]).fetchone()[0]
+        text = PGLLMClient(self.conn, self.model).generate(self.prompt, self.sample_tokens, temperature=0.8,
+                                                           top_k=40, seed=1)
+        self.samples.append((step, saved, text))
+        self.text.value = "".join(     # the latest first
+            f"<pre style='white-space: pre-wrap'><b>step {s} (checkpoint {c}):</b> "
+            f"{html.escape(self.prompt + t)}</pre>" for s, c, t in reversed(self.samples))
+
+    def join(self, timeout: float | None = None):
+        """Wait for the watcher to finish (the run is over); the log rows it saw."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.log
+
+
+TRAINING_NOW_QUERY = """
+    SELECT pid, usename, now() - query_start AS running_for, left(query, 120) AS query
+    FROM pg_stat_activity
+    WHERE state = 'active' AND query ~* '^\\s*call\\s+(\\S+\\.)?llm_train\\s*\\('
+    ORDER BY query_start"""
+
+
+def training_now(conn) -> list[tuple]:
+    """The sessions inside CALL llm_train now: (pid, role, running for, the CALL's text)."""
+    return conn.execute(TRAINING_NOW_QUERY).fetchall()
+
+
+class ClassView:
+    """The class at a glance, redrawn every `every` seconds for `duration` seconds
+    from a session and a thread of its own: one loss curve per model trained in the
+    last `minutes` (llm_train_log) and the sessions training now (pg_stat_activity).
+    It only reads.
+
+        view = ClassView(minutes=60)
+        view.widget
+    """
+
+    def __init__(self, *, url: str | None = None, minutes: float = 60, every: float = 5.0,
+                 duration: float = 600.0):
+        import threading
+
+        import ipywidgets as widgets
+
+        from . import db
+
+        self.minutes, self.every, self.duration = minutes, every, duration
+        self.conn = db.connect(url)
+        self.refreshes = 0
+        self._figure = None
+        self._stop = threading.Event()
+        self.image = widgets.Image(format="png")
+        self.status = widgets.HTML()
+        self.button = widgets.Button(description="stop", tooltip="stop refreshing")
+        self.button.on_click(lambda button: self.stop())
+        self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.image])
+        self._thread = threading.Thread(target=self._follow, name="class view", daemon=True)
+        self._thread.start()
+
+    def refresh(self) -> None:
+        """Read the log and the sessions once, and redraw."""
+        import time
+
+        from matplotlib.figure import Figure
+
+        from . import plots
+
+        log = plots.class_log(self.conn, self.minutes)
+        self._figure = plots.class_curves(log, self._figure or Figure(figsize=(10, 4)))
+        self.image.value = _png(self._figure)
+        rows = "".join(f"<li><code>{html.escape(query)}</code> ({html.escape(role)}, pid {pid}, "
+                       f"{running.total_seconds():.0f} s)</li>" for pid, role, running, query in training_now(self.conn))
+        self.status.value = (f"{time.strftime('%H:%M:%S')}: training now: " + (f"<ul>{rows}</ul>" if rows else "nobody"))
+        self.refreshes += 1
+
+    def _follow(self) -> None:
+        import time
+
+        until = time.monotonic() + self.duration
+        try:
+            while True:
+                self.refresh()
+                if self._stop.wait(self.every) or time.monotonic() > until:
+                    break
+        except BaseException as error:      # shown in the widget: a thread's exception goes nowhere
+            self.status.value = f"the view stopped: {html.escape(repr(error))}"
+        finally:
+            self.conn.close()
+
+    def stop(self) -> None:
+        """Stop refreshing (the button)."""
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -23,7 +23,7 @@ def test_lab_extra_is_pyprojects():
 
 def test_notebooks_folder():
     assert lab.notebooks_dir() == REPO / "notebooks"
-    assert (lab.notebooks_dir() / "04_training.ipynb").exists()
+    assert (lab.notebooks_dir() / "08_training_on_text.ipynb").exists()
     with pytest.raises(FileNotFoundError, match="no such folder: .*/nowhere"):
         lab.notebooks_dir(REPO / "nowhere")
 

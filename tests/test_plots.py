@@ -1,6 +1,6 @@
 """pg_llm_lab.plots: the loss curve, and live_loss watching a run another
 session makes (the rows llm_train commits step by step).  Also writes the
-README's loss curve picture, docs/images/loss_curve.png, from 04_training's run."""
+README's loss curve picture, docs/images/loss_curve.png, from a run of a tiny GPT-2."""
 
 import threading
 import time
@@ -16,7 +16,7 @@ DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 
 def make_model(conn, name: str, split: str):
-    """04_training's model and data: a tiny GPT-2 and the token stream (7 i) mod 64 in blocks of 16."""
+    """A tiny GPT-2 and the token stream (7 i) mod 64 in blocks of 16."""
     conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
     conn.execute("DELETE FROM llm_dataset WHERE split = %s", [split])
     conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
@@ -94,7 +94,7 @@ def test_live_loss_does_not_wait_for_another_models_run(conn, db_url, model):
 def test_loss_curve_and_the_readme_picture(conn, model):
     since = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
     conn.execute(f"CALL llm_train('{model}', 60, batch_size => 4, lr => 1e-2, warmup => 5, seed => 1, "
-                 f"save_every => 20, split => '{model}', notice_every => 0)")     # as 04_training
+                 f"save_every => 20, split => '{model}', notice_every => 0)")
     log = plots.train_log(conn, model, since)
     assert log["step"].tolist() == list(range(1, 61))
     assert log["loss"].iloc[-5:].mean() < 0.5 * log["loss"].iloc[:5].mean()
