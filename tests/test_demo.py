@@ -189,7 +189,8 @@ def test_a_step_is_timed_inside_one_call(conn):
 
         marginal = (call_seconds(24) - call_seconds(4)) / 20
         per_step, once = demo.step_seconds(conn, settings)
-        assert 0.5 * marginal < per_step < 2 * marginal, (per_step, marginal)
+        # (steps of a few ms: within 3x of each other, not the call's whole time, which `once` shows)
+        assert marginal / 3 < per_step < 3 * marginal, (per_step, marginal)
         assert once > per_step         # 8000 x 64 weights loaded and written back, 16 tokens a step
         assert conn.execute("SELECT array_agg(md5(llm_bytea(data)) ORDER BY name) FROM llm_param "
                             "WHERE model = 'demo_timing'").fetchone()[0] == initial
