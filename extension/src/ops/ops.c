@@ -196,7 +196,7 @@ llm_reshape_sql(PG_FUNCTION_ARGS)
 {
 	Tensor	   *x = PG_GETARG_TENSOR_P(0);
 	int			ndim;
-	int32	   *want = int_array_values("llm_reshape", PG_GETARG_ARRAYTYPE_P(1), &ndim);
+	int32	   *want = int_array_values("llm_reshape", "shape", PG_GETARG_ARRAYTYPE_P(1), 1, &ndim);
 	int64		dims[LLM_MAX_NDIM];
 	int64		n = tensor_numel(x);
 	int64		known = 1;
@@ -344,7 +344,7 @@ llm_embedding_sql(PG_FUNCTION_ARGS)
 {
 	Tensor	   *w = PG_GETARG_TENSOR_P(0);
 	int			n;
-	int32	   *ids = int_array_values("llm_embedding", PG_GETARG_ARRAYTYPE_P(1), &n);
+	int32	   *ids = int_array_values("llm_embedding", "ids", PG_GETARG_ARRAYTYPE_P(1), 1, &n);
 	int64		dims[2];
 	Tensor	   *y;
 
@@ -369,7 +369,7 @@ llm_cross_entropy_sql(PG_FUNCTION_ARGS)
 {
 	Tensor	   *logits = PG_GETARG_TENSOR_P(0);
 	int			n;
-	int32	   *targets = int_array_values("llm_cross_entropy", PG_GETARG_ARRAYTYPE_P(1), &n);
+	int32	   *targets = int_array_values("llm_cross_entropy", "targets", PG_GETARG_ARRAYTYPE_P(1), 1, &n);
 	double		loss;
 	int64		counted;
 
