@@ -24,6 +24,8 @@ import re
 import sys
 from pathlib import Path
 
+from generated_file import write_or_check
+
 ROOT = Path(__file__).resolve().parents[1]
 SQL = ROOT / "sql"
 RELEASES = ROOT / "extension" / "releases"
@@ -119,17 +121,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail if the committed block differs")
     args = parser.parse_args()
     path = upgrade_script()
-    current = path.read_text()
-    text = generated(current)
-    if args.check:
-        if text != current:
-            print(f"{path.relative_to(ROOT)} is out of date: run python3 tools/gen_upgrade_functions.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(text)
-    print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    return write_or_check(path, generated(path.read_text()), args.check)
 
 
 if __name__ == "__main__":
