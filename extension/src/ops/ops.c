@@ -5,11 +5,11 @@
  * pg_llm.autograd_mode is not off, each op then records itself on the
  * autograd tape (autograd/tape.h).
  *
- * Beside each SQL function, what the tape needs of its op (one per line of
- * autograd/op_list.h): tape_<op>, its attributes as jsonb for llm_tape.attrs
- * and its backward, which adds the inputs' gradients from the output's
- * through the kernel's llm_<op>_backward (kernels.h).  What that backward
- * needs beyond the op's inputs and output (LayerNorm's mean and rstd, the
+ * Beside each SQL function, its op's methods for the tape (one op per line
+ * of autograd/op_list.h): tape_<op> = {its attributes as jsonb for
+ * llm_tape.attrs, its backward}.  The backward adds the inputs' gradients
+ * from the output's through the kernel's llm_<op>_backward (kernels.h); what
+ * it needs beyond the op's inputs and output (LayerNorm's mean and rstd, the
  * logsumexp of attention or cross-entropy) is recomputed from the inputs:
  * the tape stores values, not a kernel's scratch.
  */
