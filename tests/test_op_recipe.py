@@ -4,6 +4,7 @@ from.  Reads the sources only: no database, no compiler."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from pg_llm_lab import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "extension" / "src"
+sys.path.insert(0, str(ROOT / "tools"))
+import gen_upgrade_functions  # noqa: E402  (tools/ is no package)
 OP_ENTRY = re.compile(r'TAPE_OP\((?P<kind>\w+), (?P<name>\w+), (?P<arity>\d+), (?:NULL|"(?P<sql>[^"]*)")\)')
 
 
@@ -39,11 +42,12 @@ def missing_places(op: dict) -> list[str]:
         if not ok:
             missing.append(place)
 
-    table = read(SRC / "autograd" / "op_table.c")
-    need(re.search(rf"\b{name}_attrs\b", table) is not None,
-         f"extension/src/autograd/op_table.c: {name}_attrs (its llm_tape.attrs)")
-    need(re.search(rf"^{name}_backward\(", table, re.M) is not None,
-         f"extension/src/autograd/op_table.c: static void {name}_backward(...)")
+    ops_c = read(SRC / "ops" / "ops.c")
+    need(re.search(rf"^{name}_backward\(const TapeOp \*op", ops_c, re.M) is not None,
+         f"extension/src/ops/ops.c: static void {name}_backward(const TapeOp *op, ...)")
+    need(re.search(rf"^const TapeOpMethods tape_{name} = {{[^}}]*\b{name}_backward}}", ops_c, re.M) is not None,
+         f"extension/src/ops/ops.c: const TapeOpMethods tape_{name} = {{{name}_attrs, {name}_backward}} "
+         f"(or {{.backward = {name}_backward}}: no attributes)")
     recorders = "\n".join(read(p) for p in SRC.rglob("*.c"))
     need(f"TAPE_OP_{kind}" in recorders, f"extension/src: a call that records TAPE_OP_{kind}")
     need(re.search(rf"\b{fn}\b", read(ROOT / "tests" / "test_autograd.py")) is not None,
@@ -55,9 +59,13 @@ def missing_places(op: dict) -> list[str]:
              f"sql/10_ops.sql: CREATE FUNCTION {fn}(...) AS 'MODULE_PATHNAME', '{fn}_sql'")
         need(f"COMMENT ON FUNCTION {fn}({sql}) IS" in words(ops_sql),
              f"sql/10_ops.sql: COMMENT ON FUNCTION {fn}({sql}) IS '...'")
-        ops_c = read(SRC / "ops" / "ops.c")
         need(f"PG_FUNCTION_INFO_V1({fn}_sql);" in ops_c, f"extension/src/ops/ops.c: PG_FUNCTION_INFO_V1({fn}_sql)")
         need(f"TAPE_OP_{kind}" in ops_c, f"extension/src/ops/ops.c: {fn}_sql records TAPE_OP_{kind}")
+        upgrade = gen_upgrade_functions.upgrade_script()
+        signature = f"{fn}({sql})"
+        need(signature in gen_upgrade_functions.commented(read(gen_upgrade_functions.previous_install(upgrade)))
+             or signature in gen_upgrade_functions.commented(read(upgrade)),
+             f"extension/releases/{upgrade.name}: CREATE FUNCTION {fn} (run python3 tools/gen_upgrade_functions.py)")
         for regress in ("test/sql/ops.sql", "test/expected/ops.out"):
             need(f"{fn}(" in read(ROOT / "extension" / regress), f"extension/{regress}: a pg_regress case of {fn}")
         need(re.search(rf"\b{fn}\b", read(ROOT / "tests" / "fuzz" / "test_fuzz_ops.py")) is not None,
@@ -112,7 +120,8 @@ def test_a_missing_place_is_named():
     """The check itself: an op listed but nowhere else is reported place by place."""
     op = {"kind": "FROBNICATE", "name": "frobnicate", "arity": "1", "sql": "tensor"}
     missing = missing_places(op)
-    for place in ("op_table.c: frobnicate_attrs", "op_table.c: static void frobnicate_backward",
+    for place in ("ops/ops.c: static void frobnicate_backward", "ops/ops.c: const TapeOpMethods tape_frobnicate",
+                  "CREATE FUNCTION llm_frobnicate (run python3 tools/gen_upgrade_functions.py)",
                   "sql/10_ops.sql: COMMENT ON FUNCTION llm_frobnicate(tensor)",
                   "ops/ops.c: PG_FUNCTION_INFO_V1(llm_frobnicate_sql)", "test/sql/ops.sql",
                   "test/expected/ops.out", "test_fuzz_ops.py", "test_autograd.py"):

@@ -6,8 +6,11 @@ then has the catalog of a fresh install and all its data, bit for bit.
 
 When this fails after a change of sql/*.sql, its message names each object
 that differs: add the change to extension/releases/pg_llm--<previous>--<this>.sql
-(extension/releases/README.md)."""
+(extension/releases/README.md); a new function's CREATE and COMMENT ON are
+written there by python3 tools/gen_upgrade_functions.py."""
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +136,14 @@ def test_the_version_is_one_for_the_package_and_the_extension(conn):
     assert conn.execute("SELECT llm_info()->>'version'").fetchone()[0] == pg_llm_lab.__version__
     assert (EXTENSION / "releases" / f"pg_llm--{PREVIOUS}.sql").exists()
     assert (EXTENSION / "releases" / f"pg_llm--{PREVIOUS}--{pg_llm_lab.__version__}.sql").exists()
+
+
+def test_the_new_functions_block_is_current():
+    """The upgrade script creates every function new since the previous release:
+    tools/gen_upgrade_functions.py wrote them (a new function's CREATE is never copied by hand)."""
+    result = subprocess.run([sys.executable, str(EXTENSION.parent / "tools" / "gen_upgrade_functions.py"),
+                             "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_update_reaches_this_release(updated):

@@ -30,6 +30,8 @@ import sys
 import unicodedata
 from pathlib import Path
 
+from generated_file import write_or_check
+
 OUT = Path(__file__).resolve().parents[1] / "extension" / "src" / "tokenizer" / "unicode_tables.h"
 CLASS_NAMES = {"L": "LLM_CHAR_LETTER", "N": "LLM_CHAR_NUMBER", "S": "LLM_CHAR_SPACE"}
 INFORMATION_SEPARATORS = range(0x1C, 0x20)
@@ -99,15 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed header differs")
     args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is out of date: run {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(OUT, render(), args.check)
 
 
 if __name__ == "__main__":

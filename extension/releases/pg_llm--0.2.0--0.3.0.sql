@@ -7,7 +7,9 @@
 -- creates.  tests/test_upgrade.py checks that and names every object that
 -- differs: when you change sql/*.sql, add the same change here, in the order
 -- of sql/'s files (see releases/README.md).  Each change is one commented
--- block, so that branches adding to this file merge cleanly.
+-- block, so that branches adding to this file merge cleanly.  A new function
+-- is not copied by hand: python3 tools/gen_upgrade_functions.py writes its
+-- CREATE and COMMENT ON into the block of new functions at the end.
 \echo Use "ALTER EXTENSION pg_llm UPDATE" to load this file. \quit
 
 -- ---- issue 14 (a class on one server), 75_autograd.sql: one tape per session.  The tables become llm_tensor_rt_all and
@@ -123,3 +125,6 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 '(NULL: pg_llm.threads). n_layer, n_head, d, vocab default to the model''s and must agree with it. '
 'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count.';
 -- ---- end of issue 15 (layout)
+
+-- ---- new functions of sql/*.sql: written by tools/gen_upgrade_functions.py, do not edit
+-- ---- end of new functions

@@ -117,7 +117,7 @@ llm_backprop_sql(PG_FUNCTION_ARGS)
 		if (op->kind == TAPE_OP_SOFTMAX)
 			require_values(t, op->output, op_id);
 		old = MemoryContextSwitchTo(scratch);
-		tape_ops[op->kind].backward(op, in, out, din, out->grad);
+		tape_ops[op->kind].methods->backward(op, in, out, din, out->grad);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(scratch);
 	}

@@ -4,16 +4,17 @@
  *   TAPE_OP(KIND, name, arity, sql_arguments)
  *
  * KIND           the tape's enum value TAPE_OP_<KIND> (tape.h)
- * name           the SQL function llm_<name>, and its row of the op table
- *                (op_table.c): <name>_attrs for llm_tape.attrs, <name>_backward
+ * name           the SQL function llm_<name>, its C function llm_<name>_sql
+ *                and its tape methods tape_<name> (attributes and backward),
+ *                both in ops/ops.c
  * arity          its tensor inputs
  * sql_arguments  the argument types of CREATE FUNCTION llm_<name> in
  *                sql/10_ops.sql, as its COMMENT ON names them; NULL for an op
  *                only the GPT-2 forward records (no SQL function of its own)
  *
- * tape.h and op_table.c expand this list; tests/test_op_recipe.py reads it
- * and names each place a new op is missing from (extension/src/README.md,
- * "Adding an op").
+ * tape.h (the enum, the tape_<name> declarations) and op_table.c (the op
+ * table) expand this list; tests/test_op_recipe.py reads it and names each
+ * place a new op is missing from (extension/src/README.md, "Adding an op").
  */
 #ifndef PG_LLM_AUTOGRAD_OP_LIST_H
 #define PG_LLM_AUTOGRAD_OP_LIST_H

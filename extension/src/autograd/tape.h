@@ -141,17 +141,34 @@ extern void tape_reset(void);
 extern void tape_store(void);
 extern void tape_store_init(void);
 
-/* ---- op_table.c ---------------------------------------------------------- */
+/* ---- the ops: each one's methods, and the op table --------------------- */
 
-typedef struct TapeOpInfo
+/*
+ * What the tape needs of an op beyond its name and arity: defined as
+ * tape_<name> beside the op's SQL function in ops/ops.c, one per line of
+ * op_list.h.  The backward gets the op, its input tensors (values recorded
+ * in mode full), its output tensor, the input gradients to add to (din[i],
+ * any may be NULL: not wanted) and the output's gradient.
+ */
+typedef struct TapeOpMethods
 {
-	const char *name;			/* the SQL function, e.g. llm_matmul */
-	int			arity;			/* tensor inputs */
-	/* attributes as a jsonb text, e.g. {"transpose_a": false} */
+	/* its other arguments as jsonb text, e.g. {"transpose_a": false}; NULL: {} */
 	char	   *(*attrs_json) (const TapeOp *op);
 	/* accumulate the gradients of the inputs from the output's gradient */
 	void		(*backward) (const TapeOp *op, TapeTensor **in, const TapeTensor *out,
 							 float **din, const float *dout);
+} TapeOpMethods;
+
+#define TAPE_OP_METHODS(KIND, name, arity, sql_arguments) extern const TapeOpMethods tape_##name;
+TAPE_OPS(TAPE_OP_METHODS)
+#undef TAPE_OP_METHODS
+
+/* op_table.c: the table, indexed by TapeOpKind */
+typedef struct TapeOpInfo
+{
+	const char *name;			/* the SQL function, e.g. llm_matmul */
+	int			arity;			/* tensor inputs */
+	const TapeOpMethods *methods;
 } TapeOpInfo;
 
 extern const TapeOpInfo tape_ops[TAPE_OP_COUNT];

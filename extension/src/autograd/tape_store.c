@@ -240,6 +240,7 @@ store_ops(Tape *t)
 	{
 		TapeOp	   *op = &t->ops[id];
 		TapeTensor *out = &t->tensors[op->output];
+		const TapeOpMethods *methods = tape_ops[op->kind].methods;
 		int64		inputs[TAPE_MAX_INPUTS];
 		Datum		values[7];
 
@@ -250,7 +251,7 @@ store_ops(Tape *t)
 		values[2] = int_array(inputs, op->n_inputs);
 		values[3] = Int32GetDatum(op->output);
 		values[4] = int_array(out->dims, out->ndim);
-		values[5] = CStringGetTextDatum(tape_ops[op->kind].attrs_json(op));
+		values[5] = CStringGetTextDatum(methods->attrs_json ? methods->attrs_json(op) : "{}");
 		values[6] = Int32GetDatum(MyProcPid);
 		execute(insert, values, NULL, SPI_OK_INSERT);
 	}

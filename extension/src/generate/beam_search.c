@@ -47,6 +47,7 @@
 #include "generate/generate.h"
 #include "generate/prompt.h"
 #include "generate/sampling.h"
+#include "tensor/tensor.h"
 
 /* HF's score for what may not be chosen (added, in float32). */
 #define NOT_POSSIBLE (-1.0e9f)
@@ -638,9 +639,9 @@ llm_beam_search_tokens_sql(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
 		return (Datum) 0;
-	prompt = gpt2_token_array(who, "prompt", PG_GETARG_ARRAYTYPE_P(1), &n_prompt);
+	prompt = int_array_values(who, "prompt", PG_GETARG_ARRAYTYPE_P(1), 1, &n_prompt);
 	if (!PG_ARGISNULL(6))
-		eos = gpt2_token_array(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(6), &n_eos);
+		eos = int_array_values(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(6), 1, &n_eos);
 	p = beam_params_from_args(fcinfo, who, 2, 3, 4, 5, 7, 8);
 	beam_params_check(who, &p);
 

@@ -156,7 +156,7 @@ stop_ids_from_arg(FunctionCallInfo fcinfo, const char *who, int argno, int *n)
 	*n = 0;
 	if (PG_ARGISNULL(argno))
 		return palloc(sizeof(int32));
-	return gpt2_token_array(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(argno), n);
+	return int_array_values(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(argno), 1, n);
 }
 
 static ArrayType *
@@ -200,7 +200,7 @@ llm_generate_tokens_sql(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		PG_RETURN_NULL();
 	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	prompt = gpt2_token_array(who, "prompt", PG_GETARG_ARRAYTYPE_P(1), &n_prompt);
+	prompt = int_array_values(who, "prompt", PG_GETARG_ARRAYTYPE_P(1), 1, &n_prompt);
 	max_new = PG_GETARG_INT32(2);
 	params = sampling_params_from_args(fcinfo, 3, 9);
 	seed = sampling_seed_from_arg(fcinfo, 6);

@@ -15,6 +15,7 @@
 #include "gpt2/forward.h"
 #include "generate/generate.h"
 #include "generate/prompt.h"
+#include "tensor/tensor.h"
 
 char *
 text_to_utf8(text *t, int *len)
@@ -84,7 +85,7 @@ stop_ids_or_eot(FunctionCallInfo fcinfo, int argno, const char *who,
 	int32	   *ids;
 
 	if (!PG_ARGISNULL(argno))
-		return gpt2_token_array(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(argno), n);
+		return int_array_values(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(argno), 1, n);
 	ids = palloc(sizeof(int32));
 	ids[0] = llm_tokenizer_eot_id(tok);
 	*n = ids[0] >= 0 && ids[0] < m->cfg.vocab_size ? 1 : 0;

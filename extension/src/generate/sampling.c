@@ -434,7 +434,7 @@ llm_sampling_probs_sql(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(5))
 	{
 		int			n_prev;
-		int32	   *prev = int_array_values(who, PG_GETARG_ARRAYTYPE_P(5), &n_prev);
+		int32	   *prev = int_array_values(who, "previous", PG_GETARG_ARRAYTYPE_P(5), 1, &n_prev);
 
 		check_token_ids(who, "previous token id", prev, n_prev, V, false, "");
 		sampler_saw(s, prev, n_prev);

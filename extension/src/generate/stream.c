@@ -30,6 +30,7 @@
 #include "generate/generate.h"
 #include "generate/prompt.h"
 #include "generate/text_generation.h"
+#include "tensor/tensor.h"
 
 /*
  * llm_generate_stream_tokens(model, prompt int[], max_tokens, temperature,
@@ -70,9 +71,9 @@ llm_generate_stream_tokens_sql(PG_FUNCTION_ARGS)
 			elog(ERROR, "%s: return type must be a row type", who);
 		funcctx->tuple_desc = BlessTupleDesc(desc);
 
-		prompt = gpt2_token_array(who, "prompt", PG_GETARG_ARRAYTYPE_P(1), &n_prompt);
+		prompt = int_array_values(who, "prompt", PG_GETARG_ARRAYTYPE_P(1), 1, &n_prompt);
 		if (!PG_ARGISNULL(7))
-			stop_ids = gpt2_token_array(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(7), &n_stop);
+			stop_ids = int_array_values(who, "stop_ids", PG_GETARG_ARRAYTYPE_P(7), 1, &n_stop);
 		params = sampling_params_from_args(fcinfo, 3, 8);
 		funcctx->user_fctx = generator_new(who, gpt2_model_get(text_to_cstring(PG_GETARG_TEXT_PP(0))),
 										   prompt, n_prompt, PG_GETARG_INT32(2), &params,

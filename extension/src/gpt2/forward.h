@@ -110,9 +110,6 @@ typedef struct Gpt2State
 	double		lm_head_seconds;
 } Gpt2State;
 
-/* The values of a 1-D int[] of token ids (error 22023 for 2-D, 22004 for NULLs). */
-extern int32 *gpt2_token_array(const char *who, const char *what, ArrayType *arr, int *n);
-
 extern Gpt2State *gpt2_state_new(const Gpt2Model *m, int64 max_rows, int64 n_ctx);
 extern void gpt2_state_free(Gpt2State *st);
 

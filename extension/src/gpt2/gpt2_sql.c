@@ -59,17 +59,6 @@ llm_param_shapes_sql(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-int32 *
-gpt2_token_array(const char *who, const char *what, ArrayType *arr, int *n)
-{
-	if (ARR_NDIM(arr) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: %s must be a one-dimensional int[] array, got %d dimensions",
-						who, what, ARR_NDIM(arr))));
-	return int_array_values(who, arr, n);
-}
-
 /* Error unless 1 <= n <= n_positions and every id is in the vocabulary. */
 static void
 check_sequence(const char *who, const Gpt2Model *m, const int32 *ids, int n)
@@ -96,7 +85,7 @@ llm_logits_sql(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	int			T;
-	int32	   *ids = gpt2_token_array("llm_logits", "tokens", PG_GETARG_ARRAYTYPE_P(1), &T);
+	int32	   *ids = int_array_values("llm_logits", "tokens", PG_GETARG_ARRAYTYPE_P(1), 1, &T);
 	bool		last_only = PG_GETARG_BOOL(2);
 	const Gpt2Model *m = gpt2_model_get(name);
 	int64		rows = last_only ? 1 : T;
@@ -173,8 +162,8 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	int			T,
 				n_targets;
-	int32	   *ids = gpt2_token_array("llm_loss", "tokens", PG_GETARG_ARRAYTYPE_P(1), &T);
-	int32	   *targets = gpt2_token_array("llm_loss", "targets", PG_GETARG_ARRAYTYPE_P(2), &n_targets);
+	int32	   *ids = int_array_values("llm_loss", "tokens", PG_GETARG_ARRAYTYPE_P(1), 1, &T);
+	int32	   *targets = int_array_values("llm_loss", "targets", PG_GETARG_ARRAYTYPE_P(2), 1, &n_targets);
 	const Gpt2Model *m = gpt2_model_get(name);
 	int64		counted = 0;
 	double		loss;

@@ -462,8 +462,8 @@ list_params(const char *who, const char *model, int *count)
 		int32	   *dims;
 
 		e->name = SPI_getvalue(row, desc, 1);
-		dims = int_array_values(who, DatumGetArrayTypeP(SPI_getbinval(row, desc, 2, &isnull)),
-								&e->ndim);
+		dims = int_array_values(who, "llm_param.shape",
+								DatumGetArrayTypeP(SPI_getbinval(row, desc, 2, &isnull)), 1, &e->ndim);
 		if (e->ndim < 1 || e->ndim > LLM_MAX_NDIM)
 			elog(ERROR, "%s: parameter \"%s\" has %d dimensions", who, e->name, e->ndim);
 		for (int d = 0; d < e->ndim; d++)

@@ -4,6 +4,14 @@
  * call is an ERROR that names the shapes and never a crash.  When
  * pg_llm.autograd_mode is not off, each op then records itself on the
  * autograd tape (autograd/tape.h).
+ *
+ * Beside each SQL function, its op's methods for the tape (one op per line
+ * of autograd/op_list.h): tape_<op> = {its attributes as jsonb for
+ * llm_tape.attrs, its backward}.  The backward adds the inputs' gradients
+ * from the output's through the kernel's llm_<op>_backward (kernels.h); what
+ * it needs beyond the op's inputs and output (LayerNorm's mean and rstd, the
+ * logsumexp of attention or cross-entropy) is recomputed from the inputs:
+ * the tape stores values, not a kernel's scratch.
  */
 #include "postgres.h"
 
@@ -12,10 +20,12 @@
 
 #include "common/int.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "utils/array.h"
 
 #include "autograd/tape.h"
 #include "kernels/kernels.h"
+#include "support/support.h"
 #include "tensor/tensor.h"
 
 /* ---- argument checks --------------------------------------------------- */
@@ -60,6 +70,34 @@ require_broadcast(const char *who, const Tensor *a, const Tensor *b)
 				 errhint("The second shape must equal the first, or its trailing dimensions (a bias row).")));
 }
 
+/* ---- for the tape ---------------------------------------------------------- */
+
+static const char *
+json_bool(int64 v)
+{
+	return v ? "true" : "false";
+}
+
+/* {"<key>": [the op's ids]} */
+static char *
+ids_json(const char *key, const TapeOp *op)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	appendStringInfo(&s, "{\"%s\": [", key);
+	for (int i = 0; i < op->n_ids; i++)
+		appendStringInfo(&s, "%s%d", i ? ", " : "", op->ids[i]);
+	appendStringInfoString(&s, "]}");
+	return s.data;
+}
+
+static int64
+rows_of(const TapeTensor *t)
+{
+	return t->numel / t->dims[t->ndim - 1];
+}
+
 /* ---- matmul ------------------------------------------------------------ */
 
 PG_FUNCTION_INFO_V1(llm_matmul_sql);
@@ -99,6 +137,28 @@ llm_matmul_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TENSOR_P(c);
 }
 
+static char *
+matmul_attrs(const TapeOp *op)
+{
+	return psprintf("{\"transpose_a\": %s, \"transpose_b\": %s}",
+					json_bool(op->i[0]), json_bool(op->i[1]));
+}
+
+static void
+matmul_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	bool		ta = op->i[0],
+				tb = op->i[1];
+	int64		M = out->dims[0],
+				N = out->dims[1],
+				K = ta ? in[0]->dims[0] : in[0]->dims[1];
+
+	llm_check_status(llm_matmul_backward(dout, in[0]->data, in[1]->data, din[0], din[1], NULL,
+										 M, K, N, ta, tb));
+}
+
+const TapeOpMethods tape_matmul = {matmul_attrs, matmul_backward};
+
 /* ---- elementwise --------------------------------------------------------- */
 
 typedef void (*binary_kernel) (const float *a, const float *b, float *y, int64_t n, int64_t bn);
@@ -126,12 +186,28 @@ llm_add_sql(PG_FUNCTION_ARGS)
 	return binary_op(fcinfo, "llm_add", llm_add, TAPE_OP_ADD);
 }
 
+static void
+add_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	llm_add_backward(dout, din[0], din[1], in[0]->numel, in[1]->numel);
+}
+
+const TapeOpMethods tape_add = {.backward = add_backward};
+
 PG_FUNCTION_INFO_V1(llm_mul_sql);
 Datum
 llm_mul_sql(PG_FUNCTION_ARGS)
 {
 	return binary_op(fcinfo, "llm_mul", llm_mul, TAPE_OP_MUL);
 }
+
+static void
+mul_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	llm_mul_backward(dout, in[0]->data, in[1]->data, din[0], din[1], in[0]->numel, in[1]->numel);
+}
+
+const TapeOpMethods tape_mul = {.backward = mul_backward};
 
 PG_FUNCTION_INFO_V1(llm_scale_sql);
 Datum
@@ -157,6 +233,21 @@ llm_scale_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TENSOR_P(y);
 }
 
+static char *
+scale_attrs(const TapeOp *op)
+{
+	return psprintf("{\"s\": %.9g}", op->f);
+}
+
+static void
+scale_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	if (din[0])
+		llm_scale_backward(dout, (float) op->f, din[0], in[0]->numel);
+}
+
+const TapeOpMethods tape_scale = {scale_attrs, scale_backward};
+
 PG_FUNCTION_INFO_V1(llm_gelu_sql);
 Datum
 llm_gelu_sql(PG_FUNCTION_ARGS)
@@ -169,6 +260,15 @@ llm_gelu_sql(PG_FUNCTION_ARGS)
 		tape_record_op(TAPE_OP_GELU, &x, 1, NULL, y);
 	PG_RETURN_TENSOR_P(y);
 }
+
+static void
+gelu_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	if (din[0])
+		llm_check_status(llm_gelu_backward(in[0]->data, dout, din[0], in[0]->numel));
+}
+
+const TapeOpMethods tape_gelu = {.backward = gelu_backward};
 
 /* ---- shape ------------------------------------------------------------- */
 
@@ -190,13 +290,22 @@ llm_transpose_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TENSOR_P(y);
 }
 
+static void
+transpose_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	if (din[0])
+		llm_transpose_backward(dout, din[0], in[0]->dims[0], in[0]->dims[1]);
+}
+
+const TapeOpMethods tape_transpose = {.backward = transpose_backward};
+
 PG_FUNCTION_INFO_V1(llm_reshape_sql);
 Datum
 llm_reshape_sql(PG_FUNCTION_ARGS)
 {
 	Tensor	   *x = PG_GETARG_TENSOR_P(0);
 	int			ndim;
-	int32	   *want = int_array_values("llm_reshape", PG_GETARG_ARRAYTYPE_P(1), &ndim);
+	int32	   *want = int_array_values("llm_reshape", "shape", PG_GETARG_ARRAYTYPE_P(1), 1, &ndim);
 	int64		dims[LLM_MAX_NDIM];
 	int64		n = tensor_numel(x);
 	int64		known = 1;
@@ -237,6 +346,15 @@ llm_reshape_sql(PG_FUNCTION_ARGS)
 		tape_record_op(TAPE_OP_RESHAPE, &x, 1, NULL, y);
 	PG_RETURN_TENSOR_P(y);
 }
+
+/* the same values in the same order, so dx += dy */
+static void
+reshape_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	llm_add_backward(dout, din[0], NULL, in[0]->numel, in[0]->numel);
+}
+
+const TapeOpMethods tape_reshape = {.backward = reshape_backward};
 
 /*
  * llm_slice(x, start, stop): rows start .. stop-1 of the first axis (0-based).
@@ -279,6 +397,24 @@ llm_slice_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TENSOR_P(y);
 }
 
+static char *
+slice_attrs(const TapeOp *op)
+{
+	return psprintf("{\"start\": " INT64_FORMAT ", \"stop\": " INT64_FORMAT "}", op->i[0], op->i[1]);
+}
+
+/* rows start .. stop-1, so those rows of dx += dy */
+static void
+slice_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	int64		row = in[0]->numel / in[0]->dims[0];
+
+	if (din[0])
+		llm_add_backward(dout, din[0] + op->i[0] * row, NULL, out->numel, out->numel);
+}
+
+const TapeOpMethods tape_slice = {slice_attrs, slice_backward};
+
 /* ---- normalisation ------------------------------------------------------- */
 
 PG_FUNCTION_INFO_V1(llm_softmax_sql);
@@ -306,6 +442,24 @@ llm_softmax_sql(PG_FUNCTION_ARGS)
 		tape_record_op(TAPE_OP_SOFTMAX, &x, 1, &(TapeAttrs) {.i = {causal}}, y);
 	PG_RETURN_TENSOR_P(y);
 }
+
+static char *
+softmax_attrs(const TapeOp *op)
+{
+	return psprintf("{\"causal\": %s}", json_bool(op->i[0]));
+}
+
+static void
+softmax_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	int64		causal_rows = op->i[0] ? out->dims[out->ndim - 2] : 0;
+
+	if (din[0])
+		llm_check_status(llm_softmax_backward(out->data, dout, din[0], rows_of(out),
+											  out->dims[out->ndim - 1], causal_rows));
+}
+
+const TapeOpMethods tape_softmax = {softmax_attrs, softmax_backward};
 
 PG_FUNCTION_INFO_V1(llm_layernorm_sql);
 Datum
@@ -336,6 +490,32 @@ llm_layernorm_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TENSOR_P(y);
 }
 
+static char *
+layernorm_attrs(const TapeOp *op)
+{
+	return psprintf("{\"eps\": %.9g}", op->f);
+}
+
+static void
+layernorm_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	int64		rows = rows_of(in[0]),
+				cols = in[0]->dims[in[0]->ndim - 1];
+	float	   *y = llm_alloc_floats(rows, cols, "LayerNorm's recomputed output");
+	float	   *mean = llm_alloc_floats(rows, 1, "LayerNorm's mean");
+	float	   *rstd = llm_alloc_floats(rows, 1, "LayerNorm's rstd");
+
+	llm_check_status(llm_layernorm(in[0]->data, in[1]->data, in[2]->data, y, rows, cols,
+								   (float) op->f, mean, rstd));
+	llm_check_status(llm_layernorm_backward(in[0]->data, in[1]->data, mean, rstd, dout,
+											din[0], din[1], din[2], rows, cols));
+	pfree(y);
+	pfree(mean);
+	pfree(rstd);
+}
+
+const TapeOpMethods tape_layernorm = {layernorm_attrs, layernorm_backward};
+
 /* ---- embedding and loss -------------------------------------------------- */
 
 PG_FUNCTION_INFO_V1(llm_embedding_sql);
@@ -344,7 +524,7 @@ llm_embedding_sql(PG_FUNCTION_ARGS)
 {
 	Tensor	   *w = PG_GETARG_TENSOR_P(0);
 	int			n;
-	int32	   *ids = int_array_values("llm_embedding", PG_GETARG_ARRAYTYPE_P(1), &n);
+	int32	   *ids = int_array_values("llm_embedding", "ids", PG_GETARG_ARRAYTYPE_P(1), 1, &n);
 	int64		dims[2];
 	Tensor	   *y;
 
@@ -363,13 +543,28 @@ llm_embedding_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TENSOR_P(y);
 }
 
+static char *
+embedding_attrs(const TapeOp *op)
+{
+	return ids_json("ids", op);
+}
+
+static void
+embedding_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	if (din[0])
+		llm_embedding_backward(op->ids, dout, din[0], op->n_ids, in[0]->dims[1]);
+}
+
+const TapeOpMethods tape_embedding = {embedding_attrs, embedding_backward};
+
 PG_FUNCTION_INFO_V1(llm_cross_entropy_sql);
 Datum
 llm_cross_entropy_sql(PG_FUNCTION_ARGS)
 {
 	Tensor	   *logits = PG_GETARG_TENSOR_P(0);
 	int			n;
-	int32	   *targets = int_array_values("llm_cross_entropy", PG_GETARG_ARRAYTYPE_P(1), &n);
+	int32	   *targets = int_array_values("llm_cross_entropy", "targets", PG_GETARG_ARRAYTYPE_P(1), 1, &n);
 	double		loss;
 	int64		counted;
 
@@ -397,6 +592,27 @@ llm_cross_entropy_sql(PG_FUNCTION_ARGS)
 	}
 	PG_RETURN_FLOAT4((float4) loss);
 }
+
+static char *
+cross_entropy_attrs(const TapeOp *op)
+{
+	return ids_json("targets", op);
+}
+
+/* The mean over counted rows: scale = dL/dloss / counted. */
+static void
+cross_entropy_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	int64		counted = 0;
+
+	for (int i = 0; i < op->n_ids; i++)
+		counted += op->ids[i] >= 0;
+	if (din[0] && counted > 0)
+		llm_check_status(llm_cross_entropy_backward(in[0]->data, op->ids, NULL, in[0]->dims[0],
+													in[0]->dims[1], dout[0] / counted, din[0]));
+}
+
+const TapeOpMethods tape_cross_entropy = {cross_entropy_attrs, cross_entropy_backward};
 
 /* ---- attention ----------------------------------------------------------- */
 
@@ -448,3 +664,62 @@ llm_attention_sql(PG_FUNCTION_ARGS)
 					   &(TapeAttrs) {.i = {n_head, causal}}, y);
 	PG_RETURN_TENSOR_P(y);
 }
+
+static char *
+attention_attrs(const TapeOp *op)
+{
+	return psprintf("{\"n_head\": " INT64_FORMAT ", \"causal\": %s}", op->i[0], json_bool(op->i[1]));
+}
+
+/* The strided form both attention ops share; k, v, dk, dv at offsets of q. */
+static void
+attention_backward_strided(const float *q, const float *k, const float *v, int64 ld,
+						   float *dq, float *dk, float *dv,
+						   const float *dy, int64 Tq, int64 Tk, int64 C, int64 n_head, bool causal)
+{
+	float	   *y = llm_alloc_floats(Tq, C, "attention's recomputed output");
+	float	   *lse = llm_alloc_floats(n_head, Tq, "attention's logsumexp");
+
+	llm_check_status(llm_attention(q, ld, k, ld, v, ld, y, Tq, Tk, C, n_head, causal, lse));
+	llm_check_status(llm_attention_backward(q, ld, k, ld, v, ld, y, lse, dy,
+											dq, ld, dk, ld, dv, ld, Tq, Tk, C, n_head, causal));
+	pfree(y);
+	pfree(lse);
+}
+
+static void
+attention_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	int64		C = in[0]->dims[1];
+
+	attention_backward_strided(in[0]->data, in[1]->data, in[2]->data, C, din[0], din[1], din[2],
+							   dout, in[0]->dims[0], in[1]->dims[0], C, op->i[0], op->i[1]);
+}
+
+const TapeOpMethods tape_attention = {attention_attrs, attention_backward};
+
+/*
+ * llm_attention_qkv has no SQL function: GPT-2's forward records its
+ * attention over the fused [T, 3C] q, k, v this way (gpt2/tape.c).
+ */
+static char *
+attention_qkv_attrs(const TapeOp *op)
+{
+	return psprintf("{\"n_head\": " INT64_FORMAT ", \"causal\": true, \"qkv\": \"fused [T, 3C]: q, k, v side by side\"}",
+					op->i[0]);
+}
+
+static void
+attention_qkv_backward(const TapeOp *op, TapeTensor **in, const TapeTensor *out, float **din, const float *dout)
+{
+	int64		T = in[0]->dims[0],
+				C = in[0]->dims[1] / 3;
+	const float *qkv = in[0]->data;
+	float	   *d = din[0];
+
+	if (d)
+		attention_backward_strided(qkv, qkv + C, qkv + 2 * C, 3 * C, d, d + C, d + 2 * C,
+								   dout, T, T, C, op->i[0], true);
+}
+
+const TapeOpMethods tape_attention_qkv = {attention_qkv_attrs, attention_qkv_backward};

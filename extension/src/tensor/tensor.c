@@ -118,33 +118,43 @@ tensor_check_finite(const char *who, const Tensor *t)
 }
 
 int32 *
-int_array_values(const char *who, ArrayType *arr, int *count)
+int_array_values(const char *who, const char *what, ArrayType *arr, int max_ndim, int *dims)
 {
+	int			ndim = ARR_NDIM(arr);
 	Datum	   *elems;
 	bool	   *nulls;
+	int			n;
 	int32	   *out;
 
 	if (ARR_ELEMTYPE(arr) != INT4OID)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("%s: expected an int[] array", who)));
+				 errmsg("%s: %s must be an int[] array", who, what)));
 	/* '{{2},{2}}' is not the shape [2,2], nor are '{{1,2}}' two token ids */
-	if (ARR_NDIM(arr) > 1)
+	if (ndim > max_ndim)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: expected a one-dimensional int[] array, got %d dimensions",
-						who, ARR_NDIM(arr))));
-	deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
-					  &elems, &nulls, count);
-	out = palloc(sizeof(int32) * Max(*count, 1));
-	for (int i = 0; i < *count; i++)
+				 errmsg("%s: %s must be a %s int[] array, got %d dimensions", who, what,
+						max_ndim == 1 ? "one-dimensional" : "one- or two-dimensional", ndim)));
+	deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT, &elems, &nulls, &n);
+	out = palloc(sizeof(int32) * Max(n, 1));
+	for (int i = 0; i < n; i++)
 	{
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s: array element %d is NULL", who, i + 1)));
+					 errmsg("%s: %s must not contain NULLs; element %d is NULL", who, what, i + 1)));
 		out[i] = DatumGetInt32(elems[i]);
 	}
+	/* right-aligned: the array's last dimension is dims[max_ndim - 1] */
+	for (int i = 0; i < max_ndim; i++)
+	{
+		int			d = i - (max_ndim - ndim);
+
+		dims[i] = d >= 0 ? ARR_DIMS(arr)[d] : 1;
+	}
+	if (ndim == 0)
+		dims[max_ndim - 1] = 0;
 	return out;
 }
 
@@ -152,7 +162,7 @@ int
 shape_from_array(const char *who, ArrayType *arr, int64 *dims)
 {
 	int			n;
-	int32	   *vals = int_array_values(who, arr, &n);
+	int32	   *vals = int_array_values(who, "shape", arr, 1, &n);
 
 	if (n < 1 || n > LLM_MAX_NDIM)
 		ereport(ERROR,

@@ -84,10 +84,17 @@ extern char *shape_str(int ndim, const int64 *dims);
 extern int64 tensor_first_nonfinite(const Tensor *t);
 /* Error if any value is NaN or infinite. */
 extern void tensor_check_finite(const char *who, const Tensor *t);
-/* Shape from an int[] argument (one-dimensional, no NULLs, 1..8 values). */
+/* The dims of `who`'s int[] argument shape (one-dimensional, no NULLs, 1..8 values). */
 extern int	shape_from_array(const char *who, ArrayType *arr, int64 *dims);
-/* Values of a one-dimensional int[] argument (no NULLs); returns count, palloc'd ints. */
-extern int32 *int_array_values(const char *who, ArrayType *arr, int *count);
+/*
+ * The values of `who`'s int[] argument `what`, palloc'd, in order: an array
+ * of at most max_ndim (1 or 2) dimensions without NULLs, else an ERROR naming
+ * both.  dims[] gets its max_ndim sizes, a missing leading one as 1 (a [T]
+ * array read as 2-D is [1][T]; '{}' as [0] or [1][0]).  For a 1-D argument:
+ *   ids = int_array_values("llm_embedding", "ids", arr, 1, &n);
+ */
+extern int32 *int_array_values(const char *who, const char *what, ArrayType *arr,
+							   int max_ndim, int *dims);
 
 /*
  * ERROR 22023 unless every id is in [0, vocab), or is -100 when ignore_ok.

@@ -77,7 +77,7 @@ llm_encode_sql(PG_FUNCTION_ARGS)
 static int32 *
 ids_arg(FunctionCallInfo fcinfo, const char *who, int *n)
 {
-	return int_array_values(who, PG_GETARG_ARRAYTYPE_P(0), n);
+	return int_array_values(who, "ids", PG_GETARG_ARRAYTYPE_P(0), 1, n);
 }
 
 /* llm_decode(ids int[], model text) RETURNS text: U+FFFD where the bytes are not UTF-8 */

@@ -229,8 +229,8 @@ draw_batch(const TrainRun *run, const Gpt2Config *cfg, int64 step, int64 *ids)
 		ArrayType  *tok = DatumGetArrayTypeP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 		ArrayType  *tgt = DatumGetArrayTypeP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		int			n;
-		int32	   *tv = int_array_values(who, tok, &n);
-		int32	   *gv = int_array_values(who, tgt, &n);
+		int32	   *tv = int_array_values(who, "llm_dataset.tokens", tok, 1, &n);
+		int32	   *gv = int_array_values(who, "llm_dataset.target", tgt, 1, &n);
 
 		if (i == 0)
 		{

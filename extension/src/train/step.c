@@ -11,7 +11,6 @@
 
 #include <math.h>
 
-#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "portability/instr_time.h"
@@ -27,49 +26,27 @@
 #include "train/state.h"
 #include "train/step.h"
 
-/* ids of an int[] that is [T] or [B][T], without NULLs; sets *B, *T. */
-static int32 *
-batch_ids(const char *who, const char *what, ArrayType *arr, int *B, int *T)
-{
-	int			ndim = ARR_NDIM(arr);
-	int			n;
-
-	if (ARR_ELEMTYPE(arr) != INT4OID)
-		elog(ERROR, "%s: %s must be an int[] array", who, what);
-	if (ndim < 1 || ndim > 2)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: %s must be an int[] of one sequence or an int[][] of B sequences, "
-						"got %d dimensions", who, what, ndim)));
-	if (ARR_HASNULL(arr) && array_contains_nulls(arr))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s: %s must not contain NULLs", who, what)));
-	*B = ndim == 2 ? ARR_DIMS(arr)[0] : 1;
-	*T = ARR_DIMS(arr)[ndim - 1];
-	n = ArrayGetNItems(ndim, ARR_DIMS(arr));
-	return n == 0 ? palloc(sizeof(int32)) : (int32 *) ARR_DATA_PTR(arr);
-}
-
 LlmBatch
 llm_batch_from_arrays(const char *who, const Gpt2Config *cfg, const char *model,
 					  ArrayType *tokens, ArrayType *targets)
 {
 	LlmBatch	b;
-	int			tB,
-				tT;
+	int			dims[2],		/* [B][T]; a [T] array reads as [1][T] */
+				target_dims[2];
 
-	b.tokens = batch_ids(who, "tokens", tokens, &b.B, &b.T);
-	b.targets = batch_ids(who, "targets", targets, &tB, &tT);
+	b.tokens = int_array_values(who, "tokens", tokens, 2, dims);
+	b.targets = int_array_values(who, "targets", targets, 2, target_dims);
+	b.B = dims[0];
+	b.T = dims[1];
 	if (b.B * b.T == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: the token array is empty", who)));
-	if (ARR_NDIM(tokens) != ARR_NDIM(targets) || tB != b.B || tT != b.T)
+	if (ARR_NDIM(tokens) != ARR_NDIM(targets) || target_dims[0] != b.B || target_dims[1] != b.T)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: targets [%d][%d] do not match tokens [%d][%d] (one target per token)",
-						who, tB, tT, b.B, b.T)));
+						who, target_dims[0], target_dims[1], b.B, b.T)));
 	llm_batch_check(who, &b, cfg, model);
 	return b;
 }
