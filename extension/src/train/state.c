@@ -170,6 +170,7 @@ llm_train_state_load(const char *model, int flags, MemoryContext parent)
 
 	/* Detoasted copies are made in SPI's context and freed one by one. */
 	read_rows(st, flags);
+	st->lineage = llm_train_state_head(model);
 	SPI_finish();
 	st->consistent = true;
 
@@ -291,6 +292,7 @@ llm_train_state_write_back(LlmTrainState *st, bool with_grad)
 	lock_unchanged_version(st);
 	run_update(st, with_grad);
 	st->version = read_version(st);
+	llm_train_state_record_write_back(st);
 	SPI_finish();
 }
 
