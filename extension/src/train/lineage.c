@@ -22,20 +22,29 @@
 #include "support/support.h"
 #include "train/state.h"
 
-int64
-llm_train_state_head(const char *model)
+void
+llm_train_state_read_history(LlmTrainState *st)
 {
 	Oid			argtype = TEXTOID;
-	Datum		arg = CStringGetTextDatum(model);
+	Datum		arg = CStringGetTextDatum(st->model);
 	bool		isnull;
 	Datum		head;
 
+	st->lineage = 0;
+	if (SPI_execute(psprintf("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+							 quote_literal_cstr(llm_table_name("llm_train_lineage"))),
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "pg_llm: looking for llm_train_lineage failed");
+	st->keeps_history = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+												   1, &isnull));
+	if (!st->keeps_history)
+		return;
 	if (SPI_execute_with_args(psprintf("SELECT %s($1)", llm_table_name("llm_train_head")),
 							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
-		elog(ERROR, "pg_llm: reading the history of model \"%s\" failed", model);
+		elog(ERROR, "pg_llm: reading the history of model \"%s\" failed", st->model);
 	head = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetInt64(head);
+	st->lineage = isnull ? 0 : DatumGetInt64(head);
 }
 
 void
@@ -95,8 +104,11 @@ stamp_log(const LlmTrainState *st, int64 lineage)
 void
 llm_train_state_record_write_back(LlmTrainState *st)
 {
-	int64		lineage = insert_lineage(st);
+	int64		lineage;
 
+	if (!st->keeps_history)
+		return;
+	lineage = insert_lineage(st);
 	stamp_log(st, lineage);
 	st->lineage = lineage;
 	st->n_unsaved_log = 0;

@@ -148,7 +148,9 @@ read_settings(FunctionCallInfo fcinfo, LlmTrainRun *run)
 	run->notice_every = int_arg(fcinfo, A_NOTICE_EVERY, 1);
 	require(run->notice_every >= 0, "notice_every must be >= 0 (0: no notices)", run->notice_every);
 	run->split = PG_ARGISNULL(A_SPLIT) ? "train" : text_to_cstring(PG_GETARG_TEXT_PP(A_SPLIT));
-	run->name = PG_ARGISNULL(A_RUN) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(A_RUN));
+	/* (a database older than 0.3.0, not yet updated, passes no run) */
+	run->name = PG_NARGS() <= A_RUN || PG_ARGISNULL(A_RUN) ? NULL
+		: text_to_cstring(PG_GETARG_TEXT_PP(A_RUN));
 }
 
 /* The ids of the training examples (SPI connected), into mcxt. */

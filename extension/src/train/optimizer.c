@@ -116,17 +116,19 @@ llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 		values[13] = PointerGetDatum(batch_array(e->targets, e->B, e->T));
 		nulls[12] = nulls[13] = ' ';
 	}
-	values[14] = st->run == NULL ? (Datum) 0 : CStringGetTextDatum(st->run);
-	nulls[14] = st->run == NULL ? 'n' : ' ';
+	/* (only named runs set run: a database older than 0.3.0 has no such column) */
+	if (st->run != NULL)
+		values[14] = CStringGetTextDatum(st->run);
 
 	SPI_connect();
 	if (SPI_execute_with_args(psprintf("INSERT INTO %s (model, step, loss, lr, grad_norm, "
 									   "tokens_per_s, batch, weight_decay, beta1, beta2, eps, clip, "
-									   "tokens, targets, run) "
-									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
+									   "tokens, targets%s) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14%s) "
 									   "RETURNING id",
-									   llm_table_name("llm_train_log")),
-							  15, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+									   llm_table_name("llm_train_log"),
+									   st->run != NULL ? ", run" : "", st->run != NULL ? ", $15" : ""),
+							  st->run != NULL ? 15 : 14, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "pg_llm: writing llm_train_log failed");
 	llm_train_state_note_log(st, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],

@@ -170,7 +170,7 @@ llm_train_state_load(const char *model, int flags, MemoryContext parent)
 
 	/* Detoasted copies are made in SPI's context and freed one by one. */
 	read_rows(st, flags);
-	st->lineage = llm_train_state_head(model);
+	llm_train_state_read_history(st);
 	SPI_finish();
 	st->consistent = true;
 

@@ -74,6 +74,7 @@ typedef struct LlmTrainState
 
 	/* the history of the weights (lineage.c) */
 	const char *run;			/* llm_train_run.run of the named run training it, or NULL */
+	bool		keeps_history;	/* the database has llm_train_lineage */
 	int64		lineage;		/* llm_train_lineage.id the arenas build on (0: none) */
 	int64	   *unsaved_log;	/* llm_train_log ids of the steps taken since */
 	int			n_unsaved_log;
@@ -168,8 +169,13 @@ extern void llm_train_state_record_grad_stats(LlmTrainState *st);
 
 /* ---- the history of the weights (lineage.c) ------------------------------------ */
 
-/* llm_train_head(model): the llm_train_lineage row of its weights now, 0 if none (SPI connected). */
-extern int64 llm_train_state_head(const char *model);
+/*
+ * st->lineage = llm_train_head(model), 0 for none (SPI connected).  A
+ * database whose pg_llm is older than 0.3.0 (not yet ALTER EXTENSION
+ * UPDATEd) has no llm_train_lineage: st->keeps_history is false there, and
+ * write-backs add no history.
+ */
+extern void llm_train_state_read_history(LlmTrainState *st);
 
 /* Keep the id of a llm_train_log row of a step taken on st, for the next write-back. */
 extern void llm_train_state_note_log(LlmTrainState *st, int64 log_id);
