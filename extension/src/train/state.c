@@ -345,6 +345,7 @@ llm_train_state_tensor(PG_FUNCTION_ARGS)
 	SET_VARSIZE(t, TENSOR_HDRSZ + p->numel * sizeof(float));
 	t->ndim = p->ndim;
 	t->dtype = LLM_DTYPE_FLOAT32;
+	t->format = LLM_TENSOR_FORMAT;
 	for (int d = 0; d < p->ndim; d++)
 		t->dims[d] = (int32) p->dims[d];
 	memcpy(t->data, arena + p->offset, p->numel * sizeof(float));
