@@ -118,7 +118,8 @@ CREATE TABLE llm_train_log (
 );
 COMMENT ON TABLE llm_train_log IS
 'one row per optimizer step: how it went (loss, grad_norm) and what replays it (batch and settings)';
-COMMENT ON COLUMN llm_train_log.id IS 'order of the rows; a step number repeats after a checkpoint is loaded';
+COMMENT ON COLUMN llm_train_log.id IS
+'order of the rows; a step number repeats after a checkpoint load or a crash (llm_train_history has it once)';
 COMMENT ON COLUMN llm_train_log.model IS 'the model that took the step';
 COMMENT ON COLUMN llm_train_log.step IS 'the optimizer steps the model had taken after this one (llm_param.step)';
 COMMENT ON COLUMN llm_train_log.loss IS 'the mean cross-entropy of the batch before the step (NULL: computed elsewhere)';

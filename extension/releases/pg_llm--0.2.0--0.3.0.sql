@@ -131,6 +131,8 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 -- llm_train takes run => ...  (Steps logged before 0.3.0 have no stamp, so
 -- they are in no model's history.)
 ALTER TABLE llm_train_log ADD COLUMN run text, ADD COLUMN lineage bigint;
+COMMENT ON COLUMN llm_train_log.id IS
+'order of the rows; a step number repeats after a checkpoint load or a crash (llm_train_history has it once)';
 COMMENT ON COLUMN llm_train_log.run IS 'the named run of CALL llm_train(..., run => ...) that took it (llm_train_run)';
 COMMENT ON COLUMN llm_train_log.lineage IS
 'the write-back (llm_train_lineage) that made the step part of the model''s weights; NULL: never written '
