@@ -23,6 +23,7 @@ import pg_llm_lab
 SPLIT = "tr_resume"
 CONFIG = dict(n_layer=2, n_head=2, n_embd=16, n_positions=16, vocab_size=64)
 RUN = dict(batch_size=2, lr=3e-3, warmup=2, seed=7, save_every=4, split=SPLIT, notice_every=0)
+# the columns of llm_train_history a run determines (not its timings, row ids or model name)
 HISTORY = "run, step, loss, lr, grad_norm, batch, weight_decay, beta1, beta2, eps, clip"
 
 PAUSE_SQL = """
