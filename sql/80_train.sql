@@ -189,7 +189,8 @@ COMMENT ON TABLE llm_train_lineage IS
 COMMENT ON COLUMN llm_train_lineage.id IS 'its number; llm_train_log.lineage of the steps it wrote back';
 COMMENT ON COLUMN llm_train_lineage.model IS 'the model whose llm_param rows it wrote';
 COMMENT ON COLUMN llm_train_lineage.step IS 'llm_param.step after it';
-COMMENT ON COLUMN llm_train_lineage.version IS 'llm_model_config.version of the weights it wrote';
+COMMENT ON COLUMN llm_train_lineage.version IS
+'llm_model_config.version of the weights it wrote (the model''s still has it: nothing wrote llm_param since)';
 COMMENT ON COLUMN llm_train_lineage.parent IS
 'the row of the weights it started from (NULL: weights no training or load wrote, e.g. llm_init or an import)';
 COMMENT ON COLUMN llm_train_lineage.checkpoint IS 'the checkpoint loaded (NULL: a write-back of training steps)';
