@@ -158,8 +158,10 @@ class PGLLMClient:
         warmup, min_lr, weight_decay, clip, seed, save_every, ...).  The
         procedure commits a row of llm_train_log every step; a second
         connection reads them as they come, moves a progress bar and calls
-        on_step(steps done, loss).  Returns this run's rows of llm_train_log as
-        (step, loss, lr, grad_norm).  Needs an autocommit connection
+        on_step(steps done, loss).  Returns this call's rows of llm_train_log as
+        (step, loss, lr, grad_norm).  With run="name", a named run: called
+        again after an interruption it goes on where the run stopped, and the
+        bar and on_step count the run's steps.  Needs an autocommit connection
         (pg_llm_lab.connect() gives one): a CALL inside a transaction block
         cannot commit."""
         arguments = dict(self.conn.execute(_TRAIN_ARGUMENTS).fetchall())
@@ -171,15 +173,20 @@ class PGLLMClient:
             raise RuntimeError("llm_train commits after every step: use an autocommit connection")
         name = self._model(model) or self.conn.execute("SELECT llm_default_model()").fetchone()[0]
         since = self.conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
+        done_before = self.conn.execute(   # the steps a named run has taken (0: a new run or none)
+            "SELECT coalesce(max(p.step) - min(r.start_step), 0) FROM llm_train_run r "
+            "JOIN llm_param p ON p.model = r.model WHERE r.model = %s AND r.run = %s",
+            [name, settings.get("run")]).fetchone()[0]
         call = psycopg.sql.SQL("CALL llm_train(%s::text, %s::int{})").format(psycopg.sql.SQL("").join(
             psycopg.sql.SQL(", {} => %s::{}").format(psycopg.sql.Identifier(key), psycopg.sql.SQL(arguments[key]))
             for key in settings))
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=steps, desc=f"training {name}", unit="step")
+            bar = tqdm(total=steps, initial=done_before, desc=f"training {name}", unit="step")
 
-        def on_row(done: int, loss: float) -> None:
+        def on_row(rows: int, loss: float) -> None:
+            done = done_before + rows
             if bar is not None:
                 bar.update(done - bar.n)
                 bar.set_postfix(loss=f"{loss:.4f}")

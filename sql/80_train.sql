@@ -112,11 +112,14 @@ CREATE TABLE llm_train_log (
     clip         double precision,
     tokens       int[],
     targets      int[],
-    created_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    run          text,
+    lineage      bigint
 );
 COMMENT ON TABLE llm_train_log IS
 'one row per optimizer step: how it went (loss, grad_norm) and what replays it (batch and settings)';
-COMMENT ON COLUMN llm_train_log.id IS 'order of the rows; a step number repeats after a checkpoint is loaded';
+COMMENT ON COLUMN llm_train_log.id IS
+'order of the rows; a step number repeats after a checkpoint load or a crash (llm_train_history has it once)';
 COMMENT ON COLUMN llm_train_log.model IS 'the model that took the step';
 COMMENT ON COLUMN llm_train_log.step IS 'the optimizer steps the model had taken after this one (llm_param.step)';
 COMMENT ON COLUMN llm_train_log.loss IS 'the mean cross-entropy of the batch before the step (NULL: computed elsewhere)';
@@ -133,8 +136,13 @@ COMMENT ON COLUMN llm_train_log.tokens IS
 'the batch''s input ids [B][T] when they were passed to llm_train_step (NULL: see batch)';
 COMMENT ON COLUMN llm_train_log.targets IS 'the batch''s targets [B][T], with tokens';
 COMMENT ON COLUMN llm_train_log.created_at IS 'when the step was logged';
+COMMENT ON COLUMN llm_train_log.run IS 'the named run of CALL llm_train(..., run => ...) that took it (llm_train_run)';
+COMMENT ON COLUMN llm_train_log.lineage IS
+'the write-back (llm_train_lineage) that made the step part of the model''s weights; NULL: never written '
+'back -- a step of a run still going, or one lost to a crash or a cancel (not in llm_train_history)';
 COMMENT ON SEQUENCE llm_train_log_id_seq IS 'numbers the llm_train_log rows (identity of llm_train_log.id)';
 CREATE INDEX llm_train_log_model_step ON llm_train_log (model, step);
+CREATE INDEX llm_train_log_lineage ON llm_train_log (lineage);
 
 CREATE TABLE llm_grad_stats (
     model        text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
@@ -154,6 +162,95 @@ COMMENT ON COLUMN llm_grad_stats.data_norm IS 'L2 norm of its weights after the 
 COMMENT ON COLUMN llm_grad_stats.update_ratio IS
 '||change of the weights|| / ||weights||: around 1e-3 is healthy (too small: lr too low; too big: unstable)';
 CREATE INDEX llm_grad_stats_model_name_step ON llm_grad_stats (model, name, step);
+
+-- ---- the history of the weights --------------------------------------------------
+--
+-- Steps are logged as they are taken, but llm_param only changes when they
+-- are written back: a crash loses the steps since the last write-back.  Each
+-- committed write-back (and each checkpoint load) adds a row to
+-- llm_train_lineage, in the same transaction as the new weights, naming the
+-- row it built on, and stamps the log rows of its steps with its id.  So the
+-- chain of rows from the model's newest one back to the first is the history
+-- of the weights now in llm_param, and a log row without a stamp was lost.
+
+CREATE TABLE llm_train_lineage (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model       text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
+    step        int NOT NULL,
+    version     bigint NOT NULL,
+    parent      bigint REFERENCES llm_train_lineage (id) ON DELETE SET NULL,
+    checkpoint  bigint,
+    run         text,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE llm_train_lineage IS
+'one row per committed write-back of training steps or checkpoint load: which weights it wrote and '
+'which it built on (llm_train_history follows the chain)';
+COMMENT ON COLUMN llm_train_lineage.id IS 'its number; llm_train_log.lineage of the steps it wrote back';
+COMMENT ON COLUMN llm_train_lineage.model IS 'the model whose llm_param rows it wrote';
+COMMENT ON COLUMN llm_train_lineage.step IS 'llm_param.step after it';
+COMMENT ON COLUMN llm_train_lineage.version IS
+'llm_model_config.version of the weights it wrote (the model''s still has it: nothing wrote llm_param since)';
+COMMENT ON COLUMN llm_train_lineage.parent IS
+'the row of the weights it started from (NULL: weights no training or load wrote, e.g. llm_init or an import)';
+COMMENT ON COLUMN llm_train_lineage.checkpoint IS 'the checkpoint loaded (NULL: a write-back of training steps)';
+COMMENT ON COLUMN llm_train_lineage.run IS 'the named run that wrote it back (llm_train_run), if any';
+COMMENT ON COLUMN llm_train_lineage.created_at IS 'when it was written';
+COMMENT ON SEQUENCE llm_train_lineage_id_seq IS 'numbers the llm_train_lineage rows (identity of llm_train_lineage.id)';
+CREATE INDEX llm_train_lineage_model_step ON llm_train_lineage (model, step, id);
+ALTER TABLE llm_train_log ADD FOREIGN KEY (lineage) REFERENCES llm_train_lineage (id) ON DELETE SET NULL;
+
+-- Writes that are neither (llm_init, imports, a manual UPDATE) keep no row:
+-- the newest row at the model's step is where its weights are.  A write that
+-- moved the step elsewhere (llm_init: step 0) leaves none there, and the
+-- history starts anew.
+CREATE FUNCTION llm_train_head(model text) RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+    SELECT l.id FROM llm_train_lineage l
+    WHERE l.model = $1 AND l.step = (SELECT max(p.step) FROM llm_param p WHERE p.model = $1)
+    ORDER BY l.id DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION llm_train_head(text) IS
+'the llm_train_lineage row of the weights the model has now: the newest at its llm_param.step (NULL: none)';
+
+CREATE VIEW llm_train_history AS
+WITH RECURSIVE chain (model, lineage) AS (
+    SELECT c.model, llm_train_head(c.model) FROM llm_model_config c
+    UNION ALL
+    SELECT chain.model, l.parent
+    FROM chain JOIN llm_train_lineage l ON l.id = chain.lineage
+    WHERE l.parent IS NOT NULL
+)
+SELECT chain.model, g.run, g.step, g.loss, g.lr, g.grad_norm, g.tokens_per_s, g.batch,
+       g.weight_decay, g.beta1, g.beta2, g.eps, g.clip, g.tokens, g.targets, g.created_at,
+       g.id, g.model AS trained_as, g.lineage
+FROM chain JOIN llm_train_log g ON g.lineage = chain.lineage;
+COMMENT ON VIEW llm_train_history IS
+'for each model, one row per optimizer step of the history of the weights now in llm_param (the '
+'llm_train_log rows its write-backs and checkpoint loads chain back to); steps lost to a crash, or '
+'undone by loading an earlier checkpoint, are not in it';
+COMMENT ON COLUMN llm_train_history.model IS 'the model whose weights the step is part of';
+COMMENT ON COLUMN llm_train_history.run IS 'as llm_train_log.run';
+COMMENT ON COLUMN llm_train_history.step IS 'as llm_train_log.step: one row each';
+COMMENT ON COLUMN llm_train_history.loss IS 'as llm_train_log.loss';
+COMMENT ON COLUMN llm_train_history.lr IS 'as llm_train_log.lr';
+COMMENT ON COLUMN llm_train_history.grad_norm IS 'as llm_train_log.grad_norm';
+COMMENT ON COLUMN llm_train_history.tokens_per_s IS 'as llm_train_log.tokens_per_s';
+COMMENT ON COLUMN llm_train_history.batch IS 'as llm_train_log.batch';
+COMMENT ON COLUMN llm_train_history.weight_decay IS 'as llm_train_log.weight_decay';
+COMMENT ON COLUMN llm_train_history.beta1 IS 'as llm_train_log.beta1';
+COMMENT ON COLUMN llm_train_history.beta2 IS 'as llm_train_log.beta2';
+COMMENT ON COLUMN llm_train_history.eps IS 'as llm_train_log.eps';
+COMMENT ON COLUMN llm_train_history.clip IS 'as llm_train_log.clip';
+COMMENT ON COLUMN llm_train_history.tokens IS 'as llm_train_log.tokens';
+COMMENT ON COLUMN llm_train_history.targets IS 'as llm_train_log.targets';
+COMMENT ON COLUMN llm_train_history.created_at IS 'as llm_train_log.created_at';
+COMMENT ON COLUMN llm_train_history.id IS 'the llm_train_log row';
+COMMENT ON COLUMN llm_train_history.trained_as IS
+'llm_train_log.model: the model that took the step (another one when a checkpoint of it was loaded)';
+COMMENT ON COLUMN llm_train_history.lineage IS 'the write-back that kept it (llm_train_lineage)';
 
 -- ---- the optimizer ----------------------------------------------------------------
 
@@ -197,7 +294,8 @@ CREATE TABLE llm_checkpoint (
     note        text,
     config      jsonb NOT NULL,
     path        text,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    lineage     bigint REFERENCES llm_train_lineage (id) ON DELETE SET NULL
 );
 COMMENT ON TABLE llm_checkpoint IS
 'saved copies of a model''s weights and optimizer state (rows in llm_checkpoint_param)';
@@ -209,6 +307,8 @@ COMMENT ON COLUMN llm_checkpoint.note IS 'what the learner wrote about it';
 COMMENT ON COLUMN llm_checkpoint.config IS 'the model''s shape (llm_model_shape) when saved';
 COMMENT ON COLUMN llm_checkpoint.path IS 'the .safetensors file of the weights also written on the server, if any';
 COMMENT ON COLUMN llm_checkpoint.created_at IS 'when it was saved';
+COMMENT ON COLUMN llm_checkpoint.lineage IS
+'the history of its weights (llm_train_lineage; NULL: none), which a load continues';
 COMMENT ON SEQUENCE llm_checkpoint_id_seq IS 'numbers the checkpoints (identity of llm_checkpoint.id)';
 
 CREATE TABLE llm_checkpoint_param (
@@ -256,8 +356,8 @@ BEGIN
     -- No write-back may commit between the statements below.
     PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR SHARE;
 
-    INSERT INTO llm_checkpoint (model, step, note, config, path)
-    SELECT p_model, max(p.step), note, llm_model_shape(p_model), path
+    INSERT INTO llm_checkpoint (model, step, note, config, path, lineage)
+    SELECT p_model, max(p.step), note, llm_model_shape(p_model), path, llm_train_head(p_model)
     FROM llm_param p WHERE p.model = p_model
     RETURNING id INTO saved;
     INSERT INTO llm_checkpoint_param (checkpoint, name, data, m, v, step)
@@ -321,11 +421,15 @@ BEGIN
         RAISE EXCEPTION 'llm_checkpoint_load: checkpoint % lacks parameters of "%"', checkpoint, p_model
             USING ERRCODE = 'data_exception';
     END IF;
+    INSERT INTO llm_train_lineage (model, step, version, parent, checkpoint)
+    SELECT p_model, saved.step, c.version, saved.lineage, saved.id
+    FROM llm_model_config c WHERE c.model = p_model;
     RETURN restored;
 END $$;
 COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS
 'restore a model''s weights and AdamW state (m, v, step) from a checkpoint of a model of the same shape, '
-'bit for bit; gradients become NULL; returns the parameters restored';
+'bit for bit; gradients become NULL; llm_train_history continues the checkpoint''s; returns the '
+'parameters restored';
 
 CREATE FUNCTION llm_checkpoint_delete(checkpoint bigint) RETURNS void
 LANGUAGE plpgsql

@@ -31,6 +31,53 @@ COMMENT ON FUNCTION llm_train_step(text, int[], int[], double precision, double 
 'written back to llm_param (data, grad, m, v, step) in one UPDATE with a row of llm_train_log and '
 'llm_grad_stats; returns the loss before the update';
 
+-- A named run: what CALL llm_train(..., run => 'name') was first called with.
+CREATE TABLE llm_train_run (
+    model             text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
+    run               text NOT NULL,
+    steps             int NOT NULL,
+    batch_size        int NOT NULL,
+    lr                double precision NOT NULL,
+    warmup            int NOT NULL,
+    min_lr            double precision NOT NULL,
+    decay_steps       int NOT NULL,
+    weight_decay      double precision NOT NULL,
+    clip              double precision,
+    beta1             double precision NOT NULL,
+    beta2             double precision NOT NULL,
+    eps               double precision NOT NULL,
+    seed              bigint NOT NULL,
+    split             text NOT NULL,
+    examples          int NOT NULL,
+    examples_checksum bigint NOT NULL,
+    start_step        int NOT NULL,
+    start_lineage     bigint REFERENCES llm_train_lineage (id) ON DELETE SET NULL,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model, run)
+);
+COMMENT ON TABLE llm_train_run IS
+'the named runs of CALL llm_train(..., run => name): their settings, which a call continuing one must repeat';
+COMMENT ON COLUMN llm_train_run.model IS 'the model it trains';
+COMMENT ON COLUMN llm_train_run.run IS 'its name (run => ...)';
+COMMENT ON COLUMN llm_train_run.steps IS 'the optimizer steps it takes in all';
+COMMENT ON COLUMN llm_train_run.batch_size IS 'examples per step';
+COMMENT ON COLUMN llm_train_run.lr IS 'peak learning rate';
+COMMENT ON COLUMN llm_train_run.warmup IS 'steps of linear warmup';
+COMMENT ON COLUMN llm_train_run.min_lr IS 'the learning rate the cosine ends at';
+COMMENT ON COLUMN llm_train_run.decay_steps IS 'the step (of the run, from 0) the cosine ends at';
+COMMENT ON COLUMN llm_train_run.weight_decay IS 'AdamW weight decay';
+COMMENT ON COLUMN llm_train_run.clip IS 'the max_norm gradients are clipped to (NULL: none)';
+COMMENT ON COLUMN llm_train_run.beta1 IS 'AdamW beta1';
+COMMENT ON COLUMN llm_train_run.beta2 IS 'AdamW beta2';
+COMMENT ON COLUMN llm_train_run.eps IS 'AdamW eps';
+COMMENT ON COLUMN llm_train_run.seed IS 'seeds the batches, with the model''s step';
+COMMENT ON COLUMN llm_train_run.split IS 'the llm_dataset split it draws from';
+COMMENT ON COLUMN llm_train_run.examples IS 'how many examples the split had';
+COMMENT ON COLUMN llm_train_run.examples_checksum IS 'a checksum of their llm_dataset ids: the batches index them';
+COMMENT ON COLUMN llm_train_run.start_step IS 'llm_param.step when it began: its step i is the model''s start_step + i + 1';
+COMMENT ON COLUMN llm_train_run.start_lineage IS 'the weights it began from (llm_train_lineage; NULL: none recorded)';
+COMMENT ON COLUMN llm_train_run.created_at IS 'when it began';
+
 CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
                            lr double precision DEFAULT 6e-4, warmup int DEFAULT 0,
                            min_lr double precision DEFAULT NULL,
@@ -41,12 +88,13 @@ CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
                            vocab int DEFAULT NULL, save_every int DEFAULT 50,
                            beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
                            eps double precision DEFAULT 1e-8, decay_steps int DEFAULT NULL,
-                           notice_every int DEFAULT 1, split text DEFAULT 'train')
+                           notice_every int DEFAULT 1, split text DEFAULT 'train',
+                           run text DEFAULT NULL)
     AS 'MODULE_PATHNAME', 'llm_train' LANGUAGE C;
 COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double precision,
                                double precision, double precision, bigint, int, int, int, int, int,
                                int, int, double precision, double precision, double precision, int,
-                               int, text) IS
+                               int, text, text) IS
 'train the model for steps steps on llm_dataset (split, default ''train''): each step draws batch_size '
 'examples with a generator seeded by (seed, llm_param.step), runs forward, backward, '
 'clip_grad_norm_(clip) (NULL: none) and AdamW (lr: linear warmup over warmup steps, then a cosine '
@@ -55,7 +103,10 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 'to llm_param every save_every steps and at the end (a cancel leaves the last write-back). '
 'grad_workers: threads of the forward and backward; optimizer_workers: threads of clipping and AdamW '
 '(NULL: pg_llm.threads). n_layer, n_head, d, vocab default to the model''s and must agree with it. '
-'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count.';
+'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count. '
+'run names the run (llm_train_run): the first call records it, the same call again continues it from '
+'its last write-back to its steps, with the same learning rates, batches and AdamW state, as if it '
+'had never stopped (ERROR for settings that differ from the run''s).';
 
 CREATE FUNCTION llm_replay(model text, checkpoint bigint, to_step int) RETURNS int
 LANGUAGE plpgsql
@@ -83,13 +134,12 @@ BEGIN
         RAISE EXCEPTION 'llm_replay: to_step % is before checkpoint %''s step %', to_step, checkpoint, from_step
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- the latest logged run of each step, chosen before the replay logs its own
-    SELECT array_agg(l.id ORDER BY l.step) INTO rows
-    FROM (SELECT DISTINCT ON (g.step) g.id, g.step FROM llm_train_log g
-          WHERE g.model = p_model AND g.step > from_step AND g.step <= to_step
-          ORDER BY g.step, g.id DESC) l;
+    -- the steps of the weights' history, chosen before the replay logs its own
+    SELECT array_agg(h.id ORDER BY h.step) INTO rows
+    FROM llm_train_history h
+    WHERE h.model = p_model AND h.step > from_step AND h.step <= to_step;
     IF coalesce(cardinality(rows), 0) <> to_step - from_step THEN
-        RAISE EXCEPTION 'llm_replay: llm_train_log of model "%" has % of the % steps % .. %',
+        RAISE EXCEPTION 'llm_replay: llm_train_history of model "%" has % of the % steps % .. %',
             p_model, coalesce(cardinality(rows), 0), to_step - from_step, from_step + 1, to_step
             USING ERRCODE = 'no_data_found';
     END IF;
@@ -121,6 +171,7 @@ BEGIN
     RETURN to_step - from_step;
 END $$;
 COMMENT ON FUNCTION llm_replay(text, bigint, int) IS
-'restore checkpoint into the model, then re-run the logged steps after it up to to_step (the latest '
-'logged run of each step: its batch from llm_dataset or its tokens, its lr and AdamW settings), one '
-'llm_train_step each: the weights come out bit for bit as they were; returns the steps replayed';
+'restore checkpoint into the model, then re-run the steps after it up to to_step as the history of '
+'the model''s weights has them (llm_train_history: its batch from llm_dataset or its tokens, its lr and '
+'AdamW settings), one llm_train_step each: the weights come out bit for bit as they were; returns the '
+'steps replayed';

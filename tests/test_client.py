@@ -136,5 +136,11 @@ def test_train_calls_llm_train_with_a_progress_bar(conn, client, capsys):
         assert [(s, l) for s, l, *_ in rows] == logged
         with pytest.raises(TypeError, match="no setting learning_rate"):
             client.train(1, learning_rate=1e-3)
+
+        named = dict(batch_size=2, lr=1e-3, seed=1, split="cl_train", save_every=3, run="cl_run")
+        assert len(client.train(2, **named)) == 2
+        assert "2/2" in capsys.readouterr().err
+        assert client.train(2, **named) == []                      # the run is complete
+        assert q(conn, "SELECT steps FROM llm_train_run WHERE model = 'cl' AND run = 'cl_run'") == 2
     finally:
         conn.execute("DELETE FROM llm_dataset WHERE id > %s", [last])

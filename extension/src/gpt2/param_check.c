@@ -46,7 +46,7 @@ int_array_text(int ndim, const int64 *dims)
 static bool
 has_shape(Datum value, const Gpt2ParamInfo *p, int *ndim, int64 *dims)
 {
-	Tensor	   *head = (Tensor *) PG_DETOAST_DATUM_SLICE(value, 0, TENSOR_HDRSZ - VARHDRSZ);
+	Tensor	   *head = DatumGetTensorHeaderP(value);
 	bool		same = head->ndim == p->ndim;
 
 	*ndim = Min(Max(head->ndim, 1), LLM_MAX_NDIM);

@@ -366,7 +366,7 @@ Datum
 llm_slice_sql(PG_FUNCTION_ARGS)
 {
 	Datum		raw = PG_GETARG_DATUM(0);
-	Tensor	   *x = (Tensor *) PG_DETOAST_DATUM_SLICE(raw, 0, TENSOR_HDRSZ - VARHDRSZ);
+	Tensor	   *x = DatumGetTensorHeaderP(raw);
 	int32		start = PG_GETARG_INT32(1);
 	int32		stop = PG_GETARG_INT32(2);
 	int64		dims[LLM_MAX_NDIM];

@@ -71,6 +71,16 @@ tensor_numel_overflow(const Tensor *t)
 			 errmsg("tensor of shape %s has more elements than fit in 64 bits", tensor_shape_str(t))));
 }
 
+void
+tensor_unknown_format(const Tensor *t)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("tensor value of on-disk format %d; this pg_llm reads format %d",
+					t->format, LLM_TENSOR_FORMAT),
+			 errhint("It was written by a newer release of pg_llm: install that one.")));
+}
+
 Tensor *
 tensor_new(int ndim, const int64 *dims)
 {
@@ -80,6 +90,7 @@ tensor_new(int ndim, const int64 *dims)
 	SET_VARSIZE(t, TENSOR_HDRSZ + n * sizeof(float));
 	t->ndim = ndim;
 	t->dtype = LLM_DTYPE_FLOAT32;
+	t->format = LLM_TENSOR_FORMAT;
 	for (int i = 0; i < ndim; i++)
 		t->dims[i] = (int32) dims[i];
 	return t;

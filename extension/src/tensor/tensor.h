@@ -1,15 +1,24 @@
 /*
  * tensor.h -- the `tensor` type: an n-dimensional float32 array in a varlena.
  *
- * Layout (like pgvector's `vector`, with a shape):
+ * Layout (like pgvector's `vector`, with a shape), in the machine's byte
+ * order:
  *
  *     int32  vl_len_        varlena header (never touch directly)
  *     int16  ndim           1 .. LLM_MAX_NDIM
- *     int16  dtype          LLM_DTYPE_FLOAT32 (the only one so far)
+ *     uint8  dtype          LLM_DTYPE_FLOAT32 (the only one so far)
+ *     uint8  format         LLM_TENSOR_FORMAT: the version of this layout
  *     int32  dims[8]        shape; unused entries are 0
  *     float  data[]         prod(dims) values, row-major
  *
  * The header has a fixed size (40 bytes) so `data` is 8-byte aligned.
+ *
+ * These bytes are what the tables store, what pg_upgrade copies as they are
+ * and what a newer pg_llm must read: a change of the layout takes a new
+ * format number, and the reader of every older one (tests/test_tensor_format.py
+ * pins the bytes).  Format 0 is the layout of every release so far: until
+ * 0.3.0 `dtype` was an int16 and the byte now named `format` was its zero
+ * high byte, so every value written before reads as format 0.
  */
 #ifndef PG_LLM_TENSOR_H
 #define PG_LLM_TENSOR_H
@@ -25,6 +34,7 @@
 
 #define LLM_MAX_NDIM 8
 #define LLM_DTYPE_FLOAT32 0
+#define LLM_TENSOR_FORMAT 0
 /* Keep a tensor well under PostgreSQL's 1 GB varlena limit. */
 #define LLM_MAX_ELEMS ((int64) (MaxAllocSize - 64) / (int64) sizeof(float))
 
@@ -32,14 +42,29 @@ typedef struct Tensor
 {
 	int32		vl_len_;
 	int16		ndim;
-	int16		dtype;
+	uint8		dtype;
+	uint8		format;
 	int32		dims[LLM_MAX_NDIM];
 	float		data[FLEXIBLE_ARRAY_MEMBER];
 } Tensor;
 
 #define TENSOR_HDRSZ offsetof(Tensor, data)
 
-#define DatumGetTensorP(x)		((Tensor *) PG_DETOAST_DATUM(x))
+/* ERROR 0A000: a tensor in a format this pg_llm does not read (written by a newer one). */
+llm_noreturn extern void tensor_unknown_format(const Tensor *t);
+
+static inline Tensor *
+tensor_check_format(Tensor *t)
+{
+	if (unlikely(t->format != LLM_TENSOR_FORMAT))
+		tensor_unknown_format(t);
+	return t;
+}
+
+#define DatumGetTensorP(x)		tensor_check_format((Tensor *) PG_DETOAST_DATUM(x))
+/* The header only (ndim, dtype, format, dims), read without the values. */
+#define DatumGetTensorHeaderP(x) \
+	tensor_check_format((Tensor *) PG_DETOAST_DATUM_SLICE(x, 0, TENSOR_HDRSZ - VARHDRSZ))
 #define PG_GETARG_TENSOR_P(n)	DatumGetTensorP(PG_GETARG_DATUM(n))
 #define PG_RETURN_TENSOR_P(x)	PG_RETURN_POINTER(x)
 

@@ -362,8 +362,7 @@ PG_FUNCTION_INFO_V1(tensor_shape);
 Datum
 tensor_shape(PG_FUNCTION_ARGS)
 {
-	Tensor	   *t = (Tensor *) PG_DETOAST_DATUM_SLICE(PG_GETARG_DATUM(0), 0,
-												  TENSOR_HDRSZ - VARHDRSZ);
+	Tensor	   *t = DatumGetTensorHeaderP(PG_GETARG_DATUM(0));
 	Datum		dims[LLM_MAX_NDIM];
 
 	for (int i = 0; i < t->ndim; i++)

@@ -11,8 +11,12 @@
  * batch_size examples, with replacement, from a generator seeded with
  * (seed, s) among the examples of the split (default 'train'): the same
  * seed, data and step give the same batch, in any call, after a checkpoint
- * load too.  The learning rate of the call's i-th step
- * is llm_lr_at(lr, warmup, decay_steps, min_lr) at i (kernels/optim.h).
+ * load too.  The learning rate of the run's i-th step (from 0) is
+ * llm_lr_at(lr, warmup, decay_steps, min_lr) at i (kernels/optim.h).
+ *
+ * Runs: without a name the run is this call.  A named run (run => 'name',
+ * train/run.h) may take several calls: one that was interrupted continues
+ * from the run's last write-back when the same CALL is typed again.
  */
 #include "postgres.h"
 
@@ -34,6 +38,7 @@
 #include "support/support.h"
 #include "tensor/tensor.h"
 #include "train/batch.h"
+#include "train/run.h"
 #include "train/state.h"
 #include "train/step.h"
 
@@ -42,26 +47,8 @@ enum
 {
 	A_MODEL, A_STEPS, A_BATCH_SIZE, A_LR, A_WARMUP, A_MIN_LR, A_WEIGHT_DECAY, A_CLIP, A_SEED,
 	A_GRAD_WORKERS, A_OPTIMIZER_WORKERS, A_N_LAYER, A_N_HEAD, A_D, A_VOCAB, A_SAVE_EVERY,
-	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_COUNT
+	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_RUN, A_COUNT
 };
-
-typedef struct TrainRun
-{
-	char	   *model;
-	int			steps;
-	int			batch_size;
-	LlmLrSchedule schedule;
-	LlmAdamW	hp;
-	double		clip;			/* <= 0: none */
-	int64		seed;
-	int			grad_threads;
-	int			optim_threads;
-	int			save_every;
-	int			notice_every;
-	char	   *split;			/* llm_dataset.split to draw from */
-	int64	   *ids;			/* llm_dataset ids of the split, ascending */
-	int			n_ids;
-} TrainRun;
 
 static const char *const who = "llm_train";
 
@@ -121,7 +108,7 @@ workers_arg(FunctionCallInfo fcinfo, int i, const char *name)
 }
 
 static void
-read_settings(FunctionCallInfo fcinfo, TrainRun *run)
+read_settings(FunctionCallInfo fcinfo, LlmTrainRun *run)
 {
 	int			decay_steps;
 
@@ -161,11 +148,14 @@ read_settings(FunctionCallInfo fcinfo, TrainRun *run)
 	run->notice_every = int_arg(fcinfo, A_NOTICE_EVERY, 1);
 	require(run->notice_every >= 0, "notice_every must be >= 0 (0: no notices)", run->notice_every);
 	run->split = PG_ARGISNULL(A_SPLIT) ? "train" : text_to_cstring(PG_GETARG_TEXT_PP(A_SPLIT));
+	/* (a database older than 0.3.0, not yet updated, passes no run) */
+	run->name = PG_NARGS() <= A_RUN || PG_ARGISNULL(A_RUN) ? NULL
+		: text_to_cstring(PG_GETARG_TEXT_PP(A_RUN));
 }
 
 /* The ids of the training examples (SPI connected), into mcxt. */
 static void
-read_example_ids(TrainRun *run, MemoryContext mcxt)
+read_example_ids(LlmTrainRun *run, MemoryContext mcxt)
 {
 	Oid			argtype = TEXTOID;
 	Datum		arg = CStringGetTextDatum(run->split);
@@ -193,7 +183,7 @@ read_example_ids(TrainRun *run, MemoryContext mcxt)
 
 /* The batch of update number `step`: ids and their rows, [B, T]. */
 static LlmBatch
-draw_batch(const TrainRun *run, const Gpt2Config *cfg, int64 step, int64 *ids)
+draw_batch(const LlmTrainRun *run, const Gpt2Config *cfg, int64 step, int64 *ids)
 {
 	LlmRng		rng;
 	Datum	   *d = palloc(sizeof(Datum) * run->batch_size);
@@ -257,7 +247,7 @@ draw_batch(const TrainRun *run, const Gpt2Config *cfg, int64 step, int64 *ids)
 
 /* One step: batch, gradients, clip, AdamW, the log rows.  Returns the loss. */
 static double
-train_one_step(const TrainRun *run, LlmTrainState *st, int i)
+train_one_step(const LlmTrainRun *run, LlmTrainState *st, int i)
 {
 	int64	   *ids = palloc(sizeof(int64) * run->batch_size);
 	LlmBatch	b = draw_batch(run, &st->cfg, st->step, ids);
@@ -291,7 +281,7 @@ train_one_step(const TrainRun *run, LlmTrainState *st, int i)
 /*
  * CALL llm_train(model, steps, batch_size, lr, warmup, min_lr, weight_decay,
  * clip, seed, grad_workers, optimizer_workers, n_layer, n_head, d, vocab,
- * save_every, beta1, beta2, eps, decay_steps, notice_every, split)
+ * save_every, beta1, beta2, eps, decay_steps, notice_every, split, run)
  */
 PG_FUNCTION_INFO_V1(llm_train);
 Datum
@@ -302,7 +292,7 @@ llm_train(PG_FUNCTION_ARGS)
 	int			threads_before = llm_pool_threads();
 	MemoryContext run_cxt;
 	MemoryContext step_cxt;
-	TrainRun	run = {0};
+	LlmTrainRun run = {0};
 	LlmTrainState *volatile st = NULL;
 
 	read_settings(fcinfo, &run);
@@ -318,9 +308,12 @@ llm_train(PG_FUNCTION_ARGS)
 	step_cxt = AllocSetContextCreate(run_cxt, "pg_llm llm_train step", ALLOCSET_DEFAULT_SIZES);
 	run.model = MemoryContextStrdup(run_cxt, run.model);
 	run.split = MemoryContextStrdup(run_cxt, run.split);
+	if (run.name != NULL)
+		run.name = MemoryContextStrdup(run_cxt, run.name);
 	PG_TRY();
 	{
 		int64		last_saved;
+		int			done;
 
 		SPI_connect_ext(SPI_OPT_NONATOMIC);
 		PushActiveSnapshot(GetTransactionSnapshot());
@@ -330,10 +323,15 @@ llm_train(PG_FUNCTION_ARGS)
 		check_dim("d", run.model, fcinfo, A_D, st->cfg.n_embd);
 		check_dim("vocab", run.model, fcinfo, A_VOCAB, st->cfg.vocab_size);
 		read_example_ids(&run, run_cxt);
+		done = llm_train_run_open(&run, st);
 		last_saved = st->step;
 		PopActiveSnapshot();
+		if (done == run.steps)
+			ereport(NOTICE,
+					(errmsg("llm_train: run \"%s\" of model \"%s\" is complete: its %d steps are done",
+							run.name, run.model, run.steps)));
 
-		for (int i = 0; i < run.steps; i++)
+		for (int i = done; i < run.steps; i++)
 		{
 			MemoryContext old = MemoryContextSwitchTo(step_cxt);
 			double		loss;

@@ -75,12 +75,13 @@ batch_array(const int32 *ids, int B, int T)
 void
 llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 {
-	Oid			types[14] = {TEXTOID, INT4OID, FLOAT4OID, FLOAT8OID, FLOAT4OID, FLOAT8OID,
+	Oid			types[15] = {TEXTOID, INT4OID, FLOAT4OID, FLOAT8OID, FLOAT4OID, FLOAT8OID,
 		INT8ARRAYOID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, INT4ARRAYOID,
-	INT4ARRAYOID};
-	Datum		values[14];
-	char		nulls[14];
+	INT4ARRAYOID, TEXTOID};
+	Datum		values[15];
+	char		nulls[15];
 	Datum	   *ids = palloc(sizeof(Datum) * Max(e->batch_size, 1));
+	bool		isnull;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(st->model);
@@ -115,15 +116,23 @@ llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 		values[13] = PointerGetDatum(batch_array(e->targets, e->B, e->T));
 		nulls[12] = nulls[13] = ' ';
 	}
+	/* (only named runs set run: a database older than 0.3.0 has no such column) */
+	if (st->run != NULL)
+		values[14] = CStringGetTextDatum(st->run);
 
 	SPI_connect();
 	if (SPI_execute_with_args(psprintf("INSERT INTO %s (model, step, loss, lr, grad_norm, "
 									   "tokens_per_s, batch, weight_decay, beta1, beta2, eps, clip, "
-									   "tokens, targets) "
-									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-									   llm_table_name("llm_train_log")),
-							  14, types, values, nulls, false, 0) != SPI_OK_INSERT)
+									   "tokens, targets%s) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14%s) "
+									   "RETURNING id",
+									   llm_table_name("llm_train_log"),
+									   st->run != NULL ? ", run" : "", st->run != NULL ? ", $15" : ""),
+							  st->run != NULL ? 15 : 14, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
 		elog(ERROR, "pg_llm: writing llm_train_log failed");
+	llm_train_state_note_log(st, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc, 1, &isnull)));
 	SPI_finish();
 }
 

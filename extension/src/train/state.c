@@ -170,6 +170,7 @@ llm_train_state_load(const char *model, int flags, MemoryContext parent)
 
 	/* Detoasted copies are made in SPI's context and freed one by one. */
 	read_rows(st, flags);
+	llm_train_state_read_history(st);
 	SPI_finish();
 	st->consistent = true;
 
@@ -291,6 +292,7 @@ llm_train_state_write_back(LlmTrainState *st, bool with_grad)
 	lock_unchanged_version(st);
 	run_update(st, with_grad);
 	st->version = read_version(st);
+	llm_train_state_record_write_back(st);
 	SPI_finish();
 }
 
@@ -343,6 +345,7 @@ llm_train_state_tensor(PG_FUNCTION_ARGS)
 	SET_VARSIZE(t, TENSOR_HDRSZ + p->numel * sizeof(float));
 	t->ndim = p->ndim;
 	t->dtype = LLM_DTYPE_FLOAT32;
+	t->format = LLM_TENSOR_FORMAT;
 	for (int d = 0; d < p->ndim; d++)
 		t->dims[d] = (int32) p->dims[d];
 	memcpy(t->data, arena + p->offset, p->numel * sizeof(float));

@@ -12,12 +12,12 @@
  *       llm_train_state_zero_grad(st);
  *       ... forward on &st->weights, backward into st->grad (through st->grads) ...
  *       norm = llm_train_state_clip(st, 1.0);          // clip_grad_norm_
- *       hp.lr = llm_lr_at(&schedule, i);               // i-th step of this call, from 0
+ *       hp.lr = llm_lr_at(&schedule, i);               // i-th step of the run, from 0
  *       llm_train_state_adamw(st, &hp);                // st->step + 1
  *       llm_train_state_log(st, &entry);               // a row of llm_train_log
  *       llm_train_state_record_grad_stats(st);         // rows of llm_grad_stats
  *       every save_every steps and at the end:
- *           llm_train_state_write_back(st, with_grad); // one UPDATE of llm_param
+ *           llm_train_state_write_back(st, with_grad); // one UPDATE of llm_param, a row of llm_train_lineage
  *   llm_train_state_free(st);
  *
  * Memory: the state lives in its own context, a child of `parent`.  For one
@@ -71,6 +71,14 @@ typedef struct LlmTrainState
 	int64		update_step;	/* the update update_sq measured */
 
 	bool		consistent;		/* false while (and if) an update was cut short */
+
+	/* the history of the weights (lineage.c) */
+	const char *run;			/* llm_train_run.run of the named run training it, or NULL */
+	bool		keeps_history;	/* the database has llm_train_lineage */
+	int64		lineage;		/* llm_train_lineage.id the arenas build on (0: none) */
+	int64	   *unsaved_log;	/* llm_train_log ids of the steps taken since */
+	int			n_unsaved_log;
+	int			max_unsaved_log;
 } LlmTrainState;
 
 /* What llm_train_state_load reads besides data, m, v and step. */
@@ -79,7 +87,8 @@ typedef struct LlmTrainState
 /*
  * The training state of `model`, read from llm_param in the calling
  * statement's snapshot: data, m and v (NULL m or v: zeros), step (equal in
- * every row) and, with LLM_STATE_LOAD_GRAD, grad; otherwise grad is zeros.
+ * every row) and, with LLM_STATE_LOAD_GRAD, grad; otherwise grad is zeros;
+ * lineage: where the weights' history is (llm_train_head).
  * ERRORs: unknown model (42704), a missing or misshapen parameter (22000),
  * rows whose steps differ (22000), a NULL grad asked for (22004).
  */
@@ -93,7 +102,8 @@ extern int	llm_train_state_find(const LlmTrainState *st, const char *name);
 /*
  * Write data, m, v and step (and grad, or NULL when !with_grad: llm_param
  * never keeps gradients older than its weights) to llm_param in ONE UPDATE
- * statement, then note the new version.  The row trigger's checks are
+ * statement, then note the new version and add it to the weights' history
+ * (llm_train_state_record_write_back).  The row trigger's checks are
  * cheap for it (shapes only, read from headers), and no new-row copy is
  * kept for the statement trigger.
  * ERROR 40001, nothing written, when llm_param changed since the state was
@@ -143,7 +153,10 @@ typedef struct LlmTrainLogEntry
 extern LlmAdamW llm_adamw_settings(const char *who, double lr, double weight_decay,
 								   double beta1, double beta2, double eps);
 
-/* INSERT a row of llm_train_log at st->step, with st->grad_norm. */
+/*
+ * INSERT a row of llm_train_log at st->step, with st->grad_norm and st->run;
+ * the next write-back stamps it (llm_train_state_record_write_back).
+ */
 extern void llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e);
 
 /*
@@ -153,5 +166,26 @@ extern void llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e);
  * came before.
  */
 extern void llm_train_state_record_grad_stats(LlmTrainState *st);
+
+/* ---- the history of the weights (lineage.c) ------------------------------------ */
+
+/*
+ * st->lineage = llm_train_head(model), 0 for none (SPI connected).  A
+ * database whose pg_llm is older than 0.3.0 (not yet ALTER EXTENSION
+ * UPDATEd) has no llm_train_lineage: st->keeps_history is false there, and
+ * write-backs add no history.
+ */
+extern void llm_train_state_read_history(LlmTrainState *st);
+
+/* Keep the id of a llm_train_log row of a step taken on st, for the next write-back. */
+extern void llm_train_state_note_log(LlmTrainState *st, int64 log_id);
+
+/*
+ * In the write-back's transaction, after its UPDATE (SPI connected): a row
+ * of llm_train_lineage for st->version at st->step, built on st->lineage,
+ * which becomes it; the noted llm_train_log rows are stamped with it.
+ * The new weights, the row and the stamps commit together or not at all.
+ */
+extern void llm_train_state_record_write_back(LlmTrainState *st);
 
 #endif							/* PG_LLM_TRAIN_STATE_H */
