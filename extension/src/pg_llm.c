@@ -104,7 +104,8 @@ _PG_init(void)
 							"Memory for decoded model weights, shared by every session.",
 							"Each model version is decoded once and kept while this allows; "
 							"versions no session uses are evicted, least recently used first. "
-							"A model larger than this is decoded for each call. "
+							"A model larger than this is decoded for each call; a lower value "
+							"evicts at the next decode. "
 							"On PostgreSQL 15-16 each session has a cache of this size.",
 							&llm_shared_cache_mb, 1024, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MB, NULL, NULL, NULL);

@@ -387,15 +387,11 @@ gpt2_model_get(const char *model)
 	if (found == WEIGHTS_NO_ROOM)
 	{
 		/* ours alone, in the caller's memory: freed with it, even half-decoded */
-		char	   *raw = MemoryContextAllocExtended(caller, n_floats * sizeof(float) + 64,
-													 MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+		MemoryContext spi = MemoryContextSwitchTo(caller);
 
-		if (raw == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_OUT_OF_MEMORY),
-					 errmsg("out of memory allocating the weights of model \"%s\" (%.1f MB)",
-							model, (double) n_floats * sizeof(float) / (1024.0 * 1024.0))));
-		arena = (float *) TYPEALIGN(64, raw);
+		arena = (float *) TYPEALIGN(64, llm_alloc_huge(n_floats * sizeof(float) + 64,
+													   psprintf("the weights of model \"%s\"", model)));
+		MemoryContextSwitchTo(spi);
 	}
 	else
 		arena = pin->arena;
