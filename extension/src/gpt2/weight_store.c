@@ -515,9 +515,10 @@ weight_store_acquire(const WeightKey *key, Size bytes, MemoryContext owner, Weig
 						"its weights are decoded for this call only",
 						key->model, (double) slot_bytes / (1024.0 * 1024.0), llm_shared_cache_mb)));
 	else
-		elog(DEBUG1, "pg_llm: no room in pg_llm.shared_cache_size (%d MB) for model \"%s\": "
-			 "every cached version is in use, its weights are decoded for this call only",
-			 llm_shared_cache_mb, key->model);
+		elog(DEBUG1, "pg_llm: no room for model \"%s\" in pg_llm.shared_cache_size (%d MB): "
+			 "the cached versions are in use (or shared memory ran out); "
+			 "its weights are decoded for this call only",
+			 key->model, llm_shared_cache_mb);
 	*pin_out = NULL;
 	return WEIGHTS_NO_ROOM;
 }
