@@ -188,6 +188,19 @@ def test_the_cap_evicts_the_least_recently_used(conn, cache_size):
     assert any(f'model "{big}" needs 1.3 MB, more than pg_llm.shared_cache_size (1 MB)' in n for n in notices)
 
 
+def test_with_every_cached_version_in_use_a_call_decodes_its_own(db_url, conn, cache_size):
+    small = [new_model(conn, f"sw_lru{i}", vocab=2000, seed=i) for i in range(3)]
+    want = logits(conn, small[2])
+    cache_size(1)
+    conn.execute("SELECT llm_model_cache_clear()")
+    with pg_llm_lab.connect(db_url, autocommit=False) as a, pg_llm_lab.connect(db_url, autocommit=False) as b:
+        open_stream(a, small[0])
+        open_stream(b, small[1])                    # 0.73 MB of 1 MB pinned
+        np.testing.assert_array_equal(logits(conn, small[2]), want)
+        assert cached(conn, small[2]) == []
+        assert [len(cached(conn, name)) for name in small[:2]] == [1, 1]
+
+
 # ---- pins are released by every way a call ends ------------------------------------
 
 def pins(conn, model):
