@@ -8,6 +8,7 @@ positions: 124M parameters, 498 MB of float32), weights from llm_init (no
 download), model `bench_class`.  The server must run on this machine (its
 processes' /proc is read).  For each ISA and each session count N:
 
+* (the weights are decoded once before, and timed;)
 * N connections, pg_llm.threads = 1 each (a classroom has more learners than
   cores), start `SELECT llm_generate_tokens(model, prompt, K, ...)` together
   (a prompt of --prompt tokens, K = --tokens, a seed per session);
@@ -141,6 +142,10 @@ def main() -> None:
     prompt = [(17 * i + 5) % SMALL["vocab_size"] for i in range(args.prompt)]
     print(f"PostgreSQL {server}, pg_llm.shared_cache_size {cap}, {os.cpu_count()} cores; "
           f"prompt {args.prompt} tokens, {args.tokens} new per session; loadavg {loadavg()}")
+    with pg_llm_lab.connect(url) as conn:
+        t0 = time.perf_counter()
+        conn.execute("SELECT llm_generate_tokens(%s, %s, 1, 0)", (MODEL, prompt))
+        print(f"decoding the weights once, and a first token: {time.perf_counter() - t0:.2f} s")
     print(f"{'simd':>6} {'sessions':>8} {'peak Pss MB':>12} {'after MB':>9} {'goal MB':>8} "
           f"{'tokens/s':>9} {'wall s':>7} {'versions':>8}")
     for simd in args.simd:
