@@ -68,6 +68,13 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def best_isa() -> str:
+    """The best ISA pg_llm.simd = auto picks on this CPU."""
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split() for line in f if line.startswith("flags")), [])
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "scalar"
+
+
 def classroom(url: str, n: int, simd: str, prompt: list[int], tokens: int) -> dict:
     sessions = [pg_llm_lab.connect(url) for _ in range(n)]
     try:
@@ -140,7 +147,8 @@ def main() -> None:
         server = conn.execute("SHOW server_version").fetchone()[0]
         cap = conn.execute("SHOW pg_llm.shared_cache_size").fetchone()[0]
     prompt = [(17 * i + 5) % SMALL["vocab_size"] for i in range(args.prompt)]
-    print(f"PostgreSQL {server}, pg_llm.shared_cache_size {cap}, {os.cpu_count()} cores; "
+    print(f"PostgreSQL {server}, pg_llm.shared_cache_size {cap}, {os.cpu_count()} cores "
+          f"(simd auto = {best_isa()} here); "
           f"prompt {args.prompt} tokens, {args.tokens} new per session; loadavg {loadavg()}")
     with pg_llm_lab.connect(url) as conn:
         t0 = time.perf_counter()
