@@ -17,6 +17,14 @@
  * (model_cache.c).  Decoding is done once: the first backend to miss marks
  * a slot DECODING and fills it outside the lock; others asking for that
  * version wait on a condition variable until it is READY (or abandoned).
+ * Only committed versions come here: a version the caller's own transaction
+ * wrote is decoded for that call alone (model_cache.c).
+ *
+ * Memory: a version is freed at its last unpin once a newer version of the
+ * same model is READY; to stay under pg_llm.shared_cache_size, unpinned
+ * versions are evicted least recently used first.  When that is not enough
+ * (too big a model, or everything in use) the caller decodes a copy of its
+ * own.
  *
  * Pins are records in the memory context of the call that took them; a
  * reset callback releases them, so an ERROR or a cancel (the context goes
