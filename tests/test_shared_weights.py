@@ -80,17 +80,20 @@ def open_stream(session, model, n=20):
 @pytest.fixture
 def cache_size(conn):
     """set(mb, *sessions): pg_llm.shared_cache_size for the server, seen by each session."""
+    setting = "SELECT current_setting('pg_llm.shared_cache_size')"
+    conn.execute("SELECT llm_info()")           # pg_llm loaded: its settings are defined
+    before = q(conn, setting)
+
     def set_mb(mb, *sessions):
         conn.execute(f"ALTER SYSTEM SET pg_llm.shared_cache_size = '{mb}MB'")
         conn.execute("SELECT pg_reload_conf()")
         for s in (conn, *sessions):
-            wait_for(lambda: q(s, "SELECT current_setting('pg_llm.shared_cache_size')") ==
-                     (f"{mb}MB" if mb else "0"), "the new pg_llm.shared_cache_size")
+            s.execute("SELECT llm_info()")
+            wait_for(lambda: q(s, setting) == (f"{mb}MB" if mb else "0"), "the new pg_llm.shared_cache_size")
     yield set_mb
     conn.execute("ALTER SYSTEM RESET pg_llm.shared_cache_size")
     conn.execute("SELECT pg_reload_conf()")
-    wait_for(lambda: q(conn, "SELECT current_setting('pg_llm.shared_cache_size')") == "1GB",
-             "pg_llm.shared_cache_size back to its default")
+    wait_for(lambda: q(conn, setting) == before, "pg_llm.shared_cache_size back to what it was")
 
 
 # ---- sharing -----------------------------------------------------------------------
