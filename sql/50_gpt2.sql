@@ -39,18 +39,21 @@ COMMENT ON FUNCTION llm_loss(text, int[], int[]) IS
 'mean cross-entropy of the logits at each position against targets (same length as tokens, -100 = ignore). '
 'For next-token loss pass targets = tokens[2:] || -100, which is what HF computes from labels = input_ids';
 
--- The backend's weight cache: which model it holds, the version, its size,
--- and how many times this backend has decoded weights from llm_param.
-CREATE FUNCTION llm_model_cache(OUT model text, OUT version bigint, OUT bytes bigint,
-                                OUT loads bigint)
+-- The weight cache (one copy per server on PostgreSQL 17+, per backend on 15-16):
+-- the decoded versions of the models you may see, and who uses them.
+CREATE FUNCTION llm_model_cache(OUT model text, OUT version bigint, OUT bytes bigint, OUT pins int,
+                                OUT loaded_by int, OUT loaded_at timestamptz, OUT last_used timestamptz)
+    RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'llm_model_cache_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION llm_model_cache() IS
-'the model whose weights this backend has cached (model, version, bytes) and how many loads it did';
+'the decoded weights in the server''s shared cache, one row per model version you may see: its size, how many '
+'calls use it now (pins), the process (pg_backend_pid()) that decoded it, when, and when it was last used. '
+'pg_llm.shared_cache_size caps the total';
 
 CREATE FUNCTION llm_model_cache_clear() RETURNS void
     AS 'MODULE_PATHNAME', 'llm_model_cache_clear_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION llm_model_cache_clear() IS
-'free the weights this backend has cached (they reload on the next use)';
+'free the cached weights of the models you may see that no call uses now (they are decoded again at the next use)';
 
 -- ---- GPT-2's initialisation ---------------------------------------------------
 

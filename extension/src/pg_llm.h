@@ -18,6 +18,9 @@
 
 #include "support/support.h"	/* the helpers, for whoever includes pg_llm.h */
 
+/* pg_llm.shared_cache_size, in MB: the cap of gpt2/weight_store.c. */
+extern int	llm_shared_cache_mb;
+
 /*
  * `model` if not NULL, else the setting pg_llm.default_model (ERROR 22023
  * when that is empty too).

@@ -59,11 +59,7 @@ generator_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_pr
 	generator_check_args(who, m, prompt, n_prompt, max_new, stop_ids, n_stop);
 
 	g->who = who;
-	g->model_name = pstrdup(m->name);
 	g->model = m;
-	g->model_version = m->version;
-	/* weights loaded for this call only (row-level security): they live with us */
-	g->private_model = gpt2_model_cached(m->name, m->version) != m;
 	g->prompt = palloc(sizeof(int32) * n_prompt);
 	memcpy(g->prompt, prompt, sizeof(int32) * n_prompt);
 	g->n_prompt = n_prompt;
@@ -113,38 +109,9 @@ generator_next(Generator *g, int32 *token)
 }
 
 void
-generator_resume(Generator *g)
-{
-	const Gpt2Model *m;
-
-	if (g->private_model)
-		return;
-	m = gpt2_model_cached(g->model_name, g->model_version);
-	if (m == NULL)
-		m = gpt2_model_get(g->model_name);
-	if (m->version != g->model_version)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("%s: the weights of model \"%s\" changed during generation",
-						g->who, g->model_name)));
-	g->model = m;
-	g->state->model = m;
-}
-
-void
 generator_free(Generator *g)
 {
-	const Gpt2Model *m = g->private_model ? g->model :
-		gpt2_model_cached(g->model_name, g->model_version);
-
-	/* Freeing reports timers under the model's name: only if it is still there. */
-	if (m != NULL)
-	{
-		g->state->model = m;
-		gpt2_state_free(g->state);
-	}
-	else
-		MemoryContextDelete(g->state->mcxt);
+	gpt2_state_free(g->state);
 }
 
 /* ---- SQL -------------------------------------------------------------------- */

@@ -10,10 +10,8 @@
  *   generator_free(g);
  *
  * A generator that lives across calls (a streaming SRF) is made in memory
- * that lives as long, and calls generator_resume() at the start of each
- * call: the weight cache may have been replaced in between.  (Weights
- * gpt2_model_get loaded for one call only, under row-level security, live
- * in the generator's memory and are kept.)
+ * that lives as long, with weights gpt2_model_get() gave in that memory:
+ * they stay in place as long as the generator.
  */
 #ifndef PG_LLM_GENERATE_GENERATE_H
 #define PG_LLM_GENERATE_GENERATE_H
@@ -26,10 +24,7 @@
 typedef struct Generator
 {
 	const char *who;			/* the SQL function, for messages */
-	char	   *model_name;
 	const Gpt2Model *model;
-	int64		model_version;
-	bool		private_model;	/* loaded for us alone (not the backend's cache) */
 	Gpt2State  *state;
 	Sampler    *sampler;
 	float	   *logits;			/* [V] */
@@ -65,9 +60,6 @@ extern bool generator_next(Generator *g, int32 *token);
 
 /* True when no token follows: max_new reached or a stop id generated. */
 extern bool generator_finished(const Generator *g);
-
-/* Re-attach to the cached weights (same version, else error 55000). */
-extern void generator_resume(Generator *g);
 
 extern void generator_free(Generator *g);
 

@@ -89,7 +89,6 @@ llm_generate_stream_tokens_sql(PG_FUNCTION_ARGS)
 		generator_free(g);
 		SRF_RETURN_DONE(funcctx);
 	}
-	generator_resume(g);
 	generator_next(g, &token);
 	values[0] = Int32GetDatum(g->n_new);
 	values[1] = Int32GetDatum(token);

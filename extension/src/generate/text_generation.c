@@ -160,7 +160,6 @@ textgen_next(TextGen *t, int32 *token, int *from, int *to)
 void
 textgen_resume(TextGen *t)
 {
-	generator_resume(t->gen);
 	t->tok = llm_tokenizer_get(t->tok_name);
 	if (llm_tokenizer_version(t->tok) != t->tok_version)
 		ereport(ERROR,

@@ -52,7 +52,7 @@ extern bool textgen_next(TextGen *t, int32 *token, int *from, int *to);
 /* True when no token follows. */
 extern bool textgen_finished(const TextGen *t);
 
-/* Re-attach to the caches across calls (see generator_resume). */
+/* Re-attach to the tokenizer cache across calls (same version, else error 55000). */
 extern void textgen_resume(TextGen *t);
 
 extern void textgen_free(TextGen *t);

@@ -51,7 +51,6 @@ typedef struct Gpt2Layer
  */
 typedef struct Gpt2Model
 {
-	MemoryContext mcxt;			/* the cache's: owns this struct and the arena */
 	char	   *name;
 	Oid			config_relid;	/* the cache's key: OID of llm_model_config, */
 	int64		version;		/* and llm_model_config.version when loaded */

@@ -1,29 +1,31 @@
 /*
- * model_cache.c -- the decoded-weight cache: a model's parameters, read from
- * llm_param once and kept in backend memory.
+ * model_cache.c -- a model's decoded weights for the current call: read
+ * from llm_param once per version and kept in the weight store
+ * (weight_store.c: one copy per server on PostgreSQL 17+).
  *
  * A model's parameters are rows of llm_param, one `tensor` per HF name,
  * stored out of line (TOAST).  Reading and decoding 500 MB of them takes
  * about a second, far longer than generating a token, so we decode them
- * once into a single float array (the "arena") in backend memory and keep
- * it across calls, keyed by llm_model_config.version.  Every write to
- * llm_param -- an import, an optimizer step, a learner's manual UPDATE --
- * and every change to the model's row (n_head, layer_norm_eps, ...) bumps
- * that version through triggers (sql/30_model.sql), so a call that
- * sees the same version as the cache may use the cache, and any other
- * version forces a reload.  One model is cached at a time, per backend
- * (each connection has its own backend, hence its own cache).
+ * once into a single float array (the "arena") and keep it across calls,
+ * keyed by llm_model_config.version.  Every write to llm_param -- an
+ * import, an optimizer step, a learner's manual UPDATE -- and every change
+ * to the model's row (n_head, layer_norm_eps, ...) bumps that version
+ * through triggers (sql/30_model.sql), so a call that sees a version that
+ * is cached may use the cache, and any other version is decoded anew.
  *
- * The cache never serves a role what it could not SELECT itself: every call
- * checks the current user's SELECT privilege on llm_param (the role may have
- * changed since the weights were cached: SET ROLE, SECURITY DEFINER), and
- * when row-level security applies to llm_param for that role, the weights
- * are read through its policies for that call only, neither served from the
- * cache nor kept in it.
+ * What a call may use is decided per call, by the caller's own reading of
+ * llm_model_config: through its privileges and row-level security.  A role
+ * that does not see the model's row gets "unknown model"; one that sees it
+ * gets the weights of the version it sees, once it passes the SELECT check
+ * on llm_param.  The row-level security policies on the two tables make
+ * "sees the model's row" and "sees its llm_param rows" the same thing, so
+ * the copy decoded by one role is the copy any role that sees the row
+ * would decode.
  */
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -32,9 +34,9 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/rls.h"
 
 #include "gpt2/model_cache.h"
+#include "gpt2/weight_store.h"
 #include "tensor/tensor.h"
 
 /* A model bigger than this many floats (16 GB) is refused before allocating. */
@@ -51,8 +53,10 @@
  * them with -- even if another session commits new weights in between.
  */
 
-bool
-gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
+/* The model's row; *xmin is the transaction that wrote this version of it. */
+static bool
+config_row_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg,
+				TransactionId *xmin)
 {
 	Oid			argtype = TEXTOID;
 	Datum		arg = CStringGetTextDatum(model);
@@ -62,7 +66,7 @@ gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 	int			ret;
 
 	ret = SPI_execute_with_args(psprintf("SELECT tableoid, version, n_layer, n_head, n_embd, "
-										 "n_positions, vocab_size, layer_norm_eps, n_inner "
+										 "n_positions, vocab_size, layer_norm_eps, xmin, n_inner "
 										 "FROM %s WHERE model = $1",
 										 llm_table_name("llm_model_config")),
 								1, &argtype, &arg, NULL, true, 1);
@@ -81,10 +85,19 @@ gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
 	cfg->n_positions = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 	cfg->vocab_size = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 	cfg->layer_norm_eps = DatumGetFloat4(SPI_getbinval(tup, desc, 8, &isnull));
-	cfg->n_inner = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+	*xmin = DatumGetTransactionId(SPI_getbinval(tup, desc, 9, &isnull));
+	cfg->n_inner = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 	if (isnull)
 		cfg->n_inner = 4 * cfg->n_embd;
 	return true;
+}
+
+bool
+gpt2_config_read(const char *model, Oid *relid, int64 *version, Gpt2Config *cfg)
+{
+	TransactionId xmin;
+
+	return config_row_read(model, relid, version, cfg, &xmin);
 }
 
 /* Refuse configs the table constraints should have refused already. */
@@ -177,6 +190,7 @@ gpt2_param_read(const char *model, const Gpt2ParamInfo *p, const char *column,
 		/* the header: ndim, dtype, dims (the varlena length word excluded) */
 		Tensor	   *head = (Tensor *) PG_DETOAST_DATUM_SLICE(raw, 0, TENSOR_HDRSZ - VARHDRSZ);
 
+		tensor_check_format(head);
 		check_param_shape(model, p, column, head);
 		pfree(head);
 		for (int64 off = 0; off < nbytes; off += LOAD_SLICE_BYTES)
@@ -285,58 +299,7 @@ load_parameters(const char *model, const Gpt2ParamInfo *params, int n_params, fl
 	pfree(loaded);
 }
 
-/*
- * Decode a model into a new memory context, a child of `parent`.  Should an
- * error (or a cancel) interrupt us, that context goes away with its parent
- * when the transaction aborts: a half-loaded model can never leak or be
- * served.
- */
-static Gpt2Model *
-load_model(MemoryContext parent, const char *model, Oid relid, int64 version,
-		   const Gpt2Config *cfg)
-{
-	MemoryContext mcxt = AllocSetContextCreate(parent, "pg_llm model cache",
-											   ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old = MemoryContextSwitchTo(mcxt);
-	Gpt2Model  *m = palloc0(sizeof(Gpt2Model));
-	Gpt2ParamInfo *params;
-	int			n_params;
-	char	   *raw_arena;
-	float	   *arena;
-
-	m->mcxt = mcxt;
-	m->name = pstrdup(model);
-	m->config_relid = relid;
-	m->version = version;
-	m->cfg = *cfg;
-	params = gpt2_param_layout(model, cfg, &n_params, &m->n_floats);
-
-	/* One allocation for all the weights, its start aligned to 64 bytes. */
-	raw_arena = llm_alloc_huge(m->n_floats * sizeof(float) + 64,
-							   psprintf("the weights of model \"%s\"", model));
-	arena = (float *) TYPEALIGN(64, raw_arena);
-	gpt2_model_bind(m, arena);
-	MemoryContextSwitchTo(old);
-
-	/* Detoasted copies are made in `old` (SPI's context) and freed one by one. */
-	load_parameters(model, params, n_params, arena);
-	return m;
-}
-
-/* ---- the cache --------------------------------------------------------- */
-
-static Gpt2Model *cached_model = NULL;
-static int64 cache_loads = 0;	/* how many times a model was decoded */
-
-static void
-drop_cached_model(void)
-{
-	Gpt2Model  *m = cached_model;
-
-	cached_model = NULL;		/* first, so that no error can leave it dangling */
-	if (m != NULL)
-		MemoryContextDelete(m->mcxt);
-}
+/* ---- the weights of a call ---------------------------------------------- */
 
 /*
  * ERROR 42501, as the query in load_parameters() would raise it, unless the
@@ -361,79 +324,86 @@ check_select_privilege(Oid param_relid)
 	}
 }
 
+/* A Gpt2Model over `arena`, in the current memory context. */
+static Gpt2Model *
+model_view(const WeightKey *key, const Gpt2Config *cfg, float *arena)
+{
+	Gpt2Model  *m = palloc0(sizeof(Gpt2Model));
+
+	m->name = pstrdup(key->model);
+	m->config_relid = key->config_relid;
+	m->version = key->version;
+	m->cfg = *cfg;
+	gpt2_model_bind(m, arena);
+	return m;
+}
+
 /*
- * The weights of `model`, from the cache when its version is unchanged.
+ * The weights of `model` for this call, from the weight store when the
+ * version this call sees is there.
  *
- * Why checking the version is enough (MVCC): the version is read through the
- * calling statement's snapshot, the same snapshot the parameters would be
- * read through.  If another session has changed the weights but not
- * committed, we see the old version and the old weights -- both correct for
- * us.  If it has committed, our snapshot (if taken later) sees the new
- * version and we reload.  Our own transaction's writes are visible to us,
- * version included.  A rollback restores the old version number, and since
- * the numbers come from a sequence (never handed out twice), a version we
- * cached always names the weights we cached for it.
+ * Why the version is enough (MVCC): it is read through the calling
+ * statement's snapshot, the same snapshot the parameters are read through.
+ * If another session has changed the weights but not committed, we see the
+ * old version and the old weights -- both correct for us.  Once it has
+ * committed, a later snapshot sees the new version and we use (or decode)
+ * that.  The numbers come from a sequence, never handed out twice (not even
+ * after a rollback), so a cached version always names the weights cached
+ * for it.  The key also holds the OID of llm_model_config: after DROP
+ * EXTENSION and CREATE EXTENSION the sequence starts over, but the table is
+ * a new one.
  *
- * The key also holds the OID of llm_model_config: after DROP EXTENSION and
- * CREATE EXTENSION the sequence starts over, but the table is a new one.
- *
- * Under row-level security the weights are loaded for this call only (into
- * the caller's memory context, freed with it): what a role's policies let
- * it see is not what the cache holds for everyone.
+ * A version written by our own transaction, not committed yet, is decoded
+ * for this call only and never stored: only a committed version is
+ * published, so other backends can never be handed weights that may still
+ * roll back (they would not look for that version anyway: their snapshots
+ * see the old one).
  */
 const Gpt2Model *
 gpt2_model_get(const char *model)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	Oid			relid;
-	Oid			param_relid;
-	int64		version;
+	WeightKey	key = {.model = model};
+	WeightLookup found = WEIGHTS_NO_ROOM;
+	WeightPin  *pin = NULL;
+	TransactionId xmin;
 	Gpt2Config	cfg;
-	Gpt2Model  *m;
-	bool		shared;
+	Gpt2ParamInfo *params;
+	int			n_params;
+	int64		n_floats;
+	float	   *arena;
 
 	SPI_connect();
-	if (!gpt2_config_read(model, &relid, &version, &cfg))
+	if (!config_row_read(model, &key.config_relid, &key.version, &cfg, &xmin))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown model \"%s\"", model),
 				 errhint("Models are registered in llm_model_config.")));
-	param_relid = llm_table_oid("llm_param");
-	check_select_privilege(param_relid);
-	shared = check_enable_rls(param_relid, InvalidOid, false) != RLS_ENABLED;
-
-	m = cached_model;
-	if (shared && m != NULL && m->config_relid == relid && m->version == version &&
-		strcmp(m->name, model) == 0)
-	{
-		SPI_finish();
-		return m;
-	}
-
-	/* Free the old weights before decoding new ones: peak memory is one model. */
+	check_select_privilege(llm_table_oid("llm_param"));
 	gpt2_config_check(model, &cfg);
-	drop_cached_model();
-	m = load_model(caller, model, relid, version, &cfg);
-	SPI_finish();
-	cache_loads++;
+	params = gpt2_param_layout(model, &cfg, &n_params, &n_floats);
 
-	/* Loaded completely: now it may outlive this call and this transaction. */
-	if (shared)
+	if (!TransactionIdIsCurrentTransactionId(xmin))
+		found = weight_store_acquire(&key, n_floats * sizeof(float), caller, &pin);
+	if (found == WEIGHTS_NO_ROOM)
 	{
-		MemoryContextSetParent(m->mcxt, TopMemoryContext);
-		cached_model = m;
+		/* ours alone, in the caller's memory: freed with it, even half-decoded */
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		arena = (float *) TYPEALIGN(64, llm_alloc_huge(n_floats * sizeof(float) + 64,
+													   psprintf("the weights of model \"%s\"", model)));
+		MemoryContextSwitchTo(spi);
 	}
-	return m;
-}
+	else
+		arena = pin->arena;
 
-const Gpt2Model *
-gpt2_model_cached(const char *model, int64 version)
-{
-	Gpt2Model  *m = cached_model;
-
-	if (m != NULL && m->version == version && strcmp(m->name, model) == 0)
-		return m;
-	return NULL;
+	/* Detoasted copies are made in SPI's context and freed one by one. */
+	if (found != WEIGHTS_FOUND)
+		load_parameters(model, params, n_params, arena);
+	if (found == WEIGHTS_TO_DECODE)
+		weight_store_publish(pin);
+	SPI_finish();
+	return model_view(&key, &cfg, arena);
 }
 
 void
@@ -445,36 +415,87 @@ gpt2_check_tokens(const char *who, const Gpt2Model *m, const int32 *ids, int n)
 
 /* ---- SQL: the cache ----------------------------------------------------- */
 
-/* llm_model_cache(): which model this backend holds, and how often it loaded. */
+/* Whether the current user sees `model` in llm_model_config (SPI connected). */
+static bool
+model_visible(const char *model, Oid config_relid)
+{
+	Oid			argtype = TEXTOID;
+	Datum		arg = CStringGetTextDatum(model);
+	int			ret;
+
+	if (config_relid != llm_table_oid("llm_model_config"))
+		return false;
+	ret = SPI_execute_with_args(psprintf("SELECT 1 FROM %s WHERE model = $1",
+										 llm_table_name("llm_model_config")),
+								1, &argtype, &arg, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "pg_llm: reading llm_model_config failed: %s", SPI_result_code_string(ret));
+	return SPI_processed > 0;
+}
+
+/* The cached versions of the models the current user may see (SPI connected). */
+static WeightEntry *
+visible_entries(int *n)
+{
+	int			n_all;
+	WeightEntry *all = weight_store_list(&n_all);
+
+	*n = 0;
+	for (int i = 0; i < n_all; i++)
+		if (model_visible(all[i].model, all[i].config_relid))
+			all[(*n)++] = all[i];
+	return all;
+}
+
+/*
+ * llm_model_cache() -> SETOF (model, version, bytes, pins, loaded_by,
+ * loaded_at, last_used): the decoded versions of the models the caller sees.
+ */
 PG_FUNCTION_INFO_V1(llm_model_cache_sql);
 Datum
 llm_model_cache_sql(PG_FUNCTION_ARGS)
 {
-	TupleDesc	desc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
-	Gpt2Model  *m = cached_model;
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WeightEntry *entries;
+	int			n;
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "llm_model_cache: return type must be a row type");
-	desc = BlessTupleDesc(desc);
-	if (m != NULL)
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	entries = visible_entries(&n);
+	for (int i = 0; i < n; i++)
 	{
-		values[0] = CStringGetTextDatum(m->name);
-		values[1] = Int64GetDatum(m->version);
-		values[2] = Int64GetDatum(m->n_floats * (int64) sizeof(float));
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+
+		values[0] = CStringGetTextDatum(entries[i].model);
+		values[1] = Int64GetDatum(entries[i].version);
+		values[2] = Int64GetDatum(entries[i].bytes);
+		values[3] = Int32GetDatum(entries[i].pins);
+		values[4] = Int32GetDatum(entries[i].loaded_by);
+		values[5] = TimestampTzGetDatum(entries[i].loaded_at);
+		values[6] = TimestampTzGetDatum(entries[i].last_used);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	else
-		nulls[0] = nulls[1] = nulls[2] = true;
-	values[3] = Int64GetDatum(cache_loads);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	SPI_finish();
+	return (Datum) 0;
 }
 
-/* llm_model_cache_clear(): give the cached weights' memory back now. */
+/* llm_model_cache_clear(): free the cached versions no call uses, of the models the caller sees. */
 PG_FUNCTION_INFO_V1(llm_model_cache_clear_sql);
 Datum
 llm_model_cache_clear_sql(PG_FUNCTION_ARGS)
 {
-	drop_cached_model();
+	WeightEntry *entries;
+	int			n;
+
+	SPI_connect();
+	entries = visible_entries(&n);
+	for (int i = 0; i < n; i++)
+	{
+		WeightKey	key = {entries[i].config_relid, entries[i].model, entries[i].version};
+
+		weight_store_drop(&key);
+	}
+	SPI_finish();
 	PG_RETURN_VOID();
 }

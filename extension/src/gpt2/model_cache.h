@@ -1,7 +1,8 @@
 /*
- * model_cache.h -- a GPT-2 model's weights, decoded once from llm_param into
- * backend memory (model_cache.c) and reloaded when llm_model_config.version
- * says they changed.
+ * model_cache.h -- a GPT-2 model's weights, decoded once per version from
+ * llm_param (model_cache.c) into the weight store that every backend shares
+ * (weight_store.h), and decoded anew when llm_model_config.version says
+ * they changed.
  *
  *   const Gpt2Model *m = gpt2_model_get("gpt2-small");
  *
@@ -39,18 +40,13 @@ extern void gpt2_param_read(const char *model, const Gpt2ParamInfo *p, const cha
 /* ---- the cache ---------------------------------------------------------- */
 
 /*
- * The cached weights of `model`, (re)loaded if its version changed.  Owned
- * by the cache: never free them, nor keep the pointer beyond the current
- * SQL function call (the next call may replace them).
+ * The weights of `model` at the version the caller's snapshot sees, if the
+ * current user may read them (ERROR otherwise).  They stay valid, and
+ * unchanged, as long as the current memory context lives: a streaming SRF
+ * that calls this in its multi-call context keeps them across calls.  Never
+ * write or free them.
  */
 extern const Gpt2Model *gpt2_model_get(const char *model);
-
-/*
- * The cached model if it is `model` at `version`, else NULL; no catalog
- * access.  A caller that keeps a model across calls (a streaming SRF) finds
- * it again through this: the pointer it had may have been freed.
- */
-extern const Gpt2Model *gpt2_model_cached(const char *model, int64 version);
 
 /* Error (22023) unless every id is in [0, vocab_size). */
 extern void gpt2_check_tokens(const char *who, const Gpt2Model *m,

@@ -51,7 +51,6 @@ allocate_arenas(LlmTrainState *st)
 		*arenas[i] = (float *) TYPEALIGN(64, raw);
 		memset(*arenas[i], 0, bytes);
 	}
-	st->weights.mcxt = st->mcxt;
 	st->weights.name = st->model;
 	st->weights.config_relid = st->config_relid;
 	st->weights.version = -1;	/* never the cache's */
