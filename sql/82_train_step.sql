@@ -41,13 +41,15 @@ CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
                            vocab int DEFAULT NULL, save_every int DEFAULT 50,
                            beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
                            eps double precision DEFAULT 1e-8, decay_steps int DEFAULT NULL,
-                           notice_every int DEFAULT 1, split text DEFAULT 'train')
+                           notice_every int DEFAULT 1, split text DEFAULT 'train',
+                           dataset text DEFAULT current_user)
     AS 'MODULE_PATHNAME', 'llm_train' LANGUAGE C;
 COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double precision,
                                double precision, double precision, bigint, int, int, int, int, int,
                                int, int, double precision, double precision, double precision, int,
-                               int, text) IS
-'train the model for steps steps on llm_dataset (split, default ''train''): each step draws batch_size '
+                               int, text, text) IS
+'train the model for steps steps on a split (default ''train'') of llm_dataset `dataset` (default: named after '
+'you): each step draws batch_size '
 'examples with a generator seeded by (seed, llm_param.step), runs forward, backward, '
 'clip_grad_norm_(clip) (NULL: none) and AdamW (lr: linear warmup over warmup steps, then a cosine '
 'down to min_lr, default lr/10, at decay_steps, default steps), and COMMITs its rows of '

@@ -57,6 +57,8 @@ def new_model(conn, name, seed=1, n_head=2, n_positions=16):
 def tiny(conn):
     new_model(conn, MODEL)
     new_model(conn, OTHER, seed=2)
+    # shared: row-level security lets every role see them (what it may SELECT is the test's)
+    conn.execute(r"UPDATE llm_model_config SET shared = true WHERE model LIKE 'h\_%'")
     yield MODEL
     conn.execute("RESET ROLE")
     conn.execute(r"DELETE FROM llm_model_config WHERE model LIKE 'h\_%'")
@@ -164,14 +166,14 @@ def test_cache_accepts_column_privileges(conn, tiny, role):
 
 @pytest.fixture
 def hidden_model(conn, tiny, role):
-    """Row-level security on llm_param hides MODEL's rows from `role`."""
+    """A row-level security policy on llm_param hides MODEL's rows from `role` (a
+    restrictive one: pg_llm's own policies let every role read a shared model)."""
     conn.execute(f"GRANT SELECT ON llm_model_config, llm_param TO {role}")
-    conn.execute("ALTER TABLE llm_param ENABLE ROW LEVEL SECURITY")
-    conn.execute(f"CREATE POLICY llm_hardening_hide ON llm_param TO {role} USING (model <> '{MODEL}')")
+    conn.execute(f"CREATE POLICY llm_hardening_hide ON llm_param AS RESTRICTIVE TO {role} "
+                 f"USING (model <> '{MODEL}')")
     yield role
     conn.execute("RESET ROLE")
     conn.execute("DROP POLICY llm_hardening_hide ON llm_param")
-    conn.execute("ALTER TABLE llm_param DISABLE ROW LEVEL SECURITY")
 
 
 def test_cache_is_not_served_under_row_level_security(conn, hidden_model):
