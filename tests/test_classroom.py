@@ -8,6 +8,11 @@ the catalog -- and every function he points at it fails clearly; once alice
 shares the model bob generates from it and reads it, and still cannot change
 it; the instructor reads everything.
 """
+import os
+import re
+import subprocess
+import sys
+
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -336,3 +341,31 @@ def test_the_tape_is_capped(admin):
     finally:
         admin.execute("SELECT llm_autograd_mode('off')")
         admin.execute("RESET pg_llm.max_tape_rows")
+
+
+def run_cli(db_url, *args):
+    env = dict(os.environ, DATABASE_URL=db_url)
+    return subprocess.run([sys.executable, "-m", "pg_llm_lab.cli", "classroom", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_classroom_command(db_url, admin):
+    """init, add-learner (which prints each learner's DATABASE_URL) and status (which
+    shows that learner's session, what it runs and its memory)."""
+    drop_role(admin, "cls_carol")
+    try:
+        assert run_cli(db_url, "init").returncode == 0
+        added = run_cli(db_url, "add-learner", "cls_carol")
+        assert added.returncode == 0, added.stderr
+        url = re.search(r"cls_carol: (\S+)", added.stdout)[1]
+        assert url.startswith("postgresql://cls_carol:")
+        with psycopg.connect(url, autocommit=True) as carol:
+            assert q(carol, "SELECT current_user") == "cls_carol"
+            carol.execute("SET application_name = 'carols notebook'")
+            status = run_cli(db_url, "status")
+            assert status.returncode == 0, status.stderr
+            line = next(line for line in status.stdout.splitlines() if "cls_carol" in line)
+            assert "learner" in line and " MB" in line, status.stdout
+        assert run_cli(db_url, "add-learner").returncode == 2
+    finally:
+        drop_role(admin, "cls_carol")
