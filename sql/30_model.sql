@@ -266,7 +266,7 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION llm_require_model_owner(text) IS
-'raise an error (42501) if the current role may read the model but not change it: it is not its owner and '
+'internal (every path that writes a model): raise an error (42501) if the current role may read the model but not change it: it is not its owner and '
 'row-level security applies (to a superuser it does not); an unknown model is its caller''s to report';
 
 -- One token's embedding row, read with a TOAST slice (not all of wte).

@@ -274,7 +274,8 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege';
     END IF;
 END $$;
-COMMENT ON FUNCTION llm_require_superuser(text) IS 'raise an error (42501) unless the current role is a superuser';
+COMMENT ON FUNCTION llm_require_superuser(text) IS
+'internal: raise an error (42501) unless the current role is a superuser';
 
 -- What a learner's sessions get unless the instructor changes it: settings of
 -- the role llm_learner.  PostgreSQL applies ALTER ROLE ... SET to the role
@@ -307,7 +308,7 @@ BEGIN
     END LOOP;
 END $$;
 COMMENT ON FUNCTION llm_classroom_apply_settings(name) IS
-'copy the settings of the role llm_learner (ALTER ROLE llm_learner SET ...) to a learner''s own role';
+'internal (llm_classroom_init, llm_classroom_add_learner): copy the settings of the role llm_learner (ALTER ROLE llm_learner SET ...) to a learner''s own role';
 
 CREATE FUNCTION llm_classroom_init() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
