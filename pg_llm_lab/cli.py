@@ -139,7 +139,7 @@ def cmd_export_hf(args) -> int:
 
 def cmd_load_tokenizer(args) -> int:
     with db.connect(server_url(args.data)) as conn:
-        tokens, merges = tokenizer.load_tokenizer(conn, args.vocab, args.merges, args.model, progress=True)
+        tokens, merges = tokenizer.load_tokenizer(conn, args.vocab, args.merges, args.model)
         ids = conn.execute("SELECT llm_encode('Hello world!', %s)", [args.model]).fetchone()[0]
     print(f"loaded tokenizer {args.model!r}: {tokens} tokens, {merges} merges\n"
           f"  SELECT llm_encode('Hello world!', '{args.model}');  -- {ids}")

@@ -8,6 +8,7 @@ the catalog -- and every function he points at it fails clearly; once alice
 shares the model bob generates from it and reads it, and still cannot change
 it; the instructor reads everything.
 """
+import json
 import os
 import re
 import subprocess
@@ -369,3 +370,32 @@ def test_the_classroom_command(db_url, admin):
         assert run_cli(db_url, "add-learner").returncode == 2
     finally:
         drop_role(admin, "cls_carol")
+
+
+@pytest.mark.slow
+def test_a_learner_runs_the_notebooks(db_url, admin, classroom):
+    """A learner role (no superuser, the class's settings) runs the notebooks that make
+    and train a tokenizer, record a whole GPT-2's tape and train on text with checkpoints
+    (01, 06, 08; PG_LLM_LAB_QUICK=1), and what they made is theirs alone."""
+    drop_role(admin, "cls_erin")
+    admin.execute("SELECT llm_classroom_add_learner('cls_erin')")
+    env = {**os.environ, "DATABASE_URL": make_conninfo(db_url, user="cls_erin"), "JUPYTERHUB_USER": "cls_erin",
+           "PG_LLM_LAB_QUICK": "1", "PG_LLM_LAB_OFFLINE": "1"}
+    chain = ("import json, sys; sys.path.insert(0, sys.argv[1]); import notebook_runs; "
+             "print(json.dumps(notebook_runs.run_chain(sys.argv[2:])))")
+    try:
+        done = subprocess.run([sys.executable, "-c", chain, os.path.dirname(__file__),
+                               "01_text_and_tokens", "06_the_gpt2_tape", "08_training_on_text"],
+                              env=env, capture_output=True, text=True, timeout=1200)
+        results = json.loads(done.stdout.strip().splitlines()[-1])
+        assert [r["error"] for r in results] == [None] * 3, results
+        owned = {table: q(admin, f"SELECT count(*) FROM {table} WHERE owner = 'cls_erin'")
+                 for table in ("llm_model_config", "llm_tokenizer", "llm_dataset", "llm_checkpoint")}
+        assert all(owned.values()), owned
+        assert q(classroom[BOB], "SELECT count(*) FROM llm_model_config WHERE model LIKE %s", "cls\\_erin%") == 0
+    finally:
+        admin.execute("DELETE FROM llm_model_config WHERE owner = 'cls_erin'")
+        admin.execute("DELETE FROM llm_tokenizer WHERE owner = 'cls_erin'")
+        admin.execute("DELETE FROM llm_dataset WHERE owner = 'cls_erin'")
+        admin.execute("DELETE FROM llm_checkpoint WHERE owner = 'cls_erin'")
+        drop_role(admin, "cls_erin")
