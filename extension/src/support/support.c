@@ -1,6 +1,6 @@
 /*
- * support.c -- kernel status to PostgreSQL errors, large allocations, and
- * the names of the extension's own tables, the owner check of a model (support.h).
+ * support.c -- kernel status to PostgreSQL errors, large allocations, the
+ * names of the extension's own tables, and who may change a model (support.h).
  */
 #include "postgres.h"
 
@@ -9,8 +9,8 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
-#include "commands/extension.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "common/int.h"
 #include "miscadmin.h"

@@ -2,18 +2,19 @@
  * loop.c -- CALL llm_train(model, steps, ...): a training run in one
  * procedure call.  The training state (train/state.h) stays in backend
  * memory for the whole call; every step draws a batch from a split of a
- * dataset of llm_dataset, runs forward, backward, clip and AdamW, and COMMITs its
- * rows of llm_train_log and llm_grad_stats, so another session sees the
- * run as it goes.  The weights are written back every save_every steps and
- * at the end: a cancel or a crash leaves llm_param at the last write-back.
+ * dataset of llm_dataset, runs forward, backward, clip and AdamW, and
+ * COMMITs its rows of llm_train_log and llm_grad_stats, so another session
+ * sees the run as it goes.  The weights are written back every save_every
+ * steps and at the end: a cancel or a crash leaves llm_param at the last
+ * write-back.
  *
  * Batches: update number s of the model (llm_param.step before it) draws
  * batch_size examples, with replacement, from a generator seeded with
  * (seed, s) among the examples of the split (default 'train') of the
- * dataset (default: the one named after the role): the same
- * seed, data and step give the same batch, in any call, after a checkpoint
- * load too.  The learning rate of the call's i-th step
- * is llm_lr_at(lr, warmup, decay_steps, min_lr) at i (kernels/optim.h).
+ * dataset (default: the one named after the role): the same seed, data and
+ * step give the same batch, in any call, after a checkpoint load too.  The
+ * learning rate of the call's i-th step is llm_lr_at(lr, warmup,
+ * decay_steps, min_lr) at i (kernels/optim.h).
  */
 #include "postgres.h"
 
