@@ -158,10 +158,17 @@ CREATE TRIGGER llm_param_version_trunc AFTER TRUNCATE ON llm_param
 -- A model's row that changes gets a fresh version too, whatever the
 -- statement set version to: backends that cached the model reload it with
 -- its new settings (n_head, layer_norm_eps, ...), and no one can hand an old
--- version number back to new weights.
+-- version number back to new weights.  Sharing a model or giving it to
+-- another role changes neither its weights nor its settings: the version
+-- stays, and so do the cached weights (who may use them is the policies'
+-- question, asked on every call).
 CREATE FUNCTION llm_model_config_new_version() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 BEGIN
+    IF TG_OP = 'UPDATE'
+       AND to_jsonb(NEW) - '{shared,owner}'::text[] = to_jsonb(OLD) - '{shared,owner}'::text[] THEN
+        RETURN NEW;
+    END IF;
     NEW.version := nextval('llm_param_version_seq');
     RETURN NEW;
 END $$;
@@ -169,7 +176,8 @@ END $$;
 CREATE TRIGGER llm_model_config_version BEFORE INSERT OR UPDATE ON llm_model_config
     FOR EACH ROW EXECUTE FUNCTION llm_model_config_new_version();
 COMMENT ON FUNCTION llm_model_config_new_version() IS
-'trigger: a new or changed llm_model_config row gets a fresh version, so cached weights reload';
+'trigger: a new or changed llm_model_config row gets a fresh version, so cached weights reload '
+'(not when only shared or owner changed)';
 
 -- A model with stored parameters keeps shapes that fit them: a change of
 -- n_layer, n_embd, n_positions, vocab_size or n_inner is refused unless the

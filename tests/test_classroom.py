@@ -261,7 +261,10 @@ def test_the_weights_are_seen_exactly_with_the_models_row(admin, classroom, alic
 def test_a_shared_model_is_read_only(admin, classroom, alice):
     a, b = classroom[ALICE], classroom[BOB]
     want = q(a, "SELECT llm_generate('the', 6, model => %s, seed => 3)", MODEL)
+    version = q(a, "SELECT version FROM llm_model_config WHERE model = %s", MODEL)
     shared = a.execute("SELECT kind, name FROM llm_share(%s)", [MODEL]).fetchall()
+    # the weights did not change: their version (the cache's key) stays
+    assert q(a, "SELECT version FROM llm_model_config WHERE model = %s", MODEL) == version
     assert shared == [("model", MODEL), ("tokenizer", MODEL), ("dataset", MODEL)]
     try:
         before = alice_rows(admin)

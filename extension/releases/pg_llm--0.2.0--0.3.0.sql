@@ -139,6 +139,21 @@ COMMENT ON COLUMN llm_model_config.owner IS
 COMMENT ON COLUMN llm_model_config.shared IS
     'every role may read it, its parameters and its logs (llm_share); still only its owner changes it';
 
+CREATE OR REPLACE FUNCTION llm_model_config_new_version() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND to_jsonb(NEW) - '{shared,owner}'::text[] = to_jsonb(OLD) - '{shared,owner}'::text[] THEN
+        RETURN NEW;
+    END IF;
+    NEW.version := nextval('llm_param_version_seq');
+    RETURN NEW;
+END $$;
+
+COMMENT ON FUNCTION llm_model_config_new_version() IS
+'trigger: a new or changed llm_model_config row gets a fresh version, so cached weights reload '
+'(not when only shared or owner changed)';
+
 CREATE FUNCTION llm_require_model_owner(p_model text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
