@@ -375,6 +375,10 @@ BEGIN
     END IF;
     IF to_regrole(quote_ident(learner)) IS NULL THEN
         EXECUTE format('CREATE ROLE %I LOGIN', learner);
+    ELSIF (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = learner) THEN
+        RAISE EXCEPTION 'llm_classroom_add_learner: role "%" bypasses row-level security (a superuser)', learner
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A learner or an instructor must be an ordinary role.';
     END IF;
     EXECUTE format('GRANT %I TO %I', CASE WHEN instructor THEN 'llm_instructor' ELSE 'llm_learner' END, learner);
     -- a schema of their own, first on the default search_path ("$user"), for the tables they make

@@ -325,6 +325,7 @@ def test_null_and_unknown_arguments(admin, classroom):
     expect_error(admin, "SELECT llm_require_superuser(NULL)", [], "22004")
     expect_error(admin, "SELECT * FROM llm_share('no such model')", [], "42704", "no such model")
     admin.execute("SELECT llm_require_model_owner('no such model')")      # the caller's to report
+    expect_error(admin, "SELECT llm_classroom_add_learner(current_user)", [], "22023", "bypasses row-level security")
     for sql in ("SELECT llm_classroom_add_learner('cls_mallory')", f"SELECT llm_classroom_apply_settings('{ALICE}')",
                 "SELECT llm_require_superuser('f')"):
         expect_error(b, sql, [], "42501", "only a superuser")
