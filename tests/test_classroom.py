@@ -17,6 +17,7 @@ import sys
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from safetensors.numpy import save_file
 
 import pg_llm_lab
 
@@ -258,7 +259,7 @@ def test_the_weights_are_seen_exactly_with_the_models_row(admin, classroom, alic
     check()
 
 
-def test_a_shared_model_is_read_only(admin, classroom, alice):
+def test_a_shared_model_is_read_only(admin, classroom, alice, tmp_path):
     a, b = classroom[ALICE], classroom[BOB]
     want = q(a, "SELECT llm_generate('the', 6, model => %s, seed => 3)", MODEL)
     version = q(a, "SELECT version FROM llm_model_config WHERE model = %s", MODEL)
@@ -283,6 +284,12 @@ def test_a_shared_model_is_read_only(admin, classroom, alice):
             ("SELECT llm_accumulate_grads(%s)", [MODEL]),
         ]:
             expect_error(b, sql, params, "42501", f"belongs to {ALICE}")
+        weights = tmp_path / "weights.safetensors"      # her own weights, sent over the connection
+        save_file(dict(b.execute("SELECT name, data FROM llm_param WHERE model = %s", [MODEL]).fetchall()),
+                  str(weights))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=f"belongs to {ALICE}"):
+            pg_llm_lab.import_hf(b, weights, MODEL, config=q(b, "SELECT llm_hf_config(%s)", MODEL),
+                                 progress=False)
         expect_error(b, "SELECT * FROM llm_share(%s, false)", [MODEL], "42501", "owner or an instructor")
         for table in extension_tables(admin):
             column = plain_column(admin, table)
@@ -302,6 +309,8 @@ def test_a_shared_model_is_read_only(admin, classroom, alice):
 
 def test_the_instructor_reads_everything_and_changes_nothing(admin, classroom, alice):
     t = classroom[TEACHER]
+    assert q(t, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND query <> '<insufficient privilege>'",
+             ALICE) == 1
     for table in extension_tables(admin):
         assert q(t, f"SELECT count(*) FROM {table}") == q(admin, f"SELECT count(*) FROM {table}"), table
     assert alice_rows(t) == alice_rows(admin)

@@ -865,6 +865,9 @@ BEGIN
     IF NOT pg_has_role('llm_instructor', 'llm_learner', 'MEMBER') THEN
         GRANT llm_learner TO llm_instructor;
     END IF;
+    IF NOT pg_has_role('llm_instructor', 'pg_read_all_stats', 'MEMBER') THEN
+        GRANT pg_read_all_stats TO llm_instructor;     -- what every session runs (pg_stat_activity)
+    END IF;
 
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO llm_learner', schema);
     FOR d IN SELECT c.oid::regclass AS rel, c.relkind
@@ -895,7 +898,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION llm_classroom_init() IS
 'make this server ready for a class (superuser; run it again any time): the roles llm_learner and llm_instructor, '
-'their privileges on pg_llm''s tables, and llm_learner''s settings (llm_classroom_defaults, or the instructor''s '
+'their privileges on pg_llm''s tables (and pg_read_all_stats for instructors), and llm_learner''s settings (llm_classroom_defaults, or the instructor''s '
 'own) copied to every learner';
 
 CREATE FUNCTION llm_classroom_add_learner(learner name, instructor boolean DEFAULT false) RETURNS void
