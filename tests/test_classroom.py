@@ -412,3 +412,30 @@ def test_a_learner_runs_the_notebooks(db_url, admin, classroom):
         admin.execute("DELETE FROM llm_dataset WHERE owner = 'cls_erin'")
         admin.execute("DELETE FROM llm_checkpoint WHERE owner = 'cls_erin'")
         drop_role(admin, "cls_erin")
+
+
+def test_a_run_draws_from_its_dataset_only(classroom):
+    """Two datasets with the same split, and bob's default one (named after him): llm_train
+    and llm_eval read the one named, and by default his."""
+    b, model = classroom[BOB], "cls_bob_ds"
+    b.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
+              "VALUES (%s, 1, 2, 16, 16, 64)", [model])
+    b.execute("SELECT llm_init(%s, 3)", [model])
+    ids = {}
+    for dataset, first in (("cls_bob_ds_a", 1), ("cls_bob_ds_b", 30), (BOB, 40)):
+        b.execute("SELECT llm_dataset_from_tokens(%s, 4, dataset => %s, val_fraction => 0.25)",
+                  [list(range(first, first + 20)), dataset])
+        ids[dataset] = {r[0] for r in b.execute(
+            "SELECT id FROM llm_dataset WHERE dataset = %s AND split = 'train'", [dataset]).fetchall()}
+    for dataset, named in (("cls_bob_ds_a", ", dataset => 'cls_bob_ds_a'"), (BOB, "")):
+        since = q(b, "SELECT coalesce(max(id), 0) FROM llm_train_log")
+        b.execute(f"CALL llm_train('{model}', 3, batch_size => 4, notice_every => 0{named})")
+        drawn = {i for (batch,) in b.execute("SELECT batch FROM llm_train_log WHERE id > %s", [since]) for i in batch}
+        assert drawn and drawn <= ids[dataset], (dataset, drawn)
+    val = {d: q(b, "SELECT examples FROM llm_eval(%s, 'val', dataset => %s)", model, d)
+           for d in ("cls_bob_ds_a", "cls_bob_ds_b")}
+    assert val["cls_bob_ds_a"] == q(b, "SELECT count(*) FROM llm_dataset WHERE dataset = 'cls_bob_ds_a' "
+                                       "AND split = 'val'") == val["cls_bob_ds_b"] > 0
+    assert q(b, "SELECT examples FROM llm_eval(%s, 'val')", model) == val["cls_bob_ds_a"]
+    expect_error(b, "CALL llm_train(%s, 1, dataset => 'cls_bob_none')", [model], "P0002",
+                 'dataset "cls_bob_none" has no examples in split "train"')
