@@ -38,7 +38,7 @@ CREATE TABLE llm_model_config (
 );
 COMMENT ON TABLE llm_model_config IS 'GPT-2 shapes, one row per model; version changes with every write to llm_param';
 COMMENT ON COLUMN llm_model_config.model IS
-    'the model''s name, e.g. gpt2-small; llm_param.model refers to it. One owner per name on a server';
+    'the model''s name, e.g. gpt2-small; llm_param.model refers to it. One owner per name in a database';
 COMMENT ON COLUMN llm_model_config.n_layer IS 'transformer blocks: parameters h.0.* .. h.<n_layer-1>.*';
 COMMENT ON COLUMN llm_model_config.n_head IS 'attention heads per block; divides n_embd';
 COMMENT ON COLUMN llm_model_config.n_embd IS 'width C of the residual stream (and of every token''s embedding)';

@@ -32,7 +32,7 @@ COMMENT ON COLUMN llm_dataset.tokens IS 'the input token ids, a block of the tex
 COMMENT ON COLUMN llm_dataset.target IS 'the next token after each input position (-100: no loss there)';
 COMMENT ON COLUMN llm_dataset.split IS 'train, val, ... : which examples of the dataset a run trains or evaluates on';
 COMMENT ON COLUMN llm_dataset.dataset IS
-    'the dataset''s name (default: the role that made it); one owner per name on a server';
+    'the dataset''s name (default: the role that made it); one owner per name in a database';
 COMMENT ON COLUMN llm_dataset.owner IS 'the role that made the row: only its owner changes or deletes it';
 COMMENT ON COLUMN llm_dataset.shared IS 'every role may read it (llm_share of a model trained on it)';
 COMMENT ON SEQUENCE llm_dataset_id_seq IS 'numbers the llm_dataset rows (identity of llm_dataset.id)';

@@ -21,7 +21,7 @@
 -- own policies answer).  The same holds for a tokenizer and its vocab and
 -- merges, a checkpoint and its parameters.
 --
--- Names of models, tokenizers and datasets are one namespace per server:
+-- A name of a model, a tokenizer or a dataset has one owner in a database:
 -- the first role to use a name owns it (llm_name_check says who holds it).
 
 -- ---- who is who ------------------------------------------------------------------
@@ -53,7 +53,7 @@ BEGIN
     IF FOUND THEN
         RAISE EXCEPTION '%: the name "%" is taken: it belongs to %', TG_TABLE_NAME, NEW.model, holder
             USING ERRCODE = 'unique_violation',
-                  HINT = 'Names are shared by everyone on this server: choose another '
+                  HINT = 'Names are shared by everyone in this database: choose another '
                          '(the notebooks put yours first: pg_llm_lab.course.mine()).';
     END IF;
     RETURN NEW;
@@ -78,7 +78,7 @@ BEGIN
     IF FOUND THEN
         RAISE EXCEPTION 'llm_dataset: the dataset name "%" is taken: it belongs to %', clash.dataset, clash.owner
             USING ERRCODE = 'unique_violation',
-                  HINT = 'Names are shared by everyone on this server: choose another; '
+                  HINT = 'Names are shared by everyone in this database: choose another; '
                          'by default a dataset is named after you.';
     END IF;
     RETURN NULL;

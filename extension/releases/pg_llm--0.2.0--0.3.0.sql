@@ -133,7 +133,7 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 ALTER TABLE llm_model_config ADD COLUMN owner name NOT NULL DEFAULT current_user,
                              ADD COLUMN shared boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN llm_model_config.model IS
-    'the model''s name, e.g. gpt2-small; llm_param.model refers to it. One owner per name on a server';
+    'the model''s name, e.g. gpt2-small; llm_param.model refers to it. One owner per name in a database';
 COMMENT ON COLUMN llm_model_config.owner IS
     'the role that registered it: only its owner trains it, imports into it or deletes it (90_classroom.sql)';
 COMMENT ON COLUMN llm_model_config.shared IS
@@ -336,7 +336,7 @@ ALTER TABLE llm_dataset ADD COLUMN dataset text NOT NULL DEFAULT current_user,
                         ADD COLUMN shared boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN llm_dataset.split IS 'train, val, ... : which examples of the dataset a run trains or evaluates on';
 COMMENT ON COLUMN llm_dataset.dataset IS
-    'the dataset''s name (default: the role that made it); one owner per name on a server';
+    'the dataset''s name (default: the role that made it); one owner per name in a database';
 COMMENT ON COLUMN llm_dataset.owner IS 'the role that made the row: only its owner changes or deletes it';
 COMMENT ON COLUMN llm_dataset.shared IS 'every role may read it (llm_share of a model trained on it)';
 DROP INDEX llm_dataset_split;
@@ -587,7 +587,7 @@ BEGIN
     IF FOUND THEN
         RAISE EXCEPTION '%: the name "%" is taken: it belongs to %', TG_TABLE_NAME, NEW.model, holder
             USING ERRCODE = 'unique_violation',
-                  HINT = 'Names are shared by everyone on this server: choose another '
+                  HINT = 'Names are shared by everyone in this database: choose another '
                          '(the notebooks put yours first: pg_llm_lab.course.mine()).';
     END IF;
     RETURN NEW;
@@ -612,7 +612,7 @@ BEGIN
     IF FOUND THEN
         RAISE EXCEPTION 'llm_dataset: the dataset name "%" is taken: it belongs to %', clash.dataset, clash.owner
             USING ERRCODE = 'unique_violation',
-                  HINT = 'Names are shared by everyone on this server: choose another; '
+                  HINT = 'Names are shared by everyone in this database: choose another; '
                          'by default a dataset is named after you.';
     END IF;
     RETURN NULL;
