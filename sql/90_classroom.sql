@@ -308,7 +308,8 @@ BEGIN
     END LOOP;
 END $$;
 COMMENT ON FUNCTION llm_classroom_apply_settings(name) IS
-'internal (llm_classroom_init, llm_classroom_add_learner): copy the settings of the role llm_learner (ALTER ROLE llm_learner SET ...) to a learner''s own role';
+'internal (llm_classroom_init, llm_classroom_add_learner): copy the settings of the role llm_learner '
+'(ALTER ROLE llm_learner SET ...) to a learner''s own role';
 
 CREATE FUNCTION llm_classroom_init() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
@@ -363,9 +364,9 @@ BEGIN
     END LOOP;
 END $$;
 COMMENT ON FUNCTION llm_classroom_init() IS
-'make this server ready for a class (superuser; run it again any time): the roles llm_learner and llm_instructor, '
-'their privileges on pg_llm''s tables (and pg_read_all_stats for instructors), and llm_learner''s settings (llm_classroom_defaults, or the instructor''s '
-'own) copied to every learner';
+'make this database ready for a class (superuser; run it again any time, in each database the class uses): the '
+'roles llm_learner and llm_instructor, their privileges on pg_llm''s tables here (and pg_read_all_stats for '
+'instructors), and llm_learner''s settings (llm_classroom_defaults, or the instructor''s own) copied to every learner';
 
 CREATE FUNCTION llm_classroom_add_learner(learner name, instructor boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
