@@ -19,8 +19,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /lab
 COPY . /lab
 RUN docker/install-lab.sh
-# The server of compose.yaml; override for another one.
-ENV DATABASE_URL=postgresql://postgres:pg_llm@db:5432/postgres
+# The server of compose.yaml, as its learner role (compose.yaml adds the password).
+ENV DATABASE_URL=postgresql://learner@db:5432/postgres
 EXPOSE 8888
 CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--allow-root", "notebooks"]
 

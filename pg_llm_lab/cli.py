@@ -16,6 +16,10 @@
     pg-llm-lab export-hf NAME DIR            write model NAME as a HF folder
     pg-llm-lab load-tokenizer VOCAB MERGES --model NAME
                                              load GPT-2's vocab.json + merges.txt as tokenizer NAME
+    pg-llm-lab classroom init                roles, row-level security and settings for a class
+    pg-llm-lab classroom add-learner NAME... [--instructor] [--host H]
+                                             LOGIN roles with new passwords; prints their DATABASE_URLs
+    pg-llm-lab classroom status              who is connected, what each runs, memory per backend
 
 start, url, psql, demo and lab first build pg_llm into the embedded PostgreSQL if
 it is missing or older than its sources.  $DATABASE_URL, if set, replaces the
@@ -33,7 +37,7 @@ import sys
 
 import psycopg
 
-from . import build, datasets, db, demo, hf, lab, server, tokenizer
+from . import build, classroom, datasets, db, demo, hf, lab, server, tokenizer
 
 
 def cmd_install(args) -> int:
@@ -135,7 +139,7 @@ def cmd_export_hf(args) -> int:
 
 def cmd_load_tokenizer(args) -> int:
     with db.connect(server_url(args.data)) as conn:
-        tokens, merges = tokenizer.load_tokenizer(conn, args.vocab, args.merges, args.model, progress=True)
+        tokens, merges = tokenizer.load_tokenizer(conn, args.vocab, args.merges, args.model)
         ids = conn.execute("SELECT llm_encode('Hello world!', %s)", [args.model]).fetchone()[0]
     print(f"loaded tokenizer {args.model!r}: {tokens} tokens, {merges} merges\n"
           f"  SELECT llm_encode('Hello world!', '{args.model}');  -- {ids}")
@@ -145,10 +149,35 @@ def cmd_load_tokenizer(args) -> int:
 def cmd_prepare_dataset(args) -> int:
     with db.connect(server_url(args.data)) as conn:
         added = datasets.prepare_dataset(conn, args.files, args.model, args.block_size, stride=args.stride,
-                                         val_fraction=args.val_fraction, progress=True)
-    print(f"added {added} rows of {args.block_size} tokens to llm_dataset\n"
-          f"  SELECT split, count(*) FROM llm_dataset GROUP BY split;\n"
-          f"  SELECT * FROM llm_eval('{args.model}', 'val');")
+                                         val_fraction=args.val_fraction, dataset=args.dataset, progress=True)
+        dataset = args.dataset or conn.execute("SELECT current_user").fetchone()[0]
+    print(f"added {added} rows of {args.block_size} tokens to llm_dataset {dataset!r}\n"
+          f"  SELECT split, count(*) FROM llm_dataset WHERE dataset = '{dataset}' GROUP BY split;\n"
+          f"  SELECT * FROM llm_eval('{args.model}', 'val', dataset => '{dataset}');")
+    return 0
+
+
+def cmd_classroom(args) -> int:
+    with db.connect(server_url(args.data)) as conn:
+        if args.action == "init":
+            classroom.init(conn)
+            print("ready for a class: roles llm_learner and llm_instructor, row-level security on every "
+                  "pg_llm table;\n  pg-llm-lab classroom add-learner NAME... makes the learners")
+        elif args.action == "add-learner":
+            if not args.names:
+                print("pg-llm-lab classroom add-learner: error: name the learners", file=sys.stderr)
+                return 2
+            urls = classroom.add_learners(conn, args.names, instructor=args.instructor, host=args.host)
+            print("each one's DATABASE_URL (a new password each time this runs):")
+            for name, url in urls.items():
+                print(f"  {name}: {url}")
+        else:
+            rows = classroom.status(conn)
+            print(f"{len(rows)} other session(s)")
+            for r in rows:
+                memory = f"{r['memory_mb']:.0f} MB" if r["memory_mb"] is not None else "?"
+                print(f"  {r['pid']:>7} {r['role']:<16} {r['is']:<10} {r['state'] or '':<20} "
+                      f"{r['for'] or '':>8} {memory:>8}  {r['query'] or ''}")
     return 0
 
 
@@ -223,8 +252,16 @@ def parser() -> argparse.ArgumentParser:
     prepare.add_argument("--stride", type=int, help="tokens between example starts (default: block size)")
     prepare.add_argument("--val-fraction", type=float, default=0.1,
                          help="share of the tokens, at the end, for split 'val' (default 0.1)")
+    prepare.add_argument("--dataset", help="the dataset's name (default: your role's name)")
+    class_cmd = commands.add_parser("classroom", help="a class on one server: init, add-learner NAME..., status")
+    class_cmd.add_argument("action", choices=["init", "add-learner", "status"])
+    class_cmd.add_argument("names", nargs="*", metavar="NAME", help="add-learner: the learners' role names")
+    class_cmd.add_argument("--instructor", action="store_true", help="add-learner: make them instructors")
+    class_cmd.add_argument("--host", help="add-learner: the server's address in the printed URLs "
+                                          "(default: as this connection reaches it)")
     for sub, run in ((convert, cmd_convert), (import_hf, cmd_import_hf), (export_hf, cmd_export_hf),
-                     (load_tok, cmd_load_tokenizer), (prepare, cmd_prepare_dataset)):
+                     (load_tok, cmd_load_tokenizer), (prepare, cmd_prepare_dataset),
+                     (class_cmd, cmd_classroom)):
         sub.add_argument("--data", metavar="DIR", help="data directory of the embedded server")
         sub.set_defaults(run=run)
     return p

@@ -6,7 +6,7 @@
     tokenizer.export_tokenizer(conn, "gpt2", "out/")        # out/vocab.json, out/merges.txt
 
 load_tokenizer reads the files *here* and sends the rows over the
-connection (COPY, one transaction): it works with any server, remote or in
+connection (one transaction): it works with any server, remote or in
 Docker.  The SQL function pg_llm_load_bpe(vocab_path, merges_path, model)
 does the same with files on the *server*.  Both apply the same rules (see
 read_vocab, read_merges) and leave the tables as they were on any error.
@@ -130,32 +130,25 @@ def read_merges(path) -> list[tuple[str, str]]:
 
 # -- the database ------------------------------------------------------------------
 
-def _progress(items, enabled: bool, desc: str, total: int):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-    return tqdm(items, desc=desc, unit="row", total=total, unit_scale=True)
-
-
-def load_tokenizer(conn, vocab_path, merges_path, model: str, *, progress: bool = False) -> tuple[int, int]:
+def load_tokenizer(conn, vocab_path, merges_path, model: str) -> tuple[int, int]:
     """Load vocab.json and merges.txt (files here, on the client) as tokenizer
-    `model`: the rows go over the connection with COPY, in one transaction that
-    ends by checking that the two files belong together.  On any error the
-    tables are left as they were.  Returns (tokens, merges)."""
+    `model`: the rows go over the connection as two arrays, one INSERT each (COPY
+    FROM is refused where row-level security applies: a learner's session), in
+    one transaction that ends by checking that the two files belong together.  On
+    any error the tables are left as they were.  Returns (tokens, merges)."""
     tokens = read_vocab(vocab_path)
     merges = read_merges(merges_path)
     with conn.transaction():
         conn.execute("INSERT INTO llm_tokenizer (model) VALUES (%s) ON CONFLICT (model) DO NOTHING", [model])
         conn.execute("DELETE FROM llm_bpe_vocab WHERE model = %s", [model])
         conn.execute("DELETE FROM llm_bpe_merges WHERE model = %s", [model])
-        with conn.cursor() as cur:
-            with cur.copy("COPY llm_bpe_vocab (model, token, id) FROM STDIN") as copy:
-                for id_, token in _progress(enumerate(tokens), progress, f"{model} vocab", len(tokens)):
-                    copy.write_row((model, token, id_))
-            with cur.copy('COPY llm_bpe_merges (model, rank, "left", "right") FROM STDIN') as copy:
-                for rank, (left, right) in _progress(enumerate(merges), progress, f"{model} merges",
-                                                     len(merges)):
-                    copy.write_row((model, rank, left, right))
+        conn.execute("INSERT INTO llm_bpe_vocab (model, token, id) "
+                     "SELECT %s, t.token, (t.i - 1)::int FROM unnest(%s::text[]) WITH ORDINALITY AS t(token, i)",
+                     [model, tokens])
+        conn.execute('INSERT INTO llm_bpe_merges (model, rank, "left", "right") '
+                     "SELECT %s, (m.i - 1)::int, m.l, m.r FROM unnest(%s::text[], %s::text[]) "
+                     "WITH ORDINALITY AS m(l, r, i)",
+                     [model, [left for left, _ in merges], [right for _, right in merges]])
         conn.execute("SELECT llm_tokenizer_info(%s)", [model])  # errors if they do not fit
     return len(tokens), len(merges)
 

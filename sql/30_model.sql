@@ -32,10 +32,13 @@ CREATE TABLE llm_model_config (
     n_inner        int  CHECK (n_inner >= 1),   -- MLP width; NULL means 4 * n_embd
     version        bigint NOT NULL DEFAULT nextval('llm_param_version_seq'),
     created_at     timestamptz NOT NULL DEFAULT now(),
+    owner          name NOT NULL DEFAULT current_user,
+    shared         boolean NOT NULL DEFAULT false,
     CONSTRAINT heads_divide_width CHECK (n_head < 1 OR n_embd % n_head = 0)  -- (n_head >= 1 says why not)
 );
 COMMENT ON TABLE llm_model_config IS 'GPT-2 shapes, one row per model; version changes with every write to llm_param';
-COMMENT ON COLUMN llm_model_config.model IS 'the model''s name, e.g. gpt2-small; llm_param.model refers to it';
+COMMENT ON COLUMN llm_model_config.model IS
+    'the model''s name, e.g. gpt2-small; llm_param.model refers to it. One owner per name in a database';
 COMMENT ON COLUMN llm_model_config.n_layer IS 'transformer blocks: parameters h.0.* .. h.<n_layer-1>.*';
 COMMENT ON COLUMN llm_model_config.n_head IS 'attention heads per block; divides n_embd';
 COMMENT ON COLUMN llm_model_config.n_embd IS 'width C of the residual stream (and of every token''s embedding)';
@@ -46,6 +49,10 @@ COMMENT ON COLUMN llm_model_config.n_inner IS 'width of the MLP''s hidden layer;
 COMMENT ON COLUMN llm_model_config.version IS
     'changes with every write to this model''s llm_param rows: the backend weight cache is keyed by it';
 COMMENT ON COLUMN llm_model_config.created_at IS 'when the model was registered';
+COMMENT ON COLUMN llm_model_config.owner IS
+    'the role that registered it: only its owner trains it, imports into it or deletes it (90_classroom.sql)';
+COMMENT ON COLUMN llm_model_config.shared IS
+    'every role may read it, its parameters and its logs (llm_share); still only its owner changes it';
 
 INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size)
 VALUES ('gpt2-small', 12, 12, 768, 1024, 50257);
@@ -151,10 +158,17 @@ CREATE TRIGGER llm_param_version_trunc AFTER TRUNCATE ON llm_param
 -- A model's row that changes gets a fresh version too, whatever the
 -- statement set version to: backends that cached the model reload it with
 -- its new settings (n_head, layer_norm_eps, ...), and no one can hand an old
--- version number back to new weights.
+-- version number back to new weights.  Sharing a model or giving it to
+-- another role changes neither its weights nor its settings: the version
+-- stays, and so do the cached weights (who may use them is the policies'
+-- question, asked on every call).
 CREATE FUNCTION llm_model_config_new_version() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 BEGIN
+    IF TG_OP = 'UPDATE'
+       AND to_jsonb(NEW) - '{shared,owner}'::text[] = to_jsonb(OLD) - '{shared,owner}'::text[] THEN
+        RETURN NEW;
+    END IF;
     NEW.version := nextval('llm_param_version_seq');
     RETURN NEW;
 END $$;
@@ -162,7 +176,8 @@ END $$;
 CREATE TRIGGER llm_model_config_version BEFORE INSERT OR UPDATE ON llm_model_config
     FOR EACH ROW EXECUTE FUNCTION llm_model_config_new_version();
 COMMENT ON FUNCTION llm_model_config_new_version() IS
-'trigger: a new or changed llm_model_config row gets a fresh version, so cached weights reload';
+'trigger: a new or changed llm_model_config row gets a fresh version, so cached weights reload '
+'(not when only shared or owner changed)';
 
 -- A model with stored parameters keeps shapes that fit them: a change of
 -- n_layer, n_embd, n_positions, vocab_size or n_inner is refused unless the
@@ -234,6 +249,33 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION llm_check_complete(text) IS
     'raise an error unless the model is registered and llm_param has a row for each name of llm_param_shapes(model)';
+
+-- Whoever may read a model (its owner, every role once it is shared, an
+-- instructor) may compute with it; only its owner changes it.  Every path
+-- that writes a model's parameters calls this first, so a learner gets this
+-- error rather than the silence of row-level security (an UPDATE of rows one
+-- may not change updates none).  A superuser, to whom row security does not
+-- apply, may change any model.  (A model one cannot see at all is unknown:
+-- the callers say so in their own words.)
+CREATE FUNCTION llm_require_model_owner(p_model text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+DECLARE
+    holder name;
+BEGIN
+    PERFORM llm_require_arg('llm_require_model_owner', 'p_model', p_model IS NULL);
+    SELECT c.owner INTO holder FROM llm_model_config c WHERE c.model = p_model;
+    IF holder <> current_user AND row_security_active('llm_model_config') THEN
+        RAISE EXCEPTION 'model "%" belongs to %: only its owner may train it, import into it or change it',
+            p_model, holder
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A shared model is read-only. To train a copy, register a model of your own with '
+                         'the same shapes and load a checkpoint of this one into it (llm_checkpoint_save, '
+                         'llm_checkpoint_load).';
+    END IF;
+END $$;
+COMMENT ON FUNCTION llm_require_model_owner(text) IS
+'internal (every path that writes a model): raise an error (42501) if the current role may read the model but not change it: it is not its owner and '
+'row-level security applies (to a superuser it does not); an unknown model is its caller''s to report';
 
 -- One token's embedding row, read with a TOAST slice (not all of wte).
 CREATE FUNCTION llm_embedding_row(p_model text, token_id int) RETURNS tensor

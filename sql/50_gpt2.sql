@@ -93,6 +93,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Models are registered in llm_model_config.';
     END IF;
+    PERFORM llm_require_model_owner(llm_init.model);
     SELECT sum(v.numel) INTO total
     FROM llm_param_shapes(llm_init.model) p,
          LATERAL (SELECT coalesce(round(exp(sum(ln(d)))), 0)::bigint AS numel FROM unnest(p.shape) d) v;

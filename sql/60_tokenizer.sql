@@ -30,7 +30,9 @@ COMMENT ON SEQUENCE llm_tokenizer_version_seq IS
 CREATE TABLE llm_tokenizer (
     model      text PRIMARY KEY,
     version    bigint NOT NULL DEFAULT nextval('llm_tokenizer_version_seq'),
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    owner      name NOT NULL DEFAULT current_user,
+    shared     boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE llm_tokenizer IS
 'one row per BPE tokenizer (named like its model); version changes with every write to its vocab or merges';
@@ -38,6 +40,8 @@ COMMENT ON COLUMN llm_tokenizer.model IS 'the tokenizer''s name: the model it se
 COMMENT ON COLUMN llm_tokenizer.version IS
     'changes with every write to this tokenizer''s vocab or merges: the backend tokenizer cache is keyed by it';
 COMMENT ON COLUMN llm_tokenizer.created_at IS 'when the tokenizer was first loaded or trained';
+COMMENT ON COLUMN llm_tokenizer.owner IS 'the role that made it: only its owner changes its vocab and merges';
+COMMENT ON COLUMN llm_tokenizer.shared IS 'every role may read it and encode with it (llm_share of its model)';
 
 CREATE FUNCTION llm_bpe_token_bytes(token text) RETURNS bytea
     AS 'MODULE_PATHNAME', 'llm_bpe_token_bytes_sql' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;

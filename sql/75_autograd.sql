@@ -55,6 +55,7 @@ CREATE TABLE llm_tensor_rt_all (
     param_name  text,
     produced_by int,
     session     int NOT NULL DEFAULT pg_backend_pid(),
+    owner       name NOT NULL DEFAULT current_user,
     PRIMARY KEY (session, id)
 );
 ALTER TABLE llm_tensor_rt_all ALTER COLUMN data SET STORAGE EXTERNAL,
@@ -62,6 +63,7 @@ ALTER TABLE llm_tensor_rt_all ALTER COLUMN data SET STORAGE EXTERNAL,
 COMMENT ON TABLE llm_tensor_rt_all IS
     'the tensors of every session''s tape (runtime tensors), one row each; llm_tensor_rt shows your session''s';
 COMMENT ON COLUMN llm_tensor_rt_all.session IS 'the process id (pg_backend_pid()) of the session that recorded it';
+COMMENT ON COLUMN llm_tensor_rt_all.owner IS 'the role that recorded it: a learner reads only their own, an instructor all';
 COMMENT ON COLUMN llm_tensor_rt_all.id IS 'as llm_tensor_rt.id';
 COMMENT ON COLUMN llm_tensor_rt_all.shape IS 'as llm_tensor_rt.shape';
 COMMENT ON COLUMN llm_tensor_rt_all.data IS 'as llm_tensor_rt.data';
@@ -69,7 +71,7 @@ COMMENT ON COLUMN llm_tensor_rt_all.grad IS 'as llm_tensor_rt.grad';
 COMMENT ON COLUMN llm_tensor_rt_all.param_name IS 'as llm_tensor_rt.param_name';
 COMMENT ON COLUMN llm_tensor_rt_all.produced_by IS 'as llm_tensor_rt.produced_by';
 
-CREATE VIEW llm_tensor_rt AS
+CREATE VIEW llm_tensor_rt WITH (security_invoker = true) AS
     SELECT id, shape, data, grad, param_name, produced_by
     FROM llm_tensor_rt_all WHERE session = pg_backend_pid();
 COMMENT ON VIEW llm_tensor_rt IS
@@ -92,11 +94,13 @@ CREATE TABLE llm_tape_all (
     shape   int[] NOT NULL,
     attrs   jsonb NOT NULL DEFAULT '{}',
     session int NOT NULL DEFAULT pg_backend_pid(),
+    owner   name NOT NULL DEFAULT current_user,
     PRIMARY KEY (session, id)
 );
 COMMENT ON TABLE llm_tape_all IS
     'the ops of every session''s tape, one row each; llm_tape shows your session''s';
 COMMENT ON COLUMN llm_tape_all.session IS 'the process id (pg_backend_pid()) of the session that recorded it';
+COMMENT ON COLUMN llm_tape_all.owner IS 'the role that recorded it: a learner reads only their own, an instructor all';
 COMMENT ON COLUMN llm_tape_all.id IS 'as llm_tape.id';
 COMMENT ON COLUMN llm_tape_all.op IS 'as llm_tape.op';
 COMMENT ON COLUMN llm_tape_all.inputs IS 'as llm_tape.inputs';
@@ -104,7 +108,7 @@ COMMENT ON COLUMN llm_tape_all.output IS 'as llm_tape.output';
 COMMENT ON COLUMN llm_tape_all.shape IS 'as llm_tape.shape';
 COMMENT ON COLUMN llm_tape_all.attrs IS 'as llm_tape.attrs';
 
-CREATE VIEW llm_tape AS
+CREATE VIEW llm_tape WITH (security_invoker = true) AS
     SELECT id, op, inputs, output, shape, attrs
     FROM llm_tape_all WHERE session = pg_backend_pid();
 COMMENT ON VIEW llm_tape IS
@@ -116,6 +120,24 @@ COMMENT ON COLUMN llm_tape.inputs IS 'the llm_tensor_rt ids of its tensor argume
 COMMENT ON COLUMN llm_tape.output IS 'the llm_tensor_rt id of its result (a loss is a tensor of shape {1})';
 COMMENT ON COLUMN llm_tape.shape IS 'the shape of its result';
 COMMENT ON COLUMN llm_tape.attrs IS 'its other arguments: transposes, causal, n_head, eps, scale, slice bounds, token ids, targets';
+
+-- A fresh tape replaces the rows of this session's pid and of sessions that
+-- have ended (a pid no backend has any more): they are nobody's tape now,
+-- whoever recorded them, and row-level security would hide another role's
+-- from the session that must clear them -- so this runs as the extension's
+-- owner.  It deletes nothing a live session could still read as its own.
+CREATE FUNCTION llm_tape_forget() RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+    DELETE FROM llm_tape_all
+    WHERE session = pg_backend_pid()
+       OR session NOT IN (SELECT pid FROM pg_stat_get_activity(NULL) WHERE pid IS NOT NULL);
+    DELETE FROM llm_tensor_rt_all
+    WHERE session = pg_backend_pid()
+       OR session NOT IN (SELECT pid FROM pg_stat_get_activity(NULL) WHERE pid IS NOT NULL);
+$$;
+COMMENT ON FUNCTION llm_tape_forget() IS
+    'internal (the tape''s store; harmless to call): delete the llm_tape_all and llm_tensor_rt_all rows of this session''s pid and of '
+    'sessions that have ended, whoever recorded them';
 
 CREATE FUNCTION llm_tensor_rt_leaf(t tensor, param_name text DEFAULT NULL) RETURNS tensor
     AS 'MODULE_PATHNAME', 'llm_tensor_rt_leaf_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
@@ -142,6 +164,7 @@ DECLARE
     n int;
 BEGIN
     PERFORM llm_require_arg('llm_zero_grad', 'model', model IS NULL);
+    PERFORM llm_require_model_owner(model);
     UPDATE llm_param p SET grad = NULL WHERE p.model = llm_zero_grad.model AND p.grad IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;

@@ -18,6 +18,9 @@ CREATE TABLE llm_dataset (
     tokens  int[] NOT NULL,
     target  int[] NOT NULL,
     split   text NOT NULL DEFAULT 'train',
+    dataset text NOT NULL DEFAULT current_user,
+    owner   name NOT NULL DEFAULT current_user,
+    shared  boolean NOT NULL DEFAULT false,
     CONSTRAINT llm_dataset_one_row_of_tokens CHECK (array_ndims(tokens) = 1 AND array_ndims(target) = 1),
     CONSTRAINT llm_dataset_aligned CHECK (cardinality(tokens) = cardinality(target)),
     CONSTRAINT llm_dataset_token_ids CHECK (0 <= ALL (tokens) AND -100 <= ALL (target))
@@ -27,13 +30,19 @@ COMMENT ON TABLE llm_dataset IS
 COMMENT ON COLUMN llm_dataset.id IS 'the example''s number; llm_train_log.batch lists them';
 COMMENT ON COLUMN llm_dataset.tokens IS 'the input token ids, a block of the text';
 COMMENT ON COLUMN llm_dataset.target IS 'the next token after each input position (-100: no loss there)';
-COMMENT ON COLUMN llm_dataset.split IS 'train, val, ... : which examples a run trains or evaluates on';
+COMMENT ON COLUMN llm_dataset.split IS 'train, val, ... : which examples of the dataset a run trains or evaluates on';
+COMMENT ON COLUMN llm_dataset.dataset IS
+    'the dataset''s name (default: the role that made it); one owner per name in a database';
+COMMENT ON COLUMN llm_dataset.owner IS 'the role that made the row: only its owner changes or deletes it';
+COMMENT ON COLUMN llm_dataset.shared IS 'every role may read it (llm_share of a model trained on it)';
 COMMENT ON SEQUENCE llm_dataset_id_seq IS 'numbers the llm_dataset rows (identity of llm_dataset.id)';
-CREATE INDEX llm_dataset_split ON llm_dataset (split, id);
+CREATE INDEX llm_dataset_dataset_split ON llm_dataset (dataset, split, id);
+COMMENT ON INDEX llm_dataset_dataset_split IS 'a split of a dataset in id order: what a run draws from';
 
 CREATE FUNCTION llm_dataset_from_tokens(tokens int[], block_size int, stride int DEFAULT NULL,
                                         split text DEFAULT 'train',
-                                        val_fraction double precision DEFAULT 0)
+                                        val_fraction double precision DEFAULT 0,
+                                        dataset text DEFAULT current_user)
 RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -52,6 +61,7 @@ BEGIN
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'block_size', block_size IS NULL);
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'split', split IS NULL);
     PERFORM llm_require_arg('llm_dataset_from_tokens', 'val_fraction', val_fraction IS NULL);
+    PERFORM llm_require_arg('llm_dataset_from_tokens', 'dataset', dataset IS NULL);
     IF array_ndims(tokens) IS DISTINCT FROM 1 OR array_position(tokens, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'llm_dataset_from_tokens: tokens must be a one-dimensional array without NULLs'
             USING ERRCODE = 'invalid_parameter_value';
@@ -80,8 +90,8 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'A block of block_size tokens needs block_size + 1: the targets are the tokens shifted by one.';
         END IF;
-        INSERT INTO llm_dataset (tokens, target, split)
-        SELECT part.ids[s + 1 : s + block_size], part.ids[s + 2 : s + block_size + 1], part.name
+        INSERT INTO llm_dataset (tokens, target, split, dataset)
+        SELECT part.ids[s + 1 : s + block_size], part.ids[s + 2 : s + block_size + 1], part.name, dataset
         FROM generate_series(0, cardinality(part.ids) - block_size - 1, step) AS s
         ORDER BY s;
         GET DIAGNOSTICS inserted = ROW_COUNT;
@@ -89,10 +99,10 @@ BEGIN
     END LOOP;
     RETURN total;
 END $$;
-COMMENT ON FUNCTION llm_dataset_from_tokens(int[], int, int, text, double precision) IS
-'cut a token stream into llm_dataset rows: blocks of block_size tokens every stride tokens (default: '
-'block_size, no overlap), target = the same block shifted by one token; the last val_fraction of the '
-'tokens go to split ''val''; returns the rows added';
+COMMENT ON FUNCTION llm_dataset_from_tokens(int[], int, int, text, double precision, text) IS
+'cut a token stream into rows of llm_dataset `dataset` (default: named after you): blocks of block_size '
+'tokens every stride tokens (default: block_size, no overlap), target = the same block shifted by one token; '
+'the last val_fraction of the tokens go to split ''val''; returns the rows added';
 
 -- ---- the logs --------------------------------------------------------------------
 
@@ -295,7 +305,8 @@ CREATE TABLE llm_checkpoint (
     config      jsonb NOT NULL,
     path        text,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    lineage     bigint REFERENCES llm_train_lineage (id) ON DELETE SET NULL
+    lineage     bigint REFERENCES llm_train_lineage (id) ON DELETE SET NULL,
+    owner       name NOT NULL DEFAULT current_user
 );
 COMMENT ON TABLE llm_checkpoint IS
 'saved copies of a model''s weights and optimizer state (rows in llm_checkpoint_param)';
@@ -309,6 +320,7 @@ COMMENT ON COLUMN llm_checkpoint.path IS 'the .safetensors file of the weights a
 COMMENT ON COLUMN llm_checkpoint.created_at IS 'when it was saved';
 COMMENT ON COLUMN llm_checkpoint.lineage IS
 'the history of its weights (llm_train_lineage; NULL: none), which a load continues';
+COMMENT ON COLUMN llm_checkpoint.owner IS 'the role that saved it: only its owner reads, loads or deletes it';
 COMMENT ON SEQUENCE llm_checkpoint_id_seq IS 'numbers the checkpoints (identity of llm_checkpoint.id)';
 
 CREATE TABLE llm_checkpoint_param (
@@ -386,6 +398,7 @@ DECLARE
 BEGIN
     PERFORM llm_require_arg('llm_checkpoint_load', 'model', p_model IS NULL);
     PERFORM llm_require_arg('llm_checkpoint_load', 'checkpoint', checkpoint IS NULL);
+    PERFORM llm_require_model_owner(p_model);
     -- Lock the model as a write-back does: no step commits halfway through.
     PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR NO KEY UPDATE;
     IF NOT FOUND THEN
@@ -445,7 +458,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION llm_checkpoint_delete(bigint) IS 'delete a checkpoint and its saved parameters';
 
-CREATE VIEW llm_checkpoints AS
+CREATE VIEW llm_checkpoints WITH (security_invoker = true) AS
 SELECT c.id, c.model, c.step, c.note, c.created_at, c.path,
        count(p.name)::int AS tensors,
        sum(pg_column_size(p.data) + coalesce(pg_column_size(p.m), 0)

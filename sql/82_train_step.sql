@@ -47,6 +47,7 @@ CREATE TABLE llm_train_run (
     beta2             double precision NOT NULL,
     eps               double precision NOT NULL,
     seed              bigint NOT NULL,
+    dataset           text,
     split             text NOT NULL,
     examples          int NOT NULL,
     examples_checksum bigint NOT NULL,
@@ -71,6 +72,7 @@ COMMENT ON COLUMN llm_train_run.beta1 IS 'AdamW beta1';
 COMMENT ON COLUMN llm_train_run.beta2 IS 'AdamW beta2';
 COMMENT ON COLUMN llm_train_run.eps IS 'AdamW eps';
 COMMENT ON COLUMN llm_train_run.seed IS 'seeds the batches, with the model''s step';
+COMMENT ON COLUMN llm_train_run.dataset IS 'the llm_dataset dataset it draws from';
 COMMENT ON COLUMN llm_train_run.split IS 'the llm_dataset split it draws from';
 COMMENT ON COLUMN llm_train_run.examples IS 'how many examples the split had';
 COMMENT ON COLUMN llm_train_run.examples_checksum IS 'a checksum of their llm_dataset ids: the batches index them';
@@ -89,13 +91,14 @@ CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
                            beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
                            eps double precision DEFAULT 1e-8, decay_steps int DEFAULT NULL,
                            notice_every int DEFAULT 1, split text DEFAULT 'train',
-                           run text DEFAULT NULL)
+                           dataset text DEFAULT current_user, run text DEFAULT NULL)
     AS 'MODULE_PATHNAME', 'llm_train' LANGUAGE C;
 COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double precision,
                                double precision, double precision, bigint, int, int, int, int, int,
                                int, int, double precision, double precision, double precision, int,
-                               int, text, text) IS
-'train the model for steps steps on llm_dataset (split, default ''train''): each step draws batch_size '
+                               int, text, text, text) IS
+'train the model for steps steps on a split (default ''train'') of llm_dataset `dataset` (default: named after '
+'you): each step draws batch_size '
 'examples with a generator seeded by (seed, llm_param.step), runs forward, backward, '
 'clip_grad_norm_(clip) (NULL: none) and AdamW (lr: linear warmup over warmup steps, then a cosine '
 'down to min_lr, default lr/10, at decay_steps, default steps), and COMMITs its rows of '

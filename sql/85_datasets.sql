@@ -10,7 +10,8 @@
 
 CREATE FUNCTION llm_dataset_from_text(model text, input text, block_size int, stride int DEFAULT NULL,
                                       split text DEFAULT 'train',
-                                      val_fraction double precision DEFAULT 0)
+                                      val_fraction double precision DEFAULT 0,
+                                      dataset text DEFAULT current_user)
 RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -19,13 +20,15 @@ AS $$
 BEGIN
     PERFORM llm_require_arg('llm_dataset_from_text', 'model', model IS NULL);
     PERFORM llm_require_arg('llm_dataset_from_text', 'input', input IS NULL);
-    RETURN llm_dataset_from_tokens(llm_encode(input, model), block_size, stride, split, val_fraction);
+    RETURN llm_dataset_from_tokens(llm_encode(input, model), block_size, stride, split, val_fraction, dataset);
 END $$;
-COMMENT ON FUNCTION llm_dataset_from_text(text, text, int, int, text, double precision) IS
-'encode text with the model''s tokenizer and cut it into llm_dataset rows of block_size tokens (see '
-'llm_dataset_from_tokens: the last val_fraction of the tokens go to split ''val''); returns the rows added';
+COMMENT ON FUNCTION llm_dataset_from_text(text, text, int, int, text, double precision, text) IS
+'encode text with the model''s tokenizer and cut it into rows of llm_dataset `dataset` (default: named after you), '
+'block_size tokens each (see llm_dataset_from_tokens: the last val_fraction of the tokens go to split ''val''); '
+'returns the rows added';
 
 CREATE FUNCTION llm_eval(model text, split text DEFAULT 'val', max_rows int DEFAULT NULL,
+                         dataset text DEFAULT current_user,
                          OUT loss double precision, OUT perplexity double precision,
                          OUT tokens bigint, OUT examples bigint)
 LANGUAGE plpgsql STABLE
@@ -35,6 +38,7 @@ AS $$
 BEGIN
     PERFORM llm_require_arg('llm_eval', 'model', model IS NULL);
     PERFORM llm_require_arg('llm_eval', 'split', split IS NULL);
+    PERFORM llm_require_arg('llm_eval', 'dataset', dataset IS NULL);
     IF max_rows < 1 THEN
         RAISE EXCEPTION 'llm_eval: max_rows must be >= 1, got %', max_rows
             USING ERRCODE = 'invalid_parameter_value';
@@ -44,16 +48,17 @@ BEGIN
     SELECT sum(r.loss * r.counted) / sum(r.counted), sum(r.counted), count(*)
     INTO loss, tokens, examples
     FROM (SELECT llm_loss(model, d.tokens, d.target)::double precision AS loss, c.counted
-          FROM (SELECT * FROM llm_dataset d WHERE d.split = split ORDER BY d.id LIMIT max_rows) d,
+          FROM (SELECT * FROM llm_dataset d WHERE d.dataset = dataset AND d.split = split ORDER BY d.id LIMIT max_rows) d,
                LATERAL (SELECT count(*) AS counted FROM unnest(d.target) AS t WHERE t <> -100) c
           WHERE c.counted > 0) r;
     IF examples = 0 THEN
-        RAISE EXCEPTION 'llm_eval: llm_dataset has no rows with targets in split "%"', split
+        RAISE EXCEPTION 'llm_eval: dataset "%" has no rows with targets in split "%"', dataset, split
             USING ERRCODE = 'no_data_found',
                   HINT = 'Add some with llm_dataset_from_text(model, text, block_size, val_fraction => 0.1).';
     END IF;
     perplexity := exp(loss);
 END $$;
-COMMENT ON FUNCTION llm_eval(text, text, int) IS
-'the model''s mean cross-entropy (nats per token) over every counted target of a split of llm_dataset '
+COMMENT ON FUNCTION llm_eval(text, text, int, text) IS
+'the model''s mean cross-entropy (nats per token) over every counted target of a split of llm_dataset `dataset` '
+'(default: named after you) '
 '(the first max_rows rows by id, or all), its perplexity exp(loss), and how many tokens and rows it saw';

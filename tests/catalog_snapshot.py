@@ -4,7 +4,7 @@ snapshot(conn) returns {object: definition}: every member of the extension
 (functions with their full definition -- arguments, defaults, result,
 language, volatility, strictness, parallel safety, SET search_path, body --,
 tables with their columns, defaults, identity, constraints, indexes,
-triggers, views, sequences, types, casts, operators) and its comment, keyed
+triggers, row-level security policies, views, sequences, types, casts, operators) and its comment, keyed
 by a readable name such as "function llm_init(text,bigint)" or
 "table llm_param column grad".  Two installs are the same when their
 snapshots are equal; diff() says which objects are not.
@@ -63,6 +63,12 @@ INDEXES = """
 TRIGGERS = """
     SELECT tgname, pg_get_triggerdef(oid), obj_description(oid, 'pg_trigger')
     FROM pg_trigger WHERE tgrelid = %s AND NOT tgisinternal
+"""
+
+POLICIES = """
+    SELECT polname, polcmd, polpermissive, polroles::regrole[]::text, pg_get_expr(polqual, polrelid),
+           pg_get_expr(polwithcheck, polrelid), obj_description(oid, 'pg_policy')
+    FROM pg_policy WHERE polrelid = %s
 """
 
 SEQUENCE = """
@@ -147,6 +153,8 @@ def _relation(conn, oid, out):
         out[f"{label} {name} index {index}"] = tuple(index_def)
     for trigger, *trigger_def in conn.execute(TRIGGERS, [oid]).fetchall():
         out[f"{label} {name} trigger {trigger}"] = tuple(trigger_def)
+    for policy, *policy_def in conn.execute(POLICIES, [oid]).fetchall():
+        out[f"{label} {name} policy {policy}"] = tuple(policy_def)
 
 
 def diff(expected: dict, actual: dict, expected_label: str = "fresh install",

@@ -57,6 +57,8 @@ def new_model(conn, name, seed=1, n_head=2, n_positions=16):
 def tiny(conn):
     new_model(conn, MODEL)
     new_model(conn, OTHER, seed=2)
+    # shared: row-level security lets every role see them (what it may SELECT is the test's)
+    conn.execute(r"UPDATE llm_model_config SET shared = true WHERE model LIKE 'h\_%'")
     yield MODEL
     conn.execute("RESET ROLE")
     conn.execute(r"DELETE FROM llm_model_config WHERE model LIKE 'h\_%'")

@@ -121,19 +121,17 @@ def test_a_stream_keeps_the_weights_of_its_snapshot(conn, models):
 
 @pytest.fixture
 def rls_reader(conn):
-    """A role that reads llm_param through a row-level security policy."""
+    """A role that reads llm_param through row-level security: the models are shared with it."""
     name = "llm_stream_reader"
     if conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (name,)).fetchone()[0]:
         conn.execute(f"DROP OWNED BY {name}")
         conn.execute(f"DROP ROLE {name}")
     conn.execute(f"CREATE ROLE {name}")
     conn.execute(f"GRANT SELECT ON llm_model_config, llm_param TO {name}")
-    conn.execute("ALTER TABLE llm_param ENABLE ROW LEVEL SECURITY")
-    conn.execute(f"CREATE POLICY llm_stream_all ON llm_param TO {name} USING (true)")
+    conn.execute(r"UPDATE llm_model_config SET shared = true WHERE model LIKE 'st\_%'")
     yield name
     conn.execute("RESET ROLE")
-    conn.execute("DROP POLICY llm_stream_all ON llm_param")
-    conn.execute("ALTER TABLE llm_param DISABLE ROW LEVEL SECURITY")
+    conn.execute(r"UPDATE llm_model_config SET shared = false WHERE model LIKE 'st\_%'")
     conn.execute(f"DROP OWNED BY {name}")
     conn.execute(f"DROP ROLE {name}")
 

@@ -188,6 +188,20 @@ def test_update_keeps_sequences_and_logits(before, updated):
                             [MODEL]).fetchone()[0]
 
 
+def test_update_gives_every_row_to_the_superuser(updated):
+    """The rows of 0.2.0 had no owner: after the update, the superuser who ran it owns them,
+    and the datasets carry that role's name, which llm_train and llm_eval read by default
+    (test_update_keeps_sequences_and_logits trains on them)."""
+    with psycopg.connect(updated) as conn:
+        me = conn.execute("SELECT current_user").fetchone()[0]
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        for table in ("llm_model_config", "llm_tokenizer", "llm_dataset", "llm_checkpoint"):
+            owners = conn.execute(f"SELECT DISTINCT owner FROM {table}").fetchall()
+            assert owners == [(me,)], f"{table}: {owners}"
+        assert conn.execute("SELECT DISTINCT dataset FROM llm_dataset").fetchall() == [(me,)]
+        assert conn.execute("SELECT bool_or(shared) FROM llm_model_config").fetchone()[0] is False
+
+
 def test_update_keeps_the_rows_a_fresh_install_inserts(fresh, updated):
     """What the install script itself puts in tables (gpt2-small's config, ...) is there too,
     but for when it was inserted (timestamp columns)."""

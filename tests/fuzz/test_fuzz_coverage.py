@@ -27,6 +27,18 @@ NOT_FUZZED = {
     "pg_llm_load_bpe_merges": "damaged merges.txt files: tests/test_tokenizer_errors.py::test_fuzz_loaders",
     "llm_export_tokenizer": "writes llm_bpe_vocab_json/llm_bpe_merges_txt (fuzzed) to a file; "
                             "tests/test_tokenizer_train.py loads them into GPT2TokenizerFast",
+    "llm_is_instructor": "no arguments",
+    "llm_tape_forget": "no arguments",
+    "llm_classroom_init": "no arguments",
+    "llm_classroom_defaults": "no arguments",
+    "llm_name_check": "a trigger: tests/test_classroom.py::test_names_have_one_owner",
+    "llm_dataset_name_check": "a trigger: tests/test_classroom.py::test_names_have_one_owner",
+    "llm_only_sharing": "a trigger: tests/test_classroom.py::test_the_instructor_reads_everything_and_changes_nothing",
+    "llm_share": "tests/test_classroom.py: NULLs, unknown, hidden and shared models",
+    "llm_require_model_owner": "tests/test_classroom.py: NULL, unknown, hidden and shared models",
+    "llm_require_superuser": "tests/test_classroom.py::test_null_and_unknown_arguments",
+    "llm_classroom_add_learner": "tests/test_classroom.py::test_null_and_unknown_arguments",
+    "llm_classroom_apply_settings": "tests/test_classroom.py::test_null_and_unknown_arguments",
 }
 
 

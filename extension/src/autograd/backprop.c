@@ -179,6 +179,7 @@ llm_accumulate_grads_sql(PG_FUNCTION_ARGS)
 	int32		updated = 0;
 
 	SPI_connect();
+	llm_require_model_owner(text_to_cstring(model));
 	select = SPI_prepare(psprintf("SELECT grad FROM %s WHERE model = $1 AND name = $2",
 								  llm_table_name("llm_param")), 2, types);
 	update = SPI_prepare(psprintf("UPDATE %s SET grad = $3 WHERE model = $1 AND name = $2",

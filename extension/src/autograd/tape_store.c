@@ -17,8 +17,11 @@
  * and llm_tensor_rt show the reading session's rows.  A class shares one
  * server: the first store of a fresh tape deletes this session's rows and
  * those of sessions that have ended (a pid no backend has any more), never a
- * live neighbour's.  A rollback undoes stored rows but not the tape in
- * memory: the next store writes the whole tape again.
+ * live neighbour's (llm_tape_forget()).  Each row records its owner, whose
+ * row-level security policies (90_classroom.sql) let a learner read only
+ * their own, and pg_llm.max_tape_rows caps how many a session writes.  A
+ * rollback undoes stored rows but not the tape in memory: the next store
+ * writes the whole tape again.
  */
 #include "postgres.h"
 
@@ -30,6 +33,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
@@ -40,6 +44,7 @@ static ExecutorFinish_hook_type prev_finish;
 static int	depth;				/* executor nesting: 0 = a top-level statement */
 static bool storing;			/* the store's own INSERTs must not store */
 static bool stored_in_xact;
+static int	max_tape_rows = 0;	/* pg_llm.max_tape_rows; 0: no limit */
 
 static bool
 store_pending(const Tape *t)
@@ -143,6 +148,12 @@ tape_subxact_callback(SubXactEvent event, SubTransactionId sub, SubTransactionId
 void
 tape_store_init(void)
 {
+	DefineCustomIntVariable("pg_llm.max_tape_rows",
+							"Most rows a session's autograd tape may write (llm_tape + llm_tensor_rt).",
+							"0: no limit. A limit a class sets for learners (llm_classroom_init): "
+							"only a superuser may change it.",
+							&max_tape_rows, 0, 0, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	prev_run = ExecutorRun_hook;
 	ExecutorRun_hook = tape_executor_run;
 	prev_finish = ExecutorFinish_hook;
@@ -257,17 +268,28 @@ store_ops(Tape *t)
 	}
 }
 
-/* Delete this session's rows of `table` and those of sessions that have ended. */
+/*
+ * ERROR 54000 when the tape holds more rows than pg_llm.max_tape_rows.  The
+ * tape is forgotten first: the statements after this one must not fail on
+ * the same rows.
+ */
 static void
-forget_rows(const char *table)
+check_tape_rows(const Tape *t)
 {
-	Oid			types[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(MyProcPid)};
+	int64		rows = (int64) t->n_tensors + t->n_ops;
+	int32		tensors = t->n_tensors;
+	int32		ops = t->n_ops;
 
-	execute(SPI_prepare(psprintf("DELETE FROM %s WHERE session = $1 OR session NOT IN "
-								 "(SELECT pid FROM pg_catalog.pg_stat_get_activity(NULL) WHERE pid IS NOT NULL)",
-								 llm_table_name(table)), 1, types),
-			values, NULL, SPI_OK_DELETE);
+	if (max_tape_rows == 0 || rows <= max_tape_rows)
+		return;
+	tape_reset();
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("the autograd tape would have " INT64_FORMAT " rows (%d tensors, %d ops), "
+					"more than pg_llm.max_tape_rows = %d", rows, tensors, ops, max_tape_rows),
+			 errdetail("The tape has been forgotten."),
+			 errhint("Record a smaller computation (a shorter sequence, fewer layers), "
+					 "or ask for a higher pg_llm.max_tape_rows.")));
 }
 
 void
@@ -278,6 +300,7 @@ tape_store(void)
 	Oid			tensor_type = get_atttype(relid, get_attnum(relid, "data"));
 	bool		push = !ActiveSnapshotSet();
 
+	check_tape_rows(t);
 	storing = true;
 	stored_in_xact = true;
 	/* A SELECT's portal finishes its executor with no active snapshot. */
@@ -287,8 +310,8 @@ tape_store(void)
 	if (t->stored_tensors == 0 && t->stored_ops == 0)
 	{
 		/* A fresh tape: the tables held another (or a rolled back) one. */
-		forget_rows("llm_tape_all");
-		forget_rows("llm_tensor_rt_all");
+		if (SPI_execute(psprintf("SELECT %s()", llm_table_name("llm_tape_forget")), false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "pg_llm: clearing the autograd tape's tables failed");
 		t->tables_stale = false;
 	}
 	if (t->grads_dirty)

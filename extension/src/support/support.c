@@ -1,6 +1,6 @@
 /*
- * support.c -- kernel status to PostgreSQL errors, large allocations, and
- * the names of the extension's own tables (support.h).
+ * support.c -- kernel status to PostgreSQL errors, large allocations, the
+ * names of the extension's own tables, and who may change a model (support.h).
  */
 #include "postgres.h"
 
@@ -9,13 +9,16 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "common/int.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rls.h"
 
 #include "kernels/kernels.h"
 #include "support/support.h"
@@ -115,4 +118,20 @@ llm_table_oid(const char *name)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("pg_llm: table \"%s\" of the extension is missing", name)));
 	return relid;
+}
+
+void
+llm_require_model_owner(const char *model)
+{
+	Oid			argtype = TEXTOID;
+	Datum		arg = CStringGetTextDatum(model);
+
+	/* a superuser, the tables' owner, or a catalog older than row security */
+	if (check_enable_rls(llm_table_oid("llm_model_config"), InvalidOid, true) != RLS_ENABLED)
+		return;
+	SPI_connect();
+	if (SPI_execute_with_args(psprintf("SELECT %s($1)", llm_table_name("llm_require_model_owner")),
+							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "pg_llm: checking the owner of model \"%s\" failed", model);
+	SPI_finish();
 }

@@ -49,4 +49,12 @@ extern Oid	llm_extension_schema(void);
 extern char *llm_table_name(const char *name);
 extern Oid	llm_table_oid(const char *name);
 
+/*
+ * ERROR 42501 when the current role may read `model` but not change it: it
+ * is not its owner and row-level security applies (to a superuser it does
+ * not).  An unknown model passes: its callers report it.  What every path
+ * that writes a model's parameters checks first (SQL: llm_require_model_owner).
+ */
+extern void llm_require_model_owner(const char *model);
+
 #endif							/* PG_LLM_SUPPORT_H */

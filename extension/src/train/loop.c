@@ -1,17 +1,19 @@
 /*
  * loop.c -- CALL llm_train(model, steps, ...): a training run in one
  * procedure call.  The training state (train/state.h) stays in backend
- * memory for the whole call; every step draws a batch from a split of
- * llm_dataset, runs forward, backward, clip and AdamW, and COMMITs its
- * rows of llm_train_log and llm_grad_stats, so another session sees the
- * run as it goes.  The weights are written back every save_every steps and
- * at the end: a cancel or a crash leaves llm_param at the last write-back.
+ * memory for the whole call; every step draws a batch from a split of a
+ * dataset of llm_dataset, runs forward, backward, clip and AdamW, and
+ * COMMITs its rows of llm_train_log and llm_grad_stats, so another session
+ * sees the run as it goes.  The weights are written back every save_every
+ * steps and at the end: a cancel or a crash leaves llm_param at the last
+ * write-back.
  *
  * Batches: update number s of the model (llm_param.step before it) draws
  * batch_size examples, with replacement, from a generator seeded with
- * (seed, s) among the examples of the split (default 'train'): the same
- * seed, data and step give the same batch, in any call, after a checkpoint
- * load too.  The learning rate of the run's i-th step (from 0) is
+ * (seed, s) among the examples of the split (default 'train') of the
+ * dataset (default: the one named after the role): the same seed, data and
+ * step give the same batch, in any call, after a checkpoint load too.  The
+ * learning rate of the run's i-th step (from 0) is
  * llm_lr_at(lr, warmup, decay_steps, min_lr) at i (kernels/optim.h).
  *
  * Runs: without a name the run is this call.  A named run (run => 'name',
@@ -47,7 +49,7 @@ enum
 {
 	A_MODEL, A_STEPS, A_BATCH_SIZE, A_LR, A_WARMUP, A_MIN_LR, A_WEIGHT_DECAY, A_CLIP, A_SEED,
 	A_GRAD_WORKERS, A_OPTIMIZER_WORKERS, A_N_LAYER, A_N_HEAD, A_D, A_VOCAB, A_SAVE_EVERY,
-	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_RUN, A_COUNT
+	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_DATASET, A_RUN, A_COUNT
 };
 
 static const char *const who = "llm_train";
@@ -148,7 +150,11 @@ read_settings(FunctionCallInfo fcinfo, LlmTrainRun *run)
 	run->notice_every = int_arg(fcinfo, A_NOTICE_EVERY, 1);
 	require(run->notice_every >= 0, "notice_every must be >= 0 (0: no notices)", run->notice_every);
 	run->split = PG_ARGISNULL(A_SPLIT) ? "train" : text_to_cstring(PG_GETARG_TEXT_PP(A_SPLIT));
-	/* (a database older than 0.3.0, not yet updated, passes no run) */
+	/* (a 0.2.0 catalog's llm_train has no dataset: it draws from the whole split) */
+	if (PG_NARGS() > A_DATASET)
+		run->dataset = PG_ARGISNULL(A_DATASET) ? GetUserNameFromId(GetUserId(), false) :
+			text_to_cstring(PG_GETARG_TEXT_PP(A_DATASET));
+	/* (nor a run) */
 	run->name = PG_NARGS() <= A_RUN || PG_ARGISNULL(A_RUN) ? NULL
 		: text_to_cstring(PG_GETARG_TEXT_PP(A_RUN));
 }
@@ -157,18 +163,20 @@ read_settings(FunctionCallInfo fcinfo, LlmTrainRun *run)
 static void
 read_example_ids(LlmTrainRun *run, MemoryContext mcxt)
 {
-	Oid			argtype = TEXTOID;
-	Datum		arg = CStringGetTextDatum(run->split);
-	int			ret = SPI_execute_with_args(psprintf("SELECT id FROM %s WHERE split = $1 ORDER BY id",
-													 llm_table_name("llm_dataset")),
-											1, &argtype, &arg, NULL, true, 0);
-
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {CStringGetTextDatum(run->split),
+						   run->dataset ? CStringGetTextDatum(run->dataset) : (Datum) 0};
+	int			ret = SPI_execute_with_args(psprintf("SELECT id FROM %s WHERE split = $1%s ORDER BY id",
+													 llm_table_name("llm_dataset"),
+													 run->dataset ? " AND dataset = $2" : ""),
+											run->dataset ? 2 : 1, argtypes, args, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "llm_train: reading llm_dataset failed: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("llm_train: llm_dataset has no examples in split \"%s\"", run->split),
+				 errmsg("llm_train: dataset \"%s\" has no examples in split \"%s\"",
+						run->dataset ? run->dataset : "(any)", run->split),
 				 errhint("SELECT llm_dataset_from_tokens(tokens, block_size) adds some.")));
 	run->n_ids = (int) SPI_processed;
 	run->ids = MemoryContextAlloc(mcxt, sizeof(int64) * run->n_ids);
@@ -281,7 +289,7 @@ train_one_step(const LlmTrainRun *run, LlmTrainState *st, int i)
 /*
  * CALL llm_train(model, steps, batch_size, lr, warmup, min_lr, weight_decay,
  * clip, seed, grad_workers, optimizer_workers, n_layer, n_head, d, vocab,
- * save_every, beta1, beta2, eps, decay_steps, notice_every, split, run)
+ * save_every, beta1, beta2, eps, decay_steps, notice_every, split, dataset, run)
  */
 PG_FUNCTION_INFO_V1(llm_train);
 Datum
@@ -308,6 +316,8 @@ llm_train(PG_FUNCTION_ARGS)
 	step_cxt = AllocSetContextCreate(run_cxt, "pg_llm llm_train step", ALLOCSET_DEFAULT_SIZES);
 	run.model = MemoryContextStrdup(run_cxt, run.model);
 	run.split = MemoryContextStrdup(run_cxt, run.split);
+	if (run.dataset)
+		run.dataset = MemoryContextStrdup(run_cxt, run.dataset);
 	if (run.name != NULL)
 		run.name = MemoryContextStrdup(run_cxt, run.name);
 	PG_TRY();

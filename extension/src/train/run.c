@@ -23,7 +23,7 @@ typedef struct RunSetting
 	bool		isnull;
 } RunSetting;
 
-#define N_SETTINGS 15
+#define N_SETTINGS 16
 
 /* The settings of the call, as llm_train_run stores them. */
 static void
@@ -45,6 +45,7 @@ call_settings(const LlmTrainRun *run, RunSetting *s)
 		{"beta2", FLOAT8OID, Float8GetDatum(run->hp.beta2), false},
 		{"eps", FLOAT8OID, Float8GetDatum(run->hp.eps), false},
 		{"seed", INT8OID, Int64GetDatum(run->seed), false},
+		{"dataset", TEXTOID, run->dataset ? CStringGetTextDatum(run->dataset) : (Datum) 0, run->dataset == NULL},
 		{"split", TEXTOID, CStringGetTextDatum(run->split), false},
 		{"examples", INT4OID, Int32GetDatum(run->n_ids), false},
 		{"examples_checksum", INT8OID, Int64GetDatum((int64) checksum), false},

@@ -31,7 +31,8 @@ typedef struct LlmTrainRun
 	int			optim_threads;
 	int			save_every;
 	int			notice_every;
-	char	   *split;			/* llm_dataset.split to draw from */
+	char	   *dataset;		/* llm_dataset.dataset to draw from (NULL: any) */
+	char	   *split;			/* ... and its split */
 	int64	   *ids;			/* llm_dataset ids of the split, ascending */
 	int			n_ids;
 } LlmTrainRun;

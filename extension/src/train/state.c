@@ -151,6 +151,8 @@ llm_train_state_load(const char *model, int flags, MemoryContext parent)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown model \"%s\"", model),
 				 errhint("Models are registered in llm_model_config.")));
+	if (!(flags & LLM_STATE_READ_ONLY))
+		llm_require_model_owner(model);
 	gpt2_config_check(model, &st->cfg);
 
 	/* SPI_connect switched to SPI's context: the state's allocations go to mcxt. */

@@ -83,13 +83,15 @@ typedef struct LlmTrainState
 
 /* What llm_train_state_load reads besides data, m, v and step. */
 #define LLM_STATE_LOAD_GRAD 0x1 /* the grad column too (NULL is an error) */
+#define LLM_STATE_READ_ONLY 0x2 /* never written back: the caller need not own the model */
 
 /*
  * The training state of `model`, read from llm_param in the calling
  * statement's snapshot: data, m and v (NULL m or v: zeros), step (equal in
  * every row) and, with LLM_STATE_LOAD_GRAD, grad; otherwise grad is zeros;
  * lineage: where the weights' history is (llm_train_head).
- * ERRORs: unknown model (42704), a missing or misshapen parameter (22000),
+ * ERRORs: unknown model (42704), a model the caller does not own unless
+ * LLM_STATE_READ_ONLY (42501), a missing or misshapen parameter (22000),
  * rows whose steps differ (22000), a NULL grad asked for (22004).
  */
 extern LlmTrainState *llm_train_state_load(const char *model, int flags, MemoryContext parent);

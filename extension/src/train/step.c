@@ -87,7 +87,7 @@ llm_gradients(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("%s: argument %d must not be NULL", who, i + 1)));
 	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	st = llm_train_state_load(model, 0, CurrentMemoryContext);
+	st = llm_train_state_load(model, LLM_STATE_READ_ONLY, CurrentMemoryContext);
 	batch = llm_batch_from_arrays(who, &st->cfg, model, PG_GETARG_ARRAYTYPE_P(1),
 								  PG_GETARG_ARRAYTYPE_P(2));
 	llm_train_state_gradients(st, &batch);
