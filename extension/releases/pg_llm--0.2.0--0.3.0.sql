@@ -123,3 +123,21 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 '(NULL: pg_llm.threads). n_layer, n_head, d, vocab default to the model''s and must agree with it. '
 'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count.';
 -- ---- end of issue 15 (layout)
+
+-- ---- issue 17 (a learner's work survives), 90_backup.sql: pg_dump keeps the user data.
+SELECT pg_extension_config_dump('llm_model_config', 'WHERE model <> ''gpt2-small''');
+SELECT pg_extension_config_dump('llm_param', '');
+SELECT pg_extension_config_dump('llm_param_version_seq', '');
+SELECT pg_extension_config_dump('llm_tokenizer', '');
+SELECT pg_extension_config_dump('llm_bpe_vocab', '');
+SELECT pg_extension_config_dump('llm_bpe_merges', '');
+SELECT pg_extension_config_dump('llm_tokenizer_version_seq', '');
+SELECT pg_extension_config_dump('llm_dataset', '');
+SELECT pg_extension_config_dump('llm_dataset_id_seq', '');
+SELECT pg_extension_config_dump('llm_train_log', '');
+SELECT pg_extension_config_dump('llm_train_log_id_seq', '');
+SELECT pg_extension_config_dump('llm_grad_stats', '');
+SELECT pg_extension_config_dump('llm_checkpoint', '');
+SELECT pg_extension_config_dump('llm_checkpoint_id_seq', '');
+SELECT pg_extension_config_dump('llm_checkpoint_param', '');
+-- ---- end of issue 17 (pg_dump)
