@@ -22,6 +22,7 @@
 
 #include "support/support.h"
 #include "tensor/tensor.h"
+#include "train/durable.h"
 #include "train/state.h"
 
 /* ---- loading ------------------------------------------------------------------ */
@@ -291,6 +292,7 @@ llm_train_state_write_back(LlmTrainState *st, bool with_grad)
 	lock_unchanged_version(st);
 	run_update(st, with_grad);
 	st->version = read_version(st);
+	llm_commit_durably();		/* what a learner is told is saved is saved */
 	SPI_finish();
 }
 
