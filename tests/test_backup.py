@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 
 import pg_llm_lab
 from pg_llm_lab import server
+from test_upgrade import create_previous_release, logits
 
 MODEL = "backup-tiny"
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 20
@@ -206,3 +207,19 @@ def test_dump_and_restore_between_postgresql_15_and_18(db_url, tmp_path, source,
     finally:
         drop_database(servers[source], "pg_llm_backup_from")
         drop_database(servers[target], "pg_llm_backup_to")
+
+
+def test_a_database_updated_from_0_2_0_dumps_and_restores(db_url, tmp_path):
+    """A 0.2.0 database (which marked nothing) keeps everything once ALTER EXTENSION UPDATE has run."""
+    original = fresh_database(db_url, "pg_llm_backup_updated")
+    restored = fresh_database(db_url, "pg_llm_backup_updated_restored")
+    try:
+        create_previous_release(original)
+        with psycopg.connect(original, autocommit=True) as conn:
+            conn.execute("ALTER EXTENSION pg_llm UPDATE")
+        dump_and_restore(original, restored, tmp_path / "lab.dump")
+        assert_same_rows(original, restored)
+        assert logits(restored) == logits(original)
+    finally:
+        drop_database(db_url, "pg_llm_backup_updated")
+        drop_database(db_url, "pg_llm_backup_updated_restored")
