@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import pg_llm_lab
-from pg_llm_lab import server
+from pg_llm_lab import build, server
 from pg_llm_lab.hf import export_hf, import_hf
 
 MODEL = "durable"
@@ -66,10 +66,15 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster():
+    """A private embedded cluster, also when the other tests use $DATABASE_URL's server (not ours to crash)."""
     root = Path(tempfile.mkdtemp(prefix="pg_llm_durability_"))
     root.chmod(0o777)        # the embedded server's OS user writes the safetensors files here
-    yield Cluster(root / "pgdata")
-    server.stop(root / "pgdata")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("DATABASE_URL", raising=False)
+        env.delenv("PG_CONFIG", raising=False)
+        build.ensure_installed()
+        yield Cluster(root / "pgdata")
+        server.stop(root / "pgdata")
     shutil.rmtree(root, ignore_errors=True)
 
 
