@@ -6,7 +6,7 @@ asynchronously.
     python bench/bench_durable.py --models lab --repeat 5
 
 The lab's server runs synchronous_commit = off; what a learner is told is
-saved (a write-back, a checkpoint, an import) calls llm_commit_durably(),
+saved (a write-back, a checkpoint, an import, a tokenizer) calls llm_commit_durably(),
 which turns it on for that transaction: its COMMIT waits until the WAL is on
 disk.  Each operation runs as BEGIN; <operation>; COMMIT, timed in two ways,
 taking turns:

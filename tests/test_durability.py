@@ -2,8 +2,8 @@
 
 The lab's server runs synchronous_commit = off, so that the log rows of every
 training step need not wait for the disk.  A write-back (llm_train_step,
-llm_adamw_step, CALL llm_train), a checkpoint saved or loaded and an import
-must still commit durably.  Each is run on a private cluster, and as soon as
+llm_adamw_step, CALL llm_train), a checkpoint saved or loaded, an import of
+weights and a tokenizer trained or loaded must still commit durably.  Each is run on a private cluster, and as soon as
 it returns the server is stopped with pg_ctl stop -m immediate (as a crash:
 what is not on disk is lost) and started again; what it wrote must be there.
 
@@ -137,3 +137,17 @@ def test_imports_survive_a_crash(cluster):
         assert cluster.value("SELECT bool_and(llm_bytea(i.data) = llm_bytea(p.data)) AND count(*) = (SELECT count(*) FROM "
                              "llm_param_shapes(%s)) FROM llm_param i JOIN llm_param p ON p.name = i.name "
                              "AND p.model = %s WHERE i.model = %s", [MODEL, MODEL, imported]), imported
+
+
+def test_tokenizers_trained_and_loaded_survive_a_crash(cluster):
+    folder = cluster.pgdata.parent / "tokenizer"
+    corpus = ["the cat sat on the mat", "the dog sat on the log"]
+    cluster.crash_after(lambda conn: conn.execute("SELECT llm_bpe_train('durable_bpe', %s::text[], 270)", [corpus]))
+    with cluster.connect() as conn:
+        conn.execute("SELECT llm_export_tokenizer('durable_bpe', %s)", [str(folder)])
+    cluster.crash_after(lambda conn: conn.execute("SELECT pg_llm_load_bpe(%s, %s, 'durable_loaded')",
+                                                  [str(folder / "vocab.json"), str(folder / "merges.txt")]))
+    for tokenizer in ("durable_bpe", "durable_loaded"):
+        assert cluster.value("SELECT vocab_size FROM llm_tokenizer_info(%s)", [tokenizer]) == 270, tokenizer
+        assert cluster.value("SELECT llm_encode('the cat', %s)", [tokenizer]) \
+            == cluster.value("SELECT llm_encode('the cat', 'durable_bpe')")

@@ -144,9 +144,10 @@ SELECT pg_extension_config_dump('llm_checkpoint_param', '');
 
 -- ---- issue 17 (a learner's work survives), 80_train.sql and 40_import_export.sql: what a learner is
 -- told is saved is saved.  Write-backs (C), checkpoints and imports commit durably (llm_commit_durably).
--- A training write-back (in C), a checkpoint and an import call this, so that
--- they survive a crash also where the server runs synchronous_commit = off
--- (the lab's server does: a training step's log rows need not wait for the disk).
+-- Checkpoints and imports call this (and, in C, the training write-backs and
+-- the tokenizers' stores), so that they survive a crash also where the server
+-- runs synchronous_commit = off (the lab's server does: a training step's log
+-- rows need not wait for the disk).
 CREATE FUNCTION llm_commit_durably() RETURNS void
     AS 'MODULE_PATHNAME', 'llm_commit_durably_sql' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION llm_commit_durably() IS

@@ -1,21 +1,14 @@
 /*
- * durable.c -- commits that survive a crash (see durable.h).
+ * durable.c -- llm_commit_durably() in SQL, for the checkpoints and imports
+ * written in SQL; the rule is support.c's llm_commit_durably(), which the
+ * training write-back (state.c) and the tokenizer's tables (bpe_tables.c)
+ * call themselves.
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "fmgr.h"
-#include "utils/guc.h"
 
-#include "train/durable.h"
-
-void
-llm_commit_durably(void)
-{
-	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
-		(void) set_config_option("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-}
+#include "support/support.h"
 
 /* llm_commit_durably() RETURNS void */
 PG_FUNCTION_INFO_V1(llm_commit_durably_sql);

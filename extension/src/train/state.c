@@ -22,7 +22,6 @@
 
 #include "support/support.h"
 #include "tensor/tensor.h"
-#include "train/durable.h"
 #include "train/state.h"
 
 /* ---- loading ------------------------------------------------------------------ */
