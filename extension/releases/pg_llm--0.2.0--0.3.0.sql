@@ -143,7 +143,7 @@ SELECT pg_extension_config_dump('llm_checkpoint_param', '');
 -- ---- end of issue 17 (pg_dump)
 
 -- ---- issue 17 (a learner's work survives), 80_train.sql and 40_import_export.sql: what a learner is
--- told is saved is saved.  Write-backs (C), checkpoints and imports commit durably (llm_commit_durably).
+-- told is saved is saved.
 -- Checkpoints and imports call this (and, in C, the training write-backs and
 -- the tokenizers' stores), so that they survive a crash also where the server
 -- runs synchronous_commit = off (the lab's server does: a training step's log
