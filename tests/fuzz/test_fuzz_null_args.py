@@ -25,7 +25,7 @@ MODEL = "nullfuzz"
 CORPUS = ["hello world", "the cat sat on the mat", "hello there"]
 VOCAB = 262          # the tokenizer's size (256 bytes, 5 merges, <|endoftext|>) and the model's
 
-# A plausible value of each argument type (a literal), and of text arguments by their name.
+# A plausible value of each argument type (a literal), and of some arguments by their name.
 BY_TYPE = {
     "tensor": "[[1,2],[3,4]]", "integer": "2", "bigint": "1", "double precision": "0.5", "real": "1e-05",
     "boolean": "false", "text": "hello", "jsonb": "{}", "bytea": "\\x0000803f0000803f",
@@ -37,8 +37,6 @@ BY_NAME = {       # where the name says more than the type: values the calls get
     "temperature": "1", "top_p": "1", "val_fraction": "0", "beta1": "0.9", "beta2": "0.95", "eps": "1e-08",
     "tokens": "{1,2,3,4,5,6}", "targets": "{2,3,4,5,6,7}", "ids": "{0,1}", "previous": "{0,1}",
     "stop_ids": "{261}", "shape": "{2,2}",
-}
-TEXT_BY_NAME = {
     "model": MODEL, "p_model": MODEL, "mode": "meta", "p_format": "safetensors", "part": "data",
     "split": "train", "early_stopping": "false", "corpus_query": "SELECT 'hello world'",
     "name": "wte.weight", "param_name": "wte.weight", "hf_name": "h.0.attn.c_attn.weight",
@@ -101,7 +99,6 @@ def extension_routines(db: FuzzDB) -> list[dict]:
     """Every function and procedure of pg_llm: its name, kind and input arguments."""
     rows = db.run("""
         SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname), p.prokind,
-               p.oid::regprocedure::text,
                ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes) AS t),
                ARRAY(SELECT t.typtype = 'p' FROM unnest(p.proargtypes) WITH ORDINALITY AS a(t, i)
                      JOIN pg_type t ON t.oid = a.t ORDER BY a.i),
@@ -111,11 +108,11 @@ def extension_routines(db: FuzzDB) -> list[dict]:
         JOIN pg_proc p ON p.oid = d.objid
         JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
-        ORDER BY 3""", binary=False).rows
-    return [dict(name=name, kind=kind, signature=sig, types=types, pseudo=pseudo,
-                 # OUT/TABLE arguments are named too, after the inputs: proargnames may be longer
+        ORDER BY p.oid::regprocedure::text""", binary=False).rows
+    return [dict(name=name, kind=kind, types=types, pseudo=pseudo,
+                 # (an argument without a name gets "")
                  arg_names=(list(names) + [""] * len(types))[:len(types)])
-            for name, kind, sig, types, pseudo, names in rows]
+            for name, kind, types, pseudo, names in rows]
 
 
 def plausible(type_name: str, arg_name: str, pseudo: bool, server_dir) -> str:
@@ -124,8 +121,6 @@ def plausible(type_name: str, arg_name: str, pseudo: bool, server_dir) -> str:
         return "NULL::" + type_name
     if type_name == "text" and arg_name in PATH_ARGUMENTS:
         return literal(str(server_dir / ("out" if arg_name == "dir" else "nullfuzz.safetensors")), "text")
-    if type_name == "text":
-        return literal(TEXT_BY_NAME.get(arg_name, BY_TYPE["text"]), "text")
     return literal(BY_NAME.get(arg_name, BY_TYPE[type_name]), type_name)
 
 
