@@ -300,3 +300,13 @@ COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS
 'restore a model''s weights and AdamW state (m, v, step) from a checkpoint of a model of the same shape, '
 'bit for bit; gradients become NULL; returns the parameters restored';
 -- ---- end of issue 17 (durable commits)
+
+-- ---- issue 17 (a learner's work survives), 00_tensor.sql: a tensor of more than 8388608 values is
+-- written as base64 text, so that the rows pg_dump writes of GPT-2 small stay under 1 GB.
+COMMENT ON FUNCTION tensor_in(cstring) IS
+    'text input of tensor: nested lists such as ''[[1,2,3],[4,5,6]]'' give a [2,3] tensor (lists of a level have one length); '
+    'or ''base64:[2,3]:...'', the float32 values little-endian in base64, as tensor_out writes a big tensor';
+COMMENT ON FUNCTION tensor_out(tensor) IS
+    'text output of tensor: one bracketed list per dimension, e.g. [[1,2,3],[4,5,6]] for a [2,3] tensor; beyond '
+    '8388608 values base64:[shape]:<the float32 values little-endian, in base64> (a row pg_dump writes stays under 1 GB)';
+-- ---- end of issue 17 (tensor text)
