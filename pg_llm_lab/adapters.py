@@ -10,7 +10,9 @@ parameter is sent as a `tensor`:
 
 Two wire formats, both spoken by the extension:
 
-* text, as you would type it: '[[1,2,3],[4,5,6]]'
+* text, as you would type it: '[[1,2,3],[4,5,6]]'; a tensor of more than
+  8,388,608 values comes as 'base64:[50257,768]:...', its float32 values
+  little-endian in base64 (the server reads both forms)
 * binary (`cursor(binary=True)`; what tensor_send writes and tensor_recv
   reads), all big-endian:
       int16 ndim (1..8), int16 dtype (0 = float32), int32 dims[ndim],
@@ -19,6 +21,7 @@ Two wire formats, both spoken by the extension:
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 
@@ -76,8 +79,15 @@ def to_text(array) -> str:
     return json.dumps(as_float32(array).tolist(), separators=(",", ":"))
 
 
+BASE64_PREFIX = "base64:"
+
+
 def from_text(text: str) -> np.ndarray:
-    """Parse the text format ('[[1,2],[3,4]]') into a float32 ndarray."""
+    """Parse the text format ('[[1,2],[3,4]]', or 'base64:[2,2]:...' for a big tensor) into a float32 ndarray."""
+    if text.startswith(BASE64_PREFIX):
+        shape, _, payload = text[len(BASE64_PREFIX):].partition(":")
+        values = np.frombuffer(base64.b64decode(payload), dtype="<f4")
+        return values.astype(np.float32).reshape(json.loads(shape))
     return np.array(json.loads(text, parse_int=float), dtype=np.float32)  # keeps -0
 
 

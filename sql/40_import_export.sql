@@ -107,6 +107,7 @@ BEGIN
     END IF;
     PERFORM llm_import_require_model(p_model);
     PERFORM llm_require_model_owner(p_model);
+    PERFORM llm_commit_durably();           -- the weights it imported survive a crash
 
     DELETE FROM llm_param p WHERE p.model = p_model;
     -- An explicit cursor fetches one tensor at a time (a FOR loop would

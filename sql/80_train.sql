@@ -11,6 +11,18 @@
 -- whole model in backend memory and writes them back to llm_param in one
 -- UPDATE: a step is all or nothing.
 
+-- ---- what a learner is told is saved is saved -----------------------------------
+
+-- Checkpoints and imports call this (and, in C, the training write-backs and
+-- the tokenizers' stores), so that they survive a crash also where the server
+-- runs synchronous_commit = off (the lab's server does: a training step's log
+-- rows need not wait for the disk).
+CREATE FUNCTION llm_commit_durably() RETURNS void
+    AS 'MODULE_PATHNAME', 'llm_commit_durably_sql' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_commit_durably() IS
+'make the calling transaction''s COMMIT wait until its WAL is on disk (SET LOCAL synchronous_commit = on) '
+'where synchronous_commit is off';
+
 -- ---- the data -------------------------------------------------------------------
 
 CREATE TABLE llm_dataset (
@@ -225,7 +237,7 @@ $$;
 COMMENT ON FUNCTION llm_train_head(text) IS
 'the llm_train_lineage row of the weights the model has now: the newest at its llm_param.step (NULL: none)';
 
-CREATE VIEW llm_train_history AS
+CREATE VIEW llm_train_history WITH (security_invoker = true) AS
 WITH RECURSIVE chain (model, lineage) AS (
     SELECT c.model, llm_train_head(c.model) FROM llm_model_config c
     UNION ALL
@@ -365,6 +377,7 @@ DECLARE
 BEGIN
     PERFORM llm_require_arg('llm_checkpoint_save', 'model', p_model IS NULL);
     PERFORM llm_check_complete(p_model);    -- an unknown or incomplete model is an error
+    PERFORM llm_commit_durably();           -- a checkpoint that returned survives a crash
     -- No write-back may commit between the statements below.
     PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR SHARE;
 
@@ -399,6 +412,7 @@ BEGIN
     PERFORM llm_require_arg('llm_checkpoint_load', 'model', p_model IS NULL);
     PERFORM llm_require_arg('llm_checkpoint_load', 'checkpoint', checkpoint IS NULL);
     PERFORM llm_require_model_owner(p_model);
+    PERFORM llm_commit_durably();           -- the weights it restored survive a crash
     -- Lock the model as a write-back does: no step commits halfway through.
     PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR NO KEY UPDATE;
     IF NOT FOUND THEN

@@ -165,6 +165,22 @@ CREATE POLICY readers ON llm_train_log FOR SELECT
 COMMENT ON POLICY its_owner ON llm_train_log IS 'the model''s owner reads and writes its log';
 COMMENT ON POLICY readers ON llm_train_log IS 'whoever reads the model reads its log';
 
+ALTER TABLE llm_train_lineage ENABLE ROW LEVEL SECURITY;
+CREATE POLICY its_owner ON llm_train_lineage
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_lineage.model AND c.owner = current_user));
+CREATE POLICY readers ON llm_train_lineage FOR SELECT
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_lineage.model));
+COMMENT ON POLICY its_owner ON llm_train_lineage IS 'the model''s owner reads and writes the history of its weights';
+COMMENT ON POLICY readers ON llm_train_lineage IS 'whoever reads the model reads the history of its weights';
+
+ALTER TABLE llm_train_run ENABLE ROW LEVEL SECURITY;
+CREATE POLICY its_owner ON llm_train_run
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_run.model AND c.owner = current_user));
+CREATE POLICY readers ON llm_train_run FOR SELECT
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_run.model));
+COMMENT ON POLICY its_owner ON llm_train_run IS 'the model''s owner reads and writes its named runs';
+COMMENT ON POLICY readers ON llm_train_run IS 'whoever reads the model reads its named runs';
+
 ALTER TABLE llm_grad_stats ENABLE ROW LEVEL SECURITY;
 CREATE POLICY its_owner ON llm_grad_stats
     USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_grad_stats.model AND c.owner = current_user));

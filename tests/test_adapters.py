@@ -1,5 +1,6 @@
 """numpy <-> tensor: the wire formats on their own, then round trips through the server."""
 
+import base64
 import struct
 
 import numpy as np
@@ -72,6 +73,27 @@ def test_text_literal_and_null(conn, binary):
         t, null = cur.execute("SELECT '[[1,2,3],[4,5,6]]'::tensor, NULL::tensor").fetchone()
     np.testing.assert_array_equal(t, [[1, 2, 3], [4, 5, 6]])
     assert null is None
+
+
+def test_a_big_tensor_is_base64_text(conn):
+    """Beyond 8,388,608 values the text form is base64 of the little-endian float32 bytes."""
+    a = random_array((2, 4194305), seed=3)
+    a[0, :3] = [-0.0, np.inf, np.nan]
+    with conn.cursor(binary=False) as cur:
+        text = cur.execute("SELECT %b::tensor::text", [a]).fetchone()[0]
+        assert text == "base64:[2,4194305]:" + base64.b64encode(a.astype("<f4").tobytes()).decode()
+        loaded = cur.execute("SELECT %b::tensor", [a]).fetchone()[0]
+        assert loaded.tobytes() == a.tobytes()                              # text loader: every bit
+        back = cur.execute("SELECT %s::tensor", [text]).fetchone()[0]      # tensor_in reads it back
+        assert back.tobytes() == a.tobytes()
+        assert cur.execute("SELECT left(%b::tensor::text, 3)", [a[:, :-1]]).fetchone()[0] == "[[-"
+
+
+@pytest.mark.parametrize("bad", ["base64:[2]:AAAA", "base64:[2]:!!!!!!!!!!!=", "base64:2:AAAAAAAAAAA=",
+                                 "base64:[2]AAAAAAAAAAA=", "base64:[-2]:", "base64:[2,]:AAAAAAAAAAA="])
+def test_server_rejects_bad_base64_text(conn, bad):
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        conn.execute("SELECT %s::tensor", [bad])
 
 
 def test_tensor_array_loads_as_list(conn):

@@ -183,7 +183,7 @@ $$;
 COMMENT ON FUNCTION llm_train_head(text) IS
 'the llm_train_lineage row of the weights the model has now: the newest at its llm_param.step (NULL: none)';
 
-CREATE VIEW llm_train_history AS
+CREATE VIEW llm_train_history WITH (security_invoker = true) AS
 WITH RECURSIVE chain (model, lineage) AS (
     SELECT c.model, llm_train_head(c.model) FROM llm_model_config c
     UNION ALL
@@ -1061,6 +1061,22 @@ CREATE POLICY readers ON llm_train_log FOR SELECT
 COMMENT ON POLICY its_owner ON llm_train_log IS 'the model''s owner reads and writes its log';
 COMMENT ON POLICY readers ON llm_train_log IS 'whoever reads the model reads its log';
 
+ALTER TABLE llm_train_lineage ENABLE ROW LEVEL SECURITY;
+CREATE POLICY its_owner ON llm_train_lineage
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_lineage.model AND c.owner = current_user));
+CREATE POLICY readers ON llm_train_lineage FOR SELECT
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_lineage.model));
+COMMENT ON POLICY its_owner ON llm_train_lineage IS 'the model''s owner reads and writes the history of its weights';
+COMMENT ON POLICY readers ON llm_train_lineage IS 'whoever reads the model reads the history of its weights';
+
+ALTER TABLE llm_train_run ENABLE ROW LEVEL SECURITY;
+CREATE POLICY its_owner ON llm_train_run
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_run.model AND c.owner = current_user));
+CREATE POLICY readers ON llm_train_run FOR SELECT
+    USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_train_run.model));
+COMMENT ON POLICY its_owner ON llm_train_run IS 'the model''s owner reads and writes its named runs';
+COMMENT ON POLICY readers ON llm_train_run IS 'whoever reads the model reads its named runs';
+
 ALTER TABLE llm_grad_stats ENABLE ROW LEVEL SECURITY;
 CREATE POLICY its_owner ON llm_grad_stats
     USING (EXISTS (SELECT FROM llm_model_config c WHERE c.model = llm_grad_stats.model AND c.owner = current_user));
@@ -1292,6 +1308,202 @@ COMMENT ON FUNCTION llm_classroom_add_learner(name, boolean) IS
 'and the class''s settings; superuser. Its password: ALTER ROLE ... PASSWORD, or pg-llm-lab classroom add-learner';
 
 -- ---- end of issue 16 (a class on one server)
+
+-- ---- issue 17 (a learner's work survives), 90_backup.sql: pg_dump keeps the user data.
+SELECT pg_extension_config_dump('llm_model_config', 'WHERE model <> ''gpt2-small''');
+SELECT pg_extension_config_dump('llm_param', '');
+SELECT pg_extension_config_dump('llm_param_version_seq', '');
+SELECT pg_extension_config_dump('llm_tokenizer', '');
+SELECT pg_extension_config_dump('llm_bpe_vocab', '');
+SELECT pg_extension_config_dump('llm_bpe_merges', '');
+SELECT pg_extension_config_dump('llm_tokenizer_version_seq', '');
+SELECT pg_extension_config_dump('llm_dataset', '');
+SELECT pg_extension_config_dump('llm_dataset_id_seq', '');
+SELECT pg_extension_config_dump('llm_train_log', '');
+SELECT pg_extension_config_dump('llm_train_log_id_seq', '');
+SELECT pg_extension_config_dump('llm_grad_stats', '');
+SELECT pg_extension_config_dump('llm_checkpoint', '');
+SELECT pg_extension_config_dump('llm_checkpoint_id_seq', '');
+SELECT pg_extension_config_dump('llm_checkpoint_param', '');
+SELECT pg_extension_config_dump('llm_train_lineage', '');
+SELECT pg_extension_config_dump('llm_train_lineage_id_seq', '');
+SELECT pg_extension_config_dump('llm_train_run', '');
+-- ---- end of issue 17 (pg_dump)
+
+-- ---- issue 17 (a learner's work survives), 80_train.sql and 40_import_export.sql: what a learner is
+-- told is saved is saved.
+-- Checkpoints and imports call this (and, in C, the training write-backs and
+-- the tokenizers' stores), so that they survive a crash also where the server
+-- runs synchronous_commit = off (the lab's server does: a training step's log
+-- rows need not wait for the disk).
+CREATE FUNCTION llm_commit_durably() RETURNS void
+    AS 'MODULE_PATHNAME', 'llm_commit_durably_sql' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_commit_durably() IS
+'make the calling transaction''s COMMIT wait until its WAL is on disk (SET LOCAL synchronous_commit = on) '
+'where synchronous_commit is off';
+CREATE OR REPLACE FUNCTION llm_import_tensors(p_model text, p_path text, p_format text) RETURNS int
+SET search_path = pg_catalog, @extschema@, pg_temp
+LANGUAGE plpgsql AS $$
+DECLARE
+    reader text := CASE p_format WHEN 'safetensors' THEN 'llm_read_safetensors'
+                                 WHEN 'npz' THEN 'llm_read_npz' END;
+    tensors refcursor;
+    t record;
+    expected int[];
+    imported int := 0;
+BEGIN
+    PERFORM llm_require_arg('llm_import_tensors', 'p_model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_import_tensors', 'p_path', p_path IS NULL);
+    PERFORM llm_require_arg('llm_import_tensors', 'p_format', p_format IS NULL);
+    IF reader IS NULL THEN
+        RAISE EXCEPTION 'llm_import_tensors: unknown format "%"', p_format
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The formats are safetensors and npz.';
+    END IF;
+    PERFORM llm_import_require_model(p_model);
+    PERFORM llm_require_model_owner(p_model);
+    PERFORM llm_commit_durably();           -- the weights it imported survive a crash
+
+    DELETE FROM llm_param p WHERE p.model = p_model;
+    -- An explicit cursor fetches one tensor at a time (a FOR loop would
+    -- fetch ten: ten big tensors in memory).
+    OPEN tensors FOR EXECUTE format('SELECT f.name AS file_name, llm_hf_param_name(f.name) AS name, '
+                                    'f.shape, f.data FROM %I($1) AS f', reader) USING p_path;
+    LOOP
+        FETCH tensors INTO t;
+        EXIT WHEN NOT FOUND;
+        CONTINUE WHEN t.name IS NULL;       -- a buffer, or the tied lm_head
+
+        SELECT s.shape INTO expected FROM llm_param_shapes(p_model) s WHERE s.name = t.name;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'tensor "%" in "%" is not a parameter of GPT-2 model "%"',
+                t.file_name, p_path, p_model
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'SELECT * FROM llm_param_shapes(model) lists the names.';
+        END IF;
+        IF t.shape <> expected THEN
+            RAISE EXCEPTION 'tensor "%" in "%" has shape %, but model "%" expects %',
+                t.file_name, p_path, t.shape, p_model, expected
+                USING ERRCODE = 'data_exception',
+                      HINT = 'The shapes come from the model''s row in llm_model_config: '
+                             'is the file for another model size?';
+        END IF;
+        IF EXISTS (SELECT 1 FROM llm_param p WHERE p.model = p_model AND p.name = t.name) THEN
+            RAISE EXCEPTION '"%" holds parameter "%" twice (the last as "%")',
+                p_path, t.name, t.file_name
+                USING ERRCODE = 'duplicate_object';
+        END IF;
+
+        INSERT INTO llm_param (model, name, data) VALUES (p_model, t.name, t.data);
+        imported := imported + 1;
+    END LOOP;
+    CLOSE tensors;
+
+    PERFORM llm_check_complete(p_model);    -- every parameter is there
+    RETURN imported;
+END $$;
+COMMENT ON FUNCTION llm_import_tensors(text, text, text) IS
+    'replace all parameters of p_model with the tensors of server file p_path (p_format safetensors or npz), all or nothing; returns the count';
+CREATE OR REPLACE FUNCTION llm_checkpoint_save(model text, note text DEFAULT NULL, path text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+    p_model text := model;
+    saved bigint;
+BEGIN
+    PERFORM llm_require_arg('llm_checkpoint_save', 'model', p_model IS NULL);
+    PERFORM llm_check_complete(p_model);    -- an unknown or incomplete model is an error
+    PERFORM llm_commit_durably();           -- a checkpoint that returned survives a crash
+    -- No write-back may commit between the statements below.
+    PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR SHARE;
+
+    INSERT INTO llm_checkpoint (model, step, note, config, path, lineage)
+    SELECT p_model, max(p.step), note, llm_model_shape(p_model), path, llm_train_head(p_model)
+    FROM llm_param p WHERE p.model = p_model
+    RETURNING id INTO saved;
+    INSERT INTO llm_checkpoint_param (checkpoint, name, data, m, v, step)
+    SELECT saved, p.name, p.data, p.m, p.v, p.step
+    FROM llm_param p WHERE p.model = p_model;
+
+    IF path IS NOT NULL THEN
+        PERFORM llm_write_safetensors(path, p_model);
+    END IF;
+    RETURN saved;
+END $$;
+COMMENT ON FUNCTION llm_checkpoint_save(text, text, text) IS
+'save a copy of the model''s weights and AdamW state (m, v, step) in llm_checkpoint; with path, also '
+'write the weights as a .safetensors file on the server; returns the checkpoint''s id';
+CREATE OR REPLACE FUNCTION llm_checkpoint_load(model text, checkpoint bigint) RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp
+AS $$
+DECLARE
+    p_model text := model;
+    saved llm_checkpoint;
+    shape jsonb;
+    differences text;
+    restored int;
+BEGIN
+    PERFORM llm_require_arg('llm_checkpoint_load', 'model', p_model IS NULL);
+    PERFORM llm_require_arg('llm_checkpoint_load', 'checkpoint', checkpoint IS NULL);
+    PERFORM llm_require_model_owner(p_model);
+    PERFORM llm_commit_durably();           -- the weights it restored survive a crash
+    -- Lock the model as a write-back does: no step commits halfway through.
+    PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'llm_checkpoint_load: unknown model "%"', p_model
+            USING ERRCODE = 'undefined_object', HINT = 'Models are registered in llm_model_config.';
+    END IF;
+    SELECT * INTO saved FROM llm_checkpoint c WHERE c.id = checkpoint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'llm_checkpoint_load: no checkpoint %', checkpoint
+            USING ERRCODE = 'undefined_object', HINT = 'SELECT * FROM llm_checkpoints lists them.';
+    END IF;
+    shape := llm_model_shape(p_model);
+    IF shape <> saved.config THEN
+        SELECT string_agg(format('%s %s vs %s', k, shape -> k, saved.config -> k), ', ' ORDER BY k)
+        INTO differences
+        FROM jsonb_object_keys(shape || saved.config) AS k
+        WHERE shape -> k IS DISTINCT FROM saved.config -> k;
+        RAISE EXCEPTION 'llm_checkpoint_load: checkpoint % was saved from a model of another shape than "%"',
+            checkpoint, p_model
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('model vs checkpoint: %s', differences),
+                  HINT = 'Load it into a model registered with the same settings.';
+    END IF;
+
+    INSERT INTO llm_param AS p (model, name, data, grad, m, v, step)
+    SELECT p_model, c.name, c.data, NULL, c.m, c.v, c.step
+    FROM llm_checkpoint_param c WHERE c.checkpoint = saved.id
+    ON CONFLICT ON CONSTRAINT llm_param_pkey DO UPDATE
+        SET data = excluded.data, grad = NULL, m = excluded.m, v = excluded.v, step = excluded.step;
+    GET DIAGNOSTICS restored = ROW_COUNT;
+    PERFORM llm_check_complete(p_model);    -- every parameter came from the checkpoint
+    IF restored <> (SELECT count(*) FROM llm_param p WHERE p.model = p_model) THEN
+        RAISE EXCEPTION 'llm_checkpoint_load: checkpoint % lacks parameters of "%"', checkpoint, p_model
+            USING ERRCODE = 'data_exception';
+    END IF;
+    INSERT INTO llm_train_lineage (model, step, version, parent, checkpoint)
+    SELECT p_model, saved.step, c.version, saved.lineage, saved.id
+    FROM llm_model_config c WHERE c.model = p_model;
+    RETURN restored;
+END $$;
+COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS
+'restore a model''s weights and AdamW state (m, v, step) from a checkpoint of a model of the same shape, '
+'bit for bit; gradients become NULL; llm_train_history continues the checkpoint''s; returns the '
+'parameters restored';
+-- ---- end of issue 17 (durable commits)
+
+-- ---- issue 17 (a learner's work survives), 00_tensor.sql: a tensor of more than 8388608 values is
+-- written as base64 text, so that the rows pg_dump writes of GPT-2 small stay under 1 GB.
+COMMENT ON FUNCTION tensor_in(cstring) IS
+    'text input of tensor: nested lists such as ''[[1,2,3],[4,5,6]]'' give a [2,3] tensor (lists of a level have one length); '
+    'or ''base64:[2,3]:...'', the float32 values little-endian in base64, as tensor_out writes a big tensor';
+COMMENT ON FUNCTION tensor_out(tensor) IS
+    'text output of tensor: one bracketed list per dimension, e.g. [[1,2,3],[4,5,6]] for a [2,3] tensor; beyond '
+    '8388608 values base64:[shape]:<the float32 values little-endian, in base64> (a row pg_dump writes stays under 1 GB)';
+-- ---- end of issue 17 (tensor text)
 
 -- ---- new functions of sql/*.sql: written by tools/gen_upgrade_functions.py, do not edit
 -- ---- end of new functions

@@ -20,6 +20,7 @@ NOT_FUZZED = {
     "llm_model_config_new_version": "a trigger: runs on every llm_model_config write of the config fuzzing",
     "llm_tokenizer_bump_version": "a trigger: runs on every tokenizer write of the loader and training fuzzing",
     "llm_require_arg": "the NULL check of the PL/pgSQL functions, whose NULL arguments are fuzzed",
+    "llm_commit_durably": "no arguments; tests/test_durability.py crashes the server after each caller",
     "llm_tokenizer_cache": "no arguments",
     "llm_tokenizer_cache_clear": "no arguments",
     "pg_llm_load_bpe": "damaged vocab.json/merges.txt files: tests/test_tokenizer_errors.py::test_fuzz_loaders",

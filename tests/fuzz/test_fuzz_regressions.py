@@ -60,3 +60,13 @@ def test_layernorm_of_huge_values_at_every_isa(conn, simd, width):
     got = conn.execute("SELECT llm_layernorm(%s, %s, %s)", [x[None], g, b]).fetchone()[0][0]
     conn.execute("RESET pg_llm.simd")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_leaf_of_null_is_null(conn):
+    """llm_tensor_rt_leaf(NULL::tensor, 'x') read the NULL as a tensor: a segfault, and the postmaster
+    restarted every backend (test_fuzz_null_args.py calls every function so)."""
+    conn.execute("SELECT llm_autograd_mode('full')")
+    try:
+        assert conn.execute("SELECT llm_tensor_rt_leaf(NULL::tensor, 'x')").fetchone()[0] is None
+    finally:
+        conn.execute("SELECT llm_autograd_mode('off')")

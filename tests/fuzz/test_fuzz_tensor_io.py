@@ -7,7 +7,9 @@ Each input gets its expected answer from a model of the rules written here
 (text_reference.py for literals): an ERROR with a fitting SQLSTATE, or the
 exact float32 bits.
 """
+import base64
 import math
+import re
 import struct
 
 import numpy as np
@@ -127,6 +129,59 @@ def test_text_literals(db, canonical_nan, source):
                             f"stored {stored.ravel()[:6]!r} (bits {bits}), expected {expected.ravel()[:6]!r}")
         elif not (same_bits(from_text(printed), stored) or same_values(from_text(printed), stored)):
             tally.violation("text output does not read back", text, f"{printed!r} for {stored!r}")
+    tally.finish(db)
+
+
+# -- base64 text (what tensor_out writes beyond 8,388,608 values; read at any size) ------
+
+BASE64_MUTATIONS = "[],:0123456789+/=AQgw \t\n-_!\u00e9"
+
+
+def base64_literal(rng) -> str:
+    """'base64:[shape]:<payload>' of a small tensor, sometimes damaged a little."""
+    shape = [rng.randint(1, 3) for _ in range(rng.randint(1, 3))]
+    values = np.random.default_rng(rng.randrange(1 << 30)).standard_normal(shape).astype("<f4")
+    text = f"base64:[{','.join(map(str, shape))}]:" + base64.b64encode(values.tobytes()).decode()
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        i = rng.randrange(len(text))
+        kind = rng.choice(["delete", "insert", "replace"])
+        if kind == "delete":
+            text = text[:i] + text[i + 1:]
+        elif kind == "insert":
+            text = text[:i] + rng.choice(BASE64_MUTATIONS) + text[i:]
+        else:
+            text = text[:i] + rng.choice(BASE64_MUTATIONS) + text[i + 1:]
+    return text
+
+
+def expected_base64(text: str):
+    """(None, float32 array) when the literal is well formed, else ({SQLSTATEs}, None)."""
+    match = re.fullmatch(r"base64:\[([0-9]+(?:,[0-9]+)*)\]:([A-Za-z0-9+/=]*)", text)
+    if match is None:
+        return {"22P02"}, None
+    dims = [int(d) for d in match[1].split(",")]
+    if len(dims) > 8:
+        return {"22P02"}, None
+    if min(dims) < 1 or math.prod(dims) > MAX_ELEMS:
+        return {"22023", "54000"}, None
+    try:
+        raw = base64.b64decode(match[2], validate=True)
+    except ValueError:
+        return {"22P02"}, None
+    if len(raw) != 4 * math.prod(dims):
+        return {"22P02"}, None
+    return None, np.frombuffer(raw, "<f4").reshape(dims)
+
+
+def test_base64_text(db):
+    tally = Tally("tensor text input (base64)")
+    for text in [base64_literal(rng) for rng in cases(2000, seed=7)]:
+        out = tally.record(db.run("SELECT %s::tensor", [text]), text)
+        errors, want = expected_base64(text)
+        if errors:
+            tally.expect_error(text, out, errors)
+        elif tally.expect_ok(text, out) and not same_bits(out.value, want):
+            tally.violation("base64 text input: wrong value", text, f"{out.value!r}, expected {want!r}")
     tally.finish(db)
 
 

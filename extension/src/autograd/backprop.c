@@ -130,16 +130,20 @@ llm_backprop_sql(PG_FUNCTION_ARGS)
 /*
  * llm_tensor_rt_leaf(t, param_name): t, now a leaf of the tape named
  * param_name (a row of llm_param, or any name), so that later ops taking t
- * link to this leaf and llm_accumulate_grads finds its gradient.
+ * link to this leaf and llm_accumulate_grads finds its gradient.  A NULL t
+ * is returned as it is, and records nothing.
  */
 PG_FUNCTION_INFO_V1(llm_tensor_rt_leaf_sql);
 Datum
 llm_tensor_rt_leaf_sql(PG_FUNCTION_ARGS)
 {
-	Tensor	   *x = PG_GETARG_TENSOR_P(0);
+	Tensor	   *x;
 	char	   *name = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	int64		dims[LLM_MAX_NDIM];
 
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	x = PG_GETARG_TENSOR_P(0);
 	if (autograd_recording())
 	{
 		for (int d = 0; d < x->ndim; d++)

@@ -1,8 +1,8 @@
 /*
  * support.h -- the PostgreSQL glue every part of the extension shares:
  * turning a kernel's status into PostgreSQL's errors, allocating large
- * buffers, the names of the extension's tables, and the set-returning
- * function setup under its PostgreSQL 15 name.
+ * buffers, the names of the extension's tables, the set-returning
+ * function setup under its PostgreSQL 15 name, and durable commits.
  *
  * It includes only PostgreSQL's headers and kernels/kernels.h, so any folder
  * may include it without an include cycle.
@@ -56,5 +56,15 @@ extern Oid	llm_table_oid(const char *name);
  * that writes a model's parameters checks first (SQL: llm_require_model_owner).
  */
 extern void llm_require_model_owner(const char *model);
+
+/*
+ * For what a learner is told is saved (a training write-back, a checkpoint,
+ * an import, a tokenizer): make the current transaction's COMMIT wait until
+ * its WAL is on disk, as SET LOCAL synchronous_commit = on does, where
+ * synchronous_commit is off (the lab's server: a training step's log rows
+ * need not wait for the disk).  A setting that already waits (local,
+ * remote_apply, ...) is kept.  SQL: llm_commit_durably() (train/durable.c).
+ */
+extern void llm_commit_durably(void);
 
 #endif							/* PG_LLM_SUPPORT_H */

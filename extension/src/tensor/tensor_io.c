@@ -4,9 +4,11 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "common/base64.h"
 #include "common/shortest_dec.h"
 #include "lib/stringinfo.h"
 #include "libpq/pqformat.h"
@@ -22,6 +24,17 @@
 
 /* ---- text I/O ------------------------------------------------------- */
 
+/*
+ * A tensor of more values than this is written as base64 of its
+ * little-endian float32 bytes, 'base64:[50257,768]:AAAA...': 5.3 characters
+ * a value against about 13 as decimals.  No one reads 8 million numbers, and
+ * pg_dump writes each row of a table as one line of text, which must stay
+ * under 1 GB: GPT-2 small's wte.weight (38.6 million values) with its AdamW
+ * moments would not, as decimals.  tensor_in reads both forms.
+ */
+#define LLM_TEXT_MAX_LISTED ((int64) 1 << 23)
+#define BASE64_PREFIX "base64:"
+
 typedef struct TextParser
 {
 	const char *input;			/* whole literal, for messages */
@@ -34,12 +47,18 @@ typedef struct TextParser
 	int64		cap;
 } TextParser;
 
+/* The literal in a message: its first 200 characters (a tensor's text can run to megabytes). */
+#define QUOTED_INPUT_MAX 200
+
 llm_noreturn static void
 syntax_error(TextParser *ps, const char *detail)
 {
+	int			len = strlen(ps->input);
+
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-			 errmsg("invalid input syntax for type tensor: \"%s\"", ps->input),
+			 errmsg("invalid input syntax for type tensor: \"%.*s%s\"", Min(len, QUOTED_INPUT_MAX),
+					ps->input, len > QUOTED_INPUT_MAX ? "..." : ""),
 			 errdetail("%s (at character %d).", detail, (int) (ps->p - ps->input) + 1)));
 }
 
@@ -140,6 +159,72 @@ parse_list(TextParser *ps, int depth)
 								  depth + 1, count, ps->dims[depth]));
 }
 
+static Tensor *raw_floats_to_tensor(const char *le_bytes, int ndim, const int64 *dims);
+
+/* Standard base64, strictly: groups of 4 of A-Z a-z 0-9 + /, the last ending in at most two '='. */
+static bool
+is_strict_base64(const char *s, int len)
+{
+	int			padding = 0;
+
+	if (len % 4 != 0)
+		return false;
+	while (padding < 2 && padding < len && s[len - 1 - padding] == '=')
+		padding++;
+	for (int i = 0; i < len - padding; i++)
+		if (!isalnum((unsigned char) s[i]) && s[i] != '+' && s[i] != '/')
+			return false;
+	return true;
+}
+
+/* 'base64:[d1,d2,...]:<base64 of the float32 values, little-endian>' */
+static Tensor *
+parse_base64(TextParser *ps)
+{
+	int			ndim = 0;
+	int64		dims[LLM_MAX_NDIM];
+	int64		n;
+	int			payload_len;
+	char	   *bytes;
+	int			decoded;
+
+	ps->p += strlen(BASE64_PREFIX);
+	if (*ps->p++ != '[')
+		syntax_error(ps, "expected \"[\" and the shape after \"base64:\"");
+	for (;;)
+	{
+		char	   *end;
+
+		if (ndim == LLM_MAX_NDIM)
+			syntax_error(ps, "too many dimensions (at most 8)");
+		errno = 0;
+		dims[ndim] = strtoll(ps->p, &end, 10);
+		if (end == ps->p || !isdigit((unsigned char) *ps->p) || errno == ERANGE)
+			syntax_error(ps, "expected a dimension");
+		ps->p = end;
+		ndim++;
+		if (*ps->p == ']')
+			break;
+		if (*ps->p++ != ',')
+			syntax_error(ps, "expected \",\" or \"]\"");
+	}
+	if (ps->p[1] != ':')
+		syntax_error(ps, "expected \":\" after the shape");
+	ps->p += 2;
+	n = tensor_check_shape("tensor", ndim, dims);
+	payload_len = strlen(ps->p);
+	if (!is_strict_base64(ps->p, payload_len))
+		syntax_error(ps, "invalid base64");
+	bytes = palloc(pg_b64_dec_len(payload_len) + 1);
+	decoded = pg_b64_decode((void *) ps->p, payload_len, (void *) bytes, pg_b64_dec_len(payload_len) + 1);
+	if (decoded < 0)
+		syntax_error(ps, "invalid base64");
+	if (decoded != n * (int64) sizeof(float))
+		syntax_error(ps, psprintf("the base64 holds %d bytes, shape %s needs " INT64_FORMAT,
+								  decoded, shape_str(ndim, dims), n * (int64) sizeof(float)));
+	return raw_floats_to_tensor(bytes, ndim, dims);
+}
+
 PG_FUNCTION_INFO_V1(tensor_in);
 Datum
 tensor_in(PG_FUNCTION_ARGS)
@@ -149,6 +234,8 @@ tensor_in(PG_FUNCTION_ARGS)
 	Tensor	   *t;
 
 	ps.input = ps.p = str;
+	if (strncmp(str, BASE64_PREFIX, strlen(BASE64_PREFIX)) == 0)
+		PG_RETURN_TENSOR_P(parse_base64(&ps));
 	ps.cap = 64;
 	ps.vals = palloc(ps.cap * sizeof(float));
 	parse_list(&ps, 0);
@@ -177,6 +264,28 @@ append_float(StringInfo s, float v)
 	}
 }
 
+static char *
+base64_text(const Tensor *t)
+{
+	int64		n = tensor_numel(t);
+	bytea	   *raw = tensor_to_bytea(t);
+	char	   *head = psprintf(BASE64_PREFIX "%s:", tensor_shape_str(t));
+	int64		encoded_len = pg_b64_enc_len(n * sizeof(float));
+	char	   *out;
+
+	if (strlen(head) + encoded_len + 1 > MaxAllocSize)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a tensor of shape %s is too large for text output", tensor_shape_str(t)),
+				 errhint("Read it in binary (tensor_send), or as bytea: llm_bytea(t).")));
+	out = palloc(strlen(head) + encoded_len + 1);
+	strcpy(out, head);
+	if (pg_b64_encode((void *) VARDATA(raw), n * sizeof(float), out + strlen(head), encoded_len) < 0)
+		elog(ERROR, "pg_llm: base64 encoding failed");
+	out[strlen(head) + encoded_len] = '\0';
+	return out;
+}
+
 PG_FUNCTION_INFO_V1(tensor_out);
 Datum
 tensor_out(PG_FUNCTION_ARGS)
@@ -185,6 +294,9 @@ tensor_out(PG_FUNCTION_ARGS)
 	int64		n = tensor_numel(t);
 	int64		stride[LLM_MAX_NDIM];
 	StringInfoData s;
+
+	if (n > LLM_TEXT_MAX_LISTED)
+		PG_RETURN_CSTRING(base64_text(t));
 
 	/* stride[d] = number of values in one list at depth d */
 	stride[t->ndim - 1] = t->dims[t->ndim - 1];
@@ -394,7 +506,6 @@ tensor_from_bytea(const char *who, bytea *b, int ndim, const int64 *dims)
 {
 	int64		len = VARSIZE_ANY_EXHDR(b);
 	int64		n;
-	Tensor	   *t;
 
 	if (len % 4 != 0)
 		ereport(ERROR,
@@ -413,8 +524,16 @@ tensor_from_bytea(const char *who, bytea *b, int ndim, const int64 *dims)
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("%s: bytea holds " INT64_FORMAT " float32 values, shape %s needs " INT64_FORMAT,
 						who, len / 4, shape_str(ndim, dims), n)));
-	t = tensor_new(ndim, dims);
-	copy_le_floats(t->data, VARDATA_ANY(b), n);
+	return raw_floats_to_tensor(VARDATA_ANY(b), ndim, dims);
+}
+
+/* A tensor of the shape (checked) from its values as little-endian float32 bytes. */
+static Tensor *
+raw_floats_to_tensor(const char *le_bytes, int ndim, const int64 *dims)
+{
+	Tensor	   *t = tensor_new(ndim, dims);
+
+	copy_le_floats(t->data, le_bytes, tensor_numel(t));
 	return t;
 }
 

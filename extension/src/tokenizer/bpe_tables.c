@@ -10,6 +10,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
+#include "support/support.h"
 #include "tokenizer/bpe_tables.h"
 
 /* A text[] of n UTF-8 strings, converted to the database encoding. */
@@ -38,6 +39,7 @@ register_and_clear(const char *model, const char *table)
 	Oid			types[1] = {TEXTOID};
 	Datum		args[1] = {CStringGetTextDatum(model)};
 
+	llm_commit_durably();		/* a loaded or trained tokenizer survives a crash */
 	run(psprintf("INSERT INTO %s (model) VALUES ($1) ON CONFLICT (model) DO NOTHING",
 				 llm_table_name("llm_tokenizer")),
 		1, types, args, SPI_OK_INSERT);

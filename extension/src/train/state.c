@@ -294,6 +294,7 @@ llm_train_state_write_back(LlmTrainState *st, bool with_grad)
 	run_update(st, with_grad);
 	st->version = read_version(st);
 	llm_train_state_record_write_back(st);
+	llm_commit_durably();		/* what a learner is told is saved is saved */
 	SPI_finish();
 }
 
