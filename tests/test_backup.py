@@ -64,7 +64,8 @@ def fill(url: str) -> None:
         conn.execute("SELECT llm_dataset_from_text(%s, %s, 8, val_fraction => 0.2)", [MODEL, TEXT])
         conn.execute("SELECT llm_train_step(%s, %s, %s, lr => 1e-3, clip => 1.0)",
                      [MODEL, [PROMPT * 2], [(PROMPT * 2)[1:] + [0]]])
-        conn.execute("CALL llm_train(%s, steps => 3, batch_size => 2, save_every => 2, notice_every => 0)", [MODEL])
+        conn.execute("CALL llm_train(%s, steps => 3, batch_size => 2, save_every => 2, notice_every => 0,"
+                     " run => 'first')", [MODEL])
         conn.execute("SELECT llm_checkpoint_save(%s, 'before the backup')", [MODEL])
 
 

@@ -68,6 +68,8 @@ ROW_OWNER = {
     "llm_param": "(SELECT c.owner FROM llm_model_config c WHERE c.model = llm_param.model)",
     "llm_train_log": "(SELECT c.owner FROM llm_model_config c WHERE c.model = llm_train_log.model)",
     "llm_grad_stats": "(SELECT c.owner FROM llm_model_config c WHERE c.model = llm_grad_stats.model)",
+    "llm_train_lineage": "(SELECT c.owner FROM llm_model_config c WHERE c.model = llm_train_lineage.model)",
+    "llm_train_run": "(SELECT c.owner FROM llm_model_config c WHERE c.model = llm_train_run.model)",
     "llm_tokenizer": "owner",
     "llm_bpe_vocab": "(SELECT t.owner FROM llm_tokenizer t WHERE t.model = llm_bpe_vocab.model)",
     "llm_bpe_merges": "(SELECT t.owner FROM llm_tokenizer t WHERE t.model = llm_bpe_merges.model)",
@@ -132,7 +134,8 @@ def alice(classroom):
     a.execute("SELECT llm_init(%s, 7)", [MODEL])
     stream = q(a, "SELECT llm_encode(%s, %s)", " ".join(TEXT), MODEL)
     a.execute("SELECT llm_dataset_from_tokens(%s, 8, dataset => %s, val_fraction => 0.2)", [stream, MODEL])
-    a.execute("CALL llm_train(%s, 2, batch_size => 2, dataset => %s, notice_every => 0)", [MODEL, MODEL])
+    a.execute("CALL llm_train(%s, 2, batch_size => 2, dataset => %s, notice_every => 0, run => 'first')",
+              [MODEL, MODEL])
     a.execute("SELECT llm_train_step(%s, %s, %s, lr => 1e-3)", [MODEL, TOKENS, TOKENS[1:] + [-100]])
     checkpoint = q(a, "SELECT llm_checkpoint_save(%s, 'alice''s')", MODEL)
     a.execute("SELECT llm_autograd_mode('full')")

@@ -4,7 +4,8 @@ PostgreSQL's own streaming replication: `server.start_standby` copies a
 primary with pg_basebackup -R and starts the copy in hot standby.  While the
 primary trains, learners generate on the standby; every write-back the
 primary commits is replayed there, and the next call generates from the new
-weights -- the same tokens the primary generates at that version.
+weights -- the same tokens the primary generates at that version -- decoded
+into the standby's own shared weight cache under the replayed version.
 
 Its own primary (not the session's server): a base backup copies everything.
 """
@@ -86,6 +87,10 @@ def test_standby_generates_while_the_primary_trains_and_follows_its_write_backs(
         assert version(standby) == version(primary)
         after = greedy(standby)
         assert after == greedy(primary), "the standby generates what the primary does at the same version"
+        # ... from its own shared weight cache, which holds the replayed version
+        cached = standby.execute("SELECT array_agg(version) FROM llm_model_cache() WHERE model = %s",
+                                 (MODEL,)).fetchone()[0]
+        assert version(primary) in cached
         assert after != before, "30 steps at lr 3e-2 change what a 2-layer model generates greedily"
         assert standby.execute("SELECT max(step) FROM llm_param WHERE model = %s", (MODEL,)).fetchone()[0] == 30
 

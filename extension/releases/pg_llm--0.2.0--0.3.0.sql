@@ -329,6 +329,7 @@ CREATE TABLE llm_train_run (
     beta2             double precision NOT NULL,
     eps               double precision NOT NULL,
     seed              bigint NOT NULL,
+    dataset           text,
     split             text NOT NULL,
     examples          int NOT NULL,
     examples_checksum bigint NOT NULL,
@@ -353,6 +354,7 @@ COMMENT ON COLUMN llm_train_run.beta1 IS 'AdamW beta1';
 COMMENT ON COLUMN llm_train_run.beta2 IS 'AdamW beta2';
 COMMENT ON COLUMN llm_train_run.eps IS 'AdamW eps';
 COMMENT ON COLUMN llm_train_run.seed IS 'seeds the batches, with the model''s step';
+COMMENT ON COLUMN llm_train_run.dataset IS 'the llm_dataset dataset it draws from';
 COMMENT ON COLUMN llm_train_run.split IS 'the llm_dataset split it draws from';
 COMMENT ON COLUMN llm_train_run.examples IS 'how many examples the split had';
 COMMENT ON COLUMN llm_train_run.examples_checksum IS 'a checksum of their llm_dataset ids: the batches index them';

@@ -20,6 +20,8 @@ NOT_FUZZED = {
     "llm_model_config_new_version": "a trigger: runs on every llm_model_config write of the config fuzzing",
     "llm_tokenizer_bump_version": "a trigger: runs on every tokenizer write of the loader and training fuzzing",
     "llm_require_arg": "the NULL check of the PL/pgSQL functions, whose NULL arguments are fuzzed",
+    "llm_train_head": "reads llm_train_lineage by model name: test_fuzz_null_args calls it with NULL and "
+                      "a model; tests/test_train_resume.py checks what it returns",
     "llm_commit_durably": "no arguments; tests/test_durability.py crashes the server after each caller",
     "llm_tokenizer_cache": "no arguments",
     "llm_tokenizer_cache_clear": "no arguments",

@@ -28,7 +28,7 @@ VOCAB = 262          # the tokenizer's size (256 bytes, 5 merges, <|endoftext|>)
 # A plausible value of each argument type (a literal), and of some arguments by their name.
 BY_TYPE = {
     "tensor": "[[1,2],[3,4]]", "integer": "2", "bigint": "1", "double precision": "0.5", "real": "1e-05",
-    "boolean": "false", "text": "hello", "jsonb": "{}", "bytea": "\\x0000803f0000803f",
+    "boolean": "false", "text": "hello", "name": "hello", "jsonb": "{}", "bytea": "\\x0000803f0000803f",
     "integer[]": "{1,2}", "bigint[]": "{1}", "real[]": "{1,2,3,4}", "text[]": "{hello}", "cstring": "[1,2]",
 }
 BY_NAME = {       # where the name says more than the type: values the calls get past their checks with
@@ -50,48 +50,28 @@ def literal(value: str, type_name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def fuzz_database(db_url, server_dir):
-    """A database of its own with pg_llm, a model with a tokenizer, a dataset and a checkpoint."""
+def learner_url(db_url, server_dir):
+    """A database of its own with pg_llm and a learner of a class (llm_classroom_add_learner: a
+    role IN ROLE llm_learner, under row-level security), who has made a model with a tokenizer,
+    a dataset and a checkpoint; the learner's URL."""
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
         admin.execute(f"CREATE DATABASE {DATABASE}")
     url = make_conninfo(db_url, dbname=DATABASE)
     with pg_llm_lab.connect(url) as conn:
+        conn.execute("SELECT llm_classroom_add_learner(%s)", [LEARNER])
+        conn.execute(f"ALTER ROLE {LEARNER} PASSWORD 'learner'")
+    learner = make_conninfo(url, user=LEARNER, password="learner")
+    with pg_llm_lab.connect(learner) as conn:
         conn.execute("SELECT llm_bpe_train(%s, %s::text[], %s)", [MODEL, CORPUS, VOCAB])
         conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size) "
                      "VALUES (%s, 1, 2, 8, 16, %s)", [MODEL, VOCAB])
         conn.execute("SELECT llm_init(%s, 1)", [MODEL])
         conn.execute("SELECT llm_dataset_from_text(%s, %s, 4)", [MODEL, " ".join(CORPUS * 4)])
         conn.execute("SELECT llm_checkpoint_save(%s, 'before the calls')", [MODEL])
-    yield url
+    yield learner
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-
-
-@pytest.fixture(scope="module")
-def learner_url(db_url, fuzz_database):
-    """A LOGIN role that is not a superuser, granted what a learner needs: the schema,
-    the functions, and reading and writing the extension's tables.  (When the
-    classroom roles exist: llm_classroom_init() and a role IN ROLE llm_learner.)"""
-    with psycopg.connect(fuzz_database, autocommit=True) as admin:
-        admin.execute(f"DROP ROLE IF EXISTS {LEARNER}")
-        admin.execute(f"CREATE ROLE {LEARNER} LOGIN PASSWORD 'learner' NOSUPERUSER")
-        schema = admin.execute("SELECT extnamespace::regnamespace::text FROM pg_extension "
-                               "WHERE extname = 'pg_llm'").fetchone()[0]
-        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {LEARNER}")
-        admin.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO {LEARNER}")
-        admin.execute(f"GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA {schema} TO {LEARNER}")
-        for (relation, kind) in admin.execute("""
-                SELECT c.oid::regclass::text, c.relkind FROM pg_depend d
-                JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_llm'
-                JOIN pg_class c ON c.oid = d.objid
-                WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'""").fetchall():
-            privileges = "USAGE, SELECT" if kind == "S" else "SELECT, INSERT, UPDATE, DELETE"
-            admin.execute(f"GRANT {privileges} ON {relation} TO {LEARNER}")
-    yield make_conninfo(fuzz_database, user=LEARNER, password="learner")
-    with psycopg.connect(fuzz_database, autocommit=True) as admin:
-        admin.execute(f"DROP OWNED BY {LEARNER}")
-    with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute(f"DROP ROLE IF EXISTS {LEARNER}")
 
 
