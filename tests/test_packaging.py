@@ -151,9 +151,23 @@ def test_the_default_target_is_postgres_18_and_lab_is_a_target():
     assert ["AS", "lab"] in [s[-2:] for s in stages]
 
 
-def test_compose_runs_the_server_and_the_lab_against_it():
+def load_yaml_refusing_duplicate_keys(text: str):
+    """yaml.safe_load, except that a key given twice in a mapping is an error (Docker
+    Compose refuses such a file; PyYAML would silently keep the last value)."""
     yaml = pytest.importorskip("yaml")
-    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+            duplicates = sorted({k for k in keys if keys.count(k) > 1})
+            assert not duplicates, f"keys given twice in a mapping at line {node.start_mark.line + 1}: {duplicates}"
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=Loader)
+
+
+def test_compose_runs_the_server_and_the_lab_against_it():
+    compose = load_yaml_refusing_duplicate_keys((REPO / "compose.yaml").read_text())
     services = compose["services"]
     assert services["db"]["build"]["target"] == "server"
     assert services["lab"]["build"]["target"] == "lab"
