@@ -152,7 +152,7 @@ def loop_run(name: str, threads: int, steps: int, tape: str = "off") -> dict:
         pid = conn.info.backend_pid
         first = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
         start = time.perf_counter()
-        conn.execute("CALL llm_train(%s, %s, batch_size => %s, grad_workers => %s, prune_workers => %s, "
+        conn.execute("CALL llm_train(%s, %s, batch_size => %s, grad_workers => %s, optimizer_workers => %s, "
                      "save_every => %s, split => %s, notice_every => 0)",
                      [name, steps + 1, B, threads, threads, steps + 10, SPLIT])
         total = time.perf_counter() - start
