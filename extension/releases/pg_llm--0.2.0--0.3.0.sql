@@ -130,8 +130,9 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 -- the weights.  llm_train_lineage: one row per committed write-back or
 -- checkpoint load; llm_train_log.lineage stamps the steps it kept;
 -- llm_train_history follows the chain; llm_train_run records a named run;
--- llm_train takes run => ...  (Steps logged before 0.3.0 have no stamp, so
--- they are in no model's history.)
+-- llm_train takes run => ... (and issue 16's dataset => ...: one definition
+-- for both).  Steps logged before 0.3.0 have no stamp, so they are in no
+-- model's history.
 ALTER TABLE llm_train_log ADD COLUMN run text, ADD COLUMN lineage bigint;
 COMMENT ON COLUMN llm_train_log.id IS
 'order of the rows; a step number repeats after a checkpoint load or a crash (llm_train_history has it once)';
@@ -224,95 +225,6 @@ ALTER TABLE llm_checkpoint ADD COLUMN lineage bigint REFERENCES llm_train_lineag
 COMMENT ON COLUMN llm_checkpoint.lineage IS
 'the history of its weights (llm_train_lineage; NULL: none), which a load continues';
 
-CREATE OR REPLACE FUNCTION llm_checkpoint_save(model text, note text DEFAULT NULL, path text DEFAULT NULL)
-RETURNS bigint
-LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-DECLARE
-    p_model text := model;
-    saved bigint;
-BEGIN
-    PERFORM llm_require_arg('llm_checkpoint_save', 'model', p_model IS NULL);
-    PERFORM llm_check_complete(p_model);    -- an unknown or incomplete model is an error
-    -- No write-back may commit between the statements below.
-    PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR SHARE;
-
-    INSERT INTO llm_checkpoint (model, step, note, config, path, lineage)
-    SELECT p_model, max(p.step), note, llm_model_shape(p_model), path, llm_train_head(p_model)
-    FROM llm_param p WHERE p.model = p_model
-    RETURNING id INTO saved;
-    INSERT INTO llm_checkpoint_param (checkpoint, name, data, m, v, step)
-    SELECT saved, p.name, p.data, p.m, p.v, p.step
-    FROM llm_param p WHERE p.model = p_model;
-
-    IF path IS NOT NULL THEN
-        PERFORM llm_write_safetensors(path, p_model);
-    END IF;
-    RETURN saved;
-END $$;
-COMMENT ON FUNCTION llm_checkpoint_save(text, text, text) IS
-'save a copy of the model''s weights and AdamW state (m, v, step) in llm_checkpoint; with path, also '
-'write the weights as a .safetensors file on the server; returns the checkpoint''s id';
-
-CREATE OR REPLACE FUNCTION llm_checkpoint_load(model text, checkpoint bigint) RETURNS int
-LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-DECLARE
-    p_model text := model;
-    saved llm_checkpoint;
-    shape jsonb;
-    differences text;
-    restored int;
-BEGIN
-    PERFORM llm_require_arg('llm_checkpoint_load', 'model', p_model IS NULL);
-    PERFORM llm_require_arg('llm_checkpoint_load', 'checkpoint', checkpoint IS NULL);
-    -- Lock the model as a write-back does: no step commits halfway through.
-    PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'llm_checkpoint_load: unknown model "%"', p_model
-            USING ERRCODE = 'undefined_object', HINT = 'Models are registered in llm_model_config.';
-    END IF;
-    SELECT * INTO saved FROM llm_checkpoint c WHERE c.id = checkpoint;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'llm_checkpoint_load: no checkpoint %', checkpoint
-            USING ERRCODE = 'undefined_object', HINT = 'SELECT * FROM llm_checkpoints lists them.';
-    END IF;
-    shape := llm_model_shape(p_model);
-    IF shape <> saved.config THEN
-        SELECT string_agg(format('%s %s vs %s', k, shape -> k, saved.config -> k), ', ' ORDER BY k)
-        INTO differences
-        FROM jsonb_object_keys(shape || saved.config) AS k
-        WHERE shape -> k IS DISTINCT FROM saved.config -> k;
-        RAISE EXCEPTION 'llm_checkpoint_load: checkpoint % was saved from a model of another shape than "%"',
-            checkpoint, p_model
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('model vs checkpoint: %s', differences),
-                  HINT = 'Load it into a model registered with the same settings.';
-    END IF;
-
-    INSERT INTO llm_param AS p (model, name, data, grad, m, v, step)
-    SELECT p_model, c.name, c.data, NULL, c.m, c.v, c.step
-    FROM llm_checkpoint_param c WHERE c.checkpoint = saved.id
-    ON CONFLICT ON CONSTRAINT llm_param_pkey DO UPDATE
-        SET data = excluded.data, grad = NULL, m = excluded.m, v = excluded.v, step = excluded.step;
-    GET DIAGNOSTICS restored = ROW_COUNT;
-    PERFORM llm_check_complete(p_model);    -- every parameter came from the checkpoint
-    IF restored <> (SELECT count(*) FROM llm_param p WHERE p.model = p_model) THEN
-        RAISE EXCEPTION 'llm_checkpoint_load: checkpoint % lacks parameters of "%"', checkpoint, p_model
-            USING ERRCODE = 'data_exception';
-    END IF;
-    INSERT INTO llm_train_lineage (model, step, version, parent, checkpoint)
-    SELECT p_model, saved.step, c.version, saved.lineage, saved.id
-    FROM llm_model_config c WHERE c.model = p_model;
-    RETURN restored;
-END $$;
-COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS
-'restore a model''s weights and AdamW state (m, v, step) from a checkpoint of a model of the same shape, '
-'bit for bit; gradients become NULL; llm_train_history continues the checkpoint''s; returns the '
-'parameters restored';
-
 -- A named run: what CALL llm_train(..., run => 'name') was first called with.
 CREATE TABLE llm_train_run (
     model             text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
@@ -377,13 +289,14 @@ CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
                            beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
                            eps double precision DEFAULT 1e-8, decay_steps int DEFAULT NULL,
                            notice_every int DEFAULT 1, split text DEFAULT 'train',
-                           run text DEFAULT NULL)
+                           dataset text DEFAULT current_user, run text DEFAULT NULL)
     AS 'MODULE_PATHNAME', 'llm_train' LANGUAGE C;
 COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double precision,
                                double precision, double precision, bigint, int, int, int, int, int,
                                int, int, double precision, double precision, double precision, int,
-                               int, text, text) IS
-'train the model for steps steps on llm_dataset (split, default ''train''): each step draws batch_size '
+                               int, text, text, text) IS
+'train the model for steps steps on a split (default ''train'') of llm_dataset `dataset` (default: named after '
+'you): each step draws batch_size '
 'examples with a generator seeded by (seed, llm_param.step), runs forward, backward, '
 'clip_grad_norm_(clip) (NULL: none) and AdamW (lr: linear warmup over warmup steps, then a cosine '
 'down to min_lr, default lr/10, at decay_steps, default steps), and COMMITs its rows of '
@@ -530,68 +443,6 @@ END $$;
 COMMENT ON FUNCTION llm_require_model_owner(text) IS
 'internal (every path that writes a model): raise an error (42501) if the current role may read the model but not change it: it is not its owner and '
 'row-level security applies (to a superuser it does not); an unknown model is its caller''s to report';
-
-CREATE OR REPLACE FUNCTION llm_import_tensors(p_model text, p_path text, p_format text) RETURNS int
-SET search_path = pg_catalog, @extschema@, pg_temp
-LANGUAGE plpgsql AS $$
-DECLARE
-    reader text := CASE p_format WHEN 'safetensors' THEN 'llm_read_safetensors'
-                                 WHEN 'npz' THEN 'llm_read_npz' END;
-    tensors refcursor;
-    t record;
-    expected int[];
-    imported int := 0;
-BEGIN
-    PERFORM llm_require_arg('llm_import_tensors', 'p_model', p_model IS NULL);
-    PERFORM llm_require_arg('llm_import_tensors', 'p_path', p_path IS NULL);
-    PERFORM llm_require_arg('llm_import_tensors', 'p_format', p_format IS NULL);
-    IF reader IS NULL THEN
-        RAISE EXCEPTION 'llm_import_tensors: unknown format "%"', p_format
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'The formats are safetensors and npz.';
-    END IF;
-    PERFORM llm_import_require_model(p_model);
-    PERFORM llm_require_model_owner(p_model);
-
-    DELETE FROM llm_param p WHERE p.model = p_model;
-    -- An explicit cursor fetches one tensor at a time (a FOR loop would
-    -- fetch ten: ten big tensors in memory).
-    OPEN tensors FOR EXECUTE format('SELECT f.name AS file_name, llm_hf_param_name(f.name) AS name, '
-                                    'f.shape, f.data FROM %I($1) AS f', reader) USING p_path;
-    LOOP
-        FETCH tensors INTO t;
-        EXIT WHEN NOT FOUND;
-        CONTINUE WHEN t.name IS NULL;       -- a buffer, or the tied lm_head
-
-        SELECT s.shape INTO expected FROM llm_param_shapes(p_model) s WHERE s.name = t.name;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'tensor "%" in "%" is not a parameter of GPT-2 model "%"',
-                t.file_name, p_path, p_model
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'SELECT * FROM llm_param_shapes(model) lists the names.';
-        END IF;
-        IF t.shape <> expected THEN
-            RAISE EXCEPTION 'tensor "%" in "%" has shape %, but model "%" expects %',
-                t.file_name, p_path, t.shape, p_model, expected
-                USING ERRCODE = 'data_exception',
-                      HINT = 'The shapes come from the model''s row in llm_model_config: '
-                             'is the file for another model size?';
-        END IF;
-        IF EXISTS (SELECT 1 FROM llm_param p WHERE p.model = p_model AND p.name = t.name) THEN
-            RAISE EXCEPTION '"%" holds parameter "%" twice (the last as "%")',
-                p_path, t.name, t.file_name
-                USING ERRCODE = 'duplicate_object';
-        END IF;
-
-        INSERT INTO llm_param (model, name, data) VALUES (p_model, t.name, t.data);
-        imported := imported + 1;
-    END LOOP;
-    CLOSE tensors;
-
-    PERFORM llm_check_complete(p_model);    -- every parameter is there
-    RETURN imported;
-END $$;
-COMMENT ON FUNCTION llm_import_tensors(text, text, text) IS
-    'replace all parameters of p_model with the tensors of server file p_path (p_format safetensors or npz), all or nothing; returns the count';
 
 CREATE OR REPLACE FUNCTION llm_init(model text, seed int) RETURNS void
 SET search_path = pg_catalog, @extschema@, pg_temp
@@ -768,100 +619,6 @@ COMMENT ON FUNCTION llm_dataset_from_tokens(int[], int, int, text, double precis
 ALTER TABLE llm_checkpoint ADD COLUMN owner name NOT NULL DEFAULT current_user;
 COMMENT ON COLUMN llm_checkpoint.owner IS 'the role that saved it: only its owner reads, loads or deletes it';
 ALTER VIEW llm_checkpoints SET (security_invoker = true);
-
-CREATE OR REPLACE FUNCTION llm_checkpoint_load(model text, checkpoint bigint) RETURNS int
-LANGUAGE plpgsql
-SET search_path = pg_catalog, @extschema@, pg_temp
-AS $$
-DECLARE
-    p_model text := model;
-    saved llm_checkpoint;
-    shape jsonb;
-    differences text;
-    restored int;
-BEGIN
-    PERFORM llm_require_arg('llm_checkpoint_load', 'model', p_model IS NULL);
-    PERFORM llm_require_arg('llm_checkpoint_load', 'checkpoint', checkpoint IS NULL);
-    PERFORM llm_require_model_owner(p_model);
-    -- Lock the model as a write-back does: no step commits halfway through.
-    PERFORM 1 FROM llm_model_config c WHERE c.model = p_model FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'llm_checkpoint_load: unknown model "%"', p_model
-            USING ERRCODE = 'undefined_object', HINT = 'Models are registered in llm_model_config.';
-    END IF;
-    SELECT * INTO saved FROM llm_checkpoint c WHERE c.id = checkpoint;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'llm_checkpoint_load: no checkpoint %', checkpoint
-            USING ERRCODE = 'undefined_object', HINT = 'SELECT * FROM llm_checkpoints lists them.';
-    END IF;
-    shape := llm_model_shape(p_model);
-    IF shape <> saved.config THEN
-        SELECT string_agg(format('%s %s vs %s', k, shape -> k, saved.config -> k), ', ' ORDER BY k)
-        INTO differences
-        FROM jsonb_object_keys(shape || saved.config) AS k
-        WHERE shape -> k IS DISTINCT FROM saved.config -> k;
-        RAISE EXCEPTION 'llm_checkpoint_load: checkpoint % was saved from a model of another shape than "%"',
-            checkpoint, p_model
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('model vs checkpoint: %s', differences),
-                  HINT = 'Load it into a model registered with the same settings.';
-    END IF;
-
-    INSERT INTO llm_param AS p (model, name, data, grad, m, v, step)
-    SELECT p_model, c.name, c.data, NULL, c.m, c.v, c.step
-    FROM llm_checkpoint_param c WHERE c.checkpoint = saved.id
-    ON CONFLICT ON CONSTRAINT llm_param_pkey DO UPDATE
-        SET data = excluded.data, grad = NULL, m = excluded.m, v = excluded.v, step = excluded.step;
-    GET DIAGNOSTICS restored = ROW_COUNT;
-    PERFORM llm_check_complete(p_model);    -- every parameter came from the checkpoint
-    IF restored <> (SELECT count(*) FROM llm_param p WHERE p.model = p_model) THEN
-        RAISE EXCEPTION 'llm_checkpoint_load: checkpoint % lacks parameters of "%"', checkpoint, p_model
-            USING ERRCODE = 'data_exception';
-    END IF;
-    INSERT INTO llm_train_lineage (model, step, version, parent, checkpoint)
-    SELECT p_model, saved.step, c.version, saved.lineage, saved.id
-    FROM llm_model_config c WHERE c.model = p_model;
-    RETURN restored;
-END $$;
-COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS
-'restore a model''s weights and AdamW state (m, v, step) from a checkpoint of a model of the same shape, '
-'bit for bit; gradients become NULL; llm_train_history continues the checkpoint''s; returns the '
-'parameters restored';
-
-DROP PROCEDURE llm_train(text, int, int, double precision, int, double precision,
-                         double precision, double precision, bigint, int, int, int, int, int,
-                         int, int, double precision, double precision, double precision, int,
-                         int, text, text);
-CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
-                           lr double precision DEFAULT 6e-4, warmup int DEFAULT 0,
-                           min_lr double precision DEFAULT NULL,
-                           weight_decay double precision DEFAULT 0.1,
-                           clip double precision DEFAULT 1.0, seed bigint DEFAULT 0,
-                           grad_workers int DEFAULT NULL, optimizer_workers int DEFAULT NULL,
-                           n_layer int DEFAULT NULL, n_head int DEFAULT NULL, d int DEFAULT NULL,
-                           vocab int DEFAULT NULL, save_every int DEFAULT 50,
-                           beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
-                           eps double precision DEFAULT 1e-8, decay_steps int DEFAULT NULL,
-                           notice_every int DEFAULT 1, split text DEFAULT 'train',
-                           dataset text DEFAULT current_user, run text DEFAULT NULL)
-    AS 'MODULE_PATHNAME', 'llm_train' LANGUAGE C;
-COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double precision,
-                               double precision, double precision, bigint, int, int, int, int, int,
-                               int, int, double precision, double precision, double precision, int,
-                               int, text, text, text) IS
-'train the model for steps steps on a split (default ''train'') of llm_dataset `dataset` (default: named after '
-'you): each step draws batch_size '
-'examples with a generator seeded by (seed, llm_param.step), runs forward, backward, '
-'clip_grad_norm_(clip) (NULL: none) and AdamW (lr: linear warmup over warmup steps, then a cosine '
-'down to min_lr, default lr/10, at decay_steps, default steps), and COMMITs its rows of '
-'llm_train_log and llm_grad_stats; the weights and AdamW state stay in memory and are written back '
-'to llm_param every save_every steps and at the end (a cancel leaves the last write-back). '
-'grad_workers: threads of the forward and backward; optimizer_workers: threads of clipping and AdamW '
-'(NULL: pg_llm.threads). n_layer, n_head, d, vocab default to the model''s and must agree with it. '
-'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count. '
-'run names the run (llm_train_run): the first call records it, the same call again continues it from '
-'its last write-back to its steps, with the same learning rates, batches and AdamW state, as if it '
-'had never stopped (ERROR for settings that differ from the run''s).';
 
 DROP FUNCTION llm_dataset_from_text(text, text, int, int, text, double precision);
 CREATE FUNCTION llm_dataset_from_text(model text, input text, block_size int, stride int DEFAULT NULL,
