@@ -75,15 +75,15 @@ check_close(const char *what, const float *got, const float *ref, int64_t n,
 
 	for (int64_t i = 0; i < n; i++)
 	{
-		double		err = got[i] == ref[i] ? 0.0 : fabs((double) got[i] - ref[i]);	/* inf == inf */
-		double		excess = err / (atol + rtol * fabs(ref[i]));
+		/* in units of the tolerance; equal values (infinities, NaNs) are 0 off */
+		double		excess = got[i] == ref[i] || (isnan(got[i]) && isnan(ref[i])) ? 0.0 :
+			fabs((double) got[i] - ref[i]) / (atol + rtol * fabs(ref[i]));
 
-		if (isnan(ref[i]) ? !isnan(got[i]) : !(excess <= 1.0))
-			bad++;
-		if (excess > worst || (isnan(got[i]) != isnan(ref[i]) && worst < INFINITY))
+		if (isnan(excess))
+			excess = INFINITY;	/* a NaN or an infinity where ref has none */
+		bad += excess > 1.0;
+		if (excess > worst)
 		{
-			if (isnan(got[i]) != isnan(ref[i]))
-				excess = INFINITY;
 			worst = excess;
 			worst_i = i;
 		}

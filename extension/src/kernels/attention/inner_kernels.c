@@ -472,7 +472,11 @@ weighted_sum_neon(const float *p, const float *v, int64_t ldv, int64_t nk,
 	}
 }
 
-/* the 8 x 32 tile as four 4 x 16 quarters: 16 accumulators, 4 of B */
+/*
+ * The 8 x 32 tile as four 4 x 16 quarters: 16 accumulators, 4 of B.  The
+ * accumulators are named variables, c<row><vector>: an array of them gcc
+ * would keep on the stack, storing it at every step.
+ */
 static void
 tile_neon(const float *a, int64_t ars, int64_t ats, const float *b, int64_t ldb,
 		  int64_t n, float *c, int64_t ldc, float scale, int accumulate)
@@ -482,34 +486,39 @@ tile_neon(const float *a, int64_t ars, int64_t ats, const float *b, int64_t ldb,
 	for (int r0 = 0; r0 < TILE_ROWS; r0 += 4)
 		for (int c0 = 0; c0 < TILE_COLS; c0 += 16)
 		{
-			float32x4_t acc[4][4];
+			float	   *cq = c + r0 * ldc + c0;	/* the quarter */
 
-#pragma GCC unroll 4
-			for (int r = 0; r < 4; r++)
-				for (int q = 0; q < 4; q++)
-					acc[r][q] = accumulate ? vld1q_f32(c + (r0 + r) * ldc + c0 + 4 * q)
-						: vdupq_n_f32(0.0f);
+#define INIT(r, q) \
+			float32x4_t c##r##q = accumulate ? vld1q_f32(cq + (r) * ldc + 4 * (q)) : vdupq_n_f32(0.0f);
+#define INIT_ROW(r) INIT(r, 0) INIT(r, 1) INIT(r, 2) INIT(r, 3)
+			INIT_ROW(0) INIT_ROW(1) INIT_ROW(2) INIT_ROW(3)
 			for (int64_t t = 0; t < n; t++)
 			{
 				const float *at = a + t * ats + r0 * ars;
 				const float *bt = b + t * ldb + c0;
-				float32x4_t bv[4] = {vld1q_f32(bt), vld1q_f32(bt + 4),
-				vld1q_f32(bt + 8), vld1q_f32(bt + 12)};
+				float32x4_t b0 = vld1q_f32(bt),
+							b1 = vld1q_f32(bt + 4),
+							b2 = vld1q_f32(bt + 8),
+							b3 = vld1q_f32(bt + 12);
 
-#pragma GCC unroll 4
-				for (int r = 0; r < 4; r++)
-				{
-					float		ar = at[r * ars];
-
-#pragma GCC unroll 4
-					for (int q = 0; q < 4; q++)
-						acc[r][q] = vfmaq_n_f32(acc[r][q], bv[q], ar);
+#define FMA_ROW(r) \
+				{ \
+					float		ar = at[(r) * ars]; \
+					c##r##0 = vfmaq_n_f32(c##r##0, b0, ar); \
+					c##r##1 = vfmaq_n_f32(c##r##1, b1, ar); \
+					c##r##2 = vfmaq_n_f32(c##r##2, b2, ar); \
+					c##r##3 = vfmaq_n_f32(c##r##3, b3, ar); \
 				}
+				FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3)
 			}
-#pragma GCC unroll 4
-			for (int r = 0; r < 4; r++)
-				for (int q = 0; q < 4; q++)
-					vst1q_f32(c + (r0 + r) * ldc + c0 + 4 * q, vmulq_f32(acc[r][q], vscale));
+#define STORE(r, q) vst1q_f32(cq + (r) * ldc + 4 * (q), vmulq_f32(c##r##q, vscale));
+#define STORE_ROW(r) STORE(r, 0) STORE(r, 1) STORE(r, 2) STORE(r, 3)
+			STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3)
+#undef INIT
+#undef INIT_ROW
+#undef FMA_ROW
+#undef STORE
+#undef STORE_ROW
 		}
 }
 

@@ -5,13 +5,13 @@
  * copies, 4x4 in-register transposes).
  *
  * aarch64 has 32 vector registers: the 8 x 12 block of C takes 24, one row
- * of the B panel 3, the A values the rest.  Each k step is 24 FMAs for 3
- * vector and 8 scalar loads; vfmaq_n_f32 multiplies by one A value without
+ * of the B panel 3, the 8 A values 2: each k step is 24 FMAs for 5 vector
+ * loads, and vfmaq_laneq_f32 multiplies by one lane of an A vector without
  * broadcasting it first (FMLA by element).  This is the shape of the
  * classic ARMv8 kernels (OpenBLAS, BLIS).
  *
- * NEON has no masked loads or stores: partial columns of C (nr < 12) and
- * partial packing rows go through a small buffer.
+ * NEON has no masked loads or stores: the edges (partial columns of C,
+ * nr < 12, and of the packing) are loaded and stored lane by lane.
  */
 #include "matmul_internal.h"
 
@@ -20,39 +20,88 @@
 #define MRN 8
 #define NRN 12
 
-/* 4 floats of src from j on: those below n, zeros after */
+/*
+ * The first n floats of a vector, for the edges: load_part reads src[0, n)
+ * (zeros after), store_part writes dst[0, n), n clamped to 0..4.  Lane by
+ * lane rather than through a buffer: a copy loop could become a call to
+ * memcpy, and across a call no vector register keeps its value, which
+ * would push the micro-kernel's sums out to the stack.
+ */
 static inline float32x4_t
-load_part(const float *src, int j, int n)
+load_part(const float *src, int n)
 {
-	float		tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+	float32x4_t v = vdupq_n_f32(0.0f);
 
-	if (j + 4 <= n)
-		return vld1q_f32(src + j);
-	for (int q = 0; j + q < n; q++)
-		tmp[q] = src[j + q];
-	return vld1q_f32(tmp);
+	if (n >= 4)
+		return vld1q_f32(src);
+	if (n >= 1)
+		v = vld1q_lane_f32(src, v, 0);
+	if (n >= 2)
+		v = vld1q_lane_f32(src + 1, v, 1);
+	if (n >= 3)
+		v = vld1q_lane_f32(src + 2, v, 2);
+	return v;
 }
 
+static inline void
+store_part(float *dst, float32x4_t v, int n)
+{
+	if (n >= 4)
+		vst1q_f32(dst, v);
+	else
+	{
+		if (n >= 1)
+			vst1q_lane_f32(dst, v, 0);
+		if (n >= 2)
+			vst1q_lane_f32(dst + 1, v, 1);
+		if (n >= 3)
+			vst1q_lane_f32(dst + 2, v, 2);
+	}
+}
+
+/* c[0, nr) = (accumulate ? c + v : v) (+ bias), v the 12 sums of one row */
+static inline __attribute__((always_inline)) void
+store_row(float *c, float32x4_t v0, float32x4_t v1, float32x4_t v2, int nr,
+		  int accumulate, const float *bias)
+{
+	float32x4_t v[3] = {v0, v1, v2};
+
+#pragma GCC unroll 3
+	for (int j = 0; j < 3; j++)
+	{
+		int			n = nr - 4 * j;	/* columns of this vector (may be <= 0) */
+
+		if (accumulate)
+			v[j] = vaddq_f32(load_part(c + 4 * j, n), v[j]);
+		if (bias)
+			v[j] = vaddq_f32(v[j], load_part(bias + 4 * j, n));
+		store_part(c + 4 * j, v[j], n);
+	}
+}
+
+/*
+ * The sums of row i are the named variables c<i>0, c<i>1, c<i>2, not an
+ * array: gcc keeps an array of 24 vectors partly on the stack, spilling in
+ * the inner loop, and named ones in registers.  Rows past mr are never used
+ * and the compiler drops them.
+ */
 static inline __attribute__((always_inline)) void
 kneon_body(const int mr, int64_t kc, const float *ap, const float *bp,
 		   float *c, int64_t ldc, int nr, int accumulate, const float *bias,
 		   prefetcher *pf, int64_t pf_lines)
 {
-	float32x4_t acc[MRN][3];
-	int64_t		k;
-	int			i,
-				j;
+#define ZERO(i) \
+	float32x4_t c##i##0 = vdupq_n_f32(0.0f), c##i##1 = c##i##0, c##i##2 = c##i##0;
+	ZERO(0) ZERO(1) ZERO(2) ZERO(3) ZERO(4) ZERO(5) ZERO(6) ZERO(7)
+#undef ZERO
 
-#pragma GCC unroll 8
-	for (i = 0; i < mr; i++)
-		for (j = 0; j < 3; j++)
-			acc[i][j] = vdupq_n_f32(0.0f);
-
-	for (k = 0; k < kc; k++)
+	for (int64_t k = 0; k < kc; k++)
 	{
 		float32x4_t b0 = vld1q_f32(bp);
 		float32x4_t b1 = vld1q_f32(bp + 4);
 		float32x4_t b2 = vld1q_f32(bp + 8);
+		float32x4_t a0 = vld1q_f32(ap);
+		float32x4_t a1 = vld1q_f32(ap + 4);
 
 		if ((k & 1) && pf_lines > 0)
 		{
@@ -60,15 +109,17 @@ kneon_body(const int mr, int64_t kc, const float *ap, const float *bp,
 			pf_lines--;
 		}
 
-#pragma GCC unroll 8
-		for (i = 0; i < mr; i++)
-		{
-			float		a = ap[i];
-
-			acc[i][0] = vfmaq_n_f32(acc[i][0], b0, a);
-			acc[i][1] = vfmaq_n_f32(acc[i][1], b1, a);
-			acc[i][2] = vfmaq_n_f32(acc[i][2], b2, a);
+		/* row i += A[i] * B, A[i] taken from its lane (FMLA by element) */
+#define ROW(i, a, lane) \
+		if (mr > (i)) \
+		{ \
+			c##i##0 = vfmaq_laneq_f32(c##i##0, b0, a, lane); \
+			c##i##1 = vfmaq_laneq_f32(c##i##1, b1, a, lane); \
+			c##i##2 = vfmaq_laneq_f32(c##i##2, b2, a, lane); \
 		}
+		ROW(0, a0, 0) ROW(1, a0, 1) ROW(2, a0, 2) ROW(3, a0, 3)
+		ROW(4, a1, 0) ROW(5, a1, 1) ROW(6, a1, 2) ROW(7, a1, 3)
+#undef ROW
 		ap += MRN;
 		bp += NRN;
 	}
@@ -76,43 +127,11 @@ kneon_body(const int mr, int64_t kc, const float *ap, const float *bp,
 	while (pf_lines-- > 0)
 		prefetch_one(pf);
 
-#pragma GCC unroll 8
-	for (i = 0; i < mr; i++)
-	{
-		float	   *ci = c + i * ldc;
-
-		if (nr == NRN)
-		{
-			for (j = 0; j < 3; j++)
-			{
-				float32x4_t v = acc[i][j];
-
-				if (accumulate)
-					v = vaddq_f32(vld1q_f32(ci + 4 * j), v);
-				if (bias)
-					v = vaddq_f32(v, vld1q_f32(bias + 4 * j));
-				vst1q_f32(ci + 4 * j, v);
-			}
-		}
-		else
-		{
-			/* a partial row: the same sums, stored through a buffer */
-			float		row[NRN];
-
-			for (j = 0; j < 3; j++)
-			{
-				float32x4_t v = acc[i][j];
-
-				if (accumulate)
-					v = vaddq_f32(load_part(ci, 4 * j, nr), v);
-				if (bias)
-					v = vaddq_f32(v, load_part(bias, 4 * j, nr));
-				vst1q_f32(row + 4 * j, v);
-			}
-			for (j = 0; j < nr; j++)
-				ci[j] = row[j];
-		}
-	}
+#define STORE(i) \
+	if (mr > (i)) \
+		store_row(c + (i) * ldc, c##i##0, c##i##1, c##i##2, nr, accumulate, bias);
+	STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7)
+#undef STORE
 }
 
 #define KNEON(MR) \
@@ -135,7 +154,7 @@ copy_neon(const float *src, int64_t ss, float *dst, int64_t ds,
 
 	for (r = 0; r < rows; r++)
 		for (j = 0; j < width; j += 4)
-			vst1q_f32(dst + r * ds + j, load_part(src + r * ss, j, n));
+			vst1q_f32(dst + r * ds + j, load_part(src + r * ss + j, n - j));
 }
 
 /* 4x4 in-register transposes, same contract as transpose_avx2 */
@@ -160,7 +179,7 @@ transpose_neon(const float *src, int64_t ss, float *dst, int64_t ds,
 						t[4];
 
 			for (q = 0; q < 4; q++)
-				r[q] = q < rows ? load_part(s + q * ss, 0, cols) : vdupq_n_f32(0.0f);
+				r[q] = q < rows ? load_part(s + q * ss, cols) : vdupq_n_f32(0.0f);
 			/* [a0 b0 a2 b2], [a1 b1 a3 b3], [c0 d0 c2 d2], [c1 d1 c3 d3] */
 			t[0] = vtrn1q_f32(r[0], r[1]);
 			t[1] = vtrn2q_f32(r[0], r[1]);
