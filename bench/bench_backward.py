@@ -43,7 +43,7 @@ def parse_args():
     p.add_argument("--only", default=None,
                    help="comma list of op families: matmul, products, gelu, layernorm, "
                         "softmax, attention, cross_entropy, embedding, add")
-    p.add_argument("--isa", choices=["scalar", "avx2", "avx512"], default=None)
+    p.add_argument("--isa", choices=["scalar", "avx2", "avx512", "neon"], default=None)
     return p.parse_args()
 
 

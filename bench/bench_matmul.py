@@ -7,6 +7,7 @@ bench_matmul.py -- pg_llm's llm_matmul against OpenBLAS (numpy) and PyTorch.
     python bench/bench_matmul.py --threads 1
     python bench/bench_matmul.py --shapes 64x768x768,1x768x50257t
     python bench/bench_matmul.py --isa avx2       # force the kernel's ISA
+    python bench/bench_matmul.py --isa all        # a column per ISA the CPU runs
     python bench/bench_matmul.py --sql            # + SELECT llm_matmul(...)
 
 Every library gets --threads threads: OpenBLAS reads its thread count when
@@ -39,8 +40,9 @@ def parse_args():
     p.add_argument("--repeat", type=int, default=10, help="timed calls per turn")
     p.add_argument("--rounds", type=int, default=4, help="turns per library and shape")
     p.add_argument("--shapes", default=None, help=SHAPE_HELP + "; default: GPT-2's")
-    p.add_argument("--isa", choices=["scalar", "avx2", "avx512"], default=None,
-                   help="force a lower ISA for the kernel (default: the best)")
+    p.add_argument("--isa", choices=["scalar", "avx2", "avx512", "neon", "all"], default=None,
+                   help="force a lower ISA for the kernel (default: the best); "
+                        "all: one pg_llm column per ISA this CPU runs")
     p.add_argument("--sql", action="store_true",
                    help="also time SELECT llm_matmul(...) through pg_llm_lab")
     p.add_argument("--no-check", action="store_true",
@@ -124,12 +126,15 @@ class Kernels:
     def isa(self):
         return self.lib.llm_isa_name(self.lib.llm_cpu_isa()).decode()
 
-    def matmul_fn(self, a, b, c, M, K, N, ta, tb):
-        """A zero-argument closure; the ctypes conversions are done once."""
-        f = self.lib.llm_matmul
+    def matmul_fn(self, a, b, c, M, K, N, ta, tb, isa=None):
+        """A zero-argument closure; the ctypes conversions are done once.
+        isa: the ISA it runs with (None: the one set)."""
+        f, set_isa = self.lib.llm_matmul, self.lib.llm_set_isa
         pa, pb, pc = (kernels.ptr(x) for x in (a, b, c))
 
         def run():
+            if isa is not None:
+                set_isa(kernels.ISA[isa])
             if f(pa, pb, None, pc, M, K, N, ta, tb) != 0:
                 raise RuntimeError("llm_matmul was interrupted")
         return run
@@ -229,8 +234,11 @@ def main():
     except RuntimeError as err:
         sys.exit(str(err))
     kern.set_threads(threads)
-    if ARGS.isa:
+    if ARGS.isa and ARGS.isa != "all":
         kern.set_isa(ARGS.isa)
+    # more ISAs: each a pg_llm column of its own, GFLOP/s "pg_llm <isa>"
+    extra_isas = [i for i in kernels.available_isas(kern.lib) if i != kern.isa()] \
+        if ARGS.isa == "all" else []
     if threadpoolctl is not None:
         threadpoolctl.threadpool_limits(threads)
     if torch is not None:
@@ -244,7 +252,7 @@ def main():
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; threads={threads}; "
           f"{ARGS.rounds} rounds x {ARGS.repeat} calls, best reported")
-    print(f"pg_llm kernel ISA: {kern.isa()}")
+    print(f"pg_llm kernel ISA: {kern.isa()}" + (f" (and {', '.join(extra_isas)})" if extra_isas else ""))
     print(f"numpy {np.__version__} with {blas_name()}; torch "
           f"{torch.__version__ if torch else '(not installed: column skipped)'}; "
           f"thread limits via {'threadpoolctl + ' if threadpoolctl else ''}environment")
@@ -260,8 +268,9 @@ def main():
 
         out_np = np.empty((M, N), dtype=np.float32)
         out_k = np.empty((M, N), dtype=np.float32)
+        best_isa = kern.isa()
         fns = [lambda: np.matmul(opa, opb, out=out_np),
-               kern.matmul_fn(a, b, out_k, M, K, N, ta, tb)]
+               kern.matmul_fn(a, b, out_k, M, K, N, ta, tb, isa=best_isa if extra_isas else None)]
         if torch is not None:
             ta_t, tb_t = torch.from_numpy(opa), torch.from_numpy(opb)
             out_t = torch.empty((M, N), dtype=torch.float32)
@@ -270,14 +279,20 @@ def main():
                 with torch.no_grad():
                     torch.matmul(ta_t, tb_t, out=out_t)
             fns.append(torch_mm)
+        out_x = np.empty((M, N), dtype=np.float32)
+        fns += [kern.matmul_fn(a, b, out_x, M, K, N, ta, tb, isa=i) for i in extra_isas]
 
         best = race(fns, ARGS.rounds, ARGS.repeat)
+        if extra_isas:
+            kern.set_isa(best_isa)
         row["openblas"] = flop / best[0] / 1e9
         if torch is not None:
             row["torch"] = flop / best[2] / 1e9
         row["pg_llm"] = flop / best[1] / 1e9
         row["pg_llm/openblas"] = row["pg_llm"] / row["openblas"]
         row["pg_llm ms"] = best[1] * 1e3
+        for i, isa in enumerate(extra_isas):
+            row[f"pg_llm {isa}"] = flop / best[len(fns) - len(extra_isas) + i] / 1e9
 
         if not ARGS.no_check:
             ref = opa.astype(np.float64) @ opb.astype(np.float64)

@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--simd", choices=["scalar", "avx2", "avx512"],
+    parser.add_argument("--simd", choices=["scalar", "avx2", "avx512", "neon"],
                         help="pg_llm.simd for the pg_llm runs (default: the best this CPU has)")
     parser.add_argument("--tape", action="store_true", help="also llm_train with the tape in meta and full")
     parser.add_argument("--torch-child", nargs=3, help=argparse.SUPPRESS)

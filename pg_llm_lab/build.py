@@ -18,6 +18,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from . import server
@@ -55,7 +56,29 @@ def installed_files(pg_config: str | os.PathLike | None = None) -> tuple[Path, P
     pg_config = find_pg_config(pg_config)
     ext = Path(pg_config_value(pg_config, "sharedir")) / "extension"
     lib = Path(pg_config_value(pg_config, "pkglibdir"))
-    return ext / "pg_llm.control", lib / "pg_llm.so", sorted(ext.glob("pg_llm--*.sql"))
+    return ext / "pg_llm.control", module_file(lib), sorted(ext.glob("pg_llm--*.sql"))
+
+
+def module_file(libdir: Path) -> Path:
+    """pg_llm's loadable module in `libdir`, named as PGXS names it (its DLSUFFIX):
+    pg_llm.so, or on macOS pg_llm.dylib -- or pg_llm.so there too, if that is
+    what is installed (older PostgreSQL).  The macOS path is untested."""
+    if sys.platform == "darwin":
+        so = libdir / "pg_llm.so"
+        return so if so.exists() else libdir / "pg_llm.dylib"
+    return libdir / "pg_llm.so"
+
+
+def arch_cflags(cc: str = "cc") -> list[str]:
+    """The compiler flags of the architecture `cc` builds for, as extension/Makefile
+    picks them: -ffp-contract=off on aarch64/arm64 (gcc and clang there fuse
+    a * b + c by default, so the scalar kernels would round differently from
+    x86's); none on x86-64, whose SIMD kernels carry their own target attributes."""
+    try:
+        target = subprocess.run([cc, "-dumpmachine"], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return ["-ffp-contract=off"] if target.startswith(("aarch64", "arm64")) else []
 
 
 def source_files() -> list[Path]:
@@ -145,7 +168,7 @@ def build_kernel_library(outdir, extra_flags=(), name: str = "libpg_llm_kernels.
     sources = sorted(str(p) for p in (extension_dir() / "src" / "kernels").rglob("*.c"))
     env_flags = shlex.split(os.environ.get("PG_LLM_KERNEL_CFLAGS", ""))
     command = [cc, "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-fno-strict-aliasing",
-               "-fwrapv", *env_flags, *extra_flags, *sources, "-o", str(out), "-lm"]
+               "-fwrapv", *arch_cflags(cc), *env_flags, *extra_flags, *sources, "-o", str(out), "-lm"]
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .build import build_kernel_library, extension_dir
 
-ISA = {"scalar": 0, "avx2": 1, "avx512": 2}  # llm_isa
+ISA = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}  # llm_isa
 LLM_OK, LLM_INTERRUPTED, LLM_NOMEM = 0, 1, 2
 
 float_p = ctypes.POINTER(ctypes.c_float)
@@ -127,12 +127,16 @@ def load(extra_flags=(), name: str = "libpg_llm_kernels.so") -> ctypes.CDLL:
 
 
 def available_isas(lib: ctypes.CDLL) -> list[str]:
-    """Names of the ISAs this CPU can run, lowest first (the current ISA is kept)."""
+    """Names of the ISAs this CPU can run, scalar first (the current ISA is kept):
+    llm_set_isa gives the best instead of an ISA the CPU lacks."""
     current = lib.llm_cpu_isa()
-    lib.llm_set_isa(ISA["avx512"])  # capped to the CPU's best
-    best = lib.llm_cpu_isa()
+    found = []
+    for name, code in ISA.items():
+        lib.llm_set_isa(code)
+        if lib.llm_cpu_isa() == code:
+            found.append(name)
     lib.llm_set_isa(current)
-    return [name for name, code in ISA.items() if code <= best]
+    return found
 
 
 def ptr(a: np.ndarray | None):

@@ -27,7 +27,7 @@ def t(x):
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
+@pytest.fixture(params=["scalar", "avx2", "avx512", "neon"])
 def simd(request, conn):
     """Run a test at one SIMD level; skip levels this CPU lacks."""
     conn.execute("SELECT set_config('pg_llm.simd', %s, false)", (request.param,))

@@ -31,7 +31,7 @@ def hadolint() -> str:
 
 
 SHELL_SCRIPTS = ["docker/install-build-deps.sh", "docker/install-lab.sh", "docker/initdb/10_pg_llm.sh",
-                 "binder/postBuild", "binder/start", ".ci/binder", ".ci/pg15"]
+                 "binder/postBuild", "binder/start", ".ci/binder", ".ci/pg15", ".ci/arm64"]
 
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:

@@ -30,6 +30,7 @@ static const struct config_enum_entry simd_options[] = {
 	{"scalar", LLM_ISA_SCALAR, false},
 	{"avx2", LLM_ISA_AVX2, false},
 	{"avx512", LLM_ISA_AVX512, false},
+	{"neon", LLM_ISA_NEON, false},
 	{NULL, 0, false}
 };
 
@@ -65,7 +66,8 @@ assign_threads(int newval, void *extra)
 static void
 assign_simd(int newval, void *extra)
 {
-	llm_set_isa(newval < 0 ? LLM_ISA_AVX512 : (llm_isa) newval);
+	/* auto (-1), or an ISA this CPU lacks: the best it has */
+	llm_set_isa((llm_isa) newval);
 }
 
 /* Polled by the calling thread between kernel tasks; never by workers. */

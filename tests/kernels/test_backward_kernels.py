@@ -26,7 +26,7 @@ from pg_llm_lab.kernels import ISA, ptr, strided
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "neon"}
 SIZES = [1, 7, 17, 33, 769]
 
 
@@ -38,7 +38,7 @@ def lib():
         pytest.skip(str(e))
 
 
-@pytest.fixture(params=[0, 1, 2], ids=lambda i: ISA_NAMES[i])
+@pytest.fixture(params=[0, 1, 2, 3], ids=lambda i: ISA_NAMES[i])
 def isa(request, lib):
     """Run the test once per ISA the CPU supports; restores the best ISA."""
     if ISA_NAMES[request.param] not in kernels.available_isas(lib):

@@ -25,7 +25,7 @@ try:
 except ImportError:  # the float64 references still run
     torch = None
 
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "neon"}
 SIZES = [1, 7, 17, 33, 769]
 
 
@@ -41,7 +41,7 @@ def cpu_isas(lib):
     return [kernels.ISA[name] for name in kernels.available_isas(lib)]
 
 
-@pytest.fixture(params=[0, 1, 2], ids=lambda i: ISA_NAMES[i])
+@pytest.fixture(params=[0, 1, 2, 3], ids=lambda i: ISA_NAMES[i])
 def isa(request, lib):
     """Run the test once per ISA the CPU supports; restores the best ISA."""
     if request.param not in cpu_isas(lib):

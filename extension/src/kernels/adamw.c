@@ -13,8 +13,8 @@
  *   param.addcdiv_(exp_avg, denom, value=-step_size)
  *
  * The scalars are Python floats (double) until they meet a float32 tensor,
- * where they are rounded to float; so are they here.  The plain C, AVX2 and
- * AVX-512 variants do the same IEEE operations in the same order and give
+ * where they are rounded to float; so are they here.  The plain C, AVX2,
+ * AVX-512 and NEON variants do the same IEEE operations in the same order and give
  * the same bits.  Work is cut into the chunks of optim.c (see optim.h).
  */
 #include "optim.h"
@@ -33,6 +33,8 @@
  */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define ROUNDED(x) __asm__("" : "+x"(x))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define ROUNDED(x) __asm__("" : "+w"(x))	/* aarch64 contracts by default */
 #else
 #define ROUNDED(x) ((void) 0)
 #endif
@@ -162,10 +164,51 @@ adamw_avx512(float *p, const float *g, float *m, float *v, int64_t n,
 }
 #endif
 
+#if LLM_NEON
+/* the AVX2 loop with 4-float vectors */
+static void
+adamw_neon(float *p, const float *g, float *m, float *v, int64_t n,
+		   const adamw_consts *k, int decay)
+{
+	float32x4_t decay_mul = vdupq_n_f32(decay ? k->decay_mul : 1.0f);
+	float32x4_t lerp_w = vdupq_n_f32(k->lerp_w);
+	float32x4_t beta2 = vdupq_n_f32(k->beta2);
+	float32x4_t one_minus_beta2 = vdupq_n_f32(k->one_minus_beta2);
+	float32x4_t bc2_sqrt = vdupq_n_f32(k->bc2_sqrt);
+	float32x4_t eps = vdupq_n_f32(k->eps);
+	float32x4_t neg_step = vdupq_n_f32(k->neg_step_size);
+	int64_t		i = 0;
+
+	for (; i + 4 <= n; i += 4)
+	{
+		float32x4_t gi = vld1q_f32(g + i);
+		float32x4_t mi = vld1q_f32(m + i);
+		float32x4_t vi = vld1q_f32(v + i);
+		float32x4_t pi = vld1q_f32(p + i);
+		float32x4_t denom;
+
+		if (decay)
+			pi = vmulq_f32(pi, decay_mul);
+		ROUNDED(pi);
+		mi = vfmaq_f32(k->lerp_from_m ? mi : gi, lerp_w, vsubq_f32(gi, mi));
+		vi = vfmaq_f32(vmulq_f32(vi, beta2), vmulq_f32(one_minus_beta2, gi), gi);
+		denom = vaddq_f32(vdivq_f32(vsqrtq_f32(vi), bc2_sqrt), eps);
+		pi = vaddq_f32(pi, vdivq_f32(vmulq_f32(neg_step, mi), denom));
+		vst1q_f32(m + i, mi);
+		vst1q_f32(v + i, vi);
+		vst1q_f32(p + i, pi);
+	}
+	adamw_scalar(p + i, g + i, m + i, v + i, n - i, k, decay);
+}
+#endif
+
 const adamw_kernels adamw_scalar_kernels = {adamw_scalar};
 #if LLM_X86
 const adamw_kernels adamw_avx2_kernels = {adamw_avx2};
 const adamw_kernels adamw_avx512_kernels = {adamw_avx512};
+#endif
+#if LLM_NEON
+const adamw_kernels adamw_neon_kernels = {adamw_neon};
 #endif
 
 /* ---- the chunks ------------------------------------------------------------------ */

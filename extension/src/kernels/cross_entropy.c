@@ -164,6 +164,66 @@ const cross_entropy_kernels cross_entropy_avx512_kernels = {
 
 #endif							/* LLM_X86 */
 
+#if LLM_NEON
+
+/* NEON: the AVX2 rows with 4-float vectors (2 doubles per sum) */
+static double
+logsumexp_neon(const float *x, int64_t n)
+{
+	float		max = max_neon(x, n);
+	float32x4_t vmax = vdupq_n_f32(max);
+	float64x2_t sum_lo = vdupq_n_f64(0.0),
+				sum_hi = vdupq_n_f64(0.0);
+	int64_t		full = n - n % 4;
+	int64_t		i;
+	double		sum;
+
+	for (i = 0; i < full; i += 4)
+	{
+		float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(x + i), vmax));
+
+		sum_lo = vaddq_f64(sum_lo, vcvt_f64_f32(vget_low_f32(e)));
+		sum_hi = vaddq_f64(sum_hi, vcvt_high_f64_f32(e));
+	}
+	sum = vaddvq_f64(vaddq_f64(sum_lo, sum_hi));
+	for (; i < n; i++)
+		sum += expf(x[i] - max);
+	return max + log(sum);
+}
+
+static void
+row_backward_neon(const float *x, int64_t n, float lse, int32_t target,
+				  float scale, float *dx)
+{
+	const int32_t lanes[4] = {0, 1, 2, 3};
+	int32x4_t	lane = vld1q_s32(lanes);
+	float32x4_t vlse = vdupq_n_f32(lse),
+				vscale = vdupq_n_f32(scale),
+				one = vdupq_n_f32(1.0f);
+	int64_t		full = n - n % 4;
+	int64_t		i;
+
+	for (i = 0; i < full; i += 4)
+	{
+		float32x4_t p = exp_neon(vsubq_f32(vld1q_f32(x + i), vlse));
+
+		if (target >= i && target < i + 4)
+		{
+			uint32x4_t	hit = vceqq_s32(lane, vdupq_n_s32((int32_t) (target - i)));
+
+			p = vsubq_f32(p, vreinterpretq_f32_u32(vandq_u32(hit, vreinterpretq_u32_f32(one))));
+		}
+		vst1q_f32(dx + i, vfmaq_f32(vld1q_f32(dx + i), vscale, p));
+	}
+	row_backward_scalar(x + i, n - i, lse, (int32_t) (target - i), scale, dx + i);
+}
+
+const cross_entropy_kernels cross_entropy_neon_kernels = {
+	logsumexp_neon, row_backward_neon
+};
+
+#endif							/* LLM_NEON */
+
 /*
  * Each task writes its own partial sum; the caller adds them in task order,
  * so the total is the same at any thread count.  The number of tasks is

@@ -2,10 +2,11 @@
  * dispatch.h -- the SIMD variant of every kernel family, chosen once.
  *
  * Each op family has a struct of function pointers: the per-row (or
- * per-tile) kernels that exist in a scalar, an AVX2+FMA and an AVX-512
- * flavour.  The family's file defines one const instance per ISA next to
- * the kernels themselves (e.g. softmax.c: softmax_scalar_kernels,
- * softmax_avx2_kernels, softmax_avx512_kernels).  llm_set_isa() (cpu.c),
+ * per-tile) kernels that exist in a scalar, an AVX2+FMA, an AVX-512 and
+ * (on aarch64) a NEON flavour.  The family's file defines one const
+ * instance per ISA next to the kernels themselves (e.g. softmax.c:
+ * softmax_scalar_kernels, softmax_avx2_kernels, softmax_avx512_kernels,
+ * softmax_neon_kernels).  llm_set_isa() (cpu.c),
  * run at load and whenever pg_llm.simd changes, points llm_kernels at the
  * set of tables of the ISA in use; it is the only writer.  A kernel reads
  * llm_kernels once, on the calling thread, and hands the family's table to
@@ -116,8 +117,9 @@ typedef struct
 
 /*
  * The families, once: llm_kernel_tables has a member per family, and each
- * family's file defines <family>_scalar_kernels, <family>_avx2_kernels and
- * <family>_avx512_kernels, which cpu.c's rows point at.
+ * family's file defines <family>_scalar_kernels, <family>_avx2_kernels,
+ * <family>_avx512_kernels and <family>_neon_kernels, which cpu.c's rows
+ * point at.
  */
 #define LLM_KERNEL_FAMILIES(FAMILY) \
 	FAMILY(matmul) \
@@ -142,7 +144,7 @@ extern const llm_kernel_tables *llm_kernels;
 
 #define LLM_FAMILY_TABLES(family) \
 	extern const family##_kernels family##_scalar_kernels, family##_avx2_kernels, \
-		family##_avx512_kernels;
+		family##_avx512_kernels, family##_neon_kernels;
 LLM_KERNEL_FAMILIES(LLM_FAMILY_TABLES)
 #undef LLM_FAMILY_TABLES
 

@@ -202,6 +202,64 @@ const gelu_kernels gelu_avx512_kernels = {gelu_avx512, gelu_backward_avx512};
 
 #endif							/* LLM_X86 */
 
+#if LLM_NEON
+
+/* NEON: the AVX2 loops with 4-float vectors */
+static void
+gelu_neon(const float *x, float *y, int64_t n)
+{
+	int64_t		i;
+
+	for (i = 0; i + 4 <= n; i += 4)
+	{
+		float32x4_t v = vld1q_f32(x + i);
+		float32x4_t x3 = vmulq_f32(vmulq_f32(v, v), v);
+		float32x4_t u = vmulq_f32(vdupq_n_f32(GELU_SQRT_2_OVER_PI),
+								  vfmaq_f32(v, vdupq_n_f32(GELU_COEF), x3));
+		float32x4_t e = exp_neon(vmulq_f32(vdupq_n_f32(-2.0f), u));
+
+		vst1q_f32(y + i, vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), e)));
+	}
+	gelu_scalar(x + i, y + i, n - i);
+}
+
+/* gelu'(x) of 4 values */
+static inline float32x4_t
+gelu_grad4(float32x4_t x)
+{
+	float32x4_t xc = vmaxq_f32(vdupq_n_f32(-GELU_GRAD_X_MAX),
+							   vminq_f32(vdupq_n_f32(GELU_GRAD_X_MAX), x));
+	float32x4_t x2 = vmulq_f32(xc, xc);
+	float32x4_t u = vmulq_f32(vdupq_n_f32(GELU_SQRT_2_OVER_PI),
+							  vfmaq_f32(xc, vdupq_n_f32(GELU_COEF), vmulq_f32(x2, xc)));
+	float32x4_t du = vmulq_f32(vdupq_n_f32(GELU_SQRT_2_OVER_PI),
+							   vfmaq_f32(vdupq_n_f32(1.0f), vdupq_n_f32(3.0f * GELU_COEF), x2));
+	float32x4_t z = vmulq_f32(vdupq_n_f32(-2.0f), u);
+	uint32x4_t	tail = vcgtq_f32(z, vdupq_n_f32(GELU_GRAD_EXP_MAX));
+	float32x4_t e = exp_neon(z);
+	float32x4_t s = vdivq_f32(vdupq_n_f32(1.0f), vaddq_f32(vdupq_n_f32(1.0f), e));
+	float32x4_t t = vmulq_f32(vmulq_f32(vaddq_f32(xc, xc), s),
+							  vmulq_f32(vmulq_f32(e, s), du));
+
+	/* 0 where the tail is; NaN stays NaN (a NaN compares false) */
+	return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(vaddq_f32(s, t)), tail));
+}
+
+static void
+gelu_backward_neon(const float *x, const float *dy, float *dx, int64_t n)
+{
+	int64_t		i;
+
+	for (i = 0; i + 4 <= n; i += 4)
+		vst1q_f32(dx + i, vfmaq_f32(vld1q_f32(dx + i), vld1q_f32(dy + i),
+									gelu_grad4(vld1q_f32(x + i))));
+	gelu_backward_scalar(x + i, dy + i, dx + i, n - i);
+}
+
+const gelu_kernels gelu_neon_kernels = {gelu_neon, gelu_backward_neon};
+
+#endif							/* LLM_NEON */
+
 typedef struct
 {
 	const float *x;

@@ -71,15 +71,17 @@ typedef enum
 {
 	LLM_ISA_SCALAR = 0,
 	LLM_ISA_AVX2 = 1,			/* AVX2 + FMA */
-	LLM_ISA_AVX512 = 2			/* AVX-512F */
+	LLM_ISA_AVX512 = 2,			/* AVX-512F */
+	LLM_ISA_NEON = 3			/* ARM Advanced SIMD (aarch64) */
 } llm_isa;
 
 llm_isa		llm_cpu_isa(void);	/* the ISA the kernels use now */
 const char *llm_isa_name(llm_isa isa);
 
 /*
- * Use `isa` from now on: values above the CPU's best are capped to it (so
- * LLM_ISA_AVX512 means "the best there is"); lower ones are for tests.
+ * Use `isa` from now on: an ISA the CPU lacks (above its best, or of the
+ * other architecture: x86's on aarch64, NEON on x86) gives the CPU's best,
+ * so -1 means "the best there is"; lower ones are for tests.
  * Runs once when the library is loaded, with the CPU's best.  Not to be
  * called while a kernel runs.
  */

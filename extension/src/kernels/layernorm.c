@@ -421,6 +421,184 @@ const layernorm_kernels layernorm_avx512_kernels = {
 
 #endif							/* LLM_X86 */
 
+#if LLM_NEON
+
+/* NEON: the AVX2 rows with 4-float vectors, the last n % 4 in scalar code */
+static layernorm_stats
+layernorm_row_neon(const float *x, const float *g, const float *b, float *y,
+				   int64_t n, float eps)
+{
+	float32x4_t s0 = vdupq_n_f32(0.0f),
+				s1 = vdupq_n_f32(0.0f),
+				vmean,
+				vrstd;
+	float		sum,
+				sq,
+				mean,
+				rstd;
+	int64_t		i;
+
+	for (i = 0; i + 8 <= n; i += 8)
+	{
+		s0 = vaddq_f32(s0, vld1q_f32(x + i));
+		s1 = vaddq_f32(s1, vld1q_f32(x + i + 4));
+	}
+	sum = vaddvq_f32(vaddq_f32(s0, s1));
+	for (; i < n; i++)
+		sum += x[i];
+	mean = sum / (float) n;
+
+	vmean = vdupq_n_f32(mean);
+	s0 = s1 = vdupq_n_f32(0.0f);
+	for (i = 0; i + 8 <= n; i += 8)
+	{
+		float32x4_t d0 = vsubq_f32(vld1q_f32(x + i), vmean);
+		float32x4_t d1 = vsubq_f32(vld1q_f32(x + i + 4), vmean);
+
+		s0 = vfmaq_f32(s0, d0, d0);
+		s1 = vfmaq_f32(s1, d1, d1);
+	}
+	sq = vaddvq_f32(vaddq_f32(s0, s1));
+	for (; i < n; i++)
+		sq += (x[i] - mean) * (x[i] - mean);
+	rstd = 1.0f / sqrtf(sq / (float) n + eps);
+
+	vrstd = vdupq_n_f32(rstd);
+	for (i = 0; i + 4 <= n; i += 4)
+	{
+		float32x4_t d = vsubq_f32(vld1q_f32(x + i), vmean);
+
+		vst1q_f32(y + i, vfmaq_f32(vld1q_f32(b + i), vmulq_f32(d, vrstd), vld1q_f32(g + i)));
+	}
+	for (; i < n; i++)
+		y[i] = (x[i] - mean) * rstd * g[i] + b[i];
+	return (layernorm_stats) {mean, rstd};
+}
+
+static void
+layernorm_row_backward_neon(const float *x, const float *g, const float *dy,
+							float *dx, int64_t n, float mean, float rstd)
+{
+	float32x4_t vmean = vdupq_n_f32(mean),
+				vrstd = vdupq_n_f32(rstd),
+				sum_dn = vdupq_n_f32(0.0f),
+				sum_dn_xhat = vdupq_n_f32(0.0f),
+				vmean_dn,
+				vmean_dn_xhat;
+	float		s_dn,
+				s_dn_xhat,
+				mean_dn,
+				mean_dn_xhat;
+	int64_t		full = n - n % 4;
+	int64_t		i;
+
+	for (i = 0; i < full; i += 4)
+	{
+		float32x4_t xhat = vmulq_f32(vsubq_f32(vld1q_f32(x + i), vmean), vrstd);
+		float32x4_t dn = vmulq_f32(vld1q_f32(g + i), vld1q_f32(dy + i));
+
+		sum_dn = vaddq_f32(sum_dn, dn);
+		sum_dn_xhat = vfmaq_f32(sum_dn_xhat, dn, xhat);
+	}
+	s_dn = vaddvq_f32(sum_dn);
+	s_dn_xhat = vaddvq_f32(sum_dn_xhat);
+	for (; i < n; i++)
+	{
+		float		dn = g[i] * dy[i];
+
+		s_dn += dn;
+		s_dn_xhat += dn * ((x[i] - mean) * rstd);
+	}
+	mean_dn = s_dn / (float) n;
+	mean_dn_xhat = s_dn_xhat / (float) n;
+	vmean_dn = vdupq_n_f32(mean_dn);
+	vmean_dn_xhat = vdupq_n_f32(mean_dn_xhat);
+	for (i = 0; i < full; i += 4)
+	{
+		float32x4_t xhat = vmulq_f32(vsubq_f32(vld1q_f32(x + i), vmean), vrstd);
+		float32x4_t dn = vmulq_f32(vld1q_f32(g + i), vld1q_f32(dy + i));
+		float32x4_t d = vfmsq_f32(vsubq_f32(dn, vmean_dn), xhat, vmean_dn_xhat);
+
+		vst1q_f32(dx + i, vfmaq_f32(vld1q_f32(dx + i), d, vrstd));
+	}
+	for (; i < n; i++)
+	{
+		float		xhat = (x[i] - mean) * rstd;
+
+		dx[i] += (g[i] * dy[i] - mean_dn - xhat * mean_dn_xhat) * rstd;
+	}
+}
+
+/*
+ * 16 columns at a time (4 vectors each of dg and db in registers); the
+ * last c1 - c0 % 16 columns do each lane's chain in scalar FMAs, so a
+ * column gets the same bits wherever it falls.
+ */
+static void
+layernorm_param_grads_neon(const float *x, const float *dy, const float *mean,
+						   const float *rstd, float *dg, float *db,
+						   int64_t rows, int64_t cols, int64_t c0, int64_t c1)
+{
+	int64_t		j0 = c0;
+
+	for (; j0 + 16 <= c1; j0 += 16)
+	{
+		float32x4_t sum_g[4],
+					sum_b[4];
+		int			v;
+
+		for (v = 0; v < 4; v++)
+			sum_g[v] = sum_b[v] = vdupq_n_f32(0.0f);
+		for (int64_t r = 0; r < rows; r++)
+		{
+			const float *xr = x + r * cols + j0;
+			const float *dyr = dy + r * cols + j0;
+			float32x4_t vmean = vdupq_n_f32(mean[r]),
+						vrstd = vdupq_n_f32(rstd[r]);
+
+#pragma GCC unroll 4
+			for (v = 0; v < 4; v++)
+			{
+				float32x4_t dyv = vld1q_f32(dyr + 4 * v);
+				float32x4_t xhat = vmulq_f32(vsubq_f32(vld1q_f32(xr + 4 * v), vmean), vrstd);
+
+				sum_g[v] = vfmaq_f32(sum_g[v], xhat, dyv);
+				sum_b[v] = vaddq_f32(sum_b[v], dyv);
+			}
+		}
+		for (v = 0; v < 4; v++)
+		{
+			if (dg)
+				vst1q_f32(dg + j0 + 4 * v, vaddq_f32(vld1q_f32(dg + j0 + 4 * v), sum_g[v]));
+			if (db)
+				vst1q_f32(db + j0 + 4 * v, vaddq_f32(vld1q_f32(db + j0 + 4 * v), sum_b[v]));
+		}
+	}
+	for (; j0 < c1; j0++)
+	{
+		float		sum_g = 0.0f,
+					sum_b = 0.0f;
+
+		for (int64_t r = 0; r < rows; r++)
+		{
+			float		xhat = (x[r * cols + j0] - mean[r]) * rstd[r];
+
+			sum_g = __builtin_fmaf(xhat, dy[r * cols + j0], sum_g);
+			sum_b += dy[r * cols + j0];
+		}
+		if (dg)
+			dg[j0] += sum_g;
+		if (db)
+			db[j0] += sum_b;
+	}
+}
+
+const layernorm_kernels layernorm_neon_kernels = {
+	layernorm_row_neon, layernorm_row_backward_neon, layernorm_param_grads_neon
+};
+
+#endif							/* LLM_NEON */
+
 typedef struct
 {
 	const float *x,

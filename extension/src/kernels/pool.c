@@ -34,6 +34,8 @@ cpu_relax(void)
 {
 #if LLM_X86
 	__builtin_ia32_pause();
+#elif LLM_NEON
+	__asm__ __volatile__("yield");
 #endif
 }
 
@@ -66,12 +68,14 @@ static struct
 int
 llm_cpu_count(void)
 {
-#ifdef CPU_COUNT
+	/* Linux: the cores this process may run on (taskset, a container's cpuset) */
+#if defined(__linux__) && defined(CPU_COUNT)
 	cpu_set_t	set;
 
 	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
 		return CPU_COUNT(&set);
 #endif
+	/* elsewhere (macOS, the BSDs): the cores online */
 	{
 		long		n = sysconf(_SC_NPROCESSORS_ONLN);
 

@@ -2,7 +2,9 @@
  * simd.h -- what the kernel files share: the target attributes that compile
  * one function for AVX2+FMA or AVX-512 inside a baseline x86-64 build (the
  * variant is picked at run time, see dispatch.h), the horizontal reductions,
- * tail masks and vector exp of those variants, and a few integer helpers.
+ * tail masks and vector exp of those variants, the same helpers for ARM's
+ * NEON (Advanced SIMD, in every aarch64 core: no target attribute needed),
+ * and a few integer helpers.
  *
  * One definition of each: a kernel file that needs one of these includes
  * this header instead of writing its own.
@@ -19,6 +21,13 @@
 #define LLM_X86 1
 #else
 #define LLM_X86 0
+#endif
+
+/* LLM_NEON: the NEON variants are compiled (aarch64: Apple Silicon, Graviton, Pi). */
+#if defined(__aarch64__) && defined(__GNUC__)
+#define LLM_NEON 1
+#else
+#define LLM_NEON 0
 #endif
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -120,6 +129,29 @@ rows_per_task(int64_t cols)
 	return cols >= TASK_FLOATS ? 1 : TASK_FLOATS / (cols > 0 ? cols : 1);
 }
 
+/* ---- exp, of the SIMD variants ------------------------------------------ */
+
+/*
+ * exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2)/2.
+ * r = x - n*ln2 is taken in two steps (ln2 = LN2_HI + LN2_LO, LN2_HI with
+ * few mantissa bits so n*LN2_HI is exact); exp(r) is the Cephes
+ * polynomial 1 + r + r^2 * P(r), within 1.3 ulp of the true value.  Inputs
+ * are clamped to [EXP_MIN, EXP_MAX], far enough out that the result still
+ * rounds to 0 or overflows to +inf; NaN passes through (max/min return
+ * their second operand on NaN).
+ */
+#define EXP_MIN		-110.0f
+#define EXP_MAX		100.0f
+#define LOG2E		1.44269504088896341f
+#define LN2_HI		0.693359375f
+#define LN2_LO		-2.12194440e-4f
+#define EXP_P0		1.9875691500e-4f
+#define EXP_P1		1.3981999507e-3f
+#define EXP_P2		8.3334519073e-3f
+#define EXP_P3		4.1665795894e-2f
+#define EXP_P4		1.6666665459e-1f
+#define EXP_P5		5.0000001201e-1f
+
 #if LLM_X86
 #include <immintrin.h>
 
@@ -216,28 +248,6 @@ max_avx512(const float *x, int64_t n)
 	return _mm512_reduce_max_ps(vmax);
 }
 
-/* ---- exp ------------------------------------------------------------------- */
-
-/*
- * exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2)/2.
- * r = x - n*ln2 is taken in two steps (ln2 = LN2_HI + LN2_LO, LN2_HI with
- * few mantissa bits so n*LN2_HI is exact); exp(r) is the Cephes
- * polynomial 1 + r + r^2 * P(r), within 1.3 ulp of the true value.  Inputs
- * are clamped to [EXP_MIN, EXP_MAX], far enough out that the result still
- * rounds to 0 or overflows to +inf; NaN passes through (max/min return
- * their second operand on NaN).
- */
-#define EXP_MIN		-110.0f
-#define EXP_MAX		100.0f
-#define LOG2E		1.44269504088896341f
-#define LN2_HI		0.693359375f
-#define LN2_LO		-2.12194440e-4f
-#define EXP_P0		1.9875691500e-4f
-#define EXP_P1		1.3981999507e-3f
-#define EXP_P2		8.3334519073e-3f
-#define EXP_P3		4.1665795894e-2f
-#define EXP_P4		1.6666665459e-1f
-#define EXP_P5		5.0000001201e-1f
 
 TARGET_AVX512 static inline __m512
 exp_avx512(__m512 x)
@@ -300,5 +310,70 @@ exp_avx2(__m256 x)
 }
 
 #endif							/* LLM_X86 */
+
+#if LLM_NEON
+#include <arm_neon.h>
+
+/*
+ * NEON vectors hold 4 floats.  There are no masked loads: the NEON kernels
+ * do the last n % 4 elements with the scalar code, as the AVX2 ones do
+ * where a mask would not pay.  vaddvq_f32/vmaxvq_f32 reduce the 4 lanes.
+ */
+
+/* Largest of x[0, n), n > 0. */
+static inline float
+max_neon(const float *x, int64_t n)
+{
+	float32x4_t vmax = vdupq_n_f32(-INFINITY);
+	int64_t		full = n - n % 4;
+	int64_t		i;
+	float		max;
+
+	for (i = 0; i < full; i += 4)
+		vmax = vmaxq_f32(vmax, vld1q_f32(x + i));
+	max = vmaxvq_f32(vmax);
+	for (; i < n; i++)
+		max = x[i] > max ? x[i] : max;
+	return max;
+}
+
+/*
+ * exp of 4 values, the same polynomial and clamps as exp_avx2.  NEON's
+ * vmaxq/vminq return NaN when either operand is NaN, so NaN passes through
+ * too.  vfmsq_f32(a, b, c) is a - b * c, one rounding.
+ */
+static inline float32x4_t
+exp_neon(float32x4_t x)
+{
+	float32x4_t n,
+				r,
+				p;
+	int32x4_t	ni,
+				half1,
+				half2;
+
+	x = vminq_f32(vdupq_n_f32(EXP_MAX), vmaxq_f32(vdupq_n_f32(EXP_MIN), x));
+	n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));
+	r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
+	r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
+	p = vdupq_n_f32(EXP_P0);
+	p = vfmaq_f32(vdupq_n_f32(EXP_P1), p, r);
+	p = vfmaq_f32(vdupq_n_f32(EXP_P2), p, r);
+	p = vfmaq_f32(vdupq_n_f32(EXP_P3), p, r);
+	p = vfmaq_f32(vdupq_n_f32(EXP_P4), p, r);
+	p = vfmaq_f32(vdupq_n_f32(EXP_P5), p, r);
+	p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
+
+	/* p * 2^n in two halves, as exp_avx2 */
+	ni = vcvtq_s32_f32(n);
+	half1 = vshrq_n_s32(ni, 1);
+	half2 = vsubq_s32(ni, half1);
+	half1 = vshlq_n_s32(vaddq_s32(half1, vdupq_n_s32(127)), 23);
+	half2 = vshlq_n_s32(vaddq_s32(half2, vdupq_n_s32(127)), 23);
+	p = vmulq_f32(p, vreinterpretq_f32_s32(half1));
+	return vmulq_f32(p, vreinterpretq_f32_s32(half2));
+}
+
+#endif							/* LLM_NEON */
 
 #endif							/* PG_LLM_SIMD_H */

@@ -194,6 +194,73 @@ const softmax_kernels softmax_avx512_kernels = {
 
 #endif							/* LLM_X86 */
 
+#if LLM_NEON
+
+/* NEON: the AVX2 rows with 4-float vectors */
+static softmax_stats
+softmax_row_neon(const float *x, float *y, int64_t n)
+{
+	float32x4_t vmax,
+				vsum = vdupq_n_f32(0.0f),
+				vinv;
+	float		max = max_neon(x, n),
+				sum,
+				inv;
+	int64_t		full = n - n % 4;
+	int64_t		i;
+
+	vmax = vdupq_n_f32(max);
+	for (i = 0; i < full; i += 4)
+	{
+		float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(x + i), vmax));
+
+		vst1q_f32(y + i, e);
+		vsum = vaddq_f32(vsum, e);
+	}
+	sum = vaddvq_f32(vsum);
+	for (; i < n; i++)
+	{
+		y[i] = expf(x[i] - max);
+		sum += y[i];
+	}
+
+	inv = 1.0f / sum;
+	vinv = vdupq_n_f32(inv);
+	for (i = 0; i < full; i += 4)
+		vst1q_f32(y + i, vmulq_f32(vld1q_f32(y + i), vinv));
+	for (; i < n; i++)
+		y[i] *= inv;
+	return (softmax_stats) {max, sum};
+}
+
+static void
+softmax_row_backward_neon(const float *y, const float *dy, float *dx, int64_t n)
+{
+	float32x4_t vdot = vdupq_n_f32(0.0f),
+				vd;
+	int64_t		full = n - n % 4;
+	int64_t		i;
+	float		d;
+
+	for (i = 0; i < full; i += 4)
+		vdot = vfmaq_f32(vdot, vld1q_f32(y + i), vld1q_f32(dy + i));
+	d = vaddvq_f32(vdot);
+	for (; i < n; i++)
+		d += y[i] * dy[i];
+	vd = vdupq_n_f32(d);
+	for (i = 0; i < full; i += 4)
+		vst1q_f32(dx + i, vfmaq_f32(vld1q_f32(dx + i), vld1q_f32(y + i),
+									vsubq_f32(vld1q_f32(dy + i), vd)));
+	for (; i < n; i++)
+		dx[i] += y[i] * (dy[i] - d);
+}
+
+const softmax_kernels softmax_neon_kernels = {
+	softmax_row_neon, softmax_row_backward_neon
+};
+
+#endif							/* LLM_NEON */
+
 typedef struct
 {
 	const float *x;				/* x, or y for the backward */

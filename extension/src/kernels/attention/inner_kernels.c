@@ -1,6 +1,6 @@
 /*
  * inner_kernels.c -- the inner loops of attention (forward.c) and its
- * backward (backward.c), in scalar, AVX2 and AVX-512 variants, chosen
+ * backward (backward.c), in scalar, AVX2, AVX-512 and NEON variants, chosen
  * through attention_kernels (dispatch.h):
  *
  *   scores_row, weighted_sum   one query at a time against strided k and
@@ -402,3 +402,151 @@ const attention_kernels attention_avx512_kernels = {
 };
 
 #endif							/* LLM_X86 */
+
+#if LLM_NEON
+
+/* ---- NEON: the AVX2 loops with 4-float vectors ------------------------------- */
+
+static void
+scores_row_neon(const float *q, const float *k, int64_t ldk, int64_t nk,
+				int64_t hd, float scale, float *scores)
+{
+	for (int64_t j = 0; j < nk; j++)
+	{
+		const float *kj = k + j * ldk;
+		float32x4_t acc = vdupq_n_f32(0.0f);
+		float		dot;
+		int64_t		d;
+
+		if (j + PREFETCH_ROWS < nk)
+			prefetch_row(kj + PREFETCH_ROWS * ldk, hd);
+		for (d = 0; d + 4 <= hd; d += 4)
+			acc = vfmaq_f32(acc, vld1q_f32(q + d), vld1q_f32(kj + d));
+		dot = vaddvq_f32(acc);
+		for (; d < hd; d++)
+			dot += q[d] * kj[d];
+		scores[j] = dot * scale;
+	}
+}
+
+static void
+weighted_sum_neon(const float *p, const float *v, int64_t ldv, int64_t nk,
+				  int64_t hd, float *out)
+{
+	int64_t		d = 0;
+
+	for (; d + 16 <= hd; d += 16)
+	{
+		float32x4_t a[4];
+
+		for (int q = 0; q < 4; q++)
+			a[q] = vdupq_n_f32(0.0f);
+		for (int64_t j = 0; j < nk; j++)
+		{
+			const float *vj = v + j * ldv + d;
+
+			if (j + PREFETCH_ROWS < nk)
+				prefetch_row(vj + PREFETCH_ROWS * ldv, 16);
+#pragma GCC unroll 4
+			for (int q = 0; q < 4; q++)
+				a[q] = vfmaq_n_f32(a[q], vld1q_f32(vj + 4 * q), p[j]);
+		}
+		for (int q = 0; q < 4; q++)
+			vst1q_f32(out + d + 4 * q, a[q]);
+	}
+	for (; d + 4 <= hd; d += 4)
+	{
+		float32x4_t acc = vdupq_n_f32(0.0f);
+
+		for (int64_t j = 0; j < nk; j++)
+			acc = vfmaq_n_f32(acc, vld1q_f32(v + j * ldv + d), p[j]);
+		vst1q_f32(out + d, acc);
+	}
+	for (; d < hd; d++)
+	{
+		float		acc = 0.0f;
+
+		for (int64_t j = 0; j < nk; j++)
+			acc += p[j] * v[j * ldv + d];
+		out[d] = acc;
+	}
+}
+
+/*
+ * The 8 x 32 tile as four 4 x 16 quarters: 16 accumulators, 4 of B.  The
+ * accumulators are named variables, c<row><vector>: an array of them gcc
+ * would keep on the stack, storing it at every step.
+ */
+static void
+tile_neon(const float *a, int64_t ars, int64_t ats, const float *b, int64_t ldb,
+		  int64_t n, float *c, int64_t ldc, float scale, int accumulate)
+{
+	float32x4_t vscale = vdupq_n_f32(accumulate ? 1.0f : scale);
+
+	for (int r0 = 0; r0 < TILE_ROWS; r0 += 4)
+		for (int c0 = 0; c0 < TILE_COLS; c0 += 16)
+		{
+			float	   *cq = c + r0 * ldc + c0;	/* the quarter */
+
+#define INIT(r, q) \
+			float32x4_t c##r##q = accumulate ? vld1q_f32(cq + (r) * ldc + 4 * (q)) : vdupq_n_f32(0.0f);
+#define INIT_ROW(r) INIT(r, 0) INIT(r, 1) INIT(r, 2) INIT(r, 3)
+			INIT_ROW(0) INIT_ROW(1) INIT_ROW(2) INIT_ROW(3)
+			for (int64_t t = 0; t < n; t++)
+			{
+				const float *at = a + t * ats + r0 * ars;
+				const float *bt = b + t * ldb + c0;
+				float32x4_t b0 = vld1q_f32(bt),
+							b1 = vld1q_f32(bt + 4),
+							b2 = vld1q_f32(bt + 8),
+							b3 = vld1q_f32(bt + 12);
+
+#define FMA_ROW(r) \
+				{ \
+					float		ar = at[(r) * ars]; \
+					c##r##0 = vfmaq_n_f32(c##r##0, b0, ar); \
+					c##r##1 = vfmaq_n_f32(c##r##1, b1, ar); \
+					c##r##2 = vfmaq_n_f32(c##r##2, b2, ar); \
+					c##r##3 = vfmaq_n_f32(c##r##3, b3, ar); \
+				}
+				FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3)
+			}
+#define STORE(r, q) vst1q_f32(cq + (r) * ldc + 4 * (q), vmulq_f32(c##r##q, vscale));
+#define STORE_ROW(r) STORE(r, 0) STORE(r, 1) STORE(r, 2) STORE(r, 3)
+			STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3)
+#undef INIT
+#undef INIT_ROW
+#undef FMA_ROW
+#undef STORE
+#undef STORE_ROW
+		}
+}
+
+/* w is a multiple of 4 (of TILE_COLS, as for the AVX2 version's 8) */
+static void
+probs_row_neon(float *s, float *dp, int64_t n, int64_t w, float scale,
+			   float lse, float d)
+{
+	const int32_t lanes[4] = {0, 1, 2, 3};
+	int32x4_t	lane = vld1q_s32(lanes);
+	float32x4_t vscale = vdupq_n_f32(scale),
+				vlse = vdupq_n_f32(lse),
+				vd = vdupq_n_f32(d);
+
+	for (int64_t j = 0; j < w; j += 4)
+	{
+		/* lanes j + i < n are visible */
+		uint32x4_t	m = vcltq_s32(lane, vdupq_n_s32((int32_t) MAX(-1, MIN(4, n - j))));
+		float32x4_t p = exp_neon(vnegq_f32(vfmsq_f32(vlse, vld1q_f32(s + j), vscale)));
+		float32x4_t ds = vmulq_f32(vmulq_f32(vscale, p), vsubq_f32(vld1q_f32(dp + j), vd));
+
+		vst1q_f32(s + j, vreinterpretq_f32_u32(vandq_u32(m, vreinterpretq_u32_f32(p))));
+		vst1q_f32(dp + j, vreinterpretq_f32_u32(vandq_u32(m, vreinterpretq_u32_f32(ds))));
+	}
+}
+
+const attention_kernels attention_neon_kernels = {
+	scores_row_neon, weighted_sum_neon, tile_neon, probs_row_neon
+};
+
+#endif							/* LLM_NEON */

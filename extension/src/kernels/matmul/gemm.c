@@ -4,15 +4,16 @@
  *
  * The driver and the packing code are plain C; they call the micro-kernels
  * and packing helpers of the ISA in use through its gemm_kernels plug-in
- * (microkernel_avx512.c, microkernel_avx2.c).  The micro-kernels exist
- * only for x86, so this file is compiled for x86 only; other targets use
- * the scalar reference.  See matmul.c for the design.
+ * (microkernel_avx512.c, microkernel_avx2.c, microkernel_neon.c).  The
+ * micro-kernels exist for x86-64 and aarch64, so this file is compiled for
+ * those only; other targets use the scalar reference.  See matmul.c for
+ * the design.
  */
 #include "matmul_internal.h"
 
 #include <stdlib.h>
 
-#if LLM_X86
+#if LLM_X86 || LLM_NEON
 
 /* ---- blocking parameters (tuned on Sapphire Rapids: 48 KB L1d, 2 MB L2;
  *      each can be overridden with -D for experiments) --------------------- */
@@ -441,7 +442,7 @@ choose_tiles(mm_ctx *c)
 	nc = round_up(ceil_div(c->N, MAX(1, target / n_mtiles)), NR);
 	nc = MAX(nc, round_up(ceil_div((int64_t) 1 << 21, MIN(mc, c->M) * c->K), NR));
 	nc = MAX(nc, 2 * NR);
-	nc = MIN(nc, NC_MAX);
+	nc = MIN(nc, NC_MAX / NR * NR);	/* (NEON's NR = 12 does not divide 512) */
 	nc = MIN(nc, round_up(c->N, NR));
 	c->n_ntiles = ceil_div(c->N, nc);
 
@@ -510,4 +511,4 @@ matmul_gemm(mm_ctx *c)
 	return rc;
 }
 
-#endif							/* LLM_X86 */
+#endif							/* LLM_X86 || LLM_NEON */

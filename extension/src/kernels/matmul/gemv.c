@@ -1,6 +1,6 @@
 /*
  * gemv.c -- llm_matmul when one side is a vector: M == 1 (and N == 1,
- * transposed by matmul_simd), AVX-512 and AVX2 versions.
+ * transposed by matmul_simd), AVX-512, AVX2 and NEON versions.
  *
  * Decoding one token is memory-bound: each weight is read once and used
  * for one FMA, so all that matters is streaming B at full bandwidth.
@@ -28,10 +28,10 @@
  */
 #include "matmul_internal.h"
 
-#if LLM_X86
-
 #define GEMV_CHUNK 2048			/* columns of y kept in L1 (8 KB) */
 #define GEMV_SLAB (4 << 20)		/* at most this many bytes of B per task */
+
+#if LLM_X86
 
 /* y[s0:s1] = a @ B[:, s0:s1] for plain B, y in L1 (s1 - s0 <= GEMV_CHUNK) */
 TARGET_AVX512 static void
@@ -292,6 +292,128 @@ gemv256_task(void *arg, int64_t n0, int64_t n1)
 			c->C[n] += c->bias[n];
 }
 
+#endif							/* LLM_X86 */
+
+#if LLM_NEON
+
+/* ---- NEON versions: the AVX2 loops with 4-float vectors ----------------- */
+
+static void
+gemv_neon_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
+{
+	const float *a = c->A;
+	int64_t		K = c->K,
+				N = c->N;
+	float	   *y = c->C;
+	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 3);
+	int			keep = c->accumulate;	/* C += ..., else C = ... */
+	int64_t		k = 0,
+				n;
+	int			r;
+
+	for (; k + 8 <= K; k += 8)
+	{
+		const float *b = c->B + k * N;
+
+		for (n = s0; n < nfull; n += 4)
+		{
+			float32x4_t acc = k || keep ? vld1q_f32(y + n) : vdupq_n_f32(0.0f);
+
+#pragma GCC unroll 8
+			for (r = 0; r < 8; r++)
+				acc = vfmaq_n_f32(acc, vld1q_f32(b + r * N + n), a[k + r]);
+			vst1q_f32(y + n, acc);
+		}
+		/* ragged columns: the same chain in scalar FMAs */
+		for (; n < s1; n++)
+		{
+			float		acc = k || keep ? y[n] : 0.0f;
+
+			for (r = 0; r < 8; r++)
+				acc = __builtin_fmaf(a[k + r], b[r * N + n], acc);
+			y[n] = acc;
+		}
+	}
+	for (; k < K; k++)
+	{
+		const float *b = c->B + k * N;
+
+		for (n = s0; n < nfull; n += 4)
+		{
+			float32x4_t acc = k || keep ? vld1q_f32(y + n) : vdupq_n_f32(0.0f);
+
+			vst1q_f32(y + n, vfmaq_n_f32(acc, vld1q_f32(b + n), a[k]));
+		}
+		for (; n < s1; n++)
+			y[n] = __builtin_fmaf(a[k], b[n], k || keep ? y[n] : 0.0f);
+	}
+}
+
+static void
+gemv_neon_transb(const mm_ctx *c, int64_t n0, int64_t n1)
+{
+	const float *a = c->A;
+	int64_t		K = c->K;
+	int64_t		kfull = K & ~(int64_t) 3;
+	int64_t		n,
+				k;
+
+	for (n = n0; n < n1; n += 4)
+	{
+		int			rows = (int) MIN(4, n1 - n);
+		const float *b[4];
+		float32x4_t acc[4];
+		int			r;
+
+		for (r = 0; r < 4; r++)
+		{
+			b[r] = c->B + (n + MIN(r, rows - 1)) * K;
+			acc[r] = vdupq_n_f32(0.0f);
+		}
+		for (k = 0; k < kfull; k += 4)
+		{
+			float32x4_t ak = vld1q_f32(a + k);
+
+#pragma GCC unroll 4
+			for (r = 0; r < 4; r++)
+				acc[r] = vfmaq_f32(acc[r], ak, vld1q_f32(b[r] + k));
+		}
+		for (r = 0; r < rows; r++)
+		{
+			float		s = vaddvq_f32(acc[r]);
+
+			for (k = kfull; k < K; k++)
+				s = __builtin_fmaf(a[k], b[r][k], s);
+			if (c->accumulate)
+				s += c->C[n + r];
+			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
+		}
+	}
+}
+
+void
+gemv_neon_task(void *arg, int64_t n0, int64_t n1)
+{
+	const mm_ctx *c = (const mm_ctx *) arg;
+	int64_t		s,
+				n;
+
+	if (c->transB)
+	{
+		gemv_neon_transb(c, n0, n1);
+		return;
+	}
+	for (s = n0; s < n1; s += GEMV_CHUNK)
+		gemv_neon_plain_chunk(c, s, MIN(n1, s + GEMV_CHUNK));
+	if (c->bias)
+		for (n = n0; n < n1; n++)
+			c->C[n] += c->bias[n];
+}
+
+#endif							/* LLM_NEON */
+
+#if LLM_X86 || LLM_NEON
+
 int
 matmul_gemv(mm_ctx *c)
 {
@@ -310,4 +432,4 @@ matmul_gemv(mm_ctx *c)
 	return llm_parallel_for(c->N, grain, c->kernels->gemv, c);
 }
 
-#endif							/* LLM_X86 */
+#endif							/* LLM_X86 || LLM_NEON */

@@ -8,8 +8,9 @@
  *      token is memory-bound: each weight is read once and used for one
  *      FMA, so the only goal is to stream B at full bandwidth (gemv.c).
  *
- *   2. GEMM (M > 1), the classic GotoBLAS/BLIS design (gemm.c, and
- *      the micro-kernels in microkernel_avx512.c and microkernel_avx2.c):
+ *   2. GEMM (M > 1), the classic GotoBLAS/BLIS design (gemm.c, and the
+ *      micro-kernels in microkernel_avx512.c, microkernel_avx2.c and
+ *      microkernel_neon.c):
  *
  *        pack all of A (and, when several row tiles share it, all of B)
  *        for each output tile [m0,m1) x [n0,n1)          <- parallel tasks
@@ -20,7 +21,8 @@
  *                micro-kernel: C[MR,NR] (+)= Apanel[MR,kc] @ Bpanel[kc,NR]
  *
  *      The micro-kernel keeps an MR x NR block of C in registers (AVX-512:
- *      14 x 32 = 28 zmm accumulators; AVX2: 6 x 16 = 12 ymm).  Each k step
+ *      14 x 32 = 28 zmm accumulators; AVX2: 6 x 16 = 12 ymm; NEON: 8 x 12
+ *      = 24 q registers).  Each k step
  *      loads one row of the B panel (NR floats) and broadcasts MR values
  *      of the A panel: 2*MR FMAs for MR+2 loads, all from L1.  Packing
  *      copies both operands into exactly the order the micro-kernel reads
@@ -37,12 +39,13 @@
  *      kernel per row count 1..MR (no FMAs wasted on short row panels) and
  *      partial column panels are stored with masks.
  *
- *   3. Scalar reference (reference.c): plain loops, used on non-x86 builds
- *      and when llm_set_isa(LLM_ISA_SCALAR) forces it.
+ *   3. Scalar reference (reference.c): plain loops, used on builds that are
+ *      neither x86-64 nor aarch64 and when llm_set_isa(LLM_ISA_SCALAR)
+ *      forces it.
  *
  * Which of them runs is the matmul family's table (dispatch.h), filled by
- * llm_set_isa: the scalar one runs the reference, the AVX2 and AVX-512 ones
- * route by shape (matmul_simd below) to their GEMV task or GEMM plug-in.
+ * llm_set_isa: the scalar one runs the reference, the AVX2, AVX-512 and
+ * NEON ones route by shape (matmul_simd below) to their GEMV task or GEMM plug-in.
  *
  * Determinism.  Every element of C is: for each k-block in increasing k,
  * an FMA chain over the block, added into C; then + bias.  k-blocks and
@@ -67,9 +70,14 @@
 const matmul_kernels matmul_scalar_kernels = {matmul_scalar, NULL, NULL};
 
 #if LLM_X86
-
 const matmul_kernels matmul_avx2_kernels = {matmul_simd, &gemm_avx2, gemv256_task};
 const matmul_kernels matmul_avx512_kernels = {matmul_simd, &gemm_avx512, gemv512_task};
+#endif
+#if LLM_NEON
+const matmul_kernels matmul_neon_kernels = {matmul_simd, &gemm_neon, gemv_neon_task};
+#endif
+
+#if LLM_X86 || LLM_NEON
 
 /* The fast paths: GEMV when one side is a vector, GEMM otherwise. */
 int
@@ -110,7 +118,7 @@ matmul_simd(mm_ctx *c)
 	return matmul_gemm(c);
 }
 
-#endif							/* LLM_X86 */
+#endif							/* LLM_X86 || LLM_NEON */
 
 static int
 matmul_run(const float *A, const float *B, const float *bias, float *C,

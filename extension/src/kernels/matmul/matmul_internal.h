@@ -10,6 +10,7 @@
  *   gemm.c                 packing, prefetching and the GEMM driver
  *   microkernel_avx512.c   AVX-512 micro-kernels and packing helpers
  *   microkernel_avx2.c     AVX2 micro-kernels and packing helpers
+ *   microkernel_neon.c     NEON (aarch64) micro-kernels and packing helpers
  *   gemv.c                 GEMV for M == 1 and N == 1
  *
  * The design (GotoBLAS/BLIS GEMM, bandwidth-bound GEMV, determinism,
@@ -166,7 +167,7 @@ struct gemm_kernels
 /* reference.c */
 int			matmul_scalar(mm_ctx *c);
 
-#if LLM_X86
+#if LLM_X86 || LLM_NEON
 /* matmul.c: GEMV or GEMM, as the shape says */
 int			matmul_simd(mm_ctx *c);
 
@@ -175,12 +176,22 @@ int			matmul_gemm(mm_ctx *c);
 
 /* gemv.c */
 int			matmul_gemv(mm_ctx *c);
+#endif
+
+#if LLM_X86
+/* gemv.c */
 void		gemv512_task(void *arg, int64_t n0, int64_t n1);
 void		gemv256_task(void *arg, int64_t n0, int64_t n1);
 
 /* microkernel_avx512.c, microkernel_avx2.c */
 extern const gemm_kernels gemm_avx512;
 extern const gemm_kernels gemm_avx2;
+#endif
+
+#if LLM_NEON
+/* gemv.c, microkernel_neon.c */
+void		gemv_neon_task(void *arg, int64_t n0, int64_t n1);
+extern const gemm_kernels gemm_neon;
 #endif
 
 #endif							/* PG_LLM_MATMUL_INTERNAL_H */
