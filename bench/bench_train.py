@@ -185,6 +185,9 @@ def bf16_table(args) -> None:
             got = {v: [] for v in variants}
             for r in range(args.repeat):
                 for v, run in variants.items():
+                    # (--torch-rounds: PyTorch in the first rounds only; autocast is slow without bf16 hardware)
+                    if v.startswith("PyTorch") and r >= args.torch_rounds:
+                        continue
                     got[v].append(run(name, label, threads)["step_s"])
                 print(f"{label} threads={threads} round {r + 1}: "
                       + ", ".join(f"{v} {got[v][-1]:.3f} s" for v in variants), flush=True)
@@ -196,7 +199,8 @@ def bf16_table(args) -> None:
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     print(f"\npg_llm.simd = {SIMD or 'best'}; B={B}, T={T}; s/step, median of {args.repeat} rounds "
-          f"of {args.steps} steps; load average {' '.join(load)}\n")
+          f"({min(args.repeat, args.torch_rounds)} for PyTorch) of {args.steps} steps; "
+          f"load average {' '.join(load)}\n")
     head = ["model", "threads", *variants, "pg bf16 / fp32", "torch bf16 / fp32", "pg / torch fp32",
             "pg / torch bf16"]
     print("| " + " | ".join(head) + " |")
@@ -219,6 +223,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="fp32 vs bf16 mixed precision: llm_train's dtype, torch.autocast")
     parser.add_argument("--repeat", type=int, default=3, help="--bf16: interleaved rounds")
+    parser.add_argument("--torch-rounds", type=int, default=1_000_000,
+                        help="--bf16: PyTorch runs in the first rounds only (default: all)")
     parser.add_argument("--torch-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_child:
