@@ -190,7 +190,7 @@ def bf16_table(args) -> None:
                         continue
                     got[v].append(run(name, label, threads)["step_s"])
                 print(f"{label} threads={threads} round {r + 1}: "
-                      + ", ".join(f"{v} {got[v][-1]:.3f} s" for v in variants), flush=True)
+                      + ", ".join(f"{v} {got[v][-1]:.3f} s" for v in variants if len(got[v]) > r), flush=True)
             rows.append((label, threads, {v: statistics.median(t) for v, t in got.items()}))
         with pg_llm_lab.connect() as conn:
             conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
