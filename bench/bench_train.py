@@ -65,6 +65,13 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (less noisy than wall time on a busy machine)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_model(config: dict):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -158,18 +165,19 @@ def loop_run(name: str, threads: int, steps: int, tape: str = "off", dtype: str 
         conn.execute("SELECT llm_autograd_mode(%s)", [tape])
         pid = conn.info.backend_pid
         first = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(pid)
         conn.execute("CALL llm_train(%s, %s, batch_size => %s, grad_workers => %s, optimizer_workers => %s, "
                      "save_every => %s, split => %s, notice_every => 0, dtype => %s)",
                      [name, steps + 1, B, threads, threads, steps + 10, SPLIT, dtype])
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
         stamps = [r[0] for r in conn.execute(
             "SELECT extract(epoch FROM created_at) FROM llm_train_log WHERE model = %s AND id > %s ORDER BY id",
             [name, first]).fetchall()]
         gaps = np.diff(np.array(stamps, dtype=np.float64))
         hwm = vm_hwm_mb(pid)
         conn.execute("SELECT llm_autograd_mode('off'), llm_prune_autograd_state()")
-        return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": hwm}
+        return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": hwm,
+                "cpu_step_s": cpu / (steps + 1)}   # the call's CPU time per step (its state load included)
 
 
 def bf16_table(args) -> None:
@@ -183,15 +191,20 @@ def bf16_table(args) -> None:
         name = setup(label)
         for threads in args.threads:
             got = {v: [] for v in variants}
+            cpu = {v: [] for v in variants if v.startswith("llm_train")}
             for r in range(args.repeat):
                 for v, run in variants.items():
                     # (--torch-rounds: PyTorch in the first rounds only; autocast is slow without bf16 hardware)
                     if v.startswith("PyTorch") and r >= args.torch_rounds:
                         continue
-                    got[v].append(run(name, label, threads)["step_s"])
+                    result = run(name, label, threads)
+                    got[v].append(result["step_s"])
+                    if v in cpu:
+                        cpu[v].append(result["cpu_step_s"])
                 print(f"{label} threads={threads} round {r + 1}: "
                       + ", ".join(f"{v} {got[v][-1]:.3f} s" for v in variants if len(got[v]) > r), flush=True)
-            rows.append((label, threads, {v: statistics.median(t) for v, t in got.items()}))
+            rows.append((label, threads, {v: statistics.median(t) if t else float("nan") for v, t in got.items()},
+                         {v: statistics.median(t) for v, t in cpu.items()}))
         with pg_llm_lab.connect() as conn:
             conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
     with pg_llm_lab.connect() as conn:
@@ -202,13 +215,14 @@ def bf16_table(args) -> None:
           f"({min(args.repeat, args.torch_rounds)} for PyTorch) of {args.steps} steps; "
           f"load average {' '.join(load)}\n")
     head = ["model", "threads", *variants, "pg bf16 / fp32", "torch bf16 / fp32", "pg / torch fp32",
-            "pg / torch bf16"]
+            "pg / torch bf16", "llm_train CPU s/step fp32, bf16"]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
-    for label, threads, m in rows:
+    for label, threads, m, c in rows:
         pt32, pt16, pg32, pg16 = (m[v] for v in variants)
         cells = [label, threads, *(f"{m[v]:.3f}" for v in variants), f"{pg16 / pg32:.2f}x", f"{pt16 / pt32:.2f}x",
-                 f"{pg32 / pt32:.2f}x", f"{pg16 / pt16:.2f}x"]
+                 f"{pg32 / pt32:.2f}x", f"{pg16 / pt16:.2f}x",
+                 f"{c['llm_train fp32']:.3f}, {c['llm_train bf16']:.3f} ({c['llm_train bf16'] / c['llm_train fp32']:.2f}x)"]
         print("| " + " | ".join(map(str, cells)) + " |")
 
 
