@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = dataclasses.replace(demo.DEFAULT, model="bf16curve", minutes=None, steps=args.steps,
-                                   val_rows=200)
+                                   val_rows=200, warmup=min(demo.DEFAULT.warmup, args.steps // 10))  # as demo.run
     with pg_llm_lab.connect() as conn:
         if args.threads:
             conn.execute("SELECT set_config('pg_llm.threads', %s, false)", [str(args.threads)])
