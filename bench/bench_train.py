@@ -3,6 +3,7 @@
     python bench/bench_train.py                        # both models, threads 1 and 2
     python bench/bench_train.py --models lab --threads 2 --steps 5
     python bench/bench_train.py --simd avx2 --tape     # the AVX2 kernels; llm_train recording
+    python bench/bench_train.py --bf16 --threads 2 --simd avx2 --repeat 3   # fp32 vs bf16, both sides
 
 Models (random init, float32), batch B=4 sequences of T=64 tokens:
   lab    4 layers, 4 heads, n_embd 128, n_positions 128, vocab 50257
@@ -25,6 +26,10 @@ A step is forward + backward + clip_grad_norm_(1.0) + AdamW, for:
                   product before its bias), and the tape's rows are written
                   to llm_tape / llm_tensor_rt; printed with its ratio to the
                   unrecorded llm_train step
+--bf16 measures mixed precision instead: llm_train with dtype 'fp32' and
+'bf16' beside PyTorch fp32 and under torch.autocast('cpu', dtype=torch.bfloat16),
+the four interleaved in each of --repeat rounds (the machine's load drifts);
+each cell is the median over the rounds of each round's median step.
 --simd sets pg_llm.simd in every pg_llm session (default: the best this CPU has).
 Memory is VmHWM (peak resident set) of the process: a fresh backend per
 pg_llm measurement, read from /proc/<pg_backend_pid()>/status.
@@ -60,6 +65,13 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (less noisy than wall time on a busy machine)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_model(config: dict):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -76,8 +88,9 @@ def batches(vocab: int, n: int):
         yield tokens, np.roll(tokens, -1, axis=1)
 
 
-def torch_child(label: str, threads: int, steps: int) -> None:
-    """Runs in a subprocess: prints a JSON line {step_s, hwm_mb}."""
+def torch_child(label: str, threads: int, steps: int, dtype: str = "fp32") -> None:
+    """Runs in a subprocess: prints a JSON line {step_s, hwm_mb}.  dtype bf16: the
+    forward and the loss under torch.autocast('cpu', dtype=torch.bfloat16)."""
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
@@ -91,8 +104,9 @@ def torch_child(label: str, threads: int, steps: int) -> None:
         x, y = torch.as_tensor(tokens), torch.as_tensor(targets)
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        logits = model(x).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            logits = model(x).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -100,8 +114,8 @@ def torch_child(label: str, threads: int, steps: int) -> None:
     print(json.dumps({"step_s": statistics.median(times[1:]), "hwm_mb": vm_hwm_mb(os.getpid())}))
 
 
-def torch_run(label: str, threads: int, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--torch-child", label, str(threads), str(steps)],
+def torch_run(label: str, threads: int, steps: int, dtype: str = "fp32") -> dict:
+    out = subprocess.run([sys.executable, __file__, "--torch-child", label, str(threads), str(steps), dtype],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -146,23 +160,70 @@ def step_run(name: str, label: str, threads: int, steps: int) -> dict:
                 "phases": phases[-1] if phases else ""}
 
 
-def loop_run(name: str, threads: int, steps: int, tape: str = "off") -> dict:
+def loop_run(name: str, threads: int, steps: int, tape: str = "off", dtype: str = "fp32") -> dict:
     with connect() as conn:
         conn.execute("SELECT llm_autograd_mode(%s)", [tape])
         pid = conn.info.backend_pid
         first = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(pid)
         conn.execute("CALL llm_train(%s, %s, batch_size => %s, grad_workers => %s, optimizer_workers => %s, "
-                     "save_every => %s, split => %s, notice_every => 0)",
-                     [name, steps + 1, B, threads, threads, steps + 10, SPLIT])
-        total = time.perf_counter() - start
+                     "save_every => %s, split => %s, notice_every => 0, dtype => %s)",
+                     [name, steps + 1, B, threads, threads, steps + 10, SPLIT, dtype])
+        total, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
         stamps = [r[0] for r in conn.execute(
             "SELECT extract(epoch FROM created_at) FROM llm_train_log WHERE model = %s AND id > %s ORDER BY id",
             [name, first]).fetchall()]
         gaps = np.diff(np.array(stamps, dtype=np.float64))
         hwm = vm_hwm_mb(pid)
         conn.execute("SELECT llm_autograd_mode('off'), llm_prune_autograd_state()")
-        return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": hwm}
+        return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": hwm,
+                "cpu_step_s": cpu / (steps + 1)}   # the call's CPU time per step (its state load included)
+
+
+def bf16_table(args) -> None:
+    """--bf16: llm_train fp32 / bf16 and PyTorch fp32 / autocast bf16, interleaved."""
+    variants = {"PyTorch fp32": lambda name, label, threads: torch_run(label, threads, args.steps),
+                "PyTorch autocast bf16": lambda name, label, threads: torch_run(label, threads, args.steps, "bf16"),
+                "llm_train fp32": lambda name, label, threads: loop_run(name, threads, args.steps),
+                "llm_train bf16": lambda name, label, threads: loop_run(name, threads, args.steps, dtype="bf16")}
+    rows = []
+    for label in args.models:
+        name = setup(label)
+        for threads in args.threads:
+            got = {v: [] for v in variants}
+            cpu = {v: [] for v in variants if v.startswith("llm_train")}
+            for r in range(args.repeat):
+                for v, run in variants.items():
+                    # (--torch-rounds: PyTorch in the first rounds only; autocast is slow without bf16 hardware)
+                    if v.startswith("PyTorch") and r >= args.torch_rounds:
+                        continue
+                    result = run(name, label, threads)
+                    got[v].append(result["step_s"])
+                    if v in cpu:
+                        cpu[v].append(result["cpu_step_s"])
+                print(f"{label} threads={threads} round {r + 1}: "
+                      + ", ".join(f"{v} {got[v][-1]:.3f} s" for v in variants if len(got[v]) > r), flush=True)
+            rows.append((label, threads, {v: statistics.median(t) if t else float("nan") for v, t in got.items()},
+                         {v: statistics.median(t) for v, t in cpu.items()}))
+        with pg_llm_lab.connect() as conn:
+            conn.execute("DELETE FROM llm_model_config WHERE model = %s", [name])
+    with pg_llm_lab.connect() as conn:
+        conn.execute("DELETE FROM llm_dataset WHERE split = %s", [SPLIT])
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(f"\npg_llm.simd = {SIMD or 'best'}; B={B}, T={T}; s/step, median of {args.repeat} rounds "
+          f"({min(args.repeat, args.torch_rounds)} for PyTorch) of {args.steps} steps; "
+          f"load average {' '.join(load)}\n")
+    head = ["model", "threads", *variants, "pg bf16 / fp32", "torch bf16 / fp32", "pg / torch fp32",
+            "pg / torch bf16", "llm_train CPU s/step fp32, bf16"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
+    for label, threads, m, c in rows:
+        pt32, pt16, pg32, pg16 = (m[v] for v in variants)
+        cells = [label, threads, *(f"{m[v]:.3f}" for v in variants), f"{pg16 / pg32:.2f}x", f"{pt16 / pt32:.2f}x",
+                 f"{pg32 / pt32:.2f}x", f"{pg16 / pt16:.2f}x",
+                 f"{c['llm_train fp32']:.3f}, {c['llm_train bf16']:.3f} ({c['llm_train bf16'] / c['llm_train fp32']:.2f}x)"]
+        print("| " + " | ".join(map(str, cells)) + " |")
 
 
 def main() -> None:
@@ -173,15 +234,23 @@ def main() -> None:
     parser.add_argument("--simd", choices=["scalar", "avx2", "avx512", "neon"],
                         help="pg_llm.simd for the pg_llm runs (default: the best this CPU has)")
     parser.add_argument("--tape", action="store_true", help="also llm_train with the tape in meta and full")
-    parser.add_argument("--torch-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true",
+                        help="fp32 vs bf16 mixed precision: llm_train's dtype, torch.autocast")
+    parser.add_argument("--repeat", type=int, default=3, help="--bf16: interleaved rounds")
+    parser.add_argument("--torch-rounds", type=int, default=1_000_000,
+                        help="--bf16: PyTorch runs in the first rounds only (default: all)")
+    parser.add_argument("--torch-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_child:
-        label, threads, steps = args.torch_child
-        torch_child(label, int(threads), int(steps))
+        label, threads, steps, dtype = args.torch_child
+        torch_child(label, int(threads), int(steps), dtype)
         return
 
     global SIMD
     SIMD = args.simd
+    if args.bf16:
+        bf16_table(args)
+        return
     with connect() as conn:
         isa = conn.execute("SELECT llm_info()->>'simd'").fetchone()[0]
     rows = []

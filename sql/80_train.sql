@@ -136,7 +136,8 @@ CREATE TABLE llm_train_log (
     targets      int[],
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     run          text,
-    lineage      bigint
+    lineage      bigint,
+    dtype        text NOT NULL DEFAULT 'fp32'
 );
 COMMENT ON TABLE llm_train_log IS
 'one row per optimizer step: how it went (loss, grad_norm) and what replays it (batch and settings)';
@@ -162,6 +163,8 @@ COMMENT ON COLUMN llm_train_log.run IS 'the named run of CALL llm_train(..., run
 COMMENT ON COLUMN llm_train_log.lineage IS
 'the write-back (llm_train_lineage) that made the step part of the model''s weights; NULL: never written '
 'back -- a step of a run still going, or one lost to a crash or a cancel (not in llm_train_history)';
+COMMENT ON COLUMN llm_train_log.dtype IS
+'what the step computed in: ''fp32'', or ''bf16'' mixed precision (llm_train(..., dtype => ''bf16''))';
 COMMENT ON SEQUENCE llm_train_log_id_seq IS 'numbers the llm_train_log rows (identity of llm_train_log.id)';
 CREATE INDEX llm_train_log_model_step ON llm_train_log (model, step);
 CREATE INDEX llm_train_log_lineage ON llm_train_log (lineage);

@@ -289,12 +289,13 @@ CREATE PROCEDURE llm_train(model text, steps int, batch_size int DEFAULT 8,
                            beta1 double precision DEFAULT 0.9, beta2 double precision DEFAULT 0.95,
                            eps double precision DEFAULT 1e-8, decay_steps int DEFAULT NULL,
                            notice_every int DEFAULT 1, split text DEFAULT 'train',
-                           dataset text DEFAULT current_user, run text DEFAULT NULL)
+                           dataset text DEFAULT current_user, run text DEFAULT NULL,
+                           dtype text DEFAULT 'fp32')
     AS 'MODULE_PATHNAME', 'llm_train' LANGUAGE C;
 COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double precision,
                                double precision, double precision, bigint, int, int, int, int, int,
                                int, int, double precision, double precision, double precision, int,
-                               int, text, text, text) IS
+                               int, text, text, text, text) IS
 'train the model for steps steps on a split (default ''train'') of llm_dataset `dataset` (default: named after '
 'you): each step draws batch_size '
 'examples with a generator seeded by (seed, llm_param.step), runs forward, backward, '
@@ -307,7 +308,10 @@ COMMENT ON PROCEDURE llm_train(text, int, int, double precision, int, double pre
 'A NOTICE every notice_every steps (0: none). Results are bit-identical at any thread count. '
 'run names the run (llm_train_run): the first call records it, the same call again continues it from '
 'its last write-back to its steps, with the same learning rates, batches and AdamW state, as if it '
-'had never stopped (ERROR for settings that differ from the run''s).';
+'had never stopped (ERROR for settings that differ from the run''s). '
+'dtype ''bf16'': mixed precision as torch.autocast(''cpu'', dtype=torch.bfloat16) runs the matmuls -- '
+'their operands and results rounded to bf16, products summed in fp32 -- with fp32 weights and AdamW '
+'state (README: Mixed precision); default ''fp32''.';
 
 CREATE OR REPLACE FUNCTION llm_replay(model text, checkpoint bigint, to_step int) RETURNS int
 LANGUAGE plpgsql
@@ -364,7 +368,8 @@ BEGIN
                             'nothing to replay it from', r.step
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
-        loss := llm_train_step(p_model, tok, tgt, r.lr, r.weight_decay, r.beta1, r.beta2, r.eps, r.clip);
+        loss := llm_train_step(p_model, tok, tgt, r.lr, r.weight_decay, r.beta1, r.beta2, r.eps, r.clip,
+                               r.dtype);
         IF loss IS DISTINCT FROM r.loss THEN
             RAISE WARNING 'llm_replay: step % has loss % now, % when logged', r.step, loss, r.loss;
         END IF;
@@ -1264,5 +1269,35 @@ COMMENT ON FUNCTION tensor_out(tensor) IS
     '8388608 values base64:[shape]:<the float32 values little-endian, in base64> (a row pg_dump writes stays under 1 GB)';
 -- ---- end of issue 17 (tensor text)
 
+-- ---- issue 18 (bf16 training): llm_train and llm_train_step take dtype ('fp32' or
+-- 'bf16'); llm_train_log and llm_train_run say which (llm_train's and llm_replay's
+-- new definitions are in issue 17's block above, its one definition).
+ALTER TABLE llm_train_log ADD COLUMN dtype text NOT NULL DEFAULT 'fp32';
+COMMENT ON COLUMN llm_train_log.dtype IS
+'what the step computed in: ''fp32'', or ''bf16'' mixed precision (llm_train(..., dtype => ''bf16''))';
+ALTER TABLE llm_train_run ADD COLUMN dtype text NOT NULL DEFAULT 'fp32';
+COMMENT ON COLUMN llm_train_run.dtype IS 'what it computes in: ''fp32'' or ''bf16'' (mixed precision)';
+DROP FUNCTION llm_train_step(text, int[], int[], double precision, double precision,
+                             double precision, double precision, double precision,
+                             double precision);
+-- ---- end of issue 18 (bf16 training)
+
 -- ---- new functions of sql/*.sql: written by tools/gen_upgrade_functions.py, do not edit
+CREATE FUNCTION llm_train_step(model text, tokens int[], targets int[], lr double precision,
+                               weight_decay double precision DEFAULT 0.01,
+                               beta1 double precision DEFAULT 0.9,
+                               beta2 double precision DEFAULT 0.999,
+                               eps double precision DEFAULT 1e-8,
+                               clip double precision DEFAULT NULL,
+                               dtype text DEFAULT 'fp32')
+RETURNS real
+    AS 'MODULE_PATHNAME', 'llm_train_step' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_train_step(text, int[], int[], double precision, double precision,
+                                   double precision, double precision, double precision,
+                                   double precision, text) IS
+'one training step on a batch (tokens, targets: int[] or int[][] [B][T], -100 ignored): forward, mean '
+'cross-entropy, backward, clip_grad_norm_(clip) unless clip is NULL, AdamW (decay on 2-D tensors), '
+'written back to llm_param (data, grad, m, v, step) in one UPDATE with a row of llm_train_log and '
+'llm_grad_stats; returns the loss before the update. dtype ''bf16'': mixed precision as llm_train''s';
+
 -- ---- end of new functions

@@ -248,6 +248,30 @@ def test_transpose(lib, rows, cols):
     assert np.array_equal(y, x.T)
 
 
+@pytest.mark.parametrize("n", SIZES)
+def test_round_bf16_is_torchs_bfloat16(lib, isa, n):
+    """llm_round_bf16_array == x.to(torch.bfloat16).float() bit for bit: round to
+    nearest, ties to even (exact ties built on purpose), subnormals, overflow
+    to infinity, signed zeros; a NaN stays a NaN."""
+    if torch is None:
+        pytest.skip("torch's bfloat16 is the reference")
+    ulp = np.float32(2.0 ** -7)                      # of bf16 at [1, 2)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + ulp / 2),
+                        1e-40, -3e-39, 3.3961e38, -3.3961e38, 3.4e38, np.finfo(np.float32).max],
+                       dtype=np.float32)
+    x = np.concatenate([special, randn(n, seed=n, scale=100.0)])
+    x[len(special) // 2] = np.nan
+    y = np.empty_like(x)
+    lib.llm_round_bf16_array(ptr(x), ptr(y), len(x))
+    want = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(y), nan)
+    assert np.array_equal(y[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    # in place, the same
+    lib.llm_round_bf16_array(ptr(x), ptr(x), len(x))
+    assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
 def test_embedding(lib):
     w = randn(50, 33, seed=5)
     ids = np.array([0, 49, 7, 7, 3], dtype=np.int32)

@@ -15,6 +15,12 @@
  * One function runs it (gpt2_transformer); its callers choose what it
  * keeps (see forward.h): generation a KV cache over scratch buffers,
  * training an activation store for the backward and the tape.
+ *
+ * bf16 mixed precision (training with dtype 'bf16', forward.h): every
+ * matmul reads the weights rounded to bf16 and rounds its input and its
+ * output to bf16, as torch.autocast('cpu', dtype=torch.bfloat16) runs
+ * nn.Linear / Conv1D; LayerNorm, GELU, attention, the residual stream
+ * and the loss stay fp32 over those values.
  */
 #include "postgres.h"
 
@@ -98,6 +104,13 @@ gpt2_block_input(const Gpt2Activations *acts, int layer)
 
 /* ---- the forward ----------------------------------------------------------- */
 
+void
+gpt2_round_if_bf16(bool bf16, float *x, int64 n)
+{
+	if (bf16)
+		llm_round_bf16_array(x, x, n);
+}
+
 /* x[b, t] = wte[tokens[b, t]] + wpe[pos0 + t] */
 static void
 embed(const Gpt2Model *m, float *x, const int32 *tokens, int64 B, int64 T, int64 pos0)
@@ -145,9 +158,15 @@ attention(const Gpt2Model *m, const Gpt2LayerActs *a, int64 B, int64 T, int64 po
 	}
 }
 
-/* One transformer block over N = B*T rows, input x (see the file's header). */
+/*
+ * One transformer block over N = B*T rows, input x (see the file's header).
+ * The matmuls read their weights and biases from W: L's own in fp32, their
+ * bf16-rounded copies in bf16 (then every matmul's input and output are
+ * rounded too: activations that a matmul reads are stored rounded).
+ */
 static void
-block_forward(const Gpt2Model *m, const Gpt2Layer *L, const Gpt2LayerActs *a, const float *x,
+block_forward(const Gpt2Model *m, const Gpt2Layer *L, const Gpt2Layer *W, bool bf16,
+			  const Gpt2LayerActs *a, const float *x,
 			  int64 B, int64 T, int64 pos0, float *k_cache, float *v_cache)
 {
 	int64		C = m->cfg.n_embd,
@@ -157,24 +176,33 @@ block_forward(const Gpt2Model *m, const Gpt2Layer *L, const Gpt2LayerActs *a, co
 
 	llm_check_status(llm_layernorm(x, L->ln1_w, L->ln1_b, a->ln1, N, C, eps,
 								   a->ln1_mean, a->ln1_rstd));
-	llm_check_status(llm_matmul(a->ln1, L->attn_w, L->attn_b, a->qkv, N, C, 3 * C, 0, 0));
+	gpt2_round_if_bf16(bf16, a->ln1, N * C);
+	llm_check_status(llm_matmul(a->ln1, W->attn_w, W->attn_b, a->qkv, N, C, 3 * C, 0, 0));
+	gpt2_round_if_bf16(bf16, a->qkv, N * 3 * C);
 	attention(m, a, B, T, pos0, k_cache, v_cache);
-	llm_check_status(llm_matmul(a->atty, L->attn_proj_w, L->attn_proj_b, a->res_mid,
+	gpt2_round_if_bf16(bf16, a->atty, N * C);
+	llm_check_status(llm_matmul(a->atty, W->attn_proj_w, W->attn_proj_b, a->res_mid,
 								N, C, C, 0, 0));
+	gpt2_round_if_bf16(bf16, a->res_mid, N * C);
 	llm_add(a->res_mid, x, a->res_mid, N * C, N * C);
 
 	llm_check_status(llm_layernorm(a->res_mid, L->ln2_w, L->ln2_b, a->ln2, N, C, eps,
 								   a->ln2_mean, a->ln2_rstd));
-	llm_check_status(llm_matmul(a->ln2, L->fc_w, L->fc_b, a->fc, N, C, F, 0, 0));
+	gpt2_round_if_bf16(bf16, a->ln2, N * C);
+	llm_check_status(llm_matmul(a->ln2, W->fc_w, W->fc_b, a->fc, N, C, F, 0, 0));
+	gpt2_round_if_bf16(bf16, a->fc, N * F);
 	llm_check_status(llm_gelu(a->fc, a->fc_gelu, N * F));
-	llm_check_status(llm_matmul(a->fc_gelu, L->mlp_proj_w, L->mlp_proj_b, a->res_out,
+	gpt2_round_if_bf16(bf16, a->fc_gelu, N * F);
+	llm_check_status(llm_matmul(a->fc_gelu, W->mlp_proj_w, W->mlp_proj_b, a->res_out,
 								N, F, C, 0, 0));
+	gpt2_round_if_bf16(bf16, a->res_out, N * C);
 	llm_add(a->res_out, a->res_mid, a->res_out, N * C, N * C);
 }
 
-void
-gpt2_transformer(const Gpt2Model *m, const Gpt2Activations *acts, const int32 *tokens,
-				 int64 B, int64 T, int64 pos0, const Gpt2KVCache *kv)
+/* gpt2_transformer, its matmuls reading mm's weights rounded to bf16 unless mm is NULL */
+static void
+transformer(const Gpt2Model *m, const Gpt2Model *mm, const Gpt2Activations *acts,
+			const int32 *tokens, int64 B, int64 T, int64 pos0, const Gpt2KVCache *kv)
 {
 	int			n_layer = m->cfg.n_layer;
 
@@ -182,12 +210,21 @@ gpt2_transformer(const Gpt2Model *m, const Gpt2Activations *acts, const int32 *t
 	for (int l = 0; l < n_layer; l++)
 	{
 		CHECK_FOR_INTERRUPTS();
-		block_forward(m, &m->layers[l], &acts->layers[l], gpt2_block_input(acts, l), B, T, pos0,
+		block_forward(m, &m->layers[l], mm ? &mm->layers[l] : &m->layers[l], mm != NULL,
+					  &acts->layers[l], gpt2_block_input(acts, l), B, T, pos0,
 					  kv ? kv->k[l] : NULL, kv ? kv->v[l] : NULL);
 	}
 	llm_check_status(llm_layernorm(gpt2_block_input(acts, n_layer), m->lnf_w, m->lnf_b,
 								   acts->lnf, B * T, m->cfg.n_embd, m->cfg.layer_norm_eps,
 								   acts->lnf_mean, acts->lnf_rstd));
+	gpt2_round_if_bf16(mm != NULL, acts->lnf, B * T * m->cfg.n_embd);
+}
+
+void
+gpt2_transformer(const Gpt2Model *m, const Gpt2Activations *acts, const int32 *tokens,
+				 int64 B, int64 T, int64 pos0, const Gpt2KVCache *kv)
+{
+	transformer(m, NULL, acts, tokens, B, T, pos0, kv);
 }
 
 void
@@ -352,8 +389,10 @@ gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets)
 
 	memcpy(b->tokens, tokens, sizeof(int32) * b->N);
 	memcpy(b->targets, targets, sizeof(int32) * b->N);
-	gpt2_transformer(m, b->acts, b->tokens, b->B, b->T, 0, NULL);
-	gpt2_lm_head(m, b->acts->lnf, b->N, b->logits);
+	transformer(m, b->bf16, b->acts, b->tokens, b->B, b->T, 0, NULL);
+	/* bf16: the lm_head reads the rounded wte, its logits are rounded (HF's loss upcasts them) */
+	gpt2_lm_head(b->bf16 ? b->bf16 : m, b->acts->lnf, b->N, b->logits);
+	gpt2_round_if_bf16(b->bf16 != NULL, b->logits, b->N * m->cfg.vocab_size);
 	llm_check_status(llm_cross_entropy(b->logits, b->targets, b->N, m->cfg.vocab_size,
 									   &loss, &counted, b->lse));
 	if (counted == 0)

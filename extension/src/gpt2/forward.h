@@ -15,6 +15,7 @@
  * builder (gpt2/tape.h) read.
  *
  *   Gpt2Batch *b = gpt2_batch_new(m, B, T);
+ *   b->bf16 = rounded;                  (bf16 mixed precision; NULL: fp32)
  *   loss = gpt2_batch_forward(b, tokens, targets);   (tokens, targets [B, T])
  *   gpt2_batch_free(b);
  *
@@ -85,6 +86,9 @@ extern void gpt2_transformer(const Gpt2Model *m, const Gpt2Activations *acts,
 							 const int32 *tokens, int64 B, int64 T, int64 pos0,
 							 const Gpt2KVCache *kv);
 
+/* bf16 mixed precision: x[0 .. n-1] rounded to bf16 in place; fp32 (!bf16): nothing. */
+extern void gpt2_round_if_bf16(bool bf16, float *x, int64 n);
+
 /* out[nrows, V] = lnf[nrows, C] @ wte^T: the tied lm_head. */
 extern void gpt2_lm_head(const Gpt2Model *m, const float *lnf, int64 nrows, float *out);
 
@@ -145,6 +149,19 @@ typedef struct Gpt2Batch
 	Gpt2Activations *acts;		/* the store */
 	float	   *logits;			/* [N, V] */
 	float	   *lse;			/* [N] logsumexp of each row of logits */
+
+	/*
+	 * bf16 mixed precision, torch.autocast('cpu', dtype=torch.bfloat16)'s
+	 * meaning for the matmuls (set by the caller; NULL: fp32): the model's
+	 * arena rounded to bf16, whose matrices and biases every matmul reads
+	 * (the lm_head: its wte), and every matmul's operands and results
+	 * rounded to bf16 -- in the forward (X, W, bias, Y) and in the
+	 * backward (dY, and the dX, dW, dbias it makes); the products summed
+	 * in fp32.  The rest (embedding, LayerNorm, GELU, attention, the
+	 * residual stream, the loss) runs in fp32 over those values.
+	 * the README's "Mixed precision" says it in full.
+	 */
+	const Gpt2Model *bf16;
 } Gpt2Batch;
 
 /* Buffers for B sequences of T tokens, in a child of CurrentMemoryContext. */

@@ -116,6 +116,16 @@ typedef struct
 } adamw_kernels;
 
 /*
+ * elementwise.c: x[0 .. n-1] rounded to bf16 precision into y (y may be
+ * x), each as bf16.h's llm_round_bf16.  AVX-512 machines run the AVX2
+ * variant (a memory-bound pass: wider vectors would not be faster).
+ */
+typedef struct
+{
+	void		(*round) (const float *x, float *y, int64_t n);
+} round_bf16_kernels;
+
+/*
  * The families, once: llm_kernel_tables has a member per family, and each
  * family's file defines <family>_scalar_kernels, <family>_avx2_kernels,
  * <family>_avx512_kernels and <family>_neon_kernels, which cpu.c's rows
@@ -128,7 +138,8 @@ typedef struct
 	FAMILY(layernorm) \
 	FAMILY(cross_entropy) \
 	FAMILY(attention) \
-	FAMILY(adamw)
+	FAMILY(adamw) \
+	FAMILY(round_bf16)
 
 /* One ISA's tables, one per family. */
 #define LLM_FAMILY_MEMBER(family) const family##_kernels *family;

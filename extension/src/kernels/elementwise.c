@@ -1,8 +1,10 @@
 /*
- * elementwise.c -- add, mul, scale and transpose, and their backward.
+ * elementwise.c -- add, mul, scale and transpose, and their backward;
+ * rounding to bf16 precision.
  *
  * Cheap, memory-bound maps: they run on the calling thread, in plain C;
- * there is no SIMD variant to choose.  The backward's loops go through
+ * there is no SIMD variant to choose, but for the rounding (dispatch.h's
+ * round_bf16: the compiler does not vectorise bf16.h's branch on NaN).  The backward's loops go through
  * simd.h's row updates, which the compiler vectorises for the baseline
  * target.
  *
@@ -13,7 +15,13 @@
  */
 #include "kernels.h"
 
+#include "bf16.h"
+#include "dispatch.h"
 #include "simd.h"
+
+#if LLM_X86
+#include <immintrin.h>
+#endif
 
 void
 llm_add(const float *a, const float *b, float *y, int64_t n, int64_t bn)
@@ -40,6 +48,61 @@ llm_scale(const float *x, float s, float *y, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
 		y[i] = s * x[i];
+}
+
+static void
+round_bf16_scalar(const float *x, float *y, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] = llm_round_bf16(x[i]);
+}
+
+const round_bf16_kernels round_bf16_scalar_kernels = {round_bf16_scalar};
+
+#if LLM_X86
+/*
+ * llm_round_bf16 on 8 floats at a time, on their bits: add 0x7fff plus the
+ * lowest kept bit (ties to even), clear the 16 bits dropped; a NaN keeps
+ * its top 16 bits and becomes quiet (0x00400000), as bf16.h does.
+ */
+TARGET_AVX2 static void
+round_bf16_avx2(const float *x, float *y, int64_t n)
+{
+	const __m256i magnitude = _mm256_set1_epi32(0x7fffffff),
+				infinity = _mm256_set1_epi32(0x7f800000),
+				half = _mm256_set1_epi32(0x7fff),
+				one = _mm256_set1_epi32(1),
+				quiet = _mm256_set1_epi32(0x00400000),
+				kept = _mm256_set1_epi32((int) 0xffff0000u);
+	int64_t		i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256i		u = _mm256_loadu_si256((const __m256i *) (x + i));
+		__m256i		odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+		__m256i		rounded = _mm256_add_epi32(u, _mm256_add_epi32(half, odd));
+		/* |u| > infinity's bits: a NaN (a signed compare: both are below 2^31) */
+		__m256i		nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, magnitude), infinity);
+
+		rounded = _mm256_blendv_epi8(rounded, _mm256_or_si256(u, quiet), nan);
+		_mm256_storeu_si256((__m256i *) (y + i), _mm256_and_si256(rounded, kept));
+	}
+	round_bf16_scalar(x + i, y + i, n - i);
+}
+
+const round_bf16_kernels round_bf16_avx2_kernels = {round_bf16_avx2};
+const round_bf16_kernels round_bf16_avx512_kernels = {round_bf16_avx2};
+#endif							/* LLM_X86 */
+
+#if LLM_NEON
+/* aarch64 runs the scalar rounding (bf16 training gains no speed there yet) */
+const round_bf16_kernels round_bf16_neon_kernels = {round_bf16_scalar};
+#endif
+
+void
+llm_round_bf16_array(const float *x, float *y, int64_t n)
+{
+	llm_kernels->round_bf16->round(x, y, n);
 }
 
 /*

@@ -130,6 +130,12 @@ void		llm_mul(const float *a, const float *b, float *y, int64_t n, int64_t bn);
 void		llm_scale(const float *x, float s, float *y, int64_t n);
 /* y[j,i] = x[i,j] for x [rows, cols] */
 void		llm_transpose(const float *x, float *y, int64_t rows, int64_t cols);
+/*
+ * y = x rounded to bf16 precision, as floats (y may be x): each element as
+ * bf16.h's llm_round_bf16, round-to-nearest-even.  bf16 mixed-precision
+ * training rounds its matmuls' operands and results with it.
+ */
+void		llm_round_bf16_array(const float *x, float *y, int64_t n);
 
 /*
  * Their backward, on the calling thread, given dy (n elements):

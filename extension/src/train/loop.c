@@ -49,7 +49,8 @@ enum
 {
 	A_MODEL, A_STEPS, A_BATCH_SIZE, A_LR, A_WARMUP, A_MIN_LR, A_WEIGHT_DECAY, A_CLIP, A_SEED,
 	A_GRAD_WORKERS, A_OPTIMIZER_WORKERS, A_N_LAYER, A_N_HEAD, A_D, A_VOCAB, A_SAVE_EVERY,
-	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_DATASET, A_RUN, A_COUNT
+	A_BETA1, A_BETA2, A_EPS, A_DECAY_STEPS, A_NOTICE_EVERY, A_SPLIT, A_DATASET, A_RUN, A_DTYPE,
+	A_COUNT
 };
 
 static const char *const who = "llm_train";
@@ -157,6 +158,9 @@ read_settings(FunctionCallInfo fcinfo, LlmTrainRun *run)
 	/* (nor a run) */
 	run->name = PG_NARGS() <= A_RUN || PG_ARGISNULL(A_RUN) ? NULL
 		: text_to_cstring(PG_GETARG_TEXT_PP(A_RUN));
+	/* (nor a dtype: fp32) */
+	run->dtype = PG_NARGS() <= A_DTYPE || PG_ARGISNULL(A_DTYPE) ? "fp32"
+		: text_to_cstring(PG_GETARG_TEXT_PP(A_DTYPE));
 }
 
 /* The ids of the training examples (SPI connected), into mcxt. */
@@ -289,7 +293,7 @@ train_one_step(const LlmTrainRun *run, LlmTrainState *st, int i)
 /*
  * CALL llm_train(model, steps, batch_size, lr, warmup, min_lr, weight_decay,
  * clip, seed, grad_workers, optimizer_workers, n_layer, n_head, d, vocab,
- * save_every, beta1, beta2, eps, decay_steps, notice_every, split, dataset, run)
+ * save_every, beta1, beta2, eps, decay_steps, notice_every, split, dataset, run, dtype)
  */
 PG_FUNCTION_INFO_V1(llm_train);
 Datum
@@ -320,6 +324,7 @@ llm_train(PG_FUNCTION_ARGS)
 		run.dataset = MemoryContextStrdup(run_cxt, run.dataset);
 	if (run.name != NULL)
 		run.name = MemoryContextStrdup(run_cxt, run.name);
+	run.dtype = MemoryContextStrdup(run_cxt, run.dtype);
 	PG_TRY();
 	{
 		int64		last_saved;
@@ -328,6 +333,7 @@ llm_train(PG_FUNCTION_ARGS)
 		SPI_connect_ext(SPI_OPT_NONATOMIC);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		st = llm_train_state_load(run.model, 0, run_cxt);
+		llm_train_state_set_dtype(st, who, run.dtype);
 		check_dim("n_layer", run.model, fcinfo, A_N_LAYER, st->cfg.n_layer);
 		check_dim("n_head", run.model, fcinfo, A_N_HEAD, st->cfg.n_head);
 		check_dim("d", run.model, fcinfo, A_D, st->cfg.n_embd);

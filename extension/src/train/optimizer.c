@@ -75,11 +75,12 @@ batch_array(const int32 *ids, int B, int T)
 void
 llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 {
-	Oid			types[15] = {TEXTOID, INT4OID, FLOAT4OID, FLOAT8OID, FLOAT4OID, FLOAT8OID,
+	Oid			types[16] = {TEXTOID, INT4OID, FLOAT4OID, FLOAT8OID, FLOAT4OID, FLOAT8OID,
 		INT8ARRAYOID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, INT4ARRAYOID,
-	INT4ARRAYOID, TEXTOID};
-	Datum		values[15];
-	char		nulls[15];
+	INT4ARRAYOID, TEXTOID, TEXTOID};
+	Datum		values[16];
+	char		nulls[16];
+	int			n_values = 14;
 	Datum	   *ids = palloc(sizeof(Datum) * Max(e->batch_size, 1));
 	bool		isnull;
 
@@ -116,19 +117,27 @@ llm_train_state_log(LlmTrainState *st, const LlmTrainLogEntry *e)
 		values[13] = PointerGetDatum(batch_array(e->targets, e->B, e->T));
 		nulls[12] = nulls[13] = ' ';
 	}
-	/* (only named runs set run: a database older than 0.3.0 has no such column) */
+	/*
+	 * (only named runs set run, only bf16 steps dtype -- the column's default
+	 * is 'fp32': a database older than 0.3.0 has neither column)
+	 */
 	if (st->run != NULL)
-		values[14] = CStringGetTextDatum(st->run);
+		values[n_values++] = CStringGetTextDatum(st->run);
+	if (st->data_bf16 != NULL)
+		values[n_values++] = CStringGetTextDatum(llm_train_state_dtype(st));
 
 	SPI_connect();
 	if (SPI_execute_with_args(psprintf("INSERT INTO %s (model, step, loss, lr, grad_norm, "
 									   "tokens_per_s, batch, weight_decay, beta1, beta2, eps, clip, "
-									   "tokens, targets%s) "
-									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14%s) "
+									   "tokens, targets%s%s) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14%s%s) "
 									   "RETURNING id",
 									   llm_table_name("llm_train_log"),
-									   st->run != NULL ? ", run" : "", st->run != NULL ? ", $15" : ""),
-							  st->run != NULL ? 15 : 14, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+									   st->run != NULL ? ", run" : "",
+									   st->data_bf16 != NULL ? ", dtype" : "",
+									   st->run != NULL ? ", $15" : "",
+									   st->data_bf16 != NULL ? (st->run != NULL ? ", $16" : ", $15") : ""),
+							  n_values, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "pg_llm: writing llm_train_log failed");
 	llm_train_state_note_log(st, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],

@@ -23,7 +23,7 @@ typedef struct RunSetting
 	bool		isnull;
 } RunSetting;
 
-#define N_SETTINGS 16
+#define N_SETTINGS 17
 
 /* The settings of the call, as llm_train_run stores them. */
 static void
@@ -49,6 +49,7 @@ call_settings(const LlmTrainRun *run, RunSetting *s)
 		{"split", TEXTOID, CStringGetTextDatum(run->split), false},
 		{"examples", INT4OID, Int32GetDatum(run->n_ids), false},
 		{"examples_checksum", INT8OID, Int64GetDatum((int64) checksum), false},
+		{"dtype", TEXTOID, CStringGetTextDatum(run->dtype), false},
 	};
 
 	memcpy(s, all, sizeof(all));

@@ -31,6 +31,7 @@ typedef struct LlmTrainRun
 	int			optim_threads;
 	int			save_every;
 	int			notice_every;
+	char	   *dtype;			/* 'fp32' or 'bf16' (checked by llm_train_state_set_dtype) */
 	char	   *dataset;		/* llm_dataset.dataset to draw from (NULL: any) */
 	char	   *split;			/* ... and its split */
 	int64	   *ids;			/* llm_dataset ids of the split, ascending */

@@ -60,6 +60,34 @@ allocate_arenas(LlmTrainState *st)
 	gpt2_model_bind(&st->grads, st->grad);
 }
 
+void
+llm_train_state_set_dtype(LlmTrainState *st, const char *who, const char *dtype)
+{
+	if (strcmp(dtype, "fp32") == 0)
+		return;
+	if (strcmp(dtype, "bf16") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: dtype must be 'fp32' or 'bf16', not \"%s\"", who, dtype)));
+	if (st->data_bf16 == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(st->mcxt);
+		char	   *raw = llm_alloc_huge(st->n_floats * sizeof(float) + 64,
+										 psprintf("the bf16 weights of model \"%s\"", st->model));
+
+		st->data_bf16 = (float *) TYPEALIGN(64, raw);
+		st->weights_bf16 = st->weights;
+		gpt2_model_bind(&st->weights_bf16, st->data_bf16);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+const char *
+llm_train_state_dtype(const LlmTrainState *st)
+{
+	return st->data_bf16 != NULL ? "bf16" : "fp32";
+}
+
 /* Read the rows of llm_param into the arenas (SPI connected, read-only). */
 static void
 read_rows(LlmTrainState *st, int flags)

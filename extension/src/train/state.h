@@ -63,6 +63,14 @@ typedef struct LlmTrainState
 	Gpt2Model	grads;			/* pointers into grad: grads.layers[l].fc_w is
 								 * the gradient of h.l.mlp.c_fc.weight */
 
+	/*
+	 * bf16 mixed precision (dtype 'bf16', llm_train_state_set_dtype): data
+	 * rounded to bf16 before every forward, which the matmuls read (Gpt2Batch.
+	 * bf16); data, grad, m and v stay fp32.  NULL: fp32 training.
+	 */
+	float	   *data_bf16;
+	Gpt2Model	weights_bf16;	/* pointers into data_bf16 */
+
 	/* measured by the latest clip and update, for llm_grad_stats */
 	float	   *grad_norms;		/* [n_params] gradient norms before clipping */
 	float		grad_norm;		/* their norm: the total before clipping */
@@ -97,6 +105,17 @@ typedef struct LlmTrainState
 extern LlmTrainState *llm_train_state_load(const char *model, int flags, MemoryContext parent);
 
 extern void llm_train_state_free(LlmTrainState *st);
+
+/*
+ * Train in `dtype`: 'fp32' (the default) or 'bf16', mixed precision with
+ * fp32 master weights and AdamW state (Gpt2Batch.bf16 in gpt2/forward.h
+ * says what is rounded); bf16 costs one more arena.  ERROR 22023 naming
+ * any other dtype.
+ */
+extern void llm_train_state_set_dtype(LlmTrainState *st, const char *who, const char *dtype);
+
+/* "bf16" or "fp32": what the state trains in, for the logs. */
+extern const char *llm_train_state_dtype(const LlmTrainState *st);
 
 /* Index of parameter `name` in st->params, or -1. */
 extern int	llm_train_state_find(const LlmTrainState *st, const char *name);

@@ -22,6 +22,7 @@
 #include "train/batch.h"
 #include "autograd/tape.h"
 #include "gpt2/backward.h"
+#include "kernels/kernels.h"
 #include "tensor/tensor.h"
 #include "train/state.h"
 #include "train/step.h"
@@ -58,8 +59,15 @@ llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch)
 	double		loss;
 
 	llm_train_state_zero_grad(st);
+	if (st->data_bf16 != NULL)
+	{
+		/* bf16: the matmuls read this step's weights rounded */
+		llm_round_bf16_array(st->data, st->data_bf16, st->n_floats);
+		b->bf16 = &st->weights_bf16;
+	}
 	loss = gpt2_batch_forward(b, batch->tokens, batch->targets);
-	if (autograd_recording())
+	/* (the tape records fp32 ops: a bf16 forward is not recorded) */
+	if (autograd_recording() && b->bf16 == NULL)
 		gpt2_tape_batch(b);
 	gpt2_batch_backward(b, &st->grads);
 	gpt2_batch_free(b);
@@ -111,8 +119,8 @@ llm_gradients(PG_FUNCTION_ARGS)
 
 /*
  * llm_train_step(model, tokens, targets, lr, weight_decay, beta1, beta2,
- * eps, clip) RETURNS real: one training step on the batch; returns the
- * loss before the update.
+ * eps, clip, dtype) RETURNS real: one training step on the batch; returns
+ * the loss before the update.
  */
 PG_FUNCTION_INFO_V1(llm_train_step);
 Datum
@@ -148,6 +156,15 @@ llm_train_step(PG_FUNCTION_ARGS)
 
 	INSTR_TIME_SET_CURRENT(t[0]);
 	st = llm_train_state_load(model, 0, CurrentMemoryContext);
+	/* (a 0.2.0 catalog's llm_train_step has no dtype: fp32) */
+	if (PG_NARGS() > 9)
+	{
+		if (PG_ARGISNULL(9))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s: only clip may be NULL (argument 10, dtype, is)", who)));
+		llm_train_state_set_dtype(st, who, text_to_cstring(PG_GETARG_TEXT_PP(9)));
+	}
 	batch = llm_batch_from_arrays(who, &st->cfg, model, PG_GETARG_ARRAYTYPE_P(1),
 								  PG_GETARG_ARRAYTYPE_P(2));
 	INSTR_TIME_SET_CURRENT(t[1]);
