@@ -88,6 +88,8 @@ static const pf_region no_region = {NULL, 0, 0, 1};
 static pf_region
 b_region(const mm_ctx *c, int64_t k0, int64_t kc, int64_t n0, int64_t n1)
 {
+	if (c->B16)
+		return no_region;		/* a bf16 B is not prefetched (regions count floats) */
 	if (c->transB)
 		return region(c->B + n0 * c->K + k0, c->K, n1 - n0, kc);
 	return region(c->B + k0 * c->N + n0, c->N, kc, n1 - n0);
@@ -150,6 +152,40 @@ pack_panels(const gemm_kernels *isa, const float *src, int64_t ld, int kmajor,
 	}
 }
 
+/*
+ * pack_panels for a bf16 source (B16): the same panels, each value widened
+ * to the float it stands for.  So the micro-kernels, unchanged, compute
+ * fp32 arithmetic over the widened B -- the same bits as llm_matmul over
+ * those floats.  Plain loops, each reading its source front to back.
+ */
+static void
+pack_panels_bf16(const llm_bf16 *src, int64_t ld, int kmajor, float *dst, int64_t kc,
+				 int64_t nx, int W)
+{
+	int64_t		p,
+				k;
+	int			j;
+
+	for (p = 0; p * W < nx; p++)
+	{
+		const llm_bf16 *s = kmajor ? src + p * W : src + p * W * ld;
+		float	   *d = dst + p * kc * W;
+		int			n = (int) MIN(W, nx - p * W);
+
+		if (kmajor)				/* src(k, x) = s[k*ld + x] */
+			for (k = 0; k < kc; k++)
+				for (j = 0; j < n; j++)
+					d[k * W + j] = llm_bf16_to_float(s[k * ld + j]);
+		else					/* src(k, x) = s[x*ld + k] */
+			for (j = 0; j < n; j++)
+				for (k = 0; k < kc; k++)
+					d[k * W + j] = llm_bf16_to_float(s[j * ld + k]);
+		for (k = 0; k < kc; k++)
+			for (j = n; j < W; j++)
+				d[k * W + j] = 0.0f;
+	}
+}
+
 /* op(A)[m0:m0+mc, k0:k0+kc] as ceil(mc/MR) panels of kc x MR */
 static void
 pack_a_block(const mm_ctx *c, float *dst, int64_t m0, int64_t mc, int64_t k0,
@@ -166,7 +202,11 @@ static void
 pack_b_block(const mm_ctx *c, float *dst, int64_t k0, int64_t kc,
 			 int64_t n0, int64_t nc)
 {
-	if (c->transB)				/* stored [N,K] */
+	if (c->B16 && c->transB)
+		pack_panels_bf16(c->B16 + n0 * c->K + k0, c->K, 0, dst, kc, nc, c->isa->nr);
+	else if (c->B16)
+		pack_panels_bf16(c->B16 + k0 * c->N + n0, c->N, 1, dst, kc, nc, c->isa->nr);
+	else if (c->transB)			/* stored [N,K] */
 		pack_panels(c->isa, c->B + n0 * c->K + k0, c->K, 0, dst, kc, nc, c->isa->nr);
 	else						/* stored [K,N] */
 		pack_panels(c->isa, c->B + k0 * c->N + n0, c->N, 1, dst, kc, nc, c->isa->nr);

@@ -11,6 +11,7 @@
  *   microkernel_avx512.c   AVX-512 micro-kernels and packing helpers
  *   microkernel_avx2.c     AVX2 micro-kernels and packing helpers
  *   gemv.c                 GEMV for M == 1 and N == 1
+ *   gemv_bf16.c            GEMV for M == 1 over bf16 weights
  *
  * The design (GotoBLAS/BLIS GEMM, bandwidth-bound GEMV, determinism,
  * memory) is described at the top of matmul.c.
@@ -21,6 +22,7 @@
 #include "../kernels.h"
 #include "../dispatch.h"
 #include "../simd.h"
+#include "../bf16.h"
 
 #define MR_MAX 14				/* largest MR of any ISA */
 #define NR_MAX 48				/* largest NR of any ISA */
@@ -34,6 +36,7 @@ typedef struct
 	const float *A,
 			   *B,
 			   *bias;
+	const llm_bf16 *B16;		/* B stored as bf16 instead (B is NULL) */
 	float	   *C;
 	int64_t		M,
 				K,
@@ -62,13 +65,15 @@ typedef struct
 
 /*
  * The matmul family's table (dispatch.h): `run` computes the whole
- * product; the fast paths find their GEMM plug-in and GEMV task here.
+ * product; the fast paths find their GEMM plug-in and GEMV tasks here
+ * (gemv_bf16: the same GEMV reading B16).
  */
 struct matmul_kernels
 {
 	int			(*run) (mm_ctx *c);
 	const gemm_kernels *gemm;
 	llm_task_fn gemv;
+	llm_task_fn gemv_bf16;
 };
 
 /* ---- prefetching the next blocks (gemm.c sets it up) --------------------- */
@@ -177,6 +182,9 @@ int			matmul_gemm(mm_ctx *c);
 int			matmul_gemv(mm_ctx *c);
 void		gemv512_task(void *arg, int64_t n0, int64_t n1);
 void		gemv256_task(void *arg, int64_t n0, int64_t n1);
+
+/* gemv_bf16.c */
+void		gemv256_bf16_task(void *arg, int64_t n0, int64_t n1);
 
 /* microkernel_avx512.c, microkernel_avx2.c */
 extern const gemm_kernels gemm_avx512;

@@ -1,0 +1,152 @@
+/*
+ * gemv_bf16.c -- the GEMV of gemv.c (M == 1) over a B stored as bfloat16:
+ * decoding one token with bf16 weights (pg_llm.inference_dtype = 'bf16').
+ *
+ * Decoding is memory-bound (gemv.c): each weight is read once for one FMA.
+ * Stored as bf16 a weight is 2 bytes instead of 4, so the same stream of
+ * bytes carries twice the weights.  Each bf16 is widened to the float it
+ * stands for, exactly: its 16 bits become the high half of a 32-bit lane
+ * (vpmovzxwd, then a left shift by 16), and the arithmetic is gemv.c's,
+ * operation for operation -- so the result is, bit for bit, the fp32 GEMV
+ * over the widened weights, at any thread count (tested).
+ *
+ * The AVX-512 table uses these AVX2 loops too (every AVX-512 CPU runs
+ * AVX2): a 512-bit version is not written, since it could not be tested
+ * on the machine this was written on.  AVX512_BF16's vdpbf16ps is not used
+ * either: it rounds its products and sums differently (and flushes
+ * denormals), which would change the meaning "fp32 arithmetic over
+ * bf16-rounded weights".
+ */
+#include "matmul_internal.h"
+
+#if LLM_X86
+
+#define GEMV_CHUNK 2048			/* columns of y kept in L1 (8 KB), as gemv.c */
+
+/* 8 bf16 at p, widened to 8 floats */
+TARGET_AVX2 static inline __attribute__((always_inline)) __m256
+load8_bf16(const llm_bf16 *p)
+{
+	__m128i		h = _mm_loadu_si128((const __m128i *) p);
+
+	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* y[s0:s1] = a @ B[:, s0:s1] for plain B (see gemv256_plain_chunk) */
+TARGET_AVX2 static void
+gemv256_bf16_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
+{
+	const float *a = c->A;
+	int64_t		K = c->K,
+				N = c->N;
+	float	   *y = c->C;
+	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 7);
+	int			keep = c->accumulate;
+	int64_t		k = 0,
+				n;
+	int			r;
+
+	for (; k + 8 <= K; k += 8)
+	{
+		const llm_bf16 *b = c->B16 + k * N;
+		__m256		ak[8];
+
+		for (r = 0; r < 8; r++)
+			ak[r] = _mm256_broadcast_ss(a + k + r);
+		for (n = s0; n < nfull; n += 8)
+		{
+			__m256		acc = k || keep ? _mm256_loadu_ps(y + n) : _mm256_setzero_ps();
+
+#pragma GCC unroll 8
+			for (r = 0; r < 8; r++)
+				acc = _mm256_fmadd_ps(ak[r], load8_bf16(b + r * N + n), acc);
+			_mm256_storeu_ps(y + n, acc);
+		}
+		for (; n < s1; n++)
+		{
+			float		acc = k || keep ? y[n] : 0.0f;
+
+			for (r = 0; r < 8; r++)
+				acc = __builtin_fmaf(a[k + r], llm_bf16_to_float(b[r * N + n]), acc);
+			y[n] = acc;
+		}
+	}
+	for (; k < K; k++)
+	{
+		const llm_bf16 *b = c->B16 + k * N;
+		__m256		ak = _mm256_broadcast_ss(a + k);
+
+		for (n = s0; n < nfull; n += 8)
+		{
+			__m256		acc = k || keep ? _mm256_loadu_ps(y + n) : _mm256_setzero_ps();
+
+			_mm256_storeu_ps(y + n, _mm256_fmadd_ps(ak, load8_bf16(b + n), acc));
+		}
+		for (; n < s1; n++)
+			y[n] = __builtin_fmaf(a[k], llm_bf16_to_float(b[n]), k || keep ? y[n] : 0.0f);
+	}
+}
+
+/* y[n0:n1] = B[n0:n1, :] @ a for transB (see gemv256_transb) */
+TARGET_AVX2 static void
+gemv256_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
+{
+	const float *a = c->A;
+	int64_t		K = c->K;
+	int64_t		kfull = K & ~(int64_t) 7;
+	int64_t		n,
+				k;
+
+	for (n = n0; n < n1; n += 4)
+	{
+		int			rows = (int) MIN(4, n1 - n);
+		const llm_bf16 *b[4];
+		__m256		acc[4];
+		int			r;
+
+		for (r = 0; r < 4; r++)
+		{
+			b[r] = c->B16 + (n + MIN(r, rows - 1)) * K;
+			acc[r] = _mm256_setzero_ps();
+		}
+		for (k = 0; k < kfull; k += 8)
+		{
+			__m256		ak = _mm256_loadu_ps(a + k);
+
+#pragma GCC unroll 4
+			for (r = 0; r < 4; r++)
+				acc[r] = _mm256_fmadd_ps(ak, load8_bf16(b[r] + k), acc[r]);
+		}
+		for (r = 0; r < rows; r++)
+		{
+			float		s = hsum_avx2(acc[r]);
+
+			for (k = kfull; k < K; k++)
+				s = __builtin_fmaf(a[k], llm_bf16_to_float(b[r][k]), s);
+			if (c->accumulate)
+				s += c->C[n + r];
+			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
+		}
+	}
+}
+
+TARGET_AVX2 void
+gemv256_bf16_task(void *arg, int64_t n0, int64_t n1)
+{
+	const mm_ctx *c = (const mm_ctx *) arg;
+	int64_t		s,
+				n;
+
+	if (c->transB)
+	{
+		gemv256_bf16_transb(c, n0, n1);
+		return;
+	}
+	for (s = n0; s < n1; s += GEMV_CHUNK)
+		gemv256_bf16_plain_chunk(c, s, MIN(n1, s + GEMV_CHUNK));
+	if (c->bias)
+		for (n = n0; n < n1; n++)
+			c->C[n] += c->bias[n];
+}
+
+#endif							/* LLM_X86 */
