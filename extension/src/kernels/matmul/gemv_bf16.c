@@ -23,15 +23,6 @@
 
 #define GEMV_CHUNK 2048			/* columns of y kept in L1 (8 KB), as gemv.c */
 
-/* 8 bf16 at p, widened to 8 floats */
-TARGET_AVX2 static inline __attribute__((always_inline)) __m256
-load8_bf16(const llm_bf16 *p)
-{
-	__m128i		h = _mm_loadu_si128((const __m128i *) p);
-
-	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
 /* y[s0:s1] = a @ B[:, s0:s1] for plain B (see gemv256_plain_chunk) */
 TARGET_AVX2 static void
 gemv256_bf16_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)

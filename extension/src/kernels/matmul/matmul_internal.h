@@ -123,6 +123,20 @@ prefetch_one(prefetcher *pf)
 	}
 }
 
+#if LLM_X86
+/*
+ * 8 bf16 at p, widened to the 8 floats they stand for: each 16-bit value
+ * becomes the high half of a 32-bit lane (zero extension, shift by 16).
+ */
+TARGET_AVX2 static inline __attribute__((always_inline)) __m256
+load8_bf16(const llm_bf16 *p)
+{
+	__m128i		h = _mm_loadu_si128((const __m128i *) p);
+
+	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#endif
+
 /* ---- the GEMM plug-in of an ISA ----------------------------------------- */
 
 /*
