@@ -98,7 +98,7 @@ def test_matches_float64_over_rounded_b(lib, isa, shape, tb):
             assert err.max() < 2e-6, (isa, threads, with_bias, err.max())
 
 
-@pytest.mark.parametrize("shape", [(1, 768, 2304), (1, 9, 17), (1, 17, 50257), (64, 768, 700),
+@pytest.mark.parametrize("shape", [(1, 768, 2304), (1, 9, 17), (1, 13, 29), (1, 17, 50257), (64, 768, 700),
                                    (17, 33, 7), (300, 520, 97)])
 @pytest.mark.parametrize("tb", [0, 1])
 def test_same_bits_as_fp32_over_widened_b(lib, isa, shape, tb):
