@@ -9,8 +9,9 @@ threads.  The variants:
 
 * pg_llm fp32 and bf16 (SET pg_llm.inference_dtype), at each --simd
   (avx2, auto: the same on a CPU without AVX-512, then auto is skipped);
-* PyTorch fp32, and PyTorch bf16 (model.to(torch.bfloat16): bf16
-  activations too, so not the same arithmetic) unless --no-torch-bf16.
+* PyTorch fp32, and with --torch-bf16 PyTorch bf16 (model.to(torch.bfloat16):
+  bf16 activations too, so not the same arithmetic; on a CPU without
+  AVX512_BF16 it is very slow: 10x PyTorch fp32's prefill, measured here).
 
 Measured, per repeat, every variant in turn (interleaved, so that all meet
 the same background load), reported as the median over --repeat:
@@ -27,6 +28,7 @@ weights' bytes (llm_model_cache()) are printed for both dtypes.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -92,7 +94,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=16, help="prompt length for decode")
     ap.add_argument("--decode", type=int, default=64, help="tokens generated for decode")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--no-torch-bf16", action="store_true")
+    ap.add_argument("--torch-bf16", action="store_true", help="also PyTorch with bf16 weights and activations")
     ap.add_argument("--no-load", action="store_true", help="reuse the bench_gpt2 weights already in the database")
     ap.add_argument("--url", default=os.environ.get("DATABASE_URL"))
     args = ap.parse_args()
@@ -114,8 +116,8 @@ def main():
         seen.add(isa)
         variants += [PgVariant(conn, simd, "fp32"), PgVariant(conn, simd, "bf16")]
     variants.append(TorchVariant(model, "fp32"))
-    if not args.no_torch_bf16:
-        variants.append(TorchVariant(GPT2LMHeadModelBf16(model), "bf16"))
+    if args.torch_bf16:
+        variants.append(TorchVariant(copy.deepcopy(model).to(torch.bfloat16), "bf16"))
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 50257, args.prompt).tolist()
@@ -137,7 +139,8 @@ def main():
                 prefill[(v.name, T)].append(timed(lambda: v.last_logits(prompts[T])))
         load.append(os.getloadavg()[0])
 
-    print(f"\n{llm_info(conn)}; torch {torch.__version__}; threads {args.threads}; "
+    info = conn.execute("SELECT llm_info()").fetchone()[0]
+    print(f"\n{info}; torch {torch.__version__}; threads {args.threads}; "
           f"repeat {args.repeat} (medians); load average {min(load):.2f}..{max(load):.2f}")
     base = {}
     header = f"{'variant':28s} {'decode tok/s':>12s} {'x fp32':>7s}" + \
@@ -158,16 +161,6 @@ def main():
                             " WHERE model = %s ORDER BY dtype", (MODEL,)).fetchall():
         print(f"  {row[0]}  version {row[1]}  {row[2]} MB")
     conn.close()
-
-
-def GPT2LMHeadModelBf16(model):
-    """A bf16 copy of the HF model (weights and activations in bf16)."""
-    import copy
-    return copy.deepcopy(model).to(torch.bfloat16)
-
-
-def llm_info(conn):
-    return conn.execute("SELECT llm_info()").fetchone()[0]
 
 
 if __name__ == "__main__":

@@ -178,3 +178,9 @@ def test_cache_holds_both_dtypes_bf16_in_half_the_bytes(conn, models):
     q(conn, "SELECT llm_logits('b_tiny', %s)", tokens)
     conn.execute("RESET pg_llm.inference_dtype")
     assert cached() == entries
+
+    # a new version (a rewrite of one tensor, the same values) supersedes both dtypes
+    conn.execute("UPDATE llm_param SET data = data WHERE model = 'b_tiny' AND name = 'ln_f.bias'")
+    q(conn, "SELECT llm_logits('b_tiny', %s)", tokens)
+    [(dtype, version, _, _)] = cached()
+    assert dtype == "fp32" and version > v32

@@ -24,7 +24,8 @@ typedef struct ParamList
 } ParamList;
 
 /*
- * Append a tensor of shape [d0] (d1 == 0) or [d0, d1].  A config whose
+ * Append a tensor of shape [d0] (d1 == 0) or [d0, d1], bound through
+ * `where` (and, a 2-D one in a bf16 arena, `where16`).  A config whose
  * shapes are not tensors (a dimension over 2^31 - 1, more than
  * LLM_MAX_ELEMS values) is ERROR 22003 naming the parameter and its shape.
  * So every entry is under 2^28 floats and there are fewer than 2^25 of

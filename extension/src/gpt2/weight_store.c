@@ -1,6 +1,8 @@
 /*
- * weight_store.c -- decoded weights, one copy per model version, shared by
- * every backend of the server.
+ * weight_store.c -- decoded weights, one copy per model version (and
+ * dtype: fp32, or bf16 for pg_llm.inference_dtype), shared by every backend
+ * of the server.  The two dtypes of a version are two slots, side by side;
+ * a newer version supersedes both.
  *
  * A table of MAX_SLOTS slots says which versions are decoded, where their
  * arenas are, and how many pins hold each.  On PostgreSQL 17 and later the
