@@ -32,6 +32,7 @@ float_p = ctypes.POINTER(ctypes.c_float)
 int32_p = ctypes.POINTER(ctypes.c_int32)
 double_p = ctypes.POINTER(ctypes.c_double)
 int64_p = ctypes.POINTER(ctypes.c_int64)
+bf16_p = ctypes.POINTER(ctypes.c_uint16)
 _i64, _int, _float = ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
 
@@ -61,6 +62,7 @@ range_p = ctypes.POINTER(ParamRange)
 _CTYPES = {
     "void": None, "int": _int, "float": _float, "double": ctypes.c_double, "int64_t": _i64,
     "llm_isa": _int, "char *": ctypes.c_char_p, "float *": float_p, "int32_t *": int32_p,
+    "llm_bf16 *": bf16_p,
     "double *": double_p, "int64_t *": int64_p, "LlmParamRange *": range_p,
     "LlmAdamW *": ctypes.POINTER(AdamW), "LlmLrSchedule *": ctypes.POINTER(LrSchedule),
 }
@@ -140,7 +142,7 @@ def available_isas(lib: ctypes.CDLL) -> list[str]:
 
 
 def ptr(a: np.ndarray | None):
-    """A C pointer to a contiguous float32 or int32 array (None for None)."""
+    """A C pointer to a contiguous float32, int32 or (bf16 bits) uint16 array (None for None)."""
     if a is None:
         return None
     if not a.flags.c_contiguous:
@@ -149,7 +151,9 @@ def ptr(a: np.ndarray | None):
         return a.ctypes.data_as(float_p)
     if a.dtype == np.int32:
         return a.ctypes.data_as(int32_p)
-    raise TypeError(f"kernels.ptr: float32 or int32 arrays only, got {a.dtype}")
+    if a.dtype == np.uint16:
+        return a.ctypes.data_as(bf16_p)
+    raise TypeError(f"kernels.ptr: float32, int32 or uint16 arrays only, got {a.dtype}")
 
 
 def strided(a: np.ndarray):

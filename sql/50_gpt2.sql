@@ -41,14 +41,15 @@ COMMENT ON FUNCTION llm_loss(text, int[], int[]) IS
 
 -- The weight cache (one copy per server on PostgreSQL 17+, per backend on 15-16):
 -- the decoded versions of the models you may see, and who uses them.
-CREATE FUNCTION llm_model_cache(OUT model text, OUT version bigint, OUT bytes bigint, OUT pins int,
-                                OUT loaded_by int, OUT loaded_at timestamptz, OUT last_used timestamptz)
+CREATE FUNCTION llm_model_cache(OUT model text, OUT version bigint, OUT dtype text, OUT bytes bigint,
+                                OUT pins int, OUT loaded_by int, OUT loaded_at timestamptz,
+                                OUT last_used timestamptz)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'llm_model_cache_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION llm_model_cache() IS
-'the decoded weights in the server''s shared cache, one row per model version you may see: its size, how many '
-'calls use it now (pins), the process (pg_backend_pid()) that decoded it, when, and when it was last used. '
-'pg_llm.shared_cache_size caps the total';
+'the decoded weights in the server''s shared cache, one row per model version you may see and dtype (fp32, or '
+'bf16 under pg_llm.inference_dtype): its size, how many calls use it now (pins), the process (pg_backend_pid()) '
+'that decoded it, when, and when it was last used. pg_llm.shared_cache_size caps the total';
 
 CREATE FUNCTION llm_model_cache_clear() RETURNS void
     AS 'MODULE_PATHNAME', 'llm_model_cache_clear_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;

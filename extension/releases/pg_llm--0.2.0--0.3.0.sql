@@ -387,14 +387,15 @@ COMMENT ON FUNCTION llm_replay(text, bigint, int) IS
 -- versions in the shared weight cache (one row each, with pins and who decoded it) instead of
 -- one row for the backend's single cached model.
 DROP FUNCTION llm_model_cache();
-CREATE FUNCTION llm_model_cache(OUT model text, OUT version bigint, OUT bytes bigint, OUT pins int,
-                                OUT loaded_by int, OUT loaded_at timestamptz, OUT last_used timestamptz)
+CREATE FUNCTION llm_model_cache(OUT model text, OUT version bigint, OUT dtype text, OUT bytes bigint,
+                                OUT pins int, OUT loaded_by int, OUT loaded_at timestamptz,
+                                OUT last_used timestamptz)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'llm_model_cache_sql' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION llm_model_cache() IS
-'the decoded weights in the server''s shared cache, one row per model version you may see: its size, how many '
-'calls use it now (pins), the process (pg_backend_pid()) that decoded it, when, and when it was last used. '
-'pg_llm.shared_cache_size caps the total';
+'the decoded weights in the server''s shared cache, one row per model version you may see and dtype (fp32, or '
+'bf16 under pg_llm.inference_dtype): its size, how many calls use it now (pins), the process (pg_backend_pid()) '
+'that decoded it, when, and when it was last used. pg_llm.shared_cache_size caps the total';
 COMMENT ON FUNCTION llm_model_cache_clear() IS
 'free the cached weights of the models you may see that no call uses now (they are decoded again at the next use)';
 -- ---- end of issue 16 (weights)

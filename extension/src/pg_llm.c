@@ -24,6 +24,7 @@ static int	llm_threads = 1;
 static int	llm_simd = -1;		/* -1 = auto, else an llm_isa */
 static char *llm_default_model = NULL;
 int			llm_shared_cache_mb = 1024;
+int			llm_inference_dtype = LLM_INFERENCE_FP32;
 
 static const struct config_enum_entry simd_options[] = {
 	{"auto", -1, false},
@@ -31,6 +32,12 @@ static const struct config_enum_entry simd_options[] = {
 	{"avx2", LLM_ISA_AVX2, false},
 	{"avx512", LLM_ISA_AVX512, false},
 	{"neon", LLM_ISA_NEON, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry inference_dtype_options[] = {
+	{"fp32", LLM_INFERENCE_FP32, false},
+	{"bf16", LLM_INFERENCE_BF16, false},
 	{NULL, 0, false}
 };
 
@@ -111,6 +118,16 @@ _PG_init(void)
 							"On PostgreSQL 15-16 each session has a cache of this size.",
 							&llm_shared_cache_mb, 1024, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomEnumVariable("pg_llm.inference_dtype",
+							 "Number format of the weight matrices generation and inference read.",
+							 "bf16 rounds every 2-D weight (wte, wpe and the matrices of each "
+							 "block) to bfloat16, to nearest even, and caches that copy: half "
+							 "the memory and the bytes read per token. Biases, LayerNorm, "
+							 "activations and sums stay fp32: the logits are fp32 arithmetic "
+							 "over the rounded weights. Training, and calls recording for "
+							 "autograd, always use fp32.",
+							 &llm_inference_dtype, LLM_INFERENCE_FP32, inference_dtype_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	autograd_init();
 	MarkGUCPrefixReserved("pg_llm");
 }

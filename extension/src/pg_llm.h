@@ -21,6 +21,15 @@
 /* pg_llm.shared_cache_size, in MB: the cap of gpt2/weight_store.c. */
 extern int	llm_shared_cache_mb;
 
+/* pg_llm.inference_dtype: how gpt2/model_cache.c hands out weights for inference. */
+typedef enum
+{
+	LLM_INFERENCE_FP32,
+	LLM_INFERENCE_BF16			/* 2-D weights as bfloat16 (gpt2/model.h) */
+} LlmInferenceDtype;
+
+extern int	llm_inference_dtype;
+
 /*
  * `model` if not NULL, else the setting pg_llm.default_model (ERROR 22023
  * when that is empty too).

@@ -9,6 +9,9 @@
  *       x   = mid + c_proj(gelu_tanh(c_fc(ln_2(mid))))
  *   logits = ln_f(x) @ wte^T                             (lm_head is tied to wte)
  *
+ * In a bf16 model (gpt2/model.h) the matrices and embeddings are read as
+ * bf16 and widened: fp32 arithmetic over the rounded weights.
+ *
  * attention: causal self-attention of q, k, v over n_head heads,
  * softmax(q k^T / sqrt(C / n_head)) v.
  *
@@ -117,6 +120,19 @@ embed(const Gpt2Model *m, float *x, const int32 *tokens, int64 B, int64 T, int64
 {
 	int64		C = m->cfg.n_embd;
 
+	if (m->wte16)
+	{
+		/* a bf16 model: the same sums, of the floats the bf16 values stand for */
+		for (int64 r = 0; r < B * T; r++)
+		{
+			const llm_bf16 *te = m->wte16 + (int64) tokens[r] * C;
+			const llm_bf16 *pe = m->wpe16 + (pos0 + r % T) * C;
+
+			for (int64 i = 0; i < C; i++)
+				x[r * C + i] = llm_bf16_to_float(te[i]) + llm_bf16_to_float(pe[i]);
+		}
+		return;
+	}
 	llm_embedding(m->wte, tokens, x, B * T, C);
 	for (int64 b = 0; b < B; b++)
 		llm_add(x + b * T * C, m->wpe + pos0 * C, x + b * T * C, T * C, T * C);
@@ -159,10 +175,25 @@ attention(const Gpt2Model *m, const Gpt2LayerActs *a, int64 B, int64 T, int64 po
 }
 
 /*
+ * y[N, out] = x[N, in] @ W (+ b): W is w, or w16 in a bf16 model (the
+ * other is NULL); wte as the lm_head is stored [out, in] (transW).
+ */
+static void
+linear(const float *x, const float *w, const llm_bf16 *w16, const float *b, float *y,
+	   int64 N, int64 in, int64 out, int transW)
+{
+	if (w16)
+		llm_check_status(llm_matmul_bf16(x, w16, b, y, N, in, out, transW));
+	else
+		llm_check_status(llm_matmul(x, w, b, y, N, in, out, 0, transW));
+}
+
+/*
  * One transformer block over N = B*T rows, input x (see the file's header).
- * The matmuls read their weights and biases from W: L's own in fp32, their
- * bf16-rounded copies in bf16 (then every matmul's input and output are
- * rounded too: activations that a matmul reads are stored rounded).
+ * The matmuls read their weights and biases from W: L's own (fp32, or bf16
+ * for inference), or in bf16 training their bf16-rounded copies (then every
+ * matmul's input and output are rounded too: activations that a matmul
+ * reads are stored rounded).
  */
 static void
 block_forward(const Gpt2Model *m, const Gpt2Layer *L, const Gpt2Layer *W, bool bf16,
@@ -177,24 +208,22 @@ block_forward(const Gpt2Model *m, const Gpt2Layer *L, const Gpt2Layer *W, bool b
 	llm_check_status(llm_layernorm(x, L->ln1_w, L->ln1_b, a->ln1, N, C, eps,
 								   a->ln1_mean, a->ln1_rstd));
 	gpt2_round_if_bf16(bf16, a->ln1, N * C);
-	llm_check_status(llm_matmul(a->ln1, W->attn_w, W->attn_b, a->qkv, N, C, 3 * C, 0, 0));
+	linear(a->ln1, W->attn_w, W->attn_w16, W->attn_b, a->qkv, N, C, 3 * C, 0);
 	gpt2_round_if_bf16(bf16, a->qkv, N * 3 * C);
 	attention(m, a, B, T, pos0, k_cache, v_cache);
 	gpt2_round_if_bf16(bf16, a->atty, N * C);
-	llm_check_status(llm_matmul(a->atty, W->attn_proj_w, W->attn_proj_b, a->res_mid,
-								N, C, C, 0, 0));
+	linear(a->atty, W->attn_proj_w, W->attn_proj_w16, W->attn_proj_b, a->res_mid, N, C, C, 0);
 	gpt2_round_if_bf16(bf16, a->res_mid, N * C);
 	llm_add(a->res_mid, x, a->res_mid, N * C, N * C);
 
 	llm_check_status(llm_layernorm(a->res_mid, L->ln2_w, L->ln2_b, a->ln2, N, C, eps,
 								   a->ln2_mean, a->ln2_rstd));
 	gpt2_round_if_bf16(bf16, a->ln2, N * C);
-	llm_check_status(llm_matmul(a->ln2, W->fc_w, W->fc_b, a->fc, N, C, F, 0, 0));
+	linear(a->ln2, W->fc_w, W->fc_w16, W->fc_b, a->fc, N, C, F, 0);
 	gpt2_round_if_bf16(bf16, a->fc, N * F);
 	llm_check_status(llm_gelu(a->fc, a->fc_gelu, N * F));
 	gpt2_round_if_bf16(bf16, a->fc_gelu, N * F);
-	llm_check_status(llm_matmul(a->fc_gelu, W->mlp_proj_w, W->mlp_proj_b, a->res_out,
-								N, F, C, 0, 0));
+	linear(a->fc_gelu, W->mlp_proj_w, W->mlp_proj_w16, W->mlp_proj_b, a->res_out, N, F, C, 0);
 	gpt2_round_if_bf16(bf16, a->res_out, N * C);
 	llm_add(a->res_out, a->res_mid, a->res_out, N * C, N * C);
 }
@@ -230,9 +259,8 @@ gpt2_transformer(const Gpt2Model *m, const Gpt2Activations *acts, const int32 *t
 void
 gpt2_lm_head(const Gpt2Model *m, const float *lnf, int64 nrows, float *out)
 {
-	/* wte is stored [V, C], hence transB */
-	llm_check_status(llm_matmul(lnf, m->wte, NULL, out, nrows, m->cfg.n_embd,
-								m->cfg.vocab_size, 0, 1));
+	/* wte is stored [V, C], hence transposed */
+	linear(lnf, m->wte, m->wte16, NULL, out, nrows, m->cfg.n_embd, m->cfg.vocab_size, 1);
 }
 
 /* ---- generation: the KV-cached state --------------------------------------- */

@@ -17,19 +17,22 @@ typedef struct ParamList
 	const char *model;			/* for messages */
 	Gpt2ParamInfo *items;
 	float	 ***where;			/* [n]: &m->wte, &m->layers[0].ln1_w, ... */
+	llm_bf16 ***where16;		/* [n]: &m->wte16, ..., NULL for a 1-D tensor */
 	int			n;
 	int64		n_floats;		/* arena size so far */
+	int64		n_bytes_bf16;	/* bf16 arena size so far */
 } ParamList;
 
 /*
- * Append a tensor of shape [d0] (d1 == 0) or [d0, d1].  A config whose
+ * Append a tensor of shape [d0] (d1 == 0) or [d0, d1], bound through
+ * `where` (and, a 2-D one in a bf16 arena, `where16`).  A config whose
  * shapes are not tensors (a dimension over 2^31 - 1, more than
  * LLM_MAX_ELEMS values) is ERROR 22003 naming the parameter and its shape.
  * So every entry is under 2^28 floats and there are fewer than 2^25 of
  * them (see param_list): the arena size cannot overflow.
  */
 static void
-add(ParamList *list, char *name, float **where, int64 d0, int64 d1)
+add(ParamList *list, char *name, float **where, llm_bf16 **where16, int64 d0, int64 d1)
 {
 	Gpt2ParamInfo *p = &list->items[list->n];
 
@@ -41,8 +44,12 @@ add(ParamList *list, char *name, float **where, int64 d0, int64 d1)
 					   p->ndim, p->dims);
 	p->numel = p->ndim == 1 ? d0 : d0 * d1;
 	p->offset = list->n_floats;
-	list->where[list->n++] = where;
+	p->offset_bf16 = list->n_bytes_bf16;
+	list->where[list->n] = where;
+	list->where16[list->n++] = where16;
 	list->n_floats += TYPEALIGN(ARENA_ALIGN_FLOATS, p->numel);
+	list->n_bytes_bf16 += TYPEALIGN(ARENA_ALIGN_FLOATS * sizeof(float),
+									p->numel * (p->ndim == 2 ? sizeof(llm_bf16) : sizeof(float)));
 }
 
 /* Every parameter of GPT-2, in llm_param_shapes() order; m->layers is allocated here. */
@@ -63,27 +70,28 @@ param_list(Gpt2Model *m)
 	m->layers = palloc0(sizeof(Gpt2Layer) * c->n_layer);
 	list.items = palloc(sizeof(Gpt2ParamInfo) * n_params);
 	list.where = palloc(sizeof(float **) * n_params);
-	add(&list, "wte.weight", &m->wte, c->vocab_size, C);
-	add(&list, "wpe.weight", &m->wpe, c->n_positions, C);
+	list.where16 = palloc(sizeof(llm_bf16 **) * n_params);
+	add(&list, "wte.weight", &m->wte, &m->wte16, c->vocab_size, C);
+	add(&list, "wpe.weight", &m->wpe, &m->wpe16, c->n_positions, C);
 	for (int l = 0; l < c->n_layer; l++)
 	{
 		Gpt2Layer  *L = &m->layers[l];
 
-		add(&list, psprintf("h.%d.ln_1.weight", l), &L->ln1_w, C, 0);
-		add(&list, psprintf("h.%d.ln_1.bias", l), &L->ln1_b, C, 0);
-		add(&list, psprintf("h.%d.attn.c_attn.weight", l), &L->attn_w, C, 3 * C);
-		add(&list, psprintf("h.%d.attn.c_attn.bias", l), &L->attn_b, 3 * C, 0);
-		add(&list, psprintf("h.%d.attn.c_proj.weight", l), &L->attn_proj_w, C, C);
-		add(&list, psprintf("h.%d.attn.c_proj.bias", l), &L->attn_proj_b, C, 0);
-		add(&list, psprintf("h.%d.ln_2.weight", l), &L->ln2_w, C, 0);
-		add(&list, psprintf("h.%d.ln_2.bias", l), &L->ln2_b, C, 0);
-		add(&list, psprintf("h.%d.mlp.c_fc.weight", l), &L->fc_w, C, F);
-		add(&list, psprintf("h.%d.mlp.c_fc.bias", l), &L->fc_b, F, 0);
-		add(&list, psprintf("h.%d.mlp.c_proj.weight", l), &L->mlp_proj_w, F, C);
-		add(&list, psprintf("h.%d.mlp.c_proj.bias", l), &L->mlp_proj_b, C, 0);
+		add(&list, psprintf("h.%d.ln_1.weight", l), &L->ln1_w, NULL, C, 0);
+		add(&list, psprintf("h.%d.ln_1.bias", l), &L->ln1_b, NULL, C, 0);
+		add(&list, psprintf("h.%d.attn.c_attn.weight", l), &L->attn_w, &L->attn_w16, C, 3 * C);
+		add(&list, psprintf("h.%d.attn.c_attn.bias", l), &L->attn_b, NULL, 3 * C, 0);
+		add(&list, psprintf("h.%d.attn.c_proj.weight", l), &L->attn_proj_w, &L->attn_proj_w16, C, C);
+		add(&list, psprintf("h.%d.attn.c_proj.bias", l), &L->attn_proj_b, NULL, C, 0);
+		add(&list, psprintf("h.%d.ln_2.weight", l), &L->ln2_w, NULL, C, 0);
+		add(&list, psprintf("h.%d.ln_2.bias", l), &L->ln2_b, NULL, C, 0);
+		add(&list, psprintf("h.%d.mlp.c_fc.weight", l), &L->fc_w, &L->fc_w16, C, F);
+		add(&list, psprintf("h.%d.mlp.c_fc.bias", l), &L->fc_b, NULL, F, 0);
+		add(&list, psprintf("h.%d.mlp.c_proj.weight", l), &L->mlp_proj_w, &L->mlp_proj_w16, F, C);
+		add(&list, psprintf("h.%d.mlp.c_proj.bias", l), &L->mlp_proj_b, NULL, C, 0);
 	}
-	add(&list, "ln_f.weight", &m->lnf_w, C, 0);
-	add(&list, "ln_f.bias", &m->lnf_b, C, 0);
+	add(&list, "ln_f.weight", &m->lnf_w, NULL, C, 0);
+	add(&list, "ln_f.bias", &m->lnf_b, NULL, C, 0);
 	return list;
 }
 
@@ -95,6 +103,7 @@ gpt2_param_layout(const char *model, const Gpt2Config *cfg, int *n_params, int64
 
 	pfree(m.layers);
 	pfree(list.where);
+	pfree(list.where16);
 	*n_params = list.n;
 	*n_floats = list.n_floats;
 	return list.items;
@@ -109,5 +118,39 @@ gpt2_model_bind(Gpt2Model *m, float *arena)
 		*list.where[i] = arena + list.items[i].offset;
 	m->n_floats = list.n_floats;
 	pfree(list.where);
+	pfree(list.where16);
+	pfree(list.items);
+}
+
+int64
+gpt2_bf16_arena_bytes(const Gpt2ParamInfo *params, int n_params)
+{
+	const Gpt2ParamInfo *last = &params[n_params - 1];
+
+	return last->offset_bf16 +
+		TYPEALIGN(ARENA_ALIGN_FLOATS * sizeof(float),
+				  last->numel * (last->ndim == 2 ? sizeof(llm_bf16) : sizeof(float)));
+}
+
+void
+gpt2_model_bind_bf16(Gpt2Model *m, char *arena)
+{
+	ParamList	list = param_list(m);
+
+	for (int i = 0; i < list.n; i++)
+	{
+		char	   *at = arena + list.items[i].offset_bf16;
+
+		if (list.where16[i])
+		{
+			*list.where16[i] = (llm_bf16 *) at;
+			*list.where[i] = NULL;
+		}
+		else
+			*list.where[i] = (float *) at;
+	}
+	m->n_floats = list.n_floats;
+	pfree(list.where);
+	pfree(list.where16);
 	pfree(list.items);
 }

@@ -14,6 +14,8 @@
 
 #include "postgres.h"
 
+#include "kernels/bf16.h"
+
 /* One row of llm_model_config. */
 typedef struct Gpt2Config
 {
@@ -41,6 +43,11 @@ typedef struct Gpt2Layer
 			   *fc_b;			/* h.L.mlp.c_fc.weight / .bias       [C, F] / [F] */
 	float	   *mlp_proj_w,
 			   *mlp_proj_b;		/* h.L.mlp.c_proj.weight / .bias     [F, C] / [C] */
+	/* the matrices as bf16, in a bf16 model (then the four above are NULL) */
+	llm_bf16   *attn_w16,
+			   *attn_proj_w16,
+			   *fc_w16,
+			   *mlp_proj_w16;
 } Gpt2Layer;
 
 /*
@@ -48,6 +55,11 @@ typedef struct Gpt2Layer
  * state's), or their gradients (a training state's grad arena, which the
  * backward adds into).  The weight cache hands out `const Gpt2Model *`:
  * nothing may write the cached weights.
+ *
+ * A bf16 model (pg_llm.inference_dtype = 'bf16', inference only) holds
+ * every 2-D tensor as bfloat16 -- rounded from llm_param's floats to
+ * nearest even -- in the *16 pointers, whose float twins are NULL; the 1-D
+ * ones (biases, LayerNorm) stay float.
  */
 typedef struct Gpt2Model
 {
@@ -58,6 +70,8 @@ typedef struct Gpt2Model
 	int64		n_floats;		/* size of the arena in floats */
 	float	   *wte;			/* [V, C]; also the tied lm_head */
 	float	   *wpe;			/* [n_positions, C] */
+	llm_bf16   *wte16,
+			   *wpe16;			/* the same as bf16, in a bf16 model */
 	float	   *lnf_w,
 			   *lnf_b;			/* ln_f.weight / .bias [C] */
 	Gpt2Layer  *layers;			/* [n_layer] */
@@ -71,6 +85,8 @@ typedef struct Gpt2ParamInfo
 	int64		dims[2];		/* dims[1] is 0 when ndim is 1 */
 	int64		numel;
 	int64		offset;			/* in floats from the arena's start; a multiple of 16 */
+	int64		offset_bf16;	/* in bytes from a bf16 arena's start (2-D tensors
+								 * as bf16, 1-D as floats); a multiple of 64 */
 } Gpt2ParamInfo;
 
 /*
@@ -87,5 +103,11 @@ extern Gpt2ParamInfo *gpt2_param_layout(const char *model, const Gpt2Config *cfg
  * m->n_floats.
  */
 extern void gpt2_model_bind(Gpt2Model *m, float *arena);
+
+/* The size in bytes of a bf16 arena of the parameters gpt2_param_layout() listed. */
+extern int64 gpt2_bf16_arena_bytes(const Gpt2ParamInfo *params, int n_params);
+
+/* gpt2_model_bind for a bf16 arena (see Gpt2Model), laid out by offset_bf16. */
+extern void gpt2_model_bind_bf16(Gpt2Model *m, char *arena);
 
 #endif							/* PG_LLM_GPT2_MODEL_H */

@@ -35,8 +35,10 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
+#include "autograd/tape.h"
 #include "gpt2/model_cache.h"
 #include "gpt2/weight_store.h"
+#include "pg_llm.h"
 #include "tensor/tensor.h"
 
 /* A model bigger than this many floats (16 GB) is refused before allocating. */
@@ -235,9 +237,37 @@ find_param(const Gpt2ParamInfo *params, int n_params, const char *name)
 	return NULL;
 }
 
-/* Read every llm_param row of the model into the arena, laid out as `params`. */
+/*
+ * One parameter into a bf16 arena (gpt2_model_bind_bf16's layout): a 2-D
+ * tensor is read into a float buffer, then rounded to bf16, to nearest
+ * even; a 1-D one is read as it is.
+ */
 static void
-load_parameters(const char *model, const Gpt2ParamInfo *params, int n_params, float *arena)
+param_read_bf16(const char *model, const Gpt2ParamInfo *p, Datum raw, char *arena)
+{
+	char	   *dst = arena + p->offset_bf16;
+	float	   *floats;
+	llm_bf16   *out = (llm_bf16 *) dst;
+
+	if (p->ndim == 1)
+	{
+		gpt2_param_read(model, p, "data", raw, (float *) dst);
+		return;
+	}
+	floats = llm_alloc_huge(p->numel * sizeof(float), psprintf("parameter \"%s\"", p->name));
+	gpt2_param_read(model, p, "data", raw, floats);
+	for (int64 i = 0; i < p->numel; i++)
+		out[i] = llm_float_to_bf16(floats[i]);
+	pfree(floats);
+}
+
+/*
+ * Read every llm_param row of the model into the arena, laid out as
+ * `params` (floats), or as gpt2_model_bind_bf16 says (bf16).
+ */
+static void
+load_parameters(const char *model, const Gpt2ParamInfo *params, int n_params, void *arena,
+				bool bf16)
 {
 	Oid			argtype = TEXTOID;
 	Datum		arg = CStringGetTextDatum(model);
@@ -273,7 +303,10 @@ load_parameters(const char *model, const Gpt2ParamInfo *params, int n_params, fl
 					 errhint("SELECT * FROM llm_param_shapes(model) lists the names GPT-2 has.")));
 		if (!isnull)
 		{
-			gpt2_param_read(model, p, "data", raw, arena + p->offset);
+			if (bf16)
+				param_read_bf16(model, p, raw, arena);
+			else
+				gpt2_param_read(model, p, "data", raw, (float *) arena + p->offset);
 			loaded[p - params] = true;
 		}
 		pfree(name);
@@ -324,9 +357,9 @@ check_select_privilege(Oid param_relid)
 	}
 }
 
-/* A Gpt2Model over `arena`, in the current memory context. */
+/* A Gpt2Model over `arena` (floats, or bf16 as key->bf16 says), in the current memory context. */
 static Gpt2Model *
-model_view(const WeightKey *key, const Gpt2Config *cfg, float *arena)
+model_view(const WeightKey *key, const Gpt2Config *cfg, void *arena)
 {
 	Gpt2Model  *m = palloc0(sizeof(Gpt2Model));
 
@@ -334,7 +367,10 @@ model_view(const WeightKey *key, const Gpt2Config *cfg, float *arena)
 	m->config_relid = key->config_relid;
 	m->version = key->version;
 	m->cfg = *cfg;
-	gpt2_model_bind(m, arena);
+	if (key->bf16)
+		gpt2_model_bind_bf16(m, arena);
+	else
+		gpt2_model_bind(m, arena);
 	return m;
 }
 
@@ -371,7 +407,8 @@ gpt2_model_get(const char *model)
 	Gpt2ParamInfo *params;
 	int			n_params;
 	int64		n_floats;
-	float	   *arena;
+	Size		bytes;
+	void	   *arena;
 
 	SPI_connect();
 	if (!config_row_read(model, &key.config_relid, &key.version, &cfg, &xmin))
@@ -383,15 +420,23 @@ gpt2_model_get(const char *model)
 	gpt2_config_check(model, &cfg);
 	params = gpt2_param_layout(model, &cfg, &n_params, &n_floats);
 
+	/*
+	 * pg_llm.inference_dtype = 'bf16': the bf16 copy, half the bytes.  Not
+	 * while recording for autograd: the tape's gradients are those of the
+	 * float parameters.
+	 */
+	key.bf16 = llm_inference_dtype == LLM_INFERENCE_BF16 && !autograd_recording();
+	bytes = key.bf16 ? (Size) gpt2_bf16_arena_bytes(params, n_params) : n_floats * sizeof(float);
+
 	if (!TransactionIdIsCurrentTransactionId(xmin))
-		found = weight_store_acquire(&key, n_floats * sizeof(float), caller, &pin);
+		found = weight_store_acquire(&key, bytes, caller, &pin);
 	if (found == WEIGHTS_NO_ROOM)
 	{
 		/* ours alone, in the caller's memory: freed with it, even half-decoded */
 		MemoryContext spi = MemoryContextSwitchTo(caller);
 
-		arena = (float *) TYPEALIGN(64, llm_alloc_huge(n_floats * sizeof(float) + 64,
-													   psprintf("the weights of model \"%s\"", model)));
+		arena = (void *) TYPEALIGN(64, llm_alloc_huge(bytes + 64,
+													  psprintf("the weights of model \"%s\"", model)));
 		MemoryContextSwitchTo(spi);
 	}
 	else
@@ -399,7 +444,7 @@ gpt2_model_get(const char *model)
 
 	/* Detoasted copies are made in SPI's context and freed one by one. */
 	if (found != WEIGHTS_FOUND)
-		load_parameters(model, params, n_params, arena);
+		load_parameters(model, params, n_params, arena, key.bf16);
 	if (found == WEIGHTS_TO_DECODE)
 		weight_store_publish(pin);
 	SPI_finish();
@@ -448,7 +493,7 @@ visible_entries(int *n)
 }
 
 /*
- * llm_model_cache() -> SETOF (model, version, bytes, pins, loaded_by,
+ * llm_model_cache() -> SETOF (model, version, dtype, bytes, pins, loaded_by,
  * loaded_at, last_used): the decoded versions of the models the caller sees.
  */
 PG_FUNCTION_INFO_V1(llm_model_cache_sql);
@@ -464,16 +509,17 @@ llm_model_cache_sql(PG_FUNCTION_ARGS)
 	entries = visible_entries(&n);
 	for (int i = 0; i < n; i++)
 	{
-		Datum		values[7];
-		bool		nulls[7] = {false, false, false, false, false, false, false};
+		Datum		values[8];
+		bool		nulls[8] = {false, false, false, false, false, false, false, false};
 
 		values[0] = CStringGetTextDatum(entries[i].model);
 		values[1] = Int64GetDatum(entries[i].version);
-		values[2] = Int64GetDatum(entries[i].bytes);
-		values[3] = Int32GetDatum(entries[i].pins);
-		values[4] = Int32GetDatum(entries[i].loaded_by);
-		values[5] = TimestampTzGetDatum(entries[i].loaded_at);
-		values[6] = TimestampTzGetDatum(entries[i].last_used);
+		values[2] = CStringGetTextDatum(entries[i].bf16 ? "bf16" : "fp32");
+		values[3] = Int64GetDatum(entries[i].bytes);
+		values[4] = Int32GetDatum(entries[i].pins);
+		values[5] = Int32GetDatum(entries[i].loaded_by);
+		values[6] = TimestampTzGetDatum(entries[i].loaded_at);
+		values[7] = TimestampTzGetDatum(entries[i].last_used);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	SPI_finish();
@@ -492,7 +538,8 @@ llm_model_cache_clear_sql(PG_FUNCTION_ARGS)
 	entries = visible_entries(&n);
 	for (int i = 0; i < n; i++)
 	{
-		WeightKey	key = {entries[i].config_relid, entries[i].model, entries[i].version};
+		WeightKey	key = {entries[i].config_relid, entries[i].model, entries[i].version,
+		entries[i].bf16};
 
 		weight_store_drop(&key);
 	}

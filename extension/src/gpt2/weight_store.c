@@ -1,6 +1,8 @@
 /*
- * weight_store.c -- decoded weights, one copy per model version, shared by
- * every backend of the server.
+ * weight_store.c -- decoded weights, one copy per model version (and
+ * dtype: fp32, or bf16 for pg_llm.inference_dtype), shared by every backend
+ * of the server.  The two dtypes of a version are two slots, side by side;
+ * a newer version supersedes both.
  *
  * A table of MAX_SLOTS slots says which versions are decoded, where their
  * arenas are, and how many pins hold each.  On PostgreSQL 17 and later the
@@ -69,6 +71,7 @@ typedef struct Slot
 	Oid			dboid;
 	Oid			config_relid;
 	int64		version;
+	bool		bf16;			/* the bf16 copy of the version */
 	dsa_pointer model;			/* the name, NUL-terminated */
 	dsa_pointer arena;			/* bytes + ARENA_ALIGN */
 	Size		bytes;
@@ -284,14 +287,15 @@ slot_is(const Slot *s, const WeightKey *key)
 {
 	return s->state != SLOT_FREE && s->dboid == MyDatabaseId &&
 		s->config_relid == key->config_relid && s->version == key->version &&
-		strcmp(store_address(s->model), key->model) == 0;
+		s->bf16 == key->bf16 && strcmp(store_address(s->model), key->model) == 0;
 }
 
-/* Another version of the same model. */
+/* Another version of the same model (in either dtype; the same version's other dtype is not). */
 static bool
 slot_is_sibling(const Slot *s, const Slot *of)
 {
-	return s != of && s->state == SLOT_READY && s->dboid == of->dboid &&
+	return s != of && s->state == SLOT_READY && s->version != of->version &&
+		s->dboid == of->dboid &&
 		s->config_relid == of->config_relid &&
 		strcmp(store_address(s->model), store_address(of->model)) == 0;
 }
@@ -440,7 +444,7 @@ pin_slot(WeightPin *pin, Slot *s)
 	s->last_used = GetCurrentTimestamp();
 	pin->slot = s - store->slots;
 	pin->generation = s->generation;
-	pin->arena = (float *) TYPEALIGN(ARENA_ALIGN, store_address(s->arena));
+	pin->arena = (void *) TYPEALIGN(ARENA_ALIGN, store_address(s->arena));
 	dlist_push_head(&my_pins, &pin->node);
 }
 
@@ -500,6 +504,7 @@ weight_store_acquire(const WeightKey *key, Size bytes, MemoryContext owner, Weig
 			s->dboid = MyDatabaseId;
 			s->config_relid = key->config_relid;
 			s->version = key->version;
+			s->bf16 = key->bf16;
 			s->model = model;
 			s->arena = arena;
 			s->bytes = slot_bytes;
@@ -576,6 +581,7 @@ weight_store_list(int *n)
 		e->config_relid = s->config_relid;
 		e->model = pstrdup(store_address(s->model));
 		e->version = s->version;
+		e->bf16 = s->bf16;
 		e->bytes = s->bytes;
 		e->pins = s->pins;
 		e->loaded_by = s->loaded_by;

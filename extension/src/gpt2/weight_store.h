@@ -29,12 +29,16 @@
 #include "utils/palloc.h"
 #include "utils/timestamp.h"
 
-/* A model version, in the current database. */
+/*
+ * A model version, in the current database, as floats or as bf16: the two
+ * copies of one version are two entries, cached side by side.
+ */
 typedef struct WeightKey
 {
 	Oid			config_relid;	/* llm_model_config's OID: a new one after CREATE EXTENSION */
 	const char *model;
 	int64		version;		/* llm_model_config.version: never handed out twice */
+	bool		bf16;			/* the bf16 arena (gpt2_model_bind_bf16), not the float one */
 } WeightKey;
 
 typedef enum WeightLookup
@@ -46,7 +50,7 @@ typedef enum WeightLookup
 
 typedef struct WeightPin
 {
-	float	   *arena;			/* 64-byte aligned */
+	void	   *arena;			/* 64-byte aligned */
 	int			slot;			/* -1 once released */
 	uint64		generation;		/* the slot's, when pinned */
 	dlist_node	node;			/* in this backend's list of pins */
@@ -69,6 +73,7 @@ typedef struct WeightEntry
 	Oid			config_relid;
 	char	   *model;
 	int64		version;
+	bool		bf16;
 	int64		bytes;
 	int			pins;			/* how many pins hold it (a backend may hold several) */
 	int			loaded_by;		/* PID of the backend that decoded it */

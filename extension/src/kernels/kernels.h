@@ -35,6 +35,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bf16.h"
+
 #define LLM_OK 0
 #define LLM_INTERRUPTED 1
 #define LLM_NOMEM 2				/* scratch memory could not be allocated */
@@ -98,6 +100,15 @@ void		llm_set_isa(llm_isa isa);
  */
 int			llm_matmul(const float *A, const float *B, const float *bias, float *C,
 					   int64_t M, int64_t K, int64_t N, int transA, int transB);
+
+/*
+ * llm_matmul with B stored as bfloat16 (bf16.h) and A not transposed: C is
+ * fp32 arithmetic over the floats B's values stand for, as llm_matmul
+ * computes it over those floats (bit for bit on the AVX2 and scalar ISAs).
+ * Inference with pg_llm.inference_dtype = 'bf16' reads its weights so.
+ */
+int			llm_matmul_bf16(const float *A, const llm_bf16 *B, const float *bias, float *C,
+							int64_t M, int64_t K, int64_t N, int transB);
 
 /*
  * C[M,N] += op(A) @ op(B), same shapes and storage as llm_matmul: the GEMM

@@ -89,6 +89,8 @@ static const pf_region no_region = {NULL, 0, 0, 1};
 static pf_region
 b_region(const mm_ctx *c, int64_t k0, int64_t kc, int64_t n0, int64_t n1)
 {
+	if (c->B16)
+		return no_region;		/* a bf16 B is not prefetched (regions count floats) */
 	if (c->transB)
 		return region(c->B + n0 * c->K + k0, c->K, n1 - n0, kc);
 	return region(c->B + k0 * c->N + n0, c->N, kc, n1 - n0);
@@ -151,6 +153,64 @@ pack_panels(const gemm_kernels *isa, const float *src, int64_t ld, int kmajor,
 	}
 }
 
+#if LLM_X86						/* (aarch64 multiplies bf16 weights in reference.c) */
+/* d[0:n] = the floats of s[0:n] (every x86 ISA with a GEMM runs AVX2) */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+widen_bf16(const llm_bf16 *s, float *d, int64_t n)
+{
+	int64_t		j = 0;
+
+	for (; j + 8 <= n; j += 8)
+		_mm256_storeu_ps(d + j, load8_bf16(s + j));
+	for (; j < n; j++)
+		d[j] = llm_bf16_to_float(s[j]);
+}
+
+/*
+ * pack_panels for a bf16 source (B16): the same panels, each value widened
+ * to the float it stands for.  So the micro-kernels, unchanged, compute
+ * fp32 arithmetic over the widened B -- the same bits as llm_matmul over
+ * those floats.
+ *   kmajor: each k-row is widened across all panels, front to back.
+ *   else: each panel's rows are widened WIDEN_K values at a time into a
+ *     stack buffer, which the ISA's transpose helper then packs.
+ */
+#define WIDEN_K 64
+
+TARGET_AVX2 static void
+pack_panels_bf16(const gemm_kernels *isa, const llm_bf16 *src, int64_t ld, int kmajor,
+				 float *dst, int64_t kc, int64_t nx, int W)
+{
+	float		tmp[NR_MAX * WIDEN_K] __attribute__((aligned(64)));
+	int64_t		p,
+				k;
+	int			j;
+
+	for (p = 0; p * W < nx; p++)
+	{
+		int			n = (int) MIN(W, nx - p * W);
+		float	   *d = dst + p * kc * W;
+
+		if (kmajor)				/* src(k, x) = src[k*ld + x] */
+			for (k = 0; k < kc; k++)
+			{
+				widen_bf16(src + k * ld + p * W, d + k * W, n);
+				for (j = n; j < W; j++)
+					d[k * W + j] = 0.0f;
+			}
+		else					/* src(k, x) = src[x*ld + k] */
+			for (k = 0; k < kc; k += WIDEN_K)
+			{
+				int64_t		kn = MIN(WIDEN_K, kc - k);
+
+				for (j = 0; j < n; j++)
+					widen_bf16(src + (p * W + j) * ld + k, tmp + j * WIDEN_K, kn);
+				isa->transpose(tmp, WIDEN_K, d + k * W, W, kn, n, W);
+			}
+	}
+}
+#endif							/* LLM_X86 */
+
 /* op(A)[m0:m0+mc, k0:k0+kc] as ceil(mc/MR) panels of kc x MR */
 static void
 pack_a_block(const mm_ctx *c, float *dst, int64_t m0, int64_t mc, int64_t k0,
@@ -167,7 +227,14 @@ static void
 pack_b_block(const mm_ctx *c, float *dst, int64_t k0, int64_t kc,
 			 int64_t n0, int64_t nc)
 {
-	if (c->transB)				/* stored [N,K] */
+#if LLM_X86
+	if (c->B16 && c->transB)
+		pack_panels_bf16(c->isa, c->B16 + n0 * c->K + k0, c->K, 0, dst, kc, nc, c->isa->nr);
+	else if (c->B16)
+		pack_panels_bf16(c->isa, c->B16 + k0 * c->N + n0, c->N, 1, dst, kc, nc, c->isa->nr);
+	else
+#endif
+	if (c->transB)			/* stored [N,K] */
 		pack_panels(c->isa, c->B + n0 * c->K + k0, c->K, 0, dst, kc, nc, c->isa->nr);
 	else						/* stored [K,N] */
 		pack_panels(c->isa, c->B + k0 * c->N + n0, c->N, 1, dst, kc, nc, c->isa->nr);

@@ -429,7 +429,7 @@ matmul_gemv(mm_ctx *c)
 	grain = MIN(grain, MAX(1, GEMV_SLAB / ((int64_t) sizeof(float) * c->K)));
 	grain = MAX(grain, ceil_div((int64_t) 1 << 15, c->K));
 	grain = round_up(grain, 16);
-	return llm_parallel_for(c->N, grain, c->kernels->gemv, c);
+	return llm_parallel_for(c->N, grain, c->B16 ? c->kernels->gemv_bf16 : c->kernels->gemv, c);
 }
 
 #endif							/* LLM_X86 || LLM_NEON */

@@ -39,6 +39,9 @@
  *      kernel per row count 1..MR (no FMAs wasted on short row panels) and
  *      partial column panels are stored with masks.
  *
+ *   B may also be stored as bf16 (llm_matmul_bf16, inference with
+ *   pg_llm.inference_dtype = 'bf16'): see gemv_bf16.c and pack_b_block.
+ *
  *   3. Scalar reference (reference.c): plain loops, used on builds that are
  *      neither x86-64 nor aarch64 and when llm_set_isa(LLM_ISA_SCALAR)
  *      forces it.
@@ -67,14 +70,24 @@
  */
 #include "matmul_internal.h"
 
-const matmul_kernels matmul_scalar_kernels = {matmul_scalar, NULL, NULL};
+const matmul_kernels matmul_scalar_kernels = {matmul_scalar, NULL, NULL, NULL};
 
 #if LLM_X86
-const matmul_kernels matmul_avx2_kernels = {matmul_simd, &gemm_avx2, gemv256_task};
-const matmul_kernels matmul_avx512_kernels = {matmul_simd, &gemm_avx512, gemv512_task};
+/* AVX-512 decodes bf16 weights with the AVX2 loops (see gemv_bf16.c) */
+const matmul_kernels matmul_avx2_kernels = {matmul_simd, &gemm_avx2, gemv256_task,
+gemv256_bf16_task};
+const matmul_kernels matmul_avx512_kernels = {matmul_simd, &gemm_avx512, gemv512_task,
+gemv256_bf16_task};
 #endif
 #if LLM_NEON
-const matmul_kernels matmul_neon_kernels = {matmul_simd, &gemm_neon, gemv_neon_task};
+/* bf16 weights on aarch64 take the scalar reference: no NEON bf16 loops yet */
+static int
+matmul_neon(mm_ctx *c)
+{
+	return c->B16 ? matmul_scalar(c) : matmul_simd(c);
+}
+
+const matmul_kernels matmul_neon_kernels = {matmul_neon, &gemm_neon, gemv_neon_task, NULL};
 #endif
 
 #if LLM_X86 || LLM_NEON
@@ -89,7 +102,7 @@ matmul_simd(mm_ctx *c)
 		c->transA = 0;
 		return matmul_gemv(c);
 	}
-	if (c->N == 1)
+	if (c->N == 1 && c->B16 == NULL)
 	{
 		/*
 		 * C[M,1] = op(A) @ b is C^T[1,M] = b^T @ op(A)^T: a GEMV whose
@@ -139,6 +152,23 @@ llm_matmul(const float *A, const float *B, const float *bias, float *C,
 		   int64_t M, int64_t K, int64_t N, int transA, int transB)
 {
 	return matmul_run(A, B, bias, C, M, K, N, transA, transB, 0);
+}
+
+/*
+ * bf16 weights (B16): GEMV reads them as they are (gemv_bf16.c); GEMM
+ * widens them to floats while packing B (gemm.c), so every micro-kernel
+ * runs unchanged.  Either way C is fp32 arithmetic over the widened B.
+ */
+int
+llm_matmul_bf16(const float *A, const llm_bf16 *B, const float *bias, float *C,
+				int64_t M, int64_t K, int64_t N, int transB)
+{
+	mm_ctx		c = {
+		.A = A, .B16 = B, .bias = bias, .C = C, .M = M, .K = K, .N = N,
+		.transB = transB != 0, .kernels = llm_kernels->matmul,
+	};
+
+	return c.kernels->run(&c);
 }
 
 int

@@ -12,6 +12,7 @@
  *   microkernel_avx2.c     AVX2 micro-kernels and packing helpers
  *   microkernel_neon.c     NEON (aarch64) micro-kernels and packing helpers
  *   gemv.c                 GEMV for M == 1 and N == 1
+ *   gemv_bf16.c            GEMV for M == 1 over bf16 weights
  *
  * The design (GotoBLAS/BLIS GEMM, bandwidth-bound GEMV, determinism,
  * memory) is described at the top of matmul.c.
@@ -22,6 +23,7 @@
 #include "../kernels.h"
 #include "../dispatch.h"
 #include "../simd.h"
+#include "../bf16.h"
 
 #define MR_MAX 14				/* largest MR of any ISA */
 #define NR_MAX 48				/* largest NR of any ISA */
@@ -35,6 +37,7 @@ typedef struct
 	const float *A,
 			   *B,
 			   *bias;
+	const llm_bf16 *B16;		/* B stored as bf16 instead (B is NULL) */
 	float	   *C;
 	int64_t		M,
 				K,
@@ -63,13 +66,15 @@ typedef struct
 
 /*
  * The matmul family's table (dispatch.h): `run` computes the whole
- * product; the fast paths find their GEMM plug-in and GEMV task here.
+ * product; the fast paths find their GEMM plug-in and GEMV tasks here
+ * (gemv_bf16: the same GEMV reading B16).
  */
 struct matmul_kernels
 {
 	int			(*run) (mm_ctx *c);
 	const gemm_kernels *gemm;
 	llm_task_fn gemv;
+	llm_task_fn gemv_bf16;
 };
 
 /* ---- prefetching the next blocks (gemm.c sets it up) --------------------- */
@@ -118,6 +123,20 @@ prefetch_one(prefetcher *pf)
 		pf->row++;
 	}
 }
+
+#if LLM_X86
+/*
+ * 8 bf16 at p, widened to the 8 floats they stand for: each 16-bit value
+ * becomes the high half of a 32-bit lane (zero extension, shift by 16).
+ */
+TARGET_AVX2 static inline __attribute__((always_inline)) __m256
+load8_bf16(const llm_bf16 *p)
+{
+	__m128i		h = _mm_loadu_si128((const __m128i *) p);
+
+	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#endif
 
 /* ---- the GEMM plug-in of an ISA ----------------------------------------- */
 
@@ -182,6 +201,9 @@ int			matmul_gemv(mm_ctx *c);
 /* gemv.c */
 void		gemv512_task(void *arg, int64_t n0, int64_t n1);
 void		gemv256_task(void *arg, int64_t n0, int64_t n1);
+
+/* gemv_bf16.c */
+void		gemv256_bf16_task(void *arg, int64_t n0, int64_t n1);
 
 /* microkernel_avx512.c, microkernel_avx2.c */
 extern const gemm_kernels gemm_avx512;

@@ -11,6 +11,13 @@ get_a(const mm_ctx *c, int64_t m, int64_t k)
 	return c->transA ? c->A[k * c->M + m] : c->A[m * c->K + k];
 }
 
+/* B's element at index i of its storage, widened when it is bf16 */
+static inline float
+get_b(const mm_ctx *c, int64_t i)
+{
+	return c->B16 ? llm_bf16_to_float(c->B16[i]) : c->B[i];
+}
+
 /*
  * Rows [r0, r1) of C: c[i,j] = sum_k a[i,k] * b[k,j] in increasing k, then
  * + bias[j]; with accumulate, the sum starts from c[i,j].  Loops are ordered so the inner one walks contiguous memory.
@@ -34,11 +41,10 @@ scalar_rows(void *arg, int64_t r0, int64_t r1)
 			/* B stored [N,K]: each c[i,j] is a dot product of two rows */
 			for (j = 0; j < N; j++)
 			{
-				const float *bj = c->B + j * K;
 				float		s = 0.0f;
 
 				for (k = 0; k < K; k++)
-					s += get_a(c, i, k) * bj[k];
+					s += get_a(c, i, k) * get_b(c, j * K + k);
 				ci[j] = c->accumulate ? ci[j] + s : s;
 			}
 		}
@@ -51,10 +57,9 @@ scalar_rows(void *arg, int64_t r0, int64_t r1)
 			for (k = 0; k < K; k++)
 			{
 				float		a = get_a(c, i, k);
-				const float *bk = c->B + k * N;
 
 				for (j = 0; j < N; j++)
-					ci[j] += a * bk[j];
+					ci[j] += a * get_b(c, k * N + j);
 			}
 		}
 		if (c->bias)

@@ -1,0 +1,176 @@
+/*
+ * gemv_bf16.c -- the GEMV of gemv.c (M == 1) over a B stored as bfloat16:
+ * decoding one token with bf16 weights (pg_llm.inference_dtype = 'bf16').
+ *
+ * Decoding is memory-bound (gemv.c): each weight is read once for one FMA.
+ * Stored as bf16 a weight is 2 bytes instead of 4, so the same stream of
+ * bytes carries twice the weights.  Each bf16 is widened to the float it
+ * stands for, exactly: its 16 bits become the high half of a 32-bit lane,
+ * and the arithmetic is gemv.c's, operation for operation -- so the result
+ * is, bit for bit, the fp32 GEMV over the widened weights, at any thread
+ * count (tested).
+ *
+ * The AVX-512 table uses these AVX2 loops too (every AVX-512 CPU runs
+ * AVX2): a 512-bit version is not written, since it could not be tested
+ * on the machine this was written on.  AVX512_BF16's vdpbf16ps is not used
+ * either: it rounds its products and sums differently (and flushes
+ * denormals), which would change the meaning "fp32 arithmetic over
+ * bf16-rounded weights".
+ */
+#include "matmul_internal.h"
+
+#if LLM_X86
+
+#define GEMV_CHUNK 2048			/* columns of y kept in L1 (8 KB), as gemv.c */
+
+/*
+ * y[s0:s1] = a @ B[:, s0:s1] for plain B: gemv256_plain_chunk's loops, per
+ * column the same FMA chain down k.  Widening costs more instructions than
+ * the FMAs themselves, so 16 columns are widened at once from one 32-byte
+ * load: a 32-bit lane holds the bf16 of an even column in its low half and
+ * of the next, odd, column in its high half, so a shift left by 16 gives
+ * the even columns' floats and a mask of the high half the odd ones'.
+ * Their sums are kept in yd, even and odd columns apart (8 + 8 per group
+ * of 16), and put back in order at the end.  Columns past the last whole
+ * 16 take the 8-wide widening load, then scalar FMAs.
+ */
+/* Rows k .. k+rows-1 of B (rows <= 8; inlined with rows = 8 for all but the last group). */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+plain_rows(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, const int rows)
+{
+	const float *a = c->A;
+	int64_t		N = c->N;
+	float	   *y = c->C;
+	const llm_bf16 *b = c->B16 + k * N;
+	int64_t		n16 = s0 + ((s1 - s0) & ~(int64_t) 15);
+	int64_t		n8 = n16 + ((s1 - n16) & ~(int64_t) 7);
+	const __m256i high = _mm256_set1_epi32((int) 0xffff0000u);
+	int			start = k == 0;	/* the sums start from 0 (bf16 never accumulates) */
+	__m256		ak[8];
+	int64_t		n;
+	int			r;
+
+	for (r = 0; r < rows; r++)
+		ak[r] = _mm256_broadcast_ss(a + k + r);
+	for (n = s0; n < n16; n += 16)
+	{
+		float	   *d = yd + (n - s0);
+		__m256		even = start ? _mm256_setzero_ps() : _mm256_load_ps(d);
+		__m256		odd = start ? _mm256_setzero_ps() : _mm256_load_ps(d + 8);
+
+#pragma GCC unroll 8
+		for (r = 0; r < rows; r++)
+		{
+			__m256i		x = _mm256_loadu_si256((const __m256i *) (b + r * N + n));
+
+			even = _mm256_fmadd_ps(ak[r], _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), even);
+			odd = _mm256_fmadd_ps(ak[r], _mm256_castsi256_ps(_mm256_and_si256(x, high)), odd);
+		}
+		_mm256_store_ps(d, even);
+		_mm256_store_ps(d + 8, odd);
+	}
+	for (; n < n8; n += 8)
+	{
+		__m256		acc = start ? _mm256_setzero_ps() : _mm256_loadu_ps(y + n);
+
+#pragma GCC unroll 8
+		for (r = 0; r < rows; r++)
+			acc = _mm256_fmadd_ps(ak[r], load8_bf16(b + r * N + n), acc);
+		_mm256_storeu_ps(y + n, acc);
+	}
+	for (; n < s1; n++)
+	{
+		float		acc = start ? 0.0f : y[n];
+
+		for (r = 0; r < rows; r++)
+			acc = __builtin_fmaf(a[k + r], llm_bf16_to_float(b[r * N + n]), acc);
+		y[n] = acc;
+	}
+}
+
+TARGET_AVX2 static void
+gemv256_bf16_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
+{
+	float	   *y = c->C;
+	float		yd[GEMV_CHUNK] __attribute__((aligned(32)));
+	int64_t		n16 = s0 + ((s1 - s0) & ~(int64_t) 15);
+	int64_t		k,
+				n,
+				i;
+
+	for (k = 0; k + 8 <= c->K; k += 8)
+		plain_rows(c, yd, s0, s1, k, 8);
+	if (k < c->K)
+		plain_rows(c, yd, s0, s1, k, (int) (c->K - k));
+	/* in order: yd[16g + i] is y[s0 + 16g + 2i], yd[16g + 8 + i] y[s0 + 16g + 2i + 1] */
+	for (n = s0; n < n16; n += 16)
+		for (i = 0; i < 8; i++)
+		{
+			y[n + 2 * i] = yd[n - s0 + i];
+			y[n + 2 * i + 1] = yd[n - s0 + 8 + i];
+		}
+}
+
+/* y[n0:n1] = B[n0:n1, :] @ a for transB (see gemv256_transb) */
+TARGET_AVX2 static void
+gemv256_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
+{
+	const float *a = c->A;
+	int64_t		K = c->K;
+	int64_t		kfull = K & ~(int64_t) 7;
+	int64_t		n,
+				k;
+
+	for (n = n0; n < n1; n += 4)
+	{
+		int			rows = (int) MIN(4, n1 - n);
+		const llm_bf16 *b[4];
+		__m256		acc[4];
+		int			r;
+
+		for (r = 0; r < 4; r++)
+		{
+			b[r] = c->B16 + (n + MIN(r, rows - 1)) * K;
+			acc[r] = _mm256_setzero_ps();
+		}
+		for (k = 0; k < kfull; k += 8)
+		{
+			__m256		ak = _mm256_loadu_ps(a + k);
+
+#pragma GCC unroll 4
+			for (r = 0; r < 4; r++)
+				acc[r] = _mm256_fmadd_ps(ak, load8_bf16(b[r] + k), acc[r]);
+		}
+		for (r = 0; r < rows; r++)
+		{
+			float		s = hsum_avx2(acc[r]);
+
+			for (k = kfull; k < K; k++)
+				s = __builtin_fmaf(a[k], llm_bf16_to_float(b[r][k]), s);
+			if (c->accumulate)
+				s += c->C[n + r];
+			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
+		}
+	}
+}
+
+TARGET_AVX2 void
+gemv256_bf16_task(void *arg, int64_t n0, int64_t n1)
+{
+	const mm_ctx *c = (const mm_ctx *) arg;
+	int64_t		s,
+				n;
+
+	if (c->transB)
+	{
+		gemv256_bf16_transb(c, n0, n1);
+		return;
+	}
+	for (s = n0; s < n1; s += GEMV_CHUNK)
+		gemv256_bf16_plain_chunk(c, s, MIN(n1, s + GEMV_CHUNK));
+	if (c->bias)
+		for (n = n0; n < n1; n++)
+			c->C[n] += c->bias[n];
+}
+
+#endif							/* LLM_X86 */
