@@ -13,6 +13,7 @@
 #include "utils/guc.h"
 
 #include "autograd/tape.h"
+#include "generate/batch.h"
 #include "kernels/kernels.h"
 #include "pg_llm.h"
 
@@ -109,6 +110,14 @@ _PG_init(void)
 							"On PostgreSQL 15-16 each session has a cache of this size.",
 							&llm_shared_cache_mb, 1024, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomBoolVariable("pg_llm.decode_batching",
+							 "Decode together with other sessions generating from the same model.",
+							 "Each generated token's products by the weights are computed in one "
+							 "pass with those of every session at the same step of the same model "
+							 "version; the tokens are the same bits as alone. "
+							 "PostgreSQL 17 and later; on 15-16 every session decodes alone.",
+							 &llm_decode_batching, true,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	autograd_init();
 	MarkGUCPrefixReserved("pg_llm");
 }

@@ -18,6 +18,7 @@
 
 #include "gpt2/forward.h"
 #include "tensor/tensor.h"
+#include "generate/batch.h"
 #include "generate/generate.h"
 
 void
@@ -96,9 +97,11 @@ generator_next(Generator *g, int32 *token)
 	}
 	else
 	{
-		/* Decode: one token, attending over everything in the KV cache. */
-		gpt2_forward(g->state, &g->last, 1);
-		gpt2_logits(g->state, 0, 1, g->logits);
+		/*
+		 * Decode: one token, attending over everything in the KV cache; its
+		 * products by the weights batched with other sessions' (batch.c).
+		 */
+		batch_decode_step(g->state, &g->last, g->logits);
 	}
 	g->last = sampler_next(g->sampler, g->who, g->logits);
 	g->n_new++;
@@ -111,6 +114,7 @@ generator_next(Generator *g, int32 *token)
 void
 generator_free(Generator *g)
 {
+	batch_report();
 	gpt2_state_free(g->state);
 }
 

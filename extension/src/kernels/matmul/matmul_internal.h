@@ -11,6 +11,7 @@
  *   microkernel_avx512.c   AVX-512 micro-kernels and packing helpers
  *   microkernel_avx2.c     AVX2 micro-kernels and packing helpers
  *   gemv.c                 GEMV for M == 1 and N == 1
+ *   gemv_rows.c            llm_matmul_rows: M rows, each as GEMV computes it alone
  *
  * The design (GotoBLAS/BLIS GEMM, bandwidth-bound GEMV, determinism,
  * memory) is described at the top of matmul.c.
