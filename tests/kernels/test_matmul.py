@@ -164,6 +164,10 @@ def test_large_k_and_huge_a(lib, lib_no_memory, shape, ta, tb):
 
 # ---- llm_matmul_rows: the batch-invariant product of decode batching ---------
 
+def row_pointers(rows):
+    return (kernels.float_p * len(rows))(*[ptr(r) for r in rows])
+
+
 ROWS_SHAPES = [(2, 1, 1), (3, 7, 5), (5, 33, 17), (8, 64, 130), (30, 96, 300),
                (4, 768, 2304), (7, 301, 50), (12, 40, 1031), (3, 3, 16)]
 
@@ -184,9 +188,12 @@ def test_rows_are_each_row_alone(lib, shape, tb):
             for threads in (1, 2):
                 lib.llm_pool_set_threads(threads)
                 for rows in (M, 1, M // 2 + 1):
-                    got = np.full((rows, N), np.nan, dtype=np.float32)
-                    assert lib.llm_matmul_rows(ptr(a[:rows].copy()), ptr(b), ptr(bias), ptr(got),
+                    # rows anywhere in memory, given by pointers, in reverse order
+                    ins = [a[i].copy() for i in range(rows)][::-1]
+                    outs = [np.full(N, np.nan, dtype=np.float32) for _ in range(rows)]
+                    assert lib.llm_matmul_rows(row_pointers(ins), ptr(b), ptr(bias), row_pointers(outs),
                                                rows, K, N, tb) == 0
+                    got = np.stack(outs[::-1])
                     assert np.array_equal(got.view(np.uint32), alone[:rows].view(np.uint32)), \
                         (name, threads, rows)
             err = np.abs(alone - ref) / (scale + (np.abs(bias) if with_bias else 0) + 1e-30)

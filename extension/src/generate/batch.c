@@ -47,7 +47,7 @@
  *
  * Leaving.  A learner leaves the table at the end of each step (between
  * steps it samples, or waits for the next FETCH of a stream: nobody waits
- * for it then) and at an error or cancel (PG_FINALLY below) or exit
+ * for it then) and at an error or cancel (step_batched) or exit
  * (before_shmem_exit).  Its rows are then never waited for again.  A row
  * CLAIMED when its learner leaves is finished by its server into the
  * learner's buffer, which is not reused until then.  A learner that stops
@@ -265,6 +265,7 @@ leave(void)
 static void
 leave_at_exit(int code, Datum arg)
 {
+	ConditionVariableCancelSleep();
 	leave();
 	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
 	table->learners[me].pid = 0;
@@ -273,24 +274,13 @@ leave_at_exit(int code, Datum arg)
 }
 
 /*
- * Compute the rows CLAIMED by this backend at phase `p`, with this
- * backend's mapping of the group's weights; then mark them DONE (or OUT,
- * for those that left meanwhile).  On an error, the rows go back to POSTED.
+ * The input and output rows of the CLAIMED entries `rows`, in this backend's
+ * mapping; on an error (mapping a buffer) they go back to POSTED, for
+ * another learner to serve.
  */
 static void
-serve(const Gpt2Model *m, int p, const int *rows, int n)
+map_rows(const int *rows, int n, const float **a, float **c)
 {
-	const float *a[MAX_LEARNERS];
-	float	   *c[MAX_LEARNERS];
-	const float *w,
-			   *bias;
-	int64		K,
-				N;
-	int			transB,
-				rc;
-	int			(*hook) (void) = llm_interrupt_hook;
-
-	phase_product(m, p, &w, &bias, &K, &N, &transB);
 	PG_TRY();
 	{
 		for (int i = 0; i < n; i++)
@@ -316,6 +306,28 @@ serve(const Gpt2Model *m, int p, const int *rows, int n)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+}
+
+/*
+ * Compute the rows CLAIMED by this backend at phase `p`, with this
+ * backend's mapping of the group's weights; then mark them DONE (or OUT,
+ * for those that left meanwhile).
+ */
+static void
+serve(const Gpt2Model *m, int p, const int *rows, int n)
+{
+	const float *a[MAX_LEARNERS];
+	float	   *c[MAX_LEARNERS];
+	const float *w,
+			   *bias;
+	int64		K,
+				N;
+	int			transB,
+				rc;
+	int			(*hook) (void) = llm_interrupt_hook;
+
+	phase_product(m, p, &w, &bias, &K, &N, &transB);
+	map_rows(rows, n, a, c);
 
 	/* the others wait for these rows: this backend's cancel waits for them too */
 	llm_interrupt_hook = NULL;
@@ -499,26 +511,40 @@ join(const Gpt2Model *m)
 	return true;
 }
 
-void
-batch_decode_step(Gpt2State *st, const int32 *token, float *logits)
+/* Out of the batch: after the step, or on its way out with an error. */
+static void
+end_step(void)
 {
-	if (!llm_decode_batching || !join(st->model))
-	{
-		step_alone(st, token, logits);
-		return;
-	}
+	gpt2_row_matmul_hook = NULL;
+	ConditionVariableCancelSleep();
+	leave();
+}
+
+/* A step in the batch: leaves it however the step ends. */
+static void
+step_batched(Gpt2State *st, const int32 *token, float *logits)
+{
 	PG_TRY();
 	{
 		gpt2_row_matmul_hook = batch_row_matmul;
 		step_alone(st, token, logits);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
-		gpt2_row_matmul_hook = NULL;
-		ConditionVariableCancelSleep();
-		leave();
+		end_step();
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	end_step();
+}
+
+void
+batch_decode_step(Gpt2State *st, const int32 *token, float *logits)
+{
+	if (llm_decode_batching && join(st->model))
+		step_batched(st, token, logits);
+	else
+		step_alone(st, token, logits);
 }
 
 void
