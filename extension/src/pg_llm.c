@@ -13,7 +13,6 @@
 #include "utils/guc.h"
 
 #include "autograd/tape.h"
-#include "generate/batch.h"
 #include "kernels/kernels.h"
 #include "pg_llm.h"
 
@@ -25,6 +24,7 @@ static int	llm_threads = 1;
 static int	llm_simd = -1;		/* -1 = auto, else an llm_isa */
 static char *llm_default_model = NULL;
 int			llm_shared_cache_mb = 1024;
+bool		llm_decode_batching = true;
 
 static const struct config_enum_entry simd_options[] = {
 	{"auto", -1, false},

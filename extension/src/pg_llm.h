@@ -21,6 +21,9 @@
 /* pg_llm.shared_cache_size, in MB: the cap of gpt2/weight_store.c. */
 extern int	llm_shared_cache_mb;
 
+/* pg_llm.decode_batching: generate/batch.c batches decode steps. */
+extern bool llm_decode_batching;
+
 /*
  * `model` if not NULL, else the setting pg_llm.default_model (ERROR 22023
  * when that is empty too).

@@ -70,6 +70,7 @@
 #include "kernels/kernels.h"
 #include "support/support.h"
 #include "generate/batch.h"
+#include "pg_llm.h"
 
 #if PG_VERSION_NUM >= 170000
 #define DECODE_BATCHING
@@ -79,8 +80,6 @@
 #include "utils/dsa.h"
 #include "utils/wait_event.h"
 #endif
-
-bool		llm_decode_batching = true;
 
 /* A step alone: the forward of one token and its logits. */
 static void

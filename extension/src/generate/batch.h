@@ -19,9 +19,6 @@
 
 #include "gpt2/forward.h"
 
-/* pg_llm.decode_batching (pg_llm.c). */
-extern bool llm_decode_batching;
-
 /* One decode step: `token` at the end of `st`'s cache, its logits [V] into `logits`. */
 extern void batch_decode_step(Gpt2State *st, const int32 *token, float *logits);
 
