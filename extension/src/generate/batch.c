@@ -138,6 +138,7 @@ static int	me = -1;			/* this backend's entry, once it has one */
 /* this backend's products since batch_report(): how many, how many shared, the largest batch */
 static int64 n_products = 0;
 static int64 n_shared = 0;
+static int64 rows_batched = 0;	/* the sum of their batches' rows */
 static int	largest_batch = 0;
 
 static void
@@ -377,6 +378,7 @@ batch_row_matmul(const Gpt2Model *m, const float *a, const float *w, const float
 			self->state = ROW_BETWEEN;
 			n_products++;
 			n_shared += self->batch_rows > 1;
+			rows_batched += self->batch_rows;
 			largest_batch = Max(largest_batch, self->batch_rows);
 			break;
 		}
@@ -551,9 +553,10 @@ batch_report(void)
 {
 	if (n_products > 0)
 		elog(DEBUG1, "pg_llm decode batching: " INT64_FORMAT " products by the weights, "
-			 INT64_FORMAT " of them in a batch with other sessions (largest batch: %d rows)",
-			 n_products, n_shared, largest_batch);
-	n_products = n_shared = 0;
+			 INT64_FORMAT " of them in a batch with other sessions (%.1f rows on average, "
+			 "largest batch: %d rows)",
+			 n_products, n_shared, (double) rows_batched / n_products, largest_batch);
+	n_products = n_shared = rows_batched = 0;
 	largest_batch = 0;
 }
 
