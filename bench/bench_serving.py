@@ -125,6 +125,8 @@ def torch_batch(n: int, prompt: list[int], tokens: int) -> float:
     model = GPT2LMHeadModel(GPT2Config(**SMALL)).eval()
     ids = torch.tensor([prompt] * n)
     with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                       do_sample=False, pad_token_id=0)                   # warm-up
         t0 = time.perf_counter()
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
                        min_new_tokens=tokens, do_sample=False, pad_token_id=0)

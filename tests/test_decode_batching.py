@@ -63,17 +63,17 @@ def alone(db_url, model):
 
 
 def batch_notices(conn):
-    """Collect pg_llm's DEBUG1 report of the products each generation shared."""
+    """Collect pg_llm's DEBUG1 report of the steps each generation shared."""
     seen = []
     conn.execute("SET client_min_messages = debug1")
     conn.add_notice_handler(lambda n: seen.append(n.message_primary or ""))
     return seen
 
 
-def shared_products(notices):
-    """Products computed in a batch with other sessions, from the reports."""
+def shared_steps(notices):
+    """Decode steps computed in a batch with other sessions, from the reports."""
     return sum(int(m.group(1)) for n in notices
-               if (m := re.search(r"decode batching: \d+ products by the weights, (\d+) of them", n)))
+               if (m := re.search(r"decode batching: \d+ steps, (\d+) of them", n)))
 
 
 def together(db_url, jobs):
@@ -109,7 +109,7 @@ def test_a_lone_session_gets_todays_tokens(db_url, model, alone):
     with pg_llm_lab.connect(db_url) as conn:
         notices = batch_notices(conn)
         assert [generate(conn, r) for r in REQUESTS] == alone
-    assert shared_products(notices) == 0
+    assert shared_steps(notices) == 0
     assert any("decode batching:" in n for n in notices)
 
 
@@ -120,7 +120,7 @@ def test_sessions_together_get_the_tokens_they_get_alone(db_url, model, alone):
     for attempt in range(3):     # the OS decides how much they overlap; retry if they did not
         results, notices = together(db_url, [lambda s, i: generate(s, REQUESTS[i])] * len(REQUESTS))
         assert results == alone
-        shared = sum(shared_products(n) for n in notices)
+        shared = sum(shared_steps(n) for n in notices)
         if shared > 0:
             break
     assert shared > 0, "the sessions never decoded together"
@@ -174,7 +174,7 @@ def test_one_session_stopped_mid_batch_stops_alone(db_url, conn, model, long_alo
     assert isinstance(results[1], psycopg.errors.QueryCanceled if how != "pg_terminate_backend"
                       else psycopg.OperationalError), results[1]
     assert [results[i] for i in (0, 2, 3)] == [long_alone[i] for i in (0, 2, 3)]
-    assert sum(shared_products(n) for n in notices) > 0
+    assert sum(shared_steps(n) for n in notices) > 0
 
     # the table holds no trace of the stopped session: a new lone session runs at once
     with pg_llm_lab.connect(db_url) as after:

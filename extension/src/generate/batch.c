@@ -63,10 +63,13 @@
  */
 #include "postgres.h"
 
+#include "lib/ilist.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
+#include "gpt2/decode_rows.h"
 #include "kernels/kernels.h"
 #include "support/support.h"
 #include "generate/batch.h"
@@ -91,54 +94,69 @@ step_alone(Gpt2State *st, const int32 *token, float *logits)
 
 #ifdef DECODE_BATCHING
 
-#define MAX_LEARNERS 64
+#define MAX_LEARNERS GPT2_DECODE_MAX_ROWS
 #define MODEL_NAME_LEN 64
+#define GRACE_MS 10				/* how long a batch waits for a learner between steps */
 
 typedef enum RowState
 {
-	ROW_OUT,					/* not in a step */
-	ROW_BETWEEN,				/* in a step, computing its own part */
-	ROW_POSTED,					/* its row for `phase` waits in its buffer */
+	ROW_OUT,					/* not generating */
+	ROW_BETWEEN,				/* between steps (sampling, or idle after grace_ms) */
+	ROW_POSTED,					/* its step waits to be served */
 	ROW_CLAIMED,				/* a server is computing it */
-	ROW_DONE					/* the result is in its buffer */
+	ROW_DONE					/* its logits are in its buffer */
 } RowState;
 
 typedef struct Learner
 {
 	int			pid;			/* 0: the entry is free (once state is OUT) */
 	RowState	state;
-	bool		leaving;		/* left while CLAIMED: the server sets OUT, not DONE */
+	TimestampTz since;			/* when it got its last result (BETWEEN, DONE) */
 	/* the group: learners that may share a batch */
 	Oid			dboid;
 	Oid			config_relid;
 	int64		version;
 	int			isa;
 	char		model[MODEL_NAME_LEN];
-	/* the posted product */
-	int			phase;
-	dsa_pointer buf;			/* the entry's: input row, then output row */
-	int64		in_floats;		/* room for the input row; the output follows */
-	int64		out_floats;
-	int			batch_rows;		/* rows of the batch that computed it (set when DONE) */
+	/* the posted step */
+	int32		token;
+	int64		pos;
+	dsa_pointer kv;				/* its KV cache (decode_rows.h's layout) */
+	int64		n_ctx;
+	dsa_pointer logits;			/* the entry's buffer for its logits */
+	int64		logits_floats;
+	int			batch_rows;		/* rows of the batch that served it (set when DONE) */
 } Learner;
 
 typedef struct BatchTable
 {
 	LWLock		lock;			/* guards everything below */
 	int			tranche_id;
-	ConditionVariable changed;	/* a learner posted, left, or got its result */
+	ConditionVariable changed;	/* a batch was served, or a learner left */
 	dsa_handle	area;			/* DSA_HANDLE_INVALID until the first buffer */
 	Learner		learners[MAX_LEARNERS];
 } BatchTable;
 
+/* A generation's KV cache in the DSA area, freed with its state. */
+typedef struct SharedCache
+{
+	const Gpt2State *st;
+	dsa_pointer kv;
+	dlist_node	node;			/* in my_caches */
+	MemoryContextCallback on_reset;
+} SharedCache;
+
 static BatchTable *table = NULL;
 static dsa_area *area = NULL;
 static int	me = -1;			/* this backend's entry, once it has one */
+static dlist_head my_caches = DLIST_STATIC_INIT(my_caches);
+static float *scratch = NULL;	/* for serving: gpt2_decode_rows' */
+static int64 scratch_floats = 0;
 
-/* this backend's products since batch_report(): how many, how many shared, the largest batch */
-static int64 n_products = 0;
+/* this backend's steps since batch_report(): how many, how many shared, their rows */
+static int64 n_steps = 0;
 static int64 n_shared = 0;
-static int64 rows_batched = 0;	/* the sum of their batches' rows */
+static int64 rows_batched = 0;
 static int	largest_batch = 0;
 
 static void
@@ -153,60 +171,31 @@ init_table(void *ptr)
 	t->area = DSA_HANDLE_INVALID;
 }
 
-/* ---- phases: which weight matrix a product reads ------------------------------ */
-
-static int
-phase_of(const Gpt2Model *m, const float *w)
-{
-	for (int l = 0; l < m->cfg.n_layer; l++)
-	{
-		const Gpt2Layer *L = &m->layers[l];
-
-		if (w == L->attn_w)
-			return 4 * l;
-		if (w == L->attn_proj_w)
-			return 4 * l + 1;
-		if (w == L->fc_w)
-			return 4 * l + 2;
-		if (w == L->mlp_proj_w)
-			return 4 * l + 3;
-	}
-	return w == m->wte ? 4 * m->cfg.n_layer : -1;
-}
-
-/* The product of phase `p`: W, bias, its [K, N] and whether W is stored [N, K]. */
+/* The table and the DSA area, mapped in this backend. */
 static void
-phase_product(const Gpt2Model *m, int p, const float **w, const float **bias,
-			  int64 *K, int64 *N, int *transB)
+attach(void)
 {
-	int64		C = m->cfg.n_embd,
-				F = m->cfg.n_inner;
-	const Gpt2Layer *L = &m->layers[p / 4];
+	bool		found;
+	MemoryContext old;
 
-	*transB = 0;
-	if (p == 4 * m->cfg.n_layer)
-	{
-		*w = m->wte, *bias = NULL, *K = C, *N = m->cfg.vocab_size, *transB = 1;
+	if (area != NULL)
 		return;
-	}
-	switch (p % 4)
+	table = GetNamedDSMSegment("pg_llm decode steps", sizeof(BatchTable), init_table, &found);
+	LWLockRegisterTranche(table->tranche_id, "pg_llm decode steps");
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
+	if (table->area == DSA_HANDLE_INVALID)
 	{
-		case 0:
-			*w = L->attn_w, *bias = L->attn_b, *K = C, *N = 3 * C;
-			break;
-		case 1:
-			*w = L->attn_proj_w, *bias = L->attn_proj_b, *K = C, *N = C;
-			break;
-		case 2:
-			*w = L->fc_w, *bias = L->fc_b, *K = C, *N = F;
-			break;
-		default:
-			*w = L->mlp_proj_w, *bias = L->mlp_proj_b, *K = F, *N = C;
-			break;
+		area = dsa_create(table->tranche_id);
+		dsa_pin(area);			/* it outlives this backend */
+		table->area = dsa_get_handle(area);
 	}
+	LWLockRelease(&table->lock);
+	if (area == NULL)
+		area = dsa_attach(table->area);
+	dsa_pin_mapping(area);
+	MemoryContextSwitchTo(old);
 }
-
-/* ---- the table (the lock held where said) ---------------------------------------- */
 
 static bool
 same_group(const Learner *a, const Learner *b)
@@ -215,49 +204,97 @@ same_group(const Learner *a, const Learner *b)
 		a->version == b->version && a->isa == b->isa && strcmp(a->model, b->model) == 0;
 }
 
-/*
- * The lock held: the phase to serve for `who`'s group, or -1 while some
- * learner of the group in a step is not POSTED.
- */
-static int
-ready_phase(const Learner *who)
-{
-	int			phase = INT_MAX;
+/* ---- the KV caches ---------------------------------------------------------- */
 
-	for (int i = 0; i < MAX_LEARNERS; i++)
+static void
+free_shared_cache(void *arg)
+{
+	SharedCache *sc = arg;
+
+	dlist_delete(&sc->node);
+	dsa_free(area, sc->kv);
+}
+
+void
+batch_share_cache(Gpt2State *st)
+{
+	const Gpt2Model *m = st->model;
+	int64		C = m->cfg.n_embd;
+	int64		floats = 2 * (int64) m->cfg.n_layer * st->n_ctx * C;
+	SharedCache *sc;
+	dsa_pointer kv;
+	float	   *base;
+
+	if (!llm_decode_batching || st->kv == NULL || st->n_past > 0 ||
+		strlen(m->name) >= MODEL_NAME_LEN)
+		return;
+	attach();
+	kv = dsa_allocate_extended(area, floats * sizeof(float), DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(kv))
+		return;					/* no room: this generation decodes alone */
+	base = dsa_get_address(area, kv);
+	for (int l = 0; l < m->cfg.n_layer; l++)
 	{
-		const Learner *l = &table->learners[i];
-
-		if (l->state == ROW_OUT || !same_group(l, who))
-			continue;
-		if (l->state != ROW_POSTED)
-			return -1;
-		phase = Min(phase, l->phase);
+		pfree(st->kv->k[l]);
+		pfree(st->kv->v[l]);
+		st->kv->k[l] = GPT2_KV_K(base, l, st->n_ctx, C);
+		st->kv->v[l] = GPT2_KV_V(base, l, st->n_ctx, C);
 	}
-	return phase == INT_MAX ? -1 : phase;
+	sc = MemoryContextAllocZero(st->mcxt, sizeof(SharedCache));
+	sc->st = st;
+	sc->kv = kv;
+	sc->on_reset.func = free_shared_cache;
+	sc->on_reset.arg = sc;
+	MemoryContextRegisterResetCallback(st->mcxt, &sc->on_reset);
+	dlist_push_head(&my_caches, &sc->node);
 }
 
-static float *
-buffer_of(const Learner *l)
+static SharedCache *
+shared_cache_of(const Gpt2State *st)
 {
-	return dsa_get_address(area, l->buf);
+	dlist_iter	it;
+
+	dlist_foreach(it, &my_caches)
+	{
+		SharedCache *sc = dlist_container(SharedCache, node, it.cur);
+
+		if (sc->st == st)
+			return sc;
+	}
+	return NULL;
 }
 
-/* Leave the step; the lock not held.  Also at exit. */
+/* ---- leaving ------------------------------------------------------------------ */
+
+/*
+ * Out of the batch, once no server computes this entry's step (it reads and
+ * writes our KV cache: the cache must outlive it).  Interrupts are held: we
+ * are on the way out of an error, or of the backend, and a server finishes
+ * within one step.
+ */
 static void
 leave(void)
 {
-	Learner    *l;
-
 	if (me < 0)
 		return;
-	l = &table->learners[me];
-	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
-	if (l->state == ROW_CLAIMED)
-		l->leaving = true;
-	else
-		l->state = ROW_OUT;
-	LWLockRelease(&table->lock);
+	HOLD_INTERRUPTS();
+	ConditionVariableCancelSleep();
+	for (;;)
+	{
+		Learner    *self = &table->learners[me];
+		bool		claimed;
+
+		LWLockAcquire(&table->lock, LW_EXCLUSIVE);
+		claimed = self->state == ROW_CLAIMED;
+		if (!claimed)
+			self->state = ROW_OUT;
+		LWLockRelease(&table->lock);
+		if (!claimed)
+			break;
+		ConditionVariableSleep(&table->changed, PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	RESUME_INTERRUPTS();
 	/* whoever waited for this learner to post may go on */
 	ConditionVariableBroadcast(&table->changed);
 }
@@ -265,7 +302,6 @@ leave(void)
 static void
 leave_at_exit(int code, Datum arg)
 {
-	ConditionVariableCancelSleep();
 	leave();
 	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
 	table->learners[me].pid = 0;
@@ -273,13 +309,14 @@ leave_at_exit(int code, Datum arg)
 	me = -1;
 }
 
+/* ---- serving a batch ------------------------------------------------------------ */
+
 /*
- * The input and output rows of the CLAIMED entries `rows`, in this backend's
- * mapping; on an error (mapping a buffer) they go back to POSTED, for
- * another learner to serve.
+ * The rows of the CLAIMED entries `rows`, in this backend's mapping; on an
+ * error (mapping a buffer) they go back to POSTED, for another learner.
  */
 static void
-map_rows(const int *rows, int n, const float **a, float **c)
+map_rows(const int *rows, int n, Gpt2DecodeRow *out)
 {
 	PG_TRY();
 	{
@@ -287,20 +324,18 @@ map_rows(const int *rows, int n, const float **a, float **c)
 		{
 			const Learner *l = &table->learners[rows[i]];
 
-			a[i] = buffer_of(l);
-			c[i] = buffer_of(l) + l->in_floats;
+			out[i].token = l->token;
+			out[i].pos = l->pos;
+			out[i].n_ctx = l->n_ctx;
+			out[i].kv = dsa_get_address(area, l->kv);
+			out[i].logits = dsa_get_address(area, l->logits);
 		}
 	}
 	PG_CATCH();
 	{
 		LWLockAcquire(&table->lock, LW_EXCLUSIVE);
 		for (int i = 0; i < n; i++)
-		{
-			Learner    *l = &table->learners[rows[i]];
-
-			l->state = l->leaving ? ROW_OUT : ROW_POSTED;
-			l->leaving = false;
-		}
+			table->learners[rows[i]].state = ROW_POSTED;
 		LWLockRelease(&table->lock);
 		ConditionVariableBroadcast(&table->changed);
 		PG_RE_THROW();
@@ -309,81 +344,96 @@ map_rows(const int *rows, int n, const float **a, float **c)
 }
 
 /*
- * Compute the rows CLAIMED by this backend at phase `p`, with this
- * backend's mapping of the group's weights; then mark them DONE (or OUT,
- * for those that left meanwhile).
+ * Compute the steps CLAIMED by this backend with its own mapping of the
+ * group's weights, then mark them DONE.
  */
 static void
-serve(const Gpt2Model *m, int p, const int *rows, int n)
+serve(const Gpt2Model *m, const int *rows, int n)
 {
-	const float *a[MAX_LEARNERS];
-	float	   *c[MAX_LEARNERS];
-	const float *w,
-			   *bias;
-	int64		K,
-				N;
-	int			transB,
-				rc;
+	Gpt2DecodeRow steps[MAX_LEARNERS];
 	int			(*hook) (void) = llm_interrupt_hook;
+	TimestampTz now;
 
-	phase_product(m, p, &w, &bias, &K, &N, &transB);
-	map_rows(rows, n, a, c);
-
+	map_rows(rows, n, steps);
 	/* the others wait for these rows: this backend's cancel waits for them too */
 	llm_interrupt_hook = NULL;
-	rc = llm_matmul_rows(a, w, bias, c, n, K, N, transB);
+	gpt2_decode_rows(m, steps, n, scratch);
 	llm_interrupt_hook = hook;
-	Assert(rc == LLM_OK);
-	(void) rc;
 
+	now = GetCurrentTimestamp();
 	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < n; i++)
 	{
 		Learner    *l = &table->learners[rows[i]];
 
-		l->state = l->leaving ? ROW_OUT : ROW_DONE;
-		l->leaving = false;
+		l->state = ROW_DONE;
+		l->since = now;
 		l->batch_rows = n;
 	}
 	LWLockRelease(&table->lock);
 	ConditionVariableBroadcast(&table->changed);
 }
 
-/* The hook of forward.c while a step runs: post the row, wait, maybe serve. */
+/*
+ * The lock held: whether `who`'s group may be served now -- every learner
+ * of the group that is generating has posted, but those between steps for
+ * longer than GRACE_MS (idle: a stream waiting for its next FETCH) -- and
+ * if not, how long to wait (*wait_ms, -1: until woken).
+ */
+static bool
+gathered(const Learner *who, long *wait_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		ready = true;
+
+	*wait_ms = -1;
+	for (int i = 0; i < MAX_LEARNERS; i++)
+	{
+		const Learner *l = &table->learners[i];
+
+		if (l->state == ROW_OUT || l->state == ROW_POSTED || !same_group(l, who))
+			continue;
+		if (l->state == ROW_CLAIMED)
+			return false;		/* its server wakes everyone when done */
+		/* BETWEEN or DONE: it will post soon, unless idle */
+		{
+			TimestampTz until = TimestampTzPlusMilliseconds(l->since, GRACE_MS);
+
+			if (until > now)
+			{
+				long		ms = (long) ((until - now + 999) / 1000);
+
+				ready = false;
+				*wait_ms = *wait_ms < 0 ? ms : Min(*wait_ms, ms);
+			}
+		}
+	}
+	return ready;
+}
+
+/* Post this backend's step, wait for its logits; serve batches meanwhile. */
 static void
-batch_row_matmul(const Gpt2Model *m, const float *a, const float *w, const float *bias,
-				 float *out, int64 K, int64 N, int transB)
+post_and_wait(const Gpt2Model *m)
 {
 	Learner    *self = &table->learners[me];
-	int			phase = phase_of(m, w);
-
-	if (phase < 0)
-	{
-		/* not one of the model's matrices (nothing in forward.c today) */
-		llm_check_status(llm_matmul(a, w, bias, out, 1, K, N, 0, transB));
-		return;
-	}
-	memcpy(buffer_of(self), a, K * sizeof(float));
 
 	ConditionVariablePrepareToSleep(&table->changed);
 	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
-	self->phase = phase;
 	self->state = ROW_POSTED;
 	for (;;)
 	{
-		int			p;
+		long		wait_ms = -1;
 
 		if (self->state == ROW_DONE)
 		{
 			self->state = ROW_BETWEEN;
-			n_products++;
+			n_steps++;
 			n_shared += self->batch_rows > 1;
 			rows_batched += self->batch_rows;
 			largest_batch = Max(largest_batch, self->batch_rows);
 			break;
 		}
-		p = ready_phase(self);
-		if (p >= 0)
+		if (self->state == ROW_POSTED && gathered(self, &wait_ms))
 		{
 			int			rows[MAX_LEARNERS];
 			int			n = 0;
@@ -392,68 +442,41 @@ batch_row_matmul(const Gpt2Model *m, const float *a, const float *w, const float
 			{
 				Learner    *l = &table->learners[i];
 
-				if (l->state == ROW_POSTED && l->phase == p && same_group(l, self))
+				if (l->state == ROW_POSTED && same_group(l, self))
 				{
 					l->state = ROW_CLAIMED;
 					rows[n++] = i;
 				}
 			}
 			LWLockRelease(&table->lock);
-			serve(m, p, rows, n);
+			serve(m, rows, n);
 		}
 		else
 		{
 			LWLockRelease(&table->lock);
-			ConditionVariableSleep(&table->changed, PG_WAIT_EXTENSION);
+			if (self->state == ROW_POSTED && wait_ms >= 0)
+				ConditionVariableTimedSleep(&table->changed, wait_ms, PG_WAIT_EXTENSION);
+			else
+				ConditionVariableSleep(&table->changed, PG_WAIT_EXTENSION);
 		}
 		LWLockAcquire(&table->lock, LW_EXCLUSIVE);
 	}
 	LWLockRelease(&table->lock);
 	ConditionVariableCancelSleep();
-	memcpy(out, buffer_of(self) + self->in_floats, N * sizeof(float));
 }
 
 /*
- * Take an entry of the table (once per backend) with room for `m`'s rows,
- * and enter a step; false when batching cannot be used (the table is full,
- * the model's name is too long).
+ * An entry of the table (once per backend), its logits buffer and this
+ * backend's scratch sized for `m`, and `m`'s group; false when batching
+ * cannot be used (the table is full).
  */
 static bool
 join(const Gpt2Model *m)
 {
-	int64		C = m->cfg.n_embd,
-				F = m->cfg.n_inner;
-	int64		in_floats = Max(C, F),
-				out_floats = Max(Max(3 * C, F), (int64) m->cfg.vocab_size);
+	int64		V = m->cfg.vocab_size;
+	int64		need = gpt2_decode_scratch_floats(m, MAX_LEARNERS);
 	Learner    *self;
 
-	if (strlen(m->name) >= MODEL_NAME_LEN)
-		return false;
-	if (table == NULL)
-	{
-		bool		found;
-
-		table = GetNamedDSMSegment("pg_llm decode batch", sizeof(BatchTable), init_table,
-								   &found);
-		LWLockRegisterTranche(table->tranche_id, "pg_llm decode batch");
-	}
-	if (area == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		LWLockAcquire(&table->lock, LW_EXCLUSIVE);
-		if (table->area == DSA_HANDLE_INVALID)
-		{
-			area = dsa_create(table->tranche_id);
-			dsa_pin(area);
-			table->area = dsa_get_handle(area);
-		}
-		LWLockRelease(&table->lock);
-		if (area == NULL)
-			area = dsa_attach(table->area);
-		dsa_pin_mapping(area);
-		MemoryContextSwitchTo(old);
-	}
 	if (me < 0)
 	{
 		LWLockAcquire(&table->lock, LW_EXCLUSIVE);
@@ -469,98 +492,85 @@ join(const Gpt2Model *m)
 		before_shmem_exit(leave_at_exit, (Datum) 0);
 	}
 	self = &table->learners[me];
-
-	/* a row of this entry CLAIMED when it left is being finished into its buffer */
-	ConditionVariablePrepareToSleep(&table->changed);
-	for (;;)
+	if (scratch_floats < need)
 	{
-		bool		busy;
-
-		LWLockAcquire(&table->lock, LW_EXCLUSIVE);
-		busy = self->state != ROW_OUT;
-		LWLockRelease(&table->lock);
-		if (!busy)
-			break;
-		ConditionVariableSleep(&table->changed, PG_WAIT_EXTENSION);
+		if (scratch)
+			pfree(scratch);
+		scratch = MemoryContextAllocHuge(TopMemoryContext, need * sizeof(float));
+		scratch_floats = need;
 	}
-	ConditionVariableCancelSleep();
-
-	/* the buffer: nobody else reads it while this entry is OUT */
-	if (self->buf == InvalidDsaPointer || self->in_floats < in_floats ||
-		self->out_floats < out_floats)
+	/* between steps nobody reads the logits buffer */
+	if (!DsaPointerIsValid(self->logits) || self->logits_floats < V)
 	{
-		dsa_pointer old = self->buf;
+		dsa_pointer old = self->logits;
 
-		in_floats = Max(in_floats, self->in_floats);
-		out_floats = Max(out_floats, self->out_floats);
-		self->buf = dsa_allocate(area, (in_floats + out_floats) * sizeof(float));
-		self->in_floats = in_floats;
-		self->out_floats = out_floats;
-		if (old != InvalidDsaPointer)
+		self->logits = dsa_allocate(area, V * sizeof(float));
+		self->logits_floats = V;
+		if (DsaPointerIsValid(old))
 			dsa_free(area, old);
 	}
-
 	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
 	self->dboid = MyDatabaseId;
 	self->config_relid = m->config_relid;
 	self->version = m->version;
 	self->isa = (int) llm_cpu_isa();
 	strlcpy(self->model, m->name, MODEL_NAME_LEN);
-	self->leaving = false;
-	self->state = ROW_BETWEEN;
 	LWLockRelease(&table->lock);
 	return true;
-}
-
-/* Out of the batch: after the step, or on its way out with an error. */
-static void
-end_step(void)
-{
-	gpt2_row_matmul_hook = NULL;
-	ConditionVariableCancelSleep();
-	leave();
-}
-
-/* A step in the batch: leaves it however the step ends. */
-static void
-step_batched(Gpt2State *st, const int32 *token, float *logits)
-{
-	PG_TRY();
-	{
-		gpt2_row_matmul_hook = batch_row_matmul;
-		step_alone(st, token, logits);
-	}
-	PG_CATCH();
-	{
-		end_step();
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	end_step();
 }
 
 void
 batch_decode_step(Gpt2State *st, const int32 *token, float *logits)
 {
-	if (llm_decode_batching && join(st->model))
-		step_batched(st, token, logits);
-	else
+	SharedCache *sc = shared_cache_of(st);
+	Learner    *self;
+
+	/* a step that does not fit: gpt2_forward says so */
+	if (!llm_decode_batching || sc == NULL || st->n_past >= st->n_ctx || !join(st->model))
+	{
 		step_alone(st, token, logits);
+		return;
+	}
+	self = &table->learners[me];
+	self->token = *token;
+	self->pos = st->n_past;
+	self->kv = sc->kv;
+	self->n_ctx = st->n_ctx;
+	PG_TRY();
+	{
+		post_and_wait(st->model);
+	}
+	PG_CATCH();
+	{
+		leave();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	memcpy(logits, dsa_get_address(area, self->logits), st->model->cfg.vocab_size * sizeof(float));
+	st->n_past++;
+	st->last_rows = 0;			/* acts->lnf was not written: no gpt2_logits for this step */
 }
 
 void
-batch_report(void)
+batch_end(void)
 {
-	if (n_products > 0)
-		elog(DEBUG1, "pg_llm decode batching: " INT64_FORMAT " products by the weights, "
+	if (n_steps > 0)
+		elog(DEBUG1, "pg_llm decode batching: " INT64_FORMAT " steps, "
 			 INT64_FORMAT " of them in a batch with other sessions (%.1f rows on average, "
 			 "largest batch: %d rows)",
-			 n_products, n_shared, (double) rows_batched / n_products, largest_batch);
-	n_products = n_shared = rows_batched = 0;
+			 n_steps, n_shared, (double) rows_batched / n_steps, largest_batch);
+	n_steps = n_shared = rows_batched = 0;
 	largest_batch = 0;
+	if (me >= 0)
+		leave();
 }
 
 #else							/* PostgreSQL 15-16: every step alone */
+
+void
+batch_share_cache(Gpt2State *st)
+{
+}
 
 void
 batch_decode_step(Gpt2State *st, const int32 *token, float *logits)
@@ -569,7 +579,7 @@ batch_decode_step(Gpt2State *st, const int32 *token, float *logits)
 }
 
 void
-batch_report(void)
+batch_end(void)
 {
 }
 

@@ -19,13 +19,20 @@
 
 #include "gpt2/forward.h"
 
+/*
+ * Move `st`'s KV cache (empty yet) into shared memory, where the server of
+ * a batch can reach it, when pg_llm.decode_batching is on; else (or when
+ * there is no room) its steps run alone.
+ */
+extern void batch_share_cache(Gpt2State *st);
+
 /* One decode step: `token` at the end of `st`'s cache, its logits [V] into `logits`. */
 extern void batch_decode_step(Gpt2State *st, const int32 *token, float *logits);
 
 /*
- * At DEBUG1: how many of this session's products by the weights went in a
- * batch with other sessions since the last report (a generation's end).
+ * The generation is over: out of the batch; at DEBUG1, how many of its
+ * steps were computed with other sessions'.
  */
-extern void batch_report(void);
+extern void batch_end(void);
 
 #endif							/* PG_LLM_GENERATE_BATCH_H */

@@ -74,6 +74,7 @@ generator_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_pr
 	g->logits = llm_alloc_floats(1, m->cfg.vocab_size, "logits");
 	/* the last generated token is never fed back: it needs no position */
 	g->state = gpt2_state_new(m, n_prompt, n_prompt + max_new - 1);
+	batch_share_cache(g->state);
 	return g;
 }
 
@@ -114,7 +115,7 @@ generator_next(Generator *g, int32 *token)
 void
 generator_free(Generator *g)
 {
-	batch_report();
+	batch_end();
 	gpt2_state_free(g->state);
 }
 

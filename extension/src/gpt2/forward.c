@@ -145,23 +145,6 @@ attention(const Gpt2Model *m, const Gpt2LayerActs *a, int64 B, int64 T, int64 po
 	}
 }
 
-Gpt2RowMatmul gpt2_row_matmul_hook = NULL;
-
-/*
- * out [N rows, n_out] = x @ W (+ bias), W one of m's weight matrices (stored
- * [n_out, K] when transB).  One row during a batched decode step goes to
- * gpt2_row_matmul_hook (generate/batch.c), which gives the same bits.
- */
-static void
-weights_matmul(const Gpt2Model *m, const float *x, const float *w, const float *bias,
-			   float *out, int64 N, int64 K, int64 n_out, int transB)
-{
-	if (N == 1 && gpt2_row_matmul_hook != NULL)
-		gpt2_row_matmul_hook(m, x, w, bias, out, K, n_out, transB);
-	else
-		llm_check_status(llm_matmul(x, w, bias, out, N, K, n_out, 0, transB));
-}
-
 /* One transformer block over N = B*T rows, input x (see the file's header). */
 static void
 block_forward(const Gpt2Model *m, const Gpt2Layer *L, const Gpt2LayerActs *a, const float *x,
@@ -174,16 +157,18 @@ block_forward(const Gpt2Model *m, const Gpt2Layer *L, const Gpt2LayerActs *a, co
 
 	llm_check_status(llm_layernorm(x, L->ln1_w, L->ln1_b, a->ln1, N, C, eps,
 								   a->ln1_mean, a->ln1_rstd));
-	weights_matmul(m, a->ln1, L->attn_w, L->attn_b, a->qkv, N, C, 3 * C, 0);
+	llm_check_status(llm_matmul(a->ln1, L->attn_w, L->attn_b, a->qkv, N, C, 3 * C, 0, 0));
 	attention(m, a, B, T, pos0, k_cache, v_cache);
-	weights_matmul(m, a->atty, L->attn_proj_w, L->attn_proj_b, a->res_mid, N, C, C, 0);
+	llm_check_status(llm_matmul(a->atty, L->attn_proj_w, L->attn_proj_b, a->res_mid,
+								N, C, C, 0, 0));
 	llm_add(a->res_mid, x, a->res_mid, N * C, N * C);
 
 	llm_check_status(llm_layernorm(a->res_mid, L->ln2_w, L->ln2_b, a->ln2, N, C, eps,
 								   a->ln2_mean, a->ln2_rstd));
-	weights_matmul(m, a->ln2, L->fc_w, L->fc_b, a->fc, N, C, F, 0);
+	llm_check_status(llm_matmul(a->ln2, L->fc_w, L->fc_b, a->fc, N, C, F, 0, 0));
 	llm_check_status(llm_gelu(a->fc, a->fc_gelu, N * F));
-	weights_matmul(m, a->fc_gelu, L->mlp_proj_w, L->mlp_proj_b, a->res_out, N, F, C, 0);
+	llm_check_status(llm_matmul(a->fc_gelu, L->mlp_proj_w, L->mlp_proj_b, a->res_out,
+								N, F, C, 0, 0));
 	llm_add(a->res_out, a->res_mid, a->res_out, N * C, N * C);
 }
 
@@ -209,7 +194,8 @@ void
 gpt2_lm_head(const Gpt2Model *m, const float *lnf, int64 nrows, float *out)
 {
 	/* wte is stored [V, C], hence transB */
-	weights_matmul(m, lnf, m->wte, NULL, out, nrows, m->cfg.n_embd, m->cfg.vocab_size, 1);
+	llm_check_status(llm_matmul(lnf, m->wte, NULL, out, nrows, m->cfg.n_embd,
+								m->cfg.vocab_size, 0, 1));
 }
 
 /* ---- generation: the KV-cached state --------------------------------------- */

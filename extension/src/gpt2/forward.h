@@ -88,17 +88,6 @@ extern void gpt2_transformer(const Gpt2Model *m, const Gpt2Activations *acts,
 /* out[nrows, V] = lnf[nrows, C] @ wte^T: the tied lm_head. */
 extern void gpt2_lm_head(const Gpt2Model *m, const float *lnf, int64 nrows, float *out);
 
-/*
- * While a decode step is batched (generate/batch.c sets it for the step),
- * every product of one row by a weight matrix of m -- out [n_out] = x [K] @ W
- * (+ bias), W stored [n_out, K] when transB -- goes here instead of
- * llm_matmul, and must give the same bits; NULL otherwise.
- */
-typedef void (*Gpt2RowMatmul) (const Gpt2Model *m, const float *x, const float *w,
-							   const float *bias, float *out, int64 K, int64 n_out,
-							   int transB);
-extern Gpt2RowMatmul gpt2_row_matmul_hook;
-
 /* ---- generation: the KV-cached state ------------------------------------ */
 
 /*

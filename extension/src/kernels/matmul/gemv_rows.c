@@ -112,6 +112,27 @@ rows256_plain_chunk(const rows_ctx *rc, int64_t s0, int64_t s1)
 	}
 }
 
+/*
+ * The dots of row a of A with 4 rows b of B, as gemv256_transb computes them:
+ * an 8-lane chain over k, hsum_avx2, the ragged k in scalar FMAs, + bias.
+ */
+TARGET_AVX2 static inline void
+dots_finish(const rows_ctx *rc, __m256 *acc, const float *a, const float *const *b,
+			float *y, int64_t n, int rows)
+{
+	int64_t		K = rc->mm.K,
+				kfull = K & ~(int64_t) 7;
+
+	for (int r = 0; r < rows; r++)
+	{
+		float		s = hsum_avx2(acc[r]);
+
+		for (int64_t k = kfull; k < K; k++)
+			s = __builtin_fmaf(a[k], b[r][k], s);
+		y[n + r] = rc->mm.bias ? s + rc->mm.bias[n + r] : s;
+	}
+}
+
 /* Output columns [n0, n1) of every row, transB: dot products with rows of B. */
 TARGET_AVX2 static void
 rows256_transb(const rows_ctx *rc, int64_t n0, int64_t n1)
@@ -123,7 +144,7 @@ rows256_transb(const rows_ctx *rc, int64_t n0, int64_t n1)
 				k,
 				m;
 
-	/* 4 rows of B (kept in L1) against every row of A */
+	/* 4 rows of B (kept in L1) against the rows of A, two at a time */
 	for (n = n0; n < n1; n += 4)
 	{
 		int			rows = (int) MIN(4, n1 - n);
@@ -132,30 +153,33 @@ rows256_transb(const rows_ctx *rc, int64_t n0, int64_t n1)
 
 		for (r = 0; r < 4; r++)
 			b[r] = c->B + (n + MIN(r, rows - 1)) * K;
-		for (m = 0; m < c->M; m++)
+		for (m = 0; m < c->M; m += 2)
 		{
-			const float *a = rc->a[m];
-			float	   *y = rc->c[m];
-			__m256		acc[4];
+			/* an odd last row is computed twice, stored once */
+			const float *a0 = rc->a[m],
+					   *a1 = rc->a[MIN(m + 1, c->M - 1)];
+			__m256		acc0[4],
+						acc1[4];
 
 			for (r = 0; r < 4; r++)
-				acc[r] = _mm256_setzero_ps();
+				acc0[r] = acc1[r] = _mm256_setzero_ps();
 			for (k = 0; k < kfull; k += 8)
 			{
-				__m256		ak = _mm256_loadu_ps(a + k);
+				__m256		x0 = _mm256_loadu_ps(a0 + k),
+							x1 = _mm256_loadu_ps(a1 + k);
 
 #pragma GCC unroll 4
 				for (r = 0; r < 4; r++)
-					acc[r] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(b[r] + k), acc[r]);
-			}
-			for (r = 0; r < rows; r++)
-			{
-				float		s = hsum_avx2(acc[r]);
+				{
+					__m256		br = _mm256_loadu_ps(b[r] + k);
 
-				for (k = kfull; k < K; k++)
-					s = __builtin_fmaf(a[k], b[r][k], s);
-				y[n + r] = c->bias ? s + c->bias[n + r] : s;
+					acc0[r] = _mm256_fmadd_ps(x0, br, acc0[r]);
+					acc1[r] = _mm256_fmadd_ps(x1, br, acc1[r]);
+				}
 			}
+			dots_finish(rc, acc0, a0, b, rc->c[m], n, rows);
+			if (m + 1 < c->M)
+				dots_finish(rc, acc1, a1, b, rc->c[m + 1], n, rows);
 		}
 	}
 }
