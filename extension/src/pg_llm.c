@@ -112,9 +112,9 @@ _PG_init(void)
 							PGC_SIGHUP, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomBoolVariable("pg_llm.decode_batching",
 							 "Decode together with other sessions generating from the same model.",
-							 "Each generated token's products by the weights are computed in one "
-							 "pass with those of every session at the same step of the same model "
-							 "version; the tokens are the same bits as alone. "
+							 "Each decode step is computed in one pass over the weights with the "
+							 "steps of the other sessions generating from the same model version; "
+							 "the tokens are the same bits as alone. "
 							 "PostgreSQL 17 and later; on 15-16 every session decodes alone.",
 							 &llm_decode_batching, true,
 							 PGC_USERSET, 0, NULL, NULL, NULL);

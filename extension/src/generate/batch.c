@@ -5,58 +5,59 @@
  *
  * Decoding one token reads every weight once for one multiply-add per row:
  * it is bound by memory bandwidth, and N sessions each streaming the same
- * 500 MB per token share that bandwidth N ways.  Batched, one pass over a
- * weight matrix serves the rows of every session waiting for it.
+ * 500 MB per token share that bandwidth N ways.  Batched, each weight
+ * matrix is read once per step for the rows of every session.
  *
- * What is shared, and what is not.  A session keeps everything it has
- * alone: its KV cache, the attention, LayerNorms and GELU, sampling, its
- * privileges (checked when it got the weights), its cancel and
- * statement_timeout, its errors, streaming.  Only the products of one row
- * by a weight matrix -- qkv, the attention projection, fc and the MLP
- * projection of each layer, and the lm_head: 4 * n_layer + 1 "phases" per
- * step -- go through here (forward.c's gpt2_row_matmul_hook, set for the
- * duration of a decode step).  Prefill stays in the session, outside any
- * batch: a long prompt does not stall the others' decode.
+ * What is shared, and what is not.  A session keeps what it has alone: its
+ * prompt and prefill (outside any batch: a long prompt stalls nobody's
+ * decode), sampling, stop conditions, its privileges (checked when it got
+ * the weights), cancel and statement_timeout, its errors, streaming.  Only
+ * the step -- the forward of one token over the KV cache, and its logits --
+ * is computed by whoever serves the batch (gpt2/decode_rows.c).  So that
+ * the server can reach it, a generation's KV cache lives in a DSA area
+ * (batch_share_cache, before the prefill writes it), freed with its state.
  *
  * How sessions meet.  A table of learners in a named segment of dynamic
- * shared memory (the DSM registry: no shared_preload_libraries needed), one
- * entry per session taking part, with a buffer (in a DSA area) that holds
- * its input row and receives its output row.  A learner in a step is
- * BETWEEN (computing its own part, e.g. attention), POSTED (its row for a
- * phase is in its buffer), CLAIMED (being computed) or DONE.  Learners of
- * the same group -- database, model, version and SIMD set -- batch
- * together.  When every learner of a group in a step is POSTED, the lowest
- * phase posted is served: every row posted at that phase, in one
- * llm_matmul_rows.  Serving the lowest phase first lets a learner that
- * joins mid-step catch up with the others, who wait for it, so after at
- * most one step they all go through the phases in lockstep.
+ * shared memory (the DSM registry: no shared_preload_libraries needed),
+ * one entry per session, with a buffer for its logits.  A learner posts its
+ * step (token, position, cache) and waits on a condition variable.  Learners
+ * of the same group -- database, model, version and SIMD set -- batch
+ * together.  A group is served when every learner of it that is generating
+ * has posted, but those between steps for more than GRACE_MS: a stream
+ * waiting for its client's next FETCH is not waited for.  After a batch its
+ * learners sample and post again within a few ms, so they stay together
+ * step after step; a new learner joins at its first step, a finished one
+ * leaves (continuous batching).
  *
- * Who computes.  The first learner of the group to see the batch complete
- * claims it and computes it with its own threads, reading the weights
+ * Who computes.  The learner whose post completes the group claims every
+ * posted step and computes them with its own threads, reading the weights
  * through its own pinned mapping of the shared model (every learner of the
  * group has the same version mapped, weight_store.c): a leader elected
  * among the waiting backends, per batch.  We chose this over a background
  * worker: no shared_preload_libraries, no process to start, map weights
- * into, restart or keep alive; a lone learner computes its own rows at once
- * with no hand-off (the same bits as without batching, see below); and the
- * work always runs in a process that is waiting for it anyway.  The server
- * of a batch holds off its own cancel while it computes (a few ms) and
- * reads only numbers from the others: nothing one learner posts can make it
- * fail.  If it fails anyway (mapping a buffer), it hands the rows back,
- * POSTED, for another learner to serve.
+ * into, restart or keep alive; a lone learner computes its own step at once
+ * with no hand-off; and the work runs in a process that waits for it
+ * anyway.  A first version batched each product by a weight matrix
+ * separately (49 rendezvous per token for GPT-2 small): on a loaded 2-core
+ * machine each rendezvous waited milliseconds for 8 processes to be
+ * scheduled, and batching was slower than none.  One rendezvous per step
+ * fixed that.
  *
- * Leaving.  A learner leaves the table at the end of each step (between
- * steps it samples, or waits for the next FETCH of a stream: nobody waits
- * for it then) and at an error or cancel (step_batched) or exit
- * (before_shmem_exit).  Its rows are then never waited for again.  A row
- * CLAIMED when its learner leaves is finished by its server into the
- * learner's buffer, which is not reused until then.  A learner that stops
- * (a debugger, SIGSTOP) in the middle of a step stalls its group.
+ * Isolation.  The server holds off its own cancel while it computes (one
+ * step) and reads only numbers from the others: nothing one learner posts
+ * can make it fail (if mapping a buffer fails, the steps go back to POSTED
+ * for another learner).  A learner that errors or is cancelled while
+ * waiting leaves the table (leave(): it first waits, interrupts held, for a
+ * server computing its step to finish, since that server writes its KV
+ * cache); one that exits does the same (before_shmem_exit).  A learner that
+ * stops in the middle of a step (SIGSTOP, a debugger) stalls its group.
  *
- * Batch invariance.  llm_matmul_rows computes each row in exactly the
- * order llm_matmul computes it alone (kernels/matmul/gemv_rows.c), and a
- * batch of one row is llm_matmul itself: a learner's tokens are the same
- * bits alone, in any batch and at any thread count of any server.
+ * Batch invariance.  gpt2_decode_rows computes each row with the kernels
+ * and arguments gpt2_forward uses for one token alone, and its products by
+ * the weights with llm_matmul_rows, which gives each row the bits of
+ * llm_matmul alone (kernels/matmul/gemv_rows.c): a learner's tokens are the
+ * same bits alone, in a batch of any size and at any thread count of any
+ * server.
  *
  * PostgreSQL 15-16 have no DSM registry (and keep weights per backend):
  * there every step runs alone, as with pg_llm.decode_batching = off.

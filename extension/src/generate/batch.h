@@ -1,16 +1,17 @@
 /*
  * batch.h -- decode batching (batch.c): the next-token steps of all the
- * sessions generating from the same model version at the same time share
- * one pass over the weights, and each session gets the bits it would get
- * alone.
+ * sessions generating from the same model version at the same time are
+ * computed together, one pass over the weights per step, and each session
+ * gets the bits it would get alone.
  *
- *   batch_decode_step(g->state, &g->last, g->logits);
+ *   g->state = gpt2_state_new(m, n_prompt, n_ctx);
+ *   batch_share_cache(g->state);                       // before the prefill
+ *   ... gpt2_forward(g->state, prompt, n_prompt) ...
+ *   batch_decode_step(g->state, &g->last, g->logits);  // each decode step
+ *   batch_end();                                       // the generation is over
  *
- * is gpt2_forward(state, token, 1) then gpt2_logits(state, 0, 1, logits),
- * with the products by the weight matrices computed together with the
- * other sessions' (pg_llm.decode_batching = on, PostgreSQL 17 and later);
- * everything else -- the KV cache, sampling, errors, cancel -- stays in the
- * session.
+ * With pg_llm.decode_batching off (or on PostgreSQL 15-16) a step is
+ * gpt2_forward(state, token, 1) then gpt2_logits(state, 0, 1, logits).
  */
 #ifndef PG_LLM_GENERATE_BATCH_H
 #define PG_LLM_GENERATE_BATCH_H
