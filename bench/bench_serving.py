@@ -16,7 +16,12 @@ count, off and on (interleaved, --rounds times, medians):
   learners: the prefill and first step, waiting for the others included);
   p95 step latency (over every FETCH after the first, all learners);
 * memory: the sum of Pss (/proc/PID/smaps_rollup) over the N backends at
-  the end (the server must run on this machine).
+  the end (the server must run on this machine);
+* CPU ms per token: the CPU time of the N backends (/proc/PID/stat) over
+  the N*K tokens -- what the work costs, whatever share of a loaded
+  machine the scheduler gave it (on a shared machine, one process serving
+  a batch gets one process's share, where N processes decoding alone get
+  N shares: total tok/s then says more about the load than the code).
 
 PyTorch beside it: HF's GPT2LMHeadModel of the same shape (random init)
 generating K tokens for a batch of N (greedy, KV cache, torch threads =
@@ -58,6 +63,13 @@ def pss_mb(pid: int) -> float:
     raise RuntimeError(f"no Pss line for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -73,6 +85,8 @@ def serve(url: str, n: int, simd: str, threads: int, batching: bool, prompt: lis
             s.execute(f"SET pg_llm.decode_batching = {'on' if batching else 'off'}")
             s.execute("SELECT llm_generate_tokens(%s, ARRAY[1], 1)", (MODEL,))   # weights mapped
             s.commit()
+        pids = [s.info.backend_pid for s in sessions]
+        cpu0 = sum(cpu_seconds(p) for p in pids)
         start = threading.Barrier(n + 1)
         ttft, steps, own, errors = [0.0] * n, [], [0.0] * n, []
 
@@ -105,10 +119,11 @@ def serve(url: str, n: int, simd: str, threads: int, batching: bool, prompt: lis
         wall = time.perf_counter() - t0
         if errors:
             raise errors[0]
-        memory = sum(pss_mb(s.info.backend_pid) for s in sessions)
+        memory = sum(pss_mb(p) for p in pids)
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
         return dict(total=n * tokens / wall, per_learner=statistics.median(tokens / o for o in own),
                     ttft=statistics.median(ttft), p95=statistics.quantiles(steps, n=20)[-1] if
-                    len(steps) > 1 else steps[0], memory=memory)
+                    len(steps) > 1 else steps[0], memory=memory, cpu_ms=1000 * cpu / (n * tokens))
     finally:
         for s in sessions:
             s.close()
@@ -152,7 +167,8 @@ def main() -> None:
     print(f"PostgreSQL {server}, {os.cpu_count()} cores; prompt {args.prompt} tokens, "
           f"{args.tokens} new per session; loadavg {loadavg()}")
     print(f"{'simd':>6} {'thr':>3} {'N':>3} {'batching':>8} {'total tok/s':>11} {'tok/s each':>10} "
-          f"{'TTFT s':>7} {'p95 step ms':>11} {'Pss MB':>7} {'torch tok/s':>11} {'pg/torch':>8}")
+          f"{'TTFT s':>7} {'p95 step ms':>11} {'Pss MB':>7} {'CPU ms/tok':>10} {'torch tok/s':>11} "
+          f"{'pg/torch':>8}")
     for simd in args.simd:
         for threads in args.threads:
             for n in args.sessions:
@@ -167,7 +183,7 @@ def main() -> None:
                     ratio = f"{med['total'] / ref:8.2f}" if ref else f"{'-':>8}"
                     print(f"{simd:>6} {threads:>3} {n:>3} {'on' if batching else 'off':>8} "
                           f"{med['total']:>11.1f} {med['per_learner']:>10.2f} {med['ttft']:>7.2f} "
-                          f"{med['p95'] * 1000:>11.0f} {med['memory']:>7.0f} "
+                          f"{med['p95'] * 1000:>11.0f} {med['memory']:>7.0f} {med['cpu_ms']:>10.1f} "
                           f"{ref:>11.1f} {ratio}  (loadavg {loadavg()})", flush=True)
 
 

@@ -36,8 +36,9 @@
  * among the waiting backends, per batch.  We chose this over a background
  * worker: no shared_preload_libraries, no process to start, map weights
  * into, restart or keep alive; a lone learner computes its own step at once
- * with no hand-off; and the work runs in a process that waits for it
- * anyway.  A first version batched each product by a weight matrix
+ * with no hand-off (in fact, a learner whose group has nobody else
+ * generating runs gpt2_forward itself, today's path, and nobody waits for
+ * it); and the work runs in a process that waits for it anyway.  A first version batched each product by a weight matrix
  * separately (49 rendezvous per token for GPT-2 small): on a loaded 2-core
  * machine each rendezvous waited milliseconds for 8 processes to be
  * scheduled, and batching was slower than none.  One rendezvous per step
@@ -353,12 +354,20 @@ serve(const Gpt2Model *m, const int *rows, int n)
 {
 	Gpt2DecodeRow steps[MAX_LEARNERS];
 	int			(*hook) (void) = llm_interrupt_hook;
+	int			threads = llm_pool_threads();
 	TimestampTz now;
 
 	map_rows(rows, n, steps);
-	/* the others wait for these rows: this backend's cancel waits for them too */
+
+	/*
+	 * The others wait for these rows: this backend's cancel waits for them
+	 * too.  Their sessions sleep meanwhile, so the batch may use up to one
+	 * thread per row, within the cores (the bits do not depend on it).
+	 */
 	llm_interrupt_hook = NULL;
+	llm_pool_set_threads(Max(threads, Min(n, llm_cpu_count())));
 	gpt2_decode_rows(m, steps, n, scratch);
+	llm_pool_set_threads(threads);
 	llm_interrupt_hook = hook;
 
 	now = GetCurrentTimestamp();
@@ -410,6 +419,27 @@ gathered(const Learner *who, long *wait_ms)
 		}
 	}
 	return ready;
+}
+
+/*
+ * Whether another learner of `who`'s group is generating (posted, being
+ * served, or between steps for less than GRACE_MS); the lock held.
+ */
+static bool
+others_generating(const Learner *who)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < MAX_LEARNERS; i++)
+	{
+		const Learner *l = &table->learners[i];
+
+		if (l != who && l->state != ROW_OUT && same_group(l, who) &&
+			(l->state == ROW_POSTED || l->state == ROW_CLAIMED ||
+			 TimestampTzPlusMilliseconds(l->since, GRACE_MS) > now))
+			return true;
+	}
+	return false;
 }
 
 /* Post this backend's step, wait for its logits; serve batches meanwhile. */
@@ -533,6 +563,26 @@ batch_decode_step(Gpt2State *st, const int32 *token, float *logits)
 		return;
 	}
 	self = &table->learners[me];
+
+	/* alone: today's step, in this process, with nobody waiting for it */
+	LWLockAcquire(&table->lock, LW_EXCLUSIVE);
+	if (!others_generating(self))
+	{
+		self->state = ROW_OUT;
+		LWLockRelease(&table->lock);
+		step_alone(st, token, logits);
+		/* between steps, as after a batch: a learner arriving now waits for our next */
+		LWLockAcquire(&table->lock, LW_EXCLUSIVE);
+		self->state = ROW_BETWEEN;
+		self->since = GetCurrentTimestamp();
+		LWLockRelease(&table->lock);
+		n_steps++;
+		rows_batched++;
+		largest_batch = Max(largest_batch, 1);
+		return;
+	}
+	LWLockRelease(&table->lock);
+
 	self->token = *token;
 	self->pos = st->n_past;
 	self->kv = sc->kv;
