@@ -50,8 +50,9 @@
  * for another learner).  A learner that errors or is cancelled while
  * waiting leaves the table (leave(): it first waits, interrupts held, for a
  * server computing its step to finish, since that server writes its KV
- * cache); one that exits does the same (before_shmem_exit).  A learner that
- * stops in the middle of a step (SIGSTOP, a debugger) stalls its group.
+ * cache); one that exits does the same (before_shmem_exit).  A learner
+ * stopped between steps (SIGSTOP, a debugger) delays its group by GRACE_MS;
+ * a server stopped while it computes stalls its batch.
  *
  * Batch invariance.  gpt2_decode_rows computes each row with the kernels
  * and arguments gpt2_forward uses for one token alone, and its products by
