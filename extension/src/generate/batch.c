@@ -355,20 +355,12 @@ serve(const Gpt2Model *m, const int *rows, int n)
 {
 	Gpt2DecodeRow steps[MAX_LEARNERS];
 	int			(*hook) (void) = llm_interrupt_hook;
-	int			threads = llm_pool_threads();
 	TimestampTz now;
 
 	map_rows(rows, n, steps);
-
-	/*
-	 * The others wait for these rows: this backend's cancel waits for them
-	 * too.  Their sessions sleep meanwhile, so the batch may use up to one
-	 * thread per row, within the cores (the bits do not depend on it).
-	 */
+	/* the others wait for these rows: this backend's cancel waits for them too */
 	llm_interrupt_hook = NULL;
-	llm_pool_set_threads(Max(threads, Min(n, llm_cpu_count())));
 	gpt2_decode_rows(m, steps, n, scratch);
-	llm_pool_set_threads(threads);
 	llm_interrupt_hook = hook;
 
 	now = GetCurrentTimestamp();
