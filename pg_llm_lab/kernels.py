@@ -63,7 +63,8 @@ _CTYPES = {
     "void": None, "int": _int, "float": _float, "double": ctypes.c_double, "int64_t": _i64,
     "llm_isa": _int, "char *": ctypes.c_char_p, "float *": float_p, "int32_t *": int32_p,
     "llm_bf16 *": bf16_p,
-    "double *": double_p, "int64_t *": int64_p, "LlmParamRange *": range_p,
+    "double *": double_p, "int64_t *": int64_p, "float * *": ctypes.POINTER(float_p),
+    "LlmParamRange *": range_p,
     "LlmAdamW *": ctypes.POINTER(AdamW), "LlmLrSchedule *": ctypes.POINTER(LrSchedule),
 }
 _PROTOTYPE = re.compile(r"^(?P<result>[A-Za-z_][\w ]*?\s*\**)\s*(?P<name>llm_\w+)\((?P<args>[^)]*)\);", re.M)

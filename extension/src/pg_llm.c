@@ -25,6 +25,7 @@ static int	llm_simd = -1;		/* -1 = auto, else an llm_isa */
 static char *llm_default_model = NULL;
 int			llm_shared_cache_mb = 1024;
 int			llm_inference_dtype = LLM_INFERENCE_FP32;
+bool		llm_decode_batching = true;
 
 static const struct config_enum_entry simd_options[] = {
 	{"auto", -1, false},
@@ -124,9 +125,17 @@ _PG_init(void)
 							 "block) to bfloat16, to nearest even, and caches that copy: half "
 							 "the memory and the bytes read per token. Biases, LayerNorm, "
 							 "activations and sums stay fp32: the logits are fp32 arithmetic "
-							 "over the rounded weights. Training, and calls recording for "
-							 "autograd, always use fp32.",
+							 "over the rounded weights. Training (llm_train's dtype) and calls "
+							 "recording for autograd are not affected.",
 							 &llm_inference_dtype, LLM_INFERENCE_FP32, inference_dtype_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("pg_llm.decode_batching",
+							 "Decode together with other sessions generating from the same model.",
+							 "Each decode step is computed in one pass over the weights with the "
+							 "steps of the other sessions generating from the same model version; "
+							 "the tokens are the same bits as alone. "
+							 "PostgreSQL 17 and later; on 15-16 every session decodes alone.",
+							 &llm_decode_batching, true,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	autograd_init();
 	MarkGUCPrefixReserved("pg_llm");

@@ -30,6 +30,9 @@ typedef enum
 
 extern int	llm_inference_dtype;
 
+/* pg_llm.decode_batching: generate/batch.c batches decode steps. */
+extern bool llm_decode_batching;
+
 /*
  * `model` if not NULL, else the setting pg_llm.default_model (ERROR 22023
  * when that is empty too).

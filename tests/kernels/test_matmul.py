@@ -160,3 +160,43 @@ def test_large_k_and_huge_a(lib, lib_no_memory, shape, ta, tb):
             assert np.array_equal(got.view(np.uint32), outs[0].view(np.uint32)), name
     lib.llm_set_isa(2)
     lib.llm_pool_set_threads(1)
+
+
+# ---- llm_matmul_rows: the batch-invariant product of decode batching ---------
+
+def row_pointers(rows):
+    return (kernels.float_p * len(rows))(*[ptr(r) for r in rows])
+
+
+ROWS_SHAPES = [(2, 1, 1), (3, 7, 5), (5, 33, 17), (8, 64, 130), (30, 96, 300),
+               (4, 768, 2304), (7, 301, 50), (12, 40, 1031), (3, 3, 16)]
+
+
+@pytest.mark.parametrize("shape", ROWS_SHAPES)
+@pytest.mark.parametrize("tb", [0, 1])
+def test_rows_are_each_row_alone(lib, shape, tb):
+    """Row i of llm_matmul_rows is bit-identical to llm_matmul of row i alone,
+    for every ISA, 1 and 2 threads, any number of rows; and close to numpy."""
+    M, K, N = shape
+    rng = np.random.default_rng(M * 7919 + K * 31 + N + tb)
+    for with_bias in (False, True):
+        a, b, bias, ref, scale = operands(rng, M, K, N, 0, tb, with_bias)
+        for name in isas(lib):
+            lib.llm_set_isa(ISA[name])
+            alone = np.stack([run_matmul(lib, a[i:i + 1].copy(), b, bias, 1, K, N, 0, tb)[0]
+                              for i in range(M)])
+            for threads in (1, 2):
+                lib.llm_pool_set_threads(threads)
+                for rows in (M, 1, M // 2 + 1):
+                    # rows anywhere in memory, given by pointers, in reverse order
+                    ins = [a[i].copy() for i in range(rows)][::-1]
+                    outs = [np.full(N, np.nan, dtype=np.float32) for _ in range(rows)]
+                    assert lib.llm_matmul_rows(row_pointers(ins), ptr(b), ptr(bias), row_pointers(outs),
+                                               rows, K, N, tb) == 0
+                    got = np.stack(outs[::-1])
+                    assert np.array_equal(got.view(np.uint32), alone[:rows].view(np.uint32)), \
+                        (name, threads, rows)
+            err = np.abs(alone - ref) / (scale + (np.abs(bias) if with_bias else 0) + 1e-30)
+            assert err.max() < 2e-6, (name, err.max())
+    lib.llm_set_isa(2)
+    lib.llm_pool_set_threads(1)

@@ -18,6 +18,7 @@
 
 #include "gpt2/forward.h"
 #include "tensor/tensor.h"
+#include "generate/batch.h"
 #include "generate/generate.h"
 
 void
@@ -73,6 +74,7 @@ generator_new(const char *who, const Gpt2Model *m, const int32 *prompt, int n_pr
 	g->logits = llm_alloc_floats(1, m->cfg.vocab_size, "logits");
 	/* the last generated token is never fed back: it needs no position */
 	g->state = gpt2_state_new(m, n_prompt, n_prompt + max_new - 1);
+	batch_share_cache(g->state);
 	return g;
 }
 
@@ -96,9 +98,11 @@ generator_next(Generator *g, int32 *token)
 	}
 	else
 	{
-		/* Decode: one token, attending over everything in the KV cache. */
-		gpt2_forward(g->state, &g->last, 1);
-		gpt2_logits(g->state, 0, 1, g->logits);
+		/*
+		 * Decode: one token, attending over everything in the KV cache; its
+		 * products by the weights batched with other sessions' (batch.c).
+		 */
+		batch_decode_step(g->state, &g->last, g->logits);
 	}
 	g->last = sampler_next(g->sampler, g->who, g->logits);
 	g->n_new++;
@@ -111,6 +115,7 @@ generator_next(Generator *g, int32 *token)
 void
 generator_free(Generator *g)
 {
+	batch_end();
 	gpt2_state_free(g->state);
 }
 

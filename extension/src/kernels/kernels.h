@@ -119,6 +119,15 @@ int			llm_matmul_acc(const float *A, const float *B, float *C,
 						   int64_t M, int64_t K, int64_t N, int transA, int transB);
 
 /*
+ * C[m] = A[m] @ op(B) (+ bias) for M rows A[m] [K] and C[m] [N] anywhere in
+ * memory: C[m] is bit-identical to llm_matmul of A[m] alone (M = 1),
+ * whatever M and the number of threads -- the batch-invariant product of
+ * decode batching (matmul/gemv_rows.c).  One pass over B serves all rows.
+ */
+int			llm_matmul_rows(const float *const *A, const float *B, const float *bias,
+							float *const *C, int64_t M, int64_t K, int64_t N, int transB);
+
+/*
  * Backward of C = op(A) @ op(B) (+ bias) given dC [M,N]; every gradient is
  * laid out as its operand is stored and accumulated:
  *   dA += dC @ op(B)^T   ([M,K], or [K,M] when transA)

@@ -13,6 +13,7 @@
  *   microkernel_neon.c     NEON (aarch64) micro-kernels and packing helpers
  *   gemv.c                 GEMV for M == 1 and N == 1
  *   gemv_bf16.c            GEMV for M == 1 over bf16 weights
+ *   gemv_rows.c            llm_matmul_rows: M rows, each as GEMV computes it alone
  *
  * The design (GotoBLAS/BLIS GEMM, bandwidth-bound GEMV, determinism,
  * memory) is described at the top of matmul.c.
