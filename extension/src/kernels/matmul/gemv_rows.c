@@ -230,15 +230,17 @@ int
 llm_matmul_rows(const float *const *A, const float *B, const float *bias, float *const *C,
 				int64_t M, int64_t K, int64_t N, int transB)
 {
-	rows_ctx	rc = {
-		.mm = {.B = B, .bias = bias, .M = M, .K = K, .N = N, .transB = transB != 0,
-		.kernels = llm_kernels->matmul},
-		.a = A, .c = C,
-	};
-
 #if LLM_X86
-	if (M > 1 && rc.mm.kernels->gemv != NULL)
+	const matmul_kernels *kernels = llm_kernels->matmul;
+
+	if (M > 1 && kernels->gemv != NULL)
 	{
+		rows_ctx	rc = {
+			.mm = {.B = B, .bias = bias, .M = M, .K = K, .N = N, .transB = transB != 0,
+			.kernels = kernels},
+			.a = A, .c = C,
+		};
+
 		/* tasks over columns, as matmul_gemv splits them (no effect on the bits) */
 		int64_t		grain = ceil_div(N, llm_pool_threads());
 
