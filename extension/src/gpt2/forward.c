@@ -331,8 +331,7 @@ gpt2_batch_new(const Gpt2Model *m, int64 B, int64 T)
 	b->tokens = palloc(sizeof(int32) * N);
 	b->targets = palloc(sizeof(int32) * N);
 	b->acts = gpt2_activations_store(m, N);
-	b->logits = llm_alloc_floats(N, m->cfg.vocab_size, "logits");
-	b->lse = llm_alloc_floats(N, 1, "logits");
+	b->dlnf = llm_alloc_floats(N, m->cfg.n_embd, "training gradients");
 	MemoryContextSwitchTo(old);
 	return b;
 }
@@ -344,18 +343,24 @@ gpt2_batch_free(Gpt2Batch *b)
 }
 
 double
-gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets)
+gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets,
+				   const Gpt2Model *grads)
 {
 	const Gpt2Model *m = b->model;
+	int64		C = m->cfg.n_embd;
 	double		loss;
 	int64		counted;
 
 	memcpy(b->tokens, tokens, sizeof(int32) * b->N);
 	memcpy(b->targets, targets, sizeof(int32) * b->N);
 	gpt2_transformer(m, b->acts, b->tokens, b->B, b->T, 0, NULL);
-	gpt2_lm_head(m, b->acts->lnf, b->N, b->logits);
-	llm_check_status(llm_cross_entropy(b->logits, b->targets, b->N, m->cfg.vocab_size,
-									   &loss, &counted, b->lse));
+	if (grads)
+		memset(b->dlnf, 0, sizeof(float) * b->N * C);
+	/* the training lm_head: logits = lnf @ wte^T (tied), fused with the loss */
+	llm_check_status(llm_linear_cross_entropy(b->acts->lnf, m->wte, b->targets, b->N, C,
+											  m->cfg.vocab_size, &loss, &counted,
+											  grads ? b->dlnf : NULL,
+											  grads ? grads->wte : NULL));
 	if (counted == 0)
 		elog(ERROR, "gpt2_batch_forward: every target is -100");
 	b->counted = counted;

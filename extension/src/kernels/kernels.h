@@ -227,6 +227,20 @@ int			llm_cross_entropy_backward(const float *logits, const int32_t *targets,
 									   const float *lse, int64_t rows, int64_t vocab,
 									   float scale, float *dlogits);
 
+/*
+ * The lm_head and the cross-entropy fused, for training: logits = x @ w^T
+ * (x [rows, dim], w [vocab, dim], as GPT-2's tied wte), their mean
+ * cross-entropy against targets into *loss and *counted as
+ * llm_cross_entropy, and when dx / dw are not NULL the gradient of that
+ * mean loss ADDED into dx [rows, dim] and dw [vocab, dim].  The logits are
+ * made one chunk of rows at a time (at most 16 MB of them), never all at
+ * once.  Returns LLM_OK, LLM_INTERRUPTED or LLM_NOMEM (nothing counted:
+ * *loss is NaN and nothing is added).
+ */
+int			llm_linear_cross_entropy(const float *x, const float *w, const int32_t *targets,
+									 int64_t rows, int64_t dim, int64_t vocab,
+									 double *loss, int64_t *counted, float *dx, float *dw);
+
 /* ---- attention (attention/) ---------------------------------------------- */
 
 /*

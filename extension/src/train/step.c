@@ -58,7 +58,7 @@ llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch)
 	double		loss;
 
 	llm_train_state_zero_grad(st);
-	loss = gpt2_batch_forward(b, batch->tokens, batch->targets);
+	loss = gpt2_batch_forward(b, batch->tokens, batch->targets, &st->grads);
 	if (autograd_recording())
 		gpt2_tape_batch(b);
 	gpt2_batch_backward(b, &st->grads);
