@@ -506,9 +506,9 @@ def linear_cross_entropy(lib, x, w, targets, dx, dw):
     return status, loss.value, counted.value
 
 
-# rows x vocab: one chunk of rows; 90 x 50257 floats are more than one chunk (16 MB),
-# so two chunks of 45 rows, and 257 x 50257 four of 65, 64, 64, 64 (the last shorter)
-LCE_SHAPES = [(1, 7), (37, 769), (90, 50257), (257, 50257)]
+# rows x vocab: one chunk of rows; 257 x 50257 floats are more than one chunk (32 MB),
+# so two chunks of 129 and 128 rows, and 350 x 50257 three of 117, 117 and 116
+LCE_SHAPES = [(1, 7), (37, 769), (257, 50257), (350, 50257)]
 
 
 @pytest.mark.parametrize("rows,vocab", LCE_SHAPES, ids=lambda s: str(s))

@@ -233,7 +233,7 @@ int			llm_cross_entropy_backward(const float *logits, const int32_t *targets,
  * cross-entropy against targets into *loss and *counted as
  * llm_cross_entropy, and when dx / dw are not NULL the gradient of that
  * mean loss ADDED into dx [rows, dim] and dw [vocab, dim].  The logits are
- * made one chunk of rows at a time (at most 16 MB of them), never all at
+ * made one chunk of rows at a time (at most 32 MB of them), never all at
  * once.  Returns LLM_OK, LLM_INTERRUPTED or LLM_NOMEM (nothing counted:
  * *loss is NaN and nothing is added).
  */
