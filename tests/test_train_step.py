@@ -19,6 +19,9 @@ from train_reference import (ONE, TINY, AdamWSettings, ReferenceTrainer, batch_l
 SMALL = dict(n_layer=12, n_head=12, n_embd=768, n_positions=64, vocab_size=2053)
 # head size 5, n_inner 23: no SIMD width divides them
 ODD = dict(n_layer=3, n_head=3, n_embd=15, n_positions=24, vocab_size=97, n_inner=23)
+# GPT-2's vocabulary: the logits of 3 x 57 rows are two chunks of 86 and 85 rows for the
+# fused lm_head + cross-entropy (at most 32 MB of logits at once)
+WIDE = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
 
 
 @pytest.fixture(autouse=True)
@@ -109,6 +112,18 @@ def test_gradients_are_bit_identical_at_any_thread_count(conn):
         runs.append(gradients(conn, "ts_threads", tokens, targets))
     conn.execute("RESET pg_llm.threads")
     assert all(runs[0][n].tobytes() == runs[1][n].tobytes() for n in runs[0])
+
+
+def test_a_step_over_several_chunks_of_the_lm_head_matches_autograd(conn):
+    """The loss and every gradient of llm_train_step (its log's loss, llm_param.grad)
+    when the lm_head's logits are made in several chunks of rows."""
+    model = make_reference_model(WIDE, seed=6)
+    load_into_pg(conn, model, "ts_wide")
+    tokens, targets = batch(WIDE["vocab_size"], 3, 57, 6)
+    loss, want = torch_gradients(model, tokens, targets)
+    got = train_step(conn, "ts_wide", tokens, targets, 1e-3, AdamWSettings(max_grad_norm=None))
+    assert abs(got - loss) < 1e-5 * loss
+    assert_grads_close(params(conn, "ts_wide", "grad"), want)
 
 
 # ---- llm_train_step ------------------------------------------------------------------

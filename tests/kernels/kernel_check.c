@@ -286,6 +286,7 @@ typedef struct
 	int64_t		rows,
 				cols,
 				causal;
+	int			bf16;			/* linear_cross_entropy's flag */
 	float	   *x,
 			   *dy,
 			   *g,
@@ -348,6 +349,35 @@ run_cross_entropy(void *arg, float *out)
 	llm_cross_entropy_backward(c->x, c->targets, out + n + 1, c->rows, c->cols, 0.37f, out);
 }
 
+/*
+ * The fused lm_head + cross-entropy: x [rows, cols] against w = dy read as
+ * [rows, cols] (a vocabulary of `rows`), its gradients written over zeros;
+ * in bf16 too (logits and their gradient rounded).
+ */
+static void
+run_linear_cross_entropy(void *arg, float *out)
+{
+	rows_ctx   *c = arg;
+	int64_t		n = c->rows * c->cols;
+	int32_t    *targets = malloc((size_t) c->rows * sizeof(int32_t));
+	double		loss;
+	int64_t		counted;
+
+	float	   *x = malloc((size_t) n * sizeof(float));
+
+	/* x scaled to logits of order 1: a well-conditioned softmax and sums */
+	for (int64_t i = 0; i < n; i++)
+		x[i] = c->x[i] * 0.01f;
+	for (int64_t r = 0; r < c->rows; r++)
+		targets[r] = r % 5 == 4 ? -100 : (int32_t) ((r * 7) % c->rows);
+	memset(out, 0, (size_t) (2 * n) * sizeof(float));
+	llm_linear_cross_entropy(x, c->dy, targets, c->rows, c->cols, c->rows, c->bf16,
+							 &loss, &counted, out, out + n);
+	out[2 * n] = (float) loss;
+	free(targets);
+	free(x);
+}
+
 static void
 row_checks(void)
 {
@@ -378,6 +408,16 @@ row_checks(void)
 		snprintf(what, sizeof(what), "cross_entropy+backward %lldx%lld",
 				 (long long) c.rows, (long long) c.cols);
 		against_scalar(what, run_cross_entropy, &c, n + 1 + c.rows, 2e-6, 4e-7, 0);
+
+		for (int bf16 = 0; bf16 <= 1 && c.rows > 4; bf16++)
+		{
+			c.bf16 = bf16;
+			snprintf(what, sizeof(what), "linear_cross_entropy %lldx%lld bf16=%d",
+					 (long long) c.rows, (long long) c.cols, bf16);
+			/* bf16: a logit one ulp apart rounds one bf16 step (2^-8) apart */
+			against_scalar(what, run_linear_cross_entropy, &c, 2 * n + 1,
+						   bf16 ? 2e-2 : 2e-5, bf16 ? 1e-4 : 2e-6, 0);
+		}
 
 		for (int causal = 0; causal <= 1; causal++)
 		{

@@ -497,6 +497,80 @@ def test_cross_entropy_backward(lib, isa, vocab, given_lse):
     assert worst(dlogits, d0 + tl.grad.numpy(), bound) < 4e-7
 
 
+def linear_cross_entropy(lib, x, w, targets, dx, dw):
+    """(loss, counted) of llm_linear_cross_entropy; dx, dw (or None) get the gradient added."""
+    loss, counted = ctypes.c_double(), ctypes.c_int64()
+    status = lib.llm_linear_cross_entropy(ptr(x), ptr(w), ptr(targets), x.shape[0], x.shape[1],
+                                          w.shape[0], 0, ctypes.byref(loss), ctypes.byref(counted),
+                                          ptr(dx), ptr(dw))
+    return status, loss.value, counted.value
+
+
+# rows x vocab: one chunk of rows; 257 x 50257 floats are more than one chunk (32 MB),
+# so two chunks of 129 and 128 rows, and 350 x 50257 three of 117, 117 and 116
+LCE_SHAPES = [(1, 7), (37, 769), (257, 50257), (350, 50257)]
+
+
+@pytest.mark.parametrize("rows,vocab", LCE_SHAPES, ids=lambda s: str(s))
+def test_linear_cross_entropy(lib, isa, rows, vocab):
+    """The fused lm_head + cross-entropy: the loss and both gradients of
+    F.cross_entropy(x @ w.T, targets) against torch (float32) and float64."""
+    dim = 40
+    x, w = randn(rows, dim, seed=rows), randn(vocab, dim, seed=vocab, scale=0.5)
+    targets = np.random.default_rng(vocab).integers(0, vocab, rows).astype(np.int32)
+    targets[1::5] = -100
+    dx0, dw0 = randn(rows, dim, seed=1, scale=1e-3), randn(vocab, dim, seed=2, scale=1e-3)
+
+    def run():
+        dx, dw = dx0.copy(), dw0.copy()
+        status, loss, counted = linear_cross_entropy(lib, x, w, targets, dx, dw)
+        call(status)
+        return np.array([loss]), np.array([counted]), dx, dw
+
+    (loss,), (counted,), dx, dw = at_1_2_3_threads(lib, run)
+    keep = targets >= 0
+    assert counted == keep.sum()
+    # float64: the loss, and (softmax - onehot) / counted through the product's two gradients
+    logits = f64(x) @ f64(w).T
+    lse = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) + logits.max(axis=1)
+    rows_kept = np.nonzero(keep)[0]
+    assert abs(loss - (lse[keep] - logits[rows_kept, targets[keep]]).mean()) < 1e-6 * abs(loss)
+    p = np.exp(logits - lse[:, None])
+    p[rows_kept, targets[keep]] -= 1.0
+    p[~keep] = 0.0
+    p /= keep.sum()
+    # dx sums over the vocabulary: torch float32 is off by ~1e-5 of the largest at 50257,
+    # the scalar kernels' plain chains by ~2e-5
+    assert rel_to_max(dx - dx0, p @ f64(w)) < 5e-5
+    assert rel_to_max(dw - dw0, p.T @ f64(x)) < 5e-5
+    # torch, float32
+    tx, tw = t32(x), t32(w)
+    tl = F.cross_entropy(tx @ tw.T, torch.from_numpy(targets).long(), ignore_index=-100)
+    tl.backward()
+    assert abs(loss - tl.item()) < 1e-5 * abs(loss)
+    assert rel_to_max(dx, dx0 + tx.grad.numpy()) < 5e-5
+    assert rel_to_max(dw, dw0 + tw.grad.numpy()) < 5e-5
+
+
+def test_linear_cross_entropy_without_gradients(lib):
+    """NULL dx and dw: the loss alone, as llm_cross_entropy of the product; no target
+    counted: a NaN loss and nothing counted."""
+    x, w = randn(33, 24, seed=3), randn(517, 24, seed=4)
+    targets = np.random.default_rng(5).integers(0, 517, 33).astype(np.int32)
+    status, loss, counted = linear_cross_entropy(lib, x, w, targets, None, None)
+    call(status)
+    logits = np.ascontiguousarray(f64(x) @ f64(w).T, dtype=np.float32)
+    want, want_counted = ctypes.c_double(), ctypes.c_int64()
+    call(lib.llm_cross_entropy(ptr(logits), ptr(targets), 33, 517, ctypes.byref(want),
+                               ctypes.byref(want_counted), None))
+    assert counted == want_counted.value == 33
+    assert abs(loss - want.value) < 1e-5 * abs(want.value)
+    dx = np.zeros_like(x)
+    status, loss, counted = linear_cross_entropy(lib, x, w, np.full(33, -100, np.int32), dx, None)
+    call(status)
+    assert np.isnan(loss) and counted == 0 and not dx.any()
+
+
 # ---- attention -----------------------------------------------------------------------
 
 ATTENTION_CASES = [
@@ -634,6 +708,13 @@ def backward_cases(lib):
                               lambda g: lib.llm_cross_entropy_backward(
                                   ptr(x), ptr(targets), ptr(lse), 300, 700,
                                   np.float32(1.0 / counted), ptr(g["dlogits"])))
+    # (a short vocabulary: C += 200 k-blocks of the 50257 wide dx product round too
+    # often for test_accumulates' bound; test_linear_cross_entropy has the chunks)
+    xl, wl = randn(90, 40, seed=14), randn(2053, 40, seed=15)
+    tl = np.random.default_rng(16).integers(-1, 2053, 90).astype(np.int32)
+    cases["linear_cross_entropy"] = ({"dx": xl.shape, "dw": wl.shape},
+                                     lambda g: linear_cross_entropy(lib, xl, wl, tl, g["dx"],
+                                                                    g["dw"])[0])
     T, C, H = 90, 96, 3
     qkv, dy_att = randn(T, 3 * C, seed=9), randn(T, C, seed=10)
     q, k, v = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
@@ -660,9 +741,10 @@ def backward_cases(lib):
     return cases
 
 
-BACKWARDS = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy", "attention",
-             "embedding", "add", "mul", "scale", "transpose"]
-LONG_RUNNING = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy", "attention"]
+BACKWARDS = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy", "linear_cross_entropy",
+             "attention", "embedding", "add", "mul", "scale", "transpose"]
+LONG_RUNNING = ["matmul", "gelu", "softmax", "layernorm", "cross_entropy", "linear_cross_entropy",
+                "attention"]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
  * backward.c -- the backward of forward.c's GPT-2 over a batch, every
  * parameter's gradient at once.  It walks the forward in reverse:
  *
- *   loss = mean cross-entropy of logits = ln_f(x_L) @ wte^T
+ *   loss = mean cross-entropy of logits = ln_f(x_L) @ wte^T   (its gradient:
+ *          already there, from the forward's fused lm_head, b->dlnf)
  *   per block, last first:  out = mid + c_proj(gelu(c_fc(ln_2(mid))))
  *                           mid = x + c_proj(attention(c_attn(ln_1(x))))
  *   x_0 = wte[token] + wpe[position]
@@ -31,7 +32,6 @@
 /* Gradients of the activations, [N] rows each; reused by every block. */
 typedef struct Gradients
 {
-	float	   *dlogits;		/* [N, V] */
 	float	   *res;			/* [N, C] of the residual stream */
 	float	   *ln;				/* [N, C] of a LayerNorm output */
 	float	   *atty;			/* [N, C] */
@@ -135,13 +135,11 @@ gpt2_batch_backward(const Gpt2Batch *b, const Gpt2Model *grads)
 	bool		bf16 = b->bf16 != NULL;
 	int64		C = cfg->n_embd,
 				F = cfg->n_inner,
-				V = cfg->vocab_size,
 				N = b->N,
 				T = b->T;
 	MemoryContext old = MemoryContextSwitchTo(b->mcxt);
 	const char *what = "training gradients";
 	Gradients	d = {
-		.dlogits = llm_alloc_floats(N, V, what),
 		.res = llm_alloc_floats(N, C, what),
 		.ln = llm_alloc_floats(N, C, what),
 		.atty = llm_alloc_floats(N, C, what),
@@ -153,19 +151,10 @@ gpt2_batch_backward(const Gpt2Batch *b, const Gpt2Model *grads)
 
 	MemoryContextSwitchTo(old);
 
-	/* loss = mean over the counted rows: d(loss)/d(row loss) = 1 / counted */
-	zero(d.dlogits, N * V);
-	llm_check_status(llm_cross_entropy_backward(b->logits, b->targets, b->lse, N, V,
-												(float) (1.0 / (double) b->counted),
-												d.dlogits));
-	/* logits = lnf @ wte^T (tied lm_head); bf16 (issue 18): dlogits rounded, the rounded wte */
-	gpt2_round_if_bf16(bf16, d.dlogits, N * V);
-	zero(d.ln, N * C);
-	matmul_backward(bf16, d.dlogits, b->acts->lnf, bf16 ? b->bf16->wte : w->wte, d.ln,
-					grads->wte, NULL, N, C, V, 1);
+	/* lnf = ln_f(x_L); d(loss)/d(lnf) is the fused lm_head's (forward.c) */
 	zero(d.res, N * C);
 	llm_check_status(llm_layernorm_backward(gpt2_block_input(b->acts, cfg->n_layer), w->lnf_w,
-											b->acts->lnf_mean, b->acts->lnf_rstd, d.ln, d.res,
+											b->acts->lnf_mean, b->acts->lnf_rstd, b->dlnf, d.res,
 											grads->lnf_w, grads->lnf_b, N, C));
 	for (int l = cfg->n_layer - 1; l >= 0; l--)
 	{

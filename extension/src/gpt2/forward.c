@@ -396,8 +396,7 @@ gpt2_batch_new(const Gpt2Model *m, int64 B, int64 T)
 	b->tokens = palloc(sizeof(int32) * N);
 	b->targets = palloc(sizeof(int32) * N);
 	b->acts = gpt2_activations_store(m, N);
-	b->logits = llm_alloc_floats(N, m->cfg.vocab_size, "logits");
-	b->lse = llm_alloc_floats(N, 1, "logits");
+	b->dlnf = llm_alloc_floats(N, m->cfg.n_embd, "training gradients");
 	MemoryContextSwitchTo(old);
 	return b;
 }
@@ -409,20 +408,36 @@ gpt2_batch_free(Gpt2Batch *b)
 }
 
 double
-gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets)
+gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets,
+				   const Gpt2Model *grads)
 {
 	const Gpt2Model *m = b->model;
+	int64		C = m->cfg.n_embd;
 	double		loss;
 	int64		counted;
 
 	memcpy(b->tokens, tokens, sizeof(int32) * b->N);
 	memcpy(b->targets, targets, sizeof(int32) * b->N);
 	transformer(m, b->bf16, b->acts, b->tokens, b->B, b->T, 0, NULL);
-	/* bf16: the lm_head reads the rounded wte, its logits are rounded (HF's loss upcasts them) */
-	gpt2_lm_head(b->bf16 ? b->bf16 : m, b->acts->lnf, b->N, b->logits);
-	gpt2_round_if_bf16(b->bf16 != NULL, b->logits, b->N * m->cfg.vocab_size);
-	llm_check_status(llm_cross_entropy(b->logits, b->targets, b->N, m->cfg.vocab_size,
-									   &loss, &counted, b->lse));
+	if (grads)
+		memset(b->dlnf, 0, sizeof(float) * b->N * C);
+
+	/*
+	 * The training lm_head: logits = lnf @ wte^T (tied), fused with the loss.
+	 * bf16: it reads the rounded wte and rounds the logits and their
+	 * gradient (HF's loss upcasts the logits); the dlnf and wte gradients it
+	 * adds are rounded once all are added (both were zero before).
+	 */
+	llm_check_status(llm_linear_cross_entropy(b->acts->lnf, (b->bf16 ? b->bf16 : m)->wte,
+											  b->targets, b->N, C, m->cfg.vocab_size,
+											  b->bf16 != NULL, &loss, &counted,
+											  grads ? b->dlnf : NULL,
+											  grads ? grads->wte : NULL));
+	if (grads)
+	{
+		gpt2_round_if_bf16(b->bf16 != NULL, b->dlnf, b->N * C);
+		gpt2_round_if_bf16(b->bf16 != NULL, grads->wte, (int64) m->cfg.vocab_size * C);
+	}
 	if (counted == 0)
 		elog(ERROR, "gpt2_batch_forward: every target is -100");
 	b->counted = counted;

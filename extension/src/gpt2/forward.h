@@ -16,7 +16,7 @@
  *
  *   Gpt2Batch *b = gpt2_batch_new(m, B, T);
  *   b->bf16 = rounded;                  (bf16 mixed precision; NULL: fp32)
- *   loss = gpt2_batch_forward(b, tokens, targets);   (tokens, targets [B, T])
+ *   loss = gpt2_batch_forward(b, tokens, targets, grads);   (tokens, targets [B, T])
  *   gpt2_batch_free(b);
  *
  * Every kernel called is bit-identical at any thread count, and so is all
@@ -147,8 +147,7 @@ typedef struct Gpt2Batch
 	int32	   *targets;		/* [N] */
 	int64		counted;		/* targets that are not -100 */
 	Gpt2Activations *acts;		/* the store */
-	float	   *logits;			/* [N, V] */
-	float	   *lse;			/* [N] logsumexp of each row of logits */
+	float	   *dlnf;			/* [N, C] d(loss)/d(lnf) from the lm_head (with grads) */
 
 	/*
 	 * bf16 mixed precision, torch.autocast('cpu', dtype=torch.bfloat16)'s
@@ -172,7 +171,14 @@ extern void gpt2_batch_free(Gpt2Batch *b);
  * The forward over tokens [B, T] (ids checked by the caller; targets in the
  * vocabulary or -100, at least one counted): returns the mean cross-entropy
  * over the counted targets, as F.cross_entropy(ignore_index=-100).
+ *
+ * The lm_head and the loss run fused, chunk by chunk of rows (kernels'
+ * llm_linear_cross_entropy): the [N, V] logits never exist at once.  With
+ * grads (training), the same chunks give the loss's gradient: wte's is
+ * added into grads->wte, ln_f's output's kept in b->dlnf, where
+ * gpt2_batch_backward goes on from.  grads NULL (llm_loss): the loss only.
  */
-extern double gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets);
+extern double gpt2_batch_forward(Gpt2Batch *b, const int32 *tokens, const int32 *targets,
+								 const Gpt2Model *grads);
 
 #endif							/* PG_LLM_GPT2_FORWARD_H */

@@ -185,7 +185,7 @@ llm_loss_sql(PG_FUNCTION_ARGS)
 	{
 		Gpt2Batch  *b = gpt2_batch_new(m, 1, T);
 
-		loss = gpt2_batch_forward(b, ids, targets);
+		loss = gpt2_batch_forward(b, ids, targets, NULL);
 		gpt2_tape_loss(b);
 		gpt2_batch_free(b);
 	}

@@ -20,6 +20,7 @@ typedef struct Recording
 	int32	   *leaves;			/* [n_params]; 0 until a sequence uses it */
 	bool		values;			/* mode full: every node keeps its value */
 	float	   *scratch;		/* [T, max(3C, F)]: values recomputed (full) */
+	float	   *logits;			/* [T, V]: a sequence's, recomputed (full) */
 } Recording;
 
 static Recording
@@ -35,6 +36,18 @@ recording_new(const Gpt2Model *m, int64 T)
 	return r;
 }
 
+/* The logits of the lm_head over rows [T, C] of lnf (mode full; the training forward keeps none). */
+static float *
+recording_logits(Recording *r, const float *lnf, int64 T)
+{
+	if (!r->values)
+		return NULL;
+	if (r->logits == NULL)
+		r->logits = llm_alloc_floats(T, r->m->cfg.vocab_size, "the tape");
+	gpt2_lm_head(r->m, lnf, T, r->logits);
+	return r->logits;
+}
+
 static void
 recording_free(Recording *r)
 {
@@ -42,6 +55,8 @@ recording_free(Recording *r)
 	pfree(r->leaves);
 	if (r->scratch)
 		pfree(r->scratch);
+	if (r->logits)
+		pfree(r->logits);
 }
 
 /* The leaf of parameter "h.<layer>.<what>" (layer < 0: "<what>") holding `data`. */
@@ -179,10 +194,10 @@ sequence_loss(Recording *r, const Gpt2Batch *b, int64 s, int64 counted, double *
 {
 	int64		T = b->T,
 				V = r->m->cfg.vocab_size;
-	const float *logits = b->logits + s * T * V;
 	const int32 *targets = b->targets + s * T;
 	int32		wte_id;
 	int32		id = sequence(r, b->acts, b->tokens + s * T, s, T, &wte_id);
+	const float *logits = recording_logits(r, b->acts->lnf + s * T * r->m->cfg.n_embd, T);
 	float		value = 0;
 
 	id = record(TAPE_OP_MATMUL, id, wte_id, 0, &(TapeAttrs) {.i = {0, 1}}, logits, T, V);

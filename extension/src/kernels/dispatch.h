@@ -76,13 +76,14 @@ typedef struct
 
 /*
  * cross_entropy.c: log(sum(exp(x))) of one row of n > 0 values; the
- * backward of one row adds scale * (exp(x - lse) - onehot(target)) into dx.
+ * backward of one row adds scale * (exp(x - lse) - onehot(target)) into dx
+ * (or, not accumulate, stores it: dx may then be x itself).
  */
 typedef struct
 {
 	double		(*logsumexp) (const float *x, int64_t n);
 	void		(*row_backward) (const float *x, int64_t n, float lse, int32_t target,
-								 float scale, float *dx);
+								 float scale, float *dx, int accumulate);
 } cross_entropy_kernels;
 
 /*

@@ -255,6 +255,24 @@ int			llm_cross_entropy_backward(const float *logits, const int32_t *targets,
 									   const float *lse, int64_t rows, int64_t vocab,
 									   float scale, float *dlogits);
 
+/*
+ * The lm_head and the cross-entropy fused, for training: logits = x @ w^T
+ * (x [rows, dim], w [vocab, dim], as GPT-2's tied wte), their mean
+ * cross-entropy against targets into *loss and *counted as
+ * llm_cross_entropy, and when dx / dw are not NULL the gradient of that
+ * mean loss ADDED into dx [rows, dim] and dw [vocab, dim].  The logits are
+ * made one chunk of rows at a time (at most 32 MB of them), never all at
+ * once.  bf16 (mixed-precision training): the logits and, before the two
+ * products that make dx and dw, their gradient are rounded to bf16, as
+ * torch.autocast's bf16 lm_head; x and w are the caller's to round, and
+ * dx and dw its to round once all is added.  Returns LLM_OK,
+ * LLM_INTERRUPTED or LLM_NOMEM (nothing counted: *loss is NaN and nothing
+ * is added).
+ */
+int			llm_linear_cross_entropy(const float *x, const float *w, const int32_t *targets,
+									 int64_t rows, int64_t dim, int64_t vocab, int bf16,
+									 double *loss, int64_t *counted, float *dx, float *dw);
+
 /* ---- attention (attention/) ---------------------------------------------- */
 
 /*

@@ -65,7 +65,7 @@ llm_train_state_gradients(LlmTrainState *st, const LlmBatch *batch)
 		llm_round_bf16_array(st->data, st->data_bf16, st->n_floats);
 		b->bf16 = &st->weights_bf16;
 	}
-	loss = gpt2_batch_forward(b, batch->tokens, batch->targets);
+	loss = gpt2_batch_forward(b, batch->tokens, batch->targets, &st->grads);
 	/* (the tape records fp32 ops: a bf16 forward is not recorded) */
 	if (autograd_recording() && b->bf16 == NULL)
 		gpt2_tape_batch(b);
