@@ -80,14 +80,8 @@ const matmul_kernels matmul_avx512_kernels = {matmul_simd, &gemm_avx512, gemv512
 gemv256_bf16_task};
 #endif
 #if LLM_NEON
-/* bf16 weights on aarch64 take the scalar reference: no NEON bf16 loops yet */
-static int
-matmul_neon(mm_ctx *c)
-{
-	return c->B16 ? matmul_scalar(c) : matmul_simd(c);
-}
-
-const matmul_kernels matmul_neon_kernels = {matmul_neon, &gemm_neon, gemv_neon_task, NULL};
+const matmul_kernels matmul_neon_kernels = {matmul_simd, &gemm_neon, gemv_neon_task,
+gemv_neon_bf16_task};
 #endif
 
 #if LLM_X86 || LLM_NEON
