@@ -41,6 +41,10 @@
  *
  *   B may also be stored as bf16 (llm_matmul_bf16, inference with
  *   pg_llm.inference_dtype = 'bf16'): see gemv_bf16.c and pack_b_block.
+ *   Every SIMD ISA (AVX2, AVX-512, NEON) widens the bf16 values to the
+ *   floats they stand for and runs its fp32 arithmetic over them; the bf16
+ *   dot-product instructions (vdpbf16ps, NEON's BFDOT/BFMMLA) are not used:
+ *   they round differently.
  *
  *   3. Scalar reference (reference.c): plain loops, used on builds that are
  *      neither x86-64 nor aarch64 and when llm_set_isa(LLM_ISA_SCALAR)
