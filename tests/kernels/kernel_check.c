@@ -14,6 +14,9 @@
  *   - llm_matmul and llm_matmul_acc (all four transpositions, with and
  *     without bias) against a double-precision product, within 2e-6 of
  *     sum |a||b| + |bias| per element, as tests/kernels/test_matmul.py;
+ *   - llm_matmul_bf16 (GEMV and GEMM, transB or not, with and without
+ *     bias) the same way, and bit-identical to llm_matmul over the
+ *     widened B;
  *   - GELU, softmax, LayerNorm, cross-entropy, attention (forward and
  *     backward of each) against the scalar ISA, within twice the
  *     tolerances the Python kernel tests allow each against its reference
@@ -277,6 +280,115 @@ matmul_checks(void)
 			check_matmul(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, t >> 1, 1, 0);
 			check_matmul(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, t >> 1, 0, 1);
 		}
+}
+
+/*
+ * llm_matmul_bf16 (B stored as bf16, A not transposed) on B rounded to
+ * bf16: within 2e-6 of sum |a||b| + |bias| of a double product over the
+ * widened B, and bit-identical to llm_matmul over the widened B run by the
+ * same loops -- the same ISA, except the GEMV of AVX-512, which runs the
+ * AVX2 loops (gemv_bf16.c) -- at the same thread count.
+ */
+static void
+check_matmul_bf16(int64_t M, int64_t K, int64_t N, int tb, int with_bias)
+{
+	float	   *a = random_floats(M * K, -1, 1);
+	float	   *bw = random_floats(K * N, -1, 1);
+	llm_bf16   *b16 = malloc((size_t) (K * N) * sizeof(llm_bf16));
+	float	   *bias = with_bias ? random_floats(N, -1, 1) : NULL;
+	float	   *c = malloc((size_t) (M * N) * sizeof(float));
+	float	   *c1 = malloc((size_t) (M * N) * sizeof(float));
+	float	   *want = malloc((size_t) (M * N) * sizeof(float));
+	double	   *ref = malloc((size_t) (M * N) * sizeof(double));
+	double	   *scale = malloc((size_t) (M * N) * sizeof(double));
+	char		what[96];
+
+	snprintf(what, sizeof(what), "matmul_bf16 %lldx%lldx%lld tb=%d bias=%d",
+			 (long long) M, (long long) K, (long long) N, tb, with_bias);
+	for (int64_t i = 0; i < K * N; i++)
+	{
+		b16[i] = llm_float_to_bf16(bw[i]);
+		bw[i] = llm_bf16_to_float(b16[i]);
+	}
+	for (int64_t i = 0; i < M; i++)
+		for (int64_t j = 0; j < N; j++)
+		{
+			double		s = bias ? bias[j] : 0.0,
+						bound = bias ? fabs(bias[j]) : 0.0;
+
+			for (int64_t k = 0; k < K; k++)
+			{
+				double		x = a[i * K + k];
+				double		y = tb ? bw[j * K + k] : bw[k * N + j];
+
+				s += x * y;
+				bound += fabs(x * y);
+			}
+			ref[i * N + j] = s;
+			scale[i * N + j] = bound + 1e-30;
+		}
+
+	for (int v = 0; v < n_isas; v++)
+		for (int threads = 1; threads <= 2; threads++)
+		{
+			llm_isa		same = isas[v] == LLM_ISA_AVX512 && M == 1 ? LLM_ISA_AVX2 : isas[v];
+			int64_t		bad = 0;
+			double		worst = 0.0;
+
+			use(same, threads);
+			llm_matmul(a, bw, bias, want, M, K, N, 0, tb);
+			use(isas[v], threads);
+			llm_matmul_bf16(a, b16, bias, c, M, K, N, tb);
+			for (int64_t i = 0; i < M * N; i++)
+			{
+				double		err = fabs(c[i] - ref[i]) / scale[i];
+
+				bad += !(err < 2e-6);
+				worst = err > worst ? err : worst;
+			}
+			checks++;
+			if (bad)
+			{
+				failures++;
+				printf("FAIL %s [%s]: %lld elements off, worst %.3g of sum|a||b|\n",
+					   what, context, (long long) bad, worst);
+			}
+			check_bits(what, c, want, (size_t) (M * N) * sizeof(float));
+			if (threads == 1)
+				memcpy(c1, c, (size_t) (M * N) * sizeof(float));
+			else
+				check_bits(what, c, c1, (size_t) (M * N) * sizeof(float));
+		}
+	free(a);
+	free(bw);
+	free(b16);
+	free(bias);
+	free(c);
+	free(c1);
+	free(want);
+	free(ref);
+	free(scale);
+}
+
+static void
+matmul_bf16_checks(void)
+{
+	/*
+	 * GEMV (M = 1: plain rows in groups of 8 and a ragged group, ragged
+	 * columns, more than one chunk of columns) and GEMM (M > 1: every
+	 * micro-kernel row count, partial panels, k-blocks).  No N = 1 with
+	 * M > 1: llm_matmul turns that into a GEMV over A, llm_matmul_bf16 not.
+	 */
+	static const int64_t shapes[][3] = {
+		{1, 1, 1}, {1, 7, 5}, {1, 13, 13}, {1, 37, 2053}, {1, 769, 33}, {1, 768, 130},
+		{2, 3, 4}, {17, 33, 7}, {33, 17, 65}, {29, 257, 97}, {70, 520, 33}, {9, 13, 13},
+		{100, 40, 610},
+	};
+
+	for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+		for (int tb = 0; tb <= 1; tb++)
+			for (int with_bias = 0; with_bias <= 1; with_bias++)
+				check_matmul_bf16(shapes[s][0], shapes[s][1], shapes[s][2], tb, with_bias);
 }
 
 /* ---- the other families ------------------------------------------------------- */
@@ -633,6 +745,7 @@ main(int argc, char **argv)
 		printf(" %s", llm_isa_name(isas[i]));
 	printf("\n");
 	matmul_checks();
+	matmul_bf16_checks();
 	row_checks();
 	attention_checks();
 	adamw_checks();

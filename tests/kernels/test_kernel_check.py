@@ -1,7 +1,9 @@
 """
 The kernels' own C test driver, tests/kernels/kernel_check.c: every SIMD
 kernel family against the scalar one (GEMM against a double-precision
-product), odd sizes, 1 and 2 threads, bit-identical across thread counts.
+product; the matmul over bf16 weights bit for bit against the fp32 one over
+the widened weights), odd sizes, 1 and 2 threads, bit-identical across thread
+counts.
 
   - natively: the SIMD variants of this machine (AVX2, AVX-512 or NEON);
   - for aarch64, when Debian's gcc-aarch64-linux-gnu and qemu-user are

@@ -153,15 +153,25 @@ pack_panels(const gemm_kernels *isa, const float *src, int64_t ld, int kmajor,
 	}
 }
 
-#if LLM_X86						/* (aarch64 multiplies bf16 weights in reference.c) */
-/* d[0:n] = the floats of s[0:n] (every x86 ISA with a GEMM runs AVX2) */
-TARGET_AVX2 static inline __attribute__((always_inline)) void
+#if LLM_X86
+#define TARGET_WIDEN TARGET_AVX2	/* every x86 ISA with a GEMM runs AVX2 */
+#else
+#define TARGET_WIDEN
+#endif
+
+/* d[0:n] = the floats of s[0:n] */
+TARGET_WIDEN static inline __attribute__((always_inline)) void
 widen_bf16(const llm_bf16 *s, float *d, int64_t n)
 {
 	int64_t		j = 0;
 
+#if LLM_X86
 	for (; j + 8 <= n; j += 8)
 		_mm256_storeu_ps(d + j, load8_bf16(s + j));
+#else
+	for (; j + 4 <= n; j += 4)
+		vst1q_f32(d + j, load4_bf16(s + j));
+#endif
 	for (; j < n; j++)
 		d[j] = llm_bf16_to_float(s[j]);
 }
@@ -177,7 +187,7 @@ widen_bf16(const llm_bf16 *s, float *d, int64_t n)
  */
 #define WIDEN_K 64
 
-TARGET_AVX2 static void
+TARGET_WIDEN static void
 pack_panels_bf16(const gemm_kernels *isa, const llm_bf16 *src, int64_t ld, int kmajor,
 				 float *dst, int64_t kc, int64_t nx, int W)
 {
@@ -209,7 +219,6 @@ pack_panels_bf16(const gemm_kernels *isa, const llm_bf16 *src, int64_t ld, int k
 			}
 	}
 }
-#endif							/* LLM_X86 */
 
 /* op(A)[m0:m0+mc, k0:k0+kc] as ceil(mc/MR) panels of kc x MR */
 static void
@@ -227,14 +236,11 @@ static void
 pack_b_block(const mm_ctx *c, float *dst, int64_t k0, int64_t kc,
 			 int64_t n0, int64_t nc)
 {
-#if LLM_X86
 	if (c->B16 && c->transB)
 		pack_panels_bf16(c->isa, c->B16 + n0 * c->K + k0, c->K, 0, dst, kc, nc, c->isa->nr);
 	else if (c->B16)
 		pack_panels_bf16(c->isa, c->B16 + k0 * c->N + n0, c->N, 1, dst, kc, nc, c->isa->nr);
-	else
-#endif
-	if (c->transB)			/* stored [N,K] */
+	else if (c->transB)			/* stored [N,K] */
 		pack_panels(c->isa, c->B + n0 * c->K + k0, c->K, 0, dst, kc, nc, c->isa->nr);
 	else						/* stored [K,N] */
 		pack_panels(c->isa, c->B + k0 * c->N + n0, c->N, 1, dst, kc, nc, c->isa->nr);

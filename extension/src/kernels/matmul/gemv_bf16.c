@@ -16,12 +16,16 @@
  * either: it rounds its products and sums differently (and flushes
  * denormals), which would change the meaning "fp32 arithmetic over
  * bf16-rounded weights".
+ *
+ * NEON (aarch64): gemv.c's NEON loops, each group of 4 bf16 widened by a
+ * shift left long (load4_bf16).  ARMv8.6's BFDOT and BFMMLA are not used,
+ * for the same reason as vdpbf16ps: they round differently.
  */
 #include "matmul_internal.h"
 
-#if LLM_X86
-
 #define GEMV_CHUNK 2048			/* columns of y kept in L1 (8 KB), as gemv.c */
+
+#if LLM_X86
 
 /*
  * y[s0:s1] = a @ B[:, s0:s1] for plain B: gemv256_plain_chunk's loops, per
@@ -174,3 +178,116 @@ gemv256_bf16_task(void *arg, int64_t n0, int64_t n1)
 }
 
 #endif							/* LLM_X86 */
+
+#if LLM_NEON
+
+/*
+ * y[s0:s1] = a @ B[:, s0:s1] for plain B: gemv_neon_plain_chunk's loops,
+ * per column the same FMA chain down k, rows k .. k+rows-1 (rows <= 8;
+ * inlined with rows = 8 for all but the last group).
+ */
+static inline __attribute__((always_inline)) void
+neon_plain_rows(const mm_ctx *c, int64_t s0, int64_t s1, int64_t k, const int rows)
+{
+	const float *a = c->A;
+	int64_t		N = c->N;
+	float	   *y = c->C;
+	const llm_bf16 *b = c->B16 + k * N;
+	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 3);
+	int			start = k == 0;	/* the sums start from 0 (bf16 never accumulates) */
+	int64_t		n;
+	int			r;
+
+	for (n = s0; n < nfull; n += 4)
+	{
+		float32x4_t acc = start ? vdupq_n_f32(0.0f) : vld1q_f32(y + n);
+
+#pragma GCC unroll 8
+		for (r = 0; r < rows; r++)
+			acc = vfmaq_n_f32(acc, load4_bf16(b + r * N + n), a[k + r]);
+		vst1q_f32(y + n, acc);
+	}
+	for (; n < s1; n++)
+	{
+		float		acc = start ? 0.0f : y[n];
+
+		for (r = 0; r < rows; r++)
+			acc = __builtin_fmaf(a[k + r], llm_bf16_to_float(b[r * N + n]), acc);
+		y[n] = acc;
+	}
+}
+
+static void
+gemv_neon_bf16_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
+{
+	int64_t		k;
+
+	for (k = 0; k + 8 <= c->K; k += 8)
+		neon_plain_rows(c, s0, s1, k, 8);
+	if (k < c->K)
+		neon_plain_rows(c, s0, s1, k, (int) (c->K - k));
+}
+
+/* y[n0:n1] = B[n0:n1, :] @ a for transB (see gemv_neon_transb) */
+static void
+gemv_neon_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
+{
+	const float *a = c->A;
+	int64_t		K = c->K;
+	int64_t		kfull = K & ~(int64_t) 3;
+	int64_t		n,
+				k;
+
+	for (n = n0; n < n1; n += 4)
+	{
+		int			rows = (int) MIN(4, n1 - n);
+		const llm_bf16 *b[4];
+		float32x4_t acc[4];
+		int			r;
+
+		for (r = 0; r < 4; r++)
+		{
+			b[r] = c->B16 + (n + MIN(r, rows - 1)) * K;
+			acc[r] = vdupq_n_f32(0.0f);
+		}
+		for (k = 0; k < kfull; k += 4)
+		{
+			float32x4_t ak = vld1q_f32(a + k);
+
+#pragma GCC unroll 4
+			for (r = 0; r < 4; r++)
+				acc[r] = vfmaq_f32(acc[r], ak, load4_bf16(b[r] + k));
+		}
+		for (r = 0; r < rows; r++)
+		{
+			float		s = vaddvq_f32(acc[r]);
+
+			for (k = kfull; k < K; k++)
+				s = __builtin_fmaf(a[k], llm_bf16_to_float(b[r][k]), s);
+			if (c->accumulate)
+				s += c->C[n + r];
+			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
+		}
+	}
+}
+
+void
+gemv_neon_bf16_task(void *arg, int64_t n0, int64_t n1)
+{
+	const mm_ctx *c = (const mm_ctx *) arg;
+	int64_t		s,
+				n;
+
+	if (c->transB)
+	{
+		gemv_neon_bf16_transb(c, n0, n1);
+		return;
+	}
+	for (s = n0; s < n1; s += GEMV_CHUNK)
+		gemv_neon_bf16_plain_chunk(c, s, MIN(n1, s + GEMV_CHUNK));
+	if (c->bias)
+		for (n = n0; n < n1; n++)
+			c->C[n] += c->bias[n];
+}
+
+#endif							/* LLM_NEON */

@@ -41,6 +41,10 @@
  *
  *   B may also be stored as bf16 (llm_matmul_bf16, inference with
  *   pg_llm.inference_dtype = 'bf16'): see gemv_bf16.c and pack_b_block.
+ *   Every SIMD ISA (AVX2, AVX-512, NEON) widens the bf16 values to the
+ *   floats they stand for and runs its fp32 arithmetic over them; the bf16
+ *   dot-product instructions (vdpbf16ps, NEON's BFDOT/BFMMLA) are not used:
+ *   they round differently.
  *
  *   3. Scalar reference (reference.c): plain loops, used on builds that are
  *      neither x86-64 nor aarch64 and when llm_set_isa(LLM_ISA_SCALAR)
@@ -80,14 +84,8 @@ const matmul_kernels matmul_avx512_kernels = {matmul_simd, &gemm_avx512, gemv512
 gemv256_bf16_task};
 #endif
 #if LLM_NEON
-/* bf16 weights on aarch64 take the scalar reference: no NEON bf16 loops yet */
-static int
-matmul_neon(mm_ctx *c)
-{
-	return c->B16 ? matmul_scalar(c) : matmul_simd(c);
-}
-
-const matmul_kernels matmul_neon_kernels = {matmul_neon, &gemm_neon, gemv_neon_task, NULL};
+const matmul_kernels matmul_neon_kernels = {matmul_simd, &gemm_neon, gemv_neon_task,
+gemv_neon_bf16_task};
 #endif
 
 #if LLM_X86 || LLM_NEON

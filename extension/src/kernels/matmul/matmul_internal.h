@@ -138,6 +138,14 @@ load8_bf16(const llm_bf16 *p)
 	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 #endif
+#if LLM_NEON
+/* 4 bf16 at p, widened to the 4 floats they stand for (shift left long by 16) */
+static inline __attribute__((always_inline)) float32x4_t
+load4_bf16(const llm_bf16 *p)
+{
+	return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+#endif
 
 /* ---- the GEMM plug-in of an ISA ----------------------------------------- */
 
@@ -212,8 +220,9 @@ extern const gemm_kernels gemm_avx2;
 #endif
 
 #if LLM_NEON
-/* gemv.c, microkernel_neon.c */
+/* gemv.c, gemv_bf16.c, microkernel_neon.c */
 void		gemv_neon_task(void *arg, int64_t n0, int64_t n1);
+void		gemv_neon_bf16_task(void *arg, int64_t n0, int64_t n1);
 extern const gemm_kernels gemm_neon;
 #endif
 
