@@ -38,41 +38,13 @@ import threading
 import time
 
 import pg_llm_lab
-
-MODEL = "bench_class"
-SMALL = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)
-
-
-def ensure_model(conn) -> None:
-    have = conn.execute("SELECT count(*) FROM llm_param WHERE model = %s", (MODEL,)).fetchone()[0]
-    if have == 4 + 12 * SMALL["n_layer"]:
-        return
-    print(f"creating {MODEL} (GPT-2 small's shape, llm_init) ...", flush=True)
-    conn.execute("DELETE FROM llm_model_config WHERE model = %s", (MODEL,))
-    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab_size)"
-                 " VALUES (%(m)s, %(n_layer)s, %(n_head)s, %(n_embd)s, %(n_positions)s, %(vocab_size)s)",
-                 dict(m=MODEL, **SMALL))
-    conn.execute("SELECT llm_init(%s, 1)", (MODEL,))
-
-
-def pss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no Pss line for process {pid}")
-
+from bench_classroom import MODEL, SMALL, ensure_model, loadavg, pss_mb
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its threads, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def serve(url: str, n: int, simd: str, threads: int, batching: bool, prompt: list[int],
