@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch", reason="the parity tests compare with PyTor
 transformers = pytest.importorskip("transformers", reason="the parity tests compare with HF GPT-2")
 
 from hf_checkpoints import make_hf_model  # noqa: E402
+from test_gpt2 import assert_logits_close, hf_logits, random_tokens  # noqa: E402
 
 CONFIGS = {
     "b_tiny": dict(n_layer=3, n_head=3, n_embd=96, vocab_size=1000, n_positions=64),
@@ -60,21 +61,6 @@ def bf16(conn):
     conn.execute("SET pg_llm.inference_dtype = 'bf16'")
     yield conn
     conn.execute("RESET pg_llm.inference_dtype")
-
-
-def hf_logits(model, tokens):
-    with torch.inference_mode():
-        return model(torch.tensor([tokens])).logits[0].numpy()
-
-
-def assert_logits_close(got, want):
-    assert got.shape == want.shape
-    err = np.abs(got - want).max()
-    assert err <= 1e-4 * np.abs(want).max(), f"max abs error {err}, max |logit| {np.abs(want).max()}"
-
-
-def random_tokens(vocab, n, seed=0):
-    return np.random.default_rng(seed).integers(0, vocab, n).tolist()
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

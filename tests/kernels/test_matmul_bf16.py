@@ -14,27 +14,11 @@ import pytest
 
 from pg_llm_lab import kernels
 from pg_llm_lab.kernels import ISA, ptr
+from test_matmul import lib, lib_no_memory  # noqa: F401 (the kernel library fixtures)
 
 torch = pytest.importorskip("torch", reason="bf16 rounding is PyTorch's")
 
 ISA_NAMES = {code: name for name, code in ISA.items()}
-
-
-def _load(extra=(), name="libpg_llm_kernels.so"):
-    try:
-        return kernels.load(extra, name)
-    except RuntimeError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def lib():
-    return _load()
-
-
-@pytest.fixture(scope="module")
-def lib_no_memory():
-    return _load(["-DLLM_MATMUL_TEST_NO_MEMORY"], "libpg_llm_kernels_nomem.so")
 
 
 @pytest.fixture(params=[0, 1, 2], ids=["scalar", "avx2", "avx512"])
