@@ -48,11 +48,14 @@ def model(db_url):
     return MODEL
 
 
-def generate(conn, request, batching=True):
+def generate(conn, request, batching=True, repeat=1):
+    """The request's tokens; with repeat > 1, the same generation that many
+    times in one statement (a long statement to stop), the first one's tokens."""
     prompt, n, temperature, top_k, top_p, seed, threads = request
     conn.execute(f"SET pg_llm.threads = {threads}")
     conn.execute(f"SET pg_llm.decode_batching = {'on' if batching else 'off'}")
-    return conn.execute(GENERATE, [MODEL, prompt, n, temperature, top_k, top_p, seed]).fetchone()[0]
+    sql = GENERATE if repeat == 1 else GENERATE + f" FROM generate_series(1, {int(repeat)})"
+    return conn.execute(sql, [MODEL, prompt, n, temperature, top_k, top_p, seed]).fetchone()[0]
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +159,13 @@ def test_one_session_stopped_mid_batch_stops_alone(db_url, conn, model, long_alo
 
     def job(session, i):
         pids[i] = session.info.backend_pid
-        if i == 1 and how == "statement_timeout":
+        if i != 1:
+            return generate(session, long_request(i))
+        # the victim generates over and over, so that it is still decoding
+        # whenever the stop arrives, however fast this machine is
+        if how == "statement_timeout":
             session.execute("SET statement_timeout = '150ms'")
-        return generate(session, long_request(i))
+        return generate(session, long_request(i), repeat=2000)
 
     def stopper():
         while 1 not in pids:
