@@ -486,14 +486,12 @@ gemm_task(void *arg, int64_t t0, int64_t t1)
  *   - tile width nc: a multiple of NR, at most NC_MAX columns (so the
  *     packed kc x nc block and the prefetched next one share L2), aiming
  *     at ~16 tiles in all, each >= ~4 MFLOP and >= 2 panels wide;
- *     when K is large (the tied lm_head's backward, K = vocab) only ~4:
- *     each tile packs all its A and B rows once per k-block, so fewer,
- *     wider tiles read and pack less, and 4 tiles of 25k+ multiply-adds
- *     per output element still balance a few threads;
- *   - tile height mc: all rows when M is small, else a multiple of MR
- *     (and for large K, fewer rows when N alone gives too few tiles);
+ *   - tile height mc: all rows when M is small, else a multiple of MR;
  *   - a task is a run of consecutive tiles, sized for ~16-32 tasks, so
  *     that it knows which blocks to prefetch next.
+ * Large K (the tied lm_head's dx = dlogits @ wte, K = vocab) is tiled by
+ * large_k_tiles afterwards; the k-block size is still the one this rule
+ * gives (choose_kc in matmul_gemm), so the bits stay what they were.
  * (Tiles never change the bits, only k-blocks do: each element is the
  * same chain whatever tile it falls in.)
  */
@@ -533,6 +531,45 @@ choose_tiles(mm_ctx *c)
 }
 
 /*
+ * Tiles when K is large (K >= LARGE_K: the lm_head's dx, [rows, vocab] @
+ * [vocab, n_embd]).  Each tile runs over all of K and packs, block by
+ * block, the rows of A and the columns of B it covers: a grid of mt x nt
+ * tiles packs (reads from memory) A nt times and B mt times.  The output
+ * is small (a few hundred rows and columns), so few tiles: the grid of at
+ * least LARGE_K_TILES tiles (and at most NC_MAX columns wide) that packs
+ * the fewest floats, nt * M + mt * N per k.  For the lab model's dx
+ * (128 x 128) that is 2 x 2 tiles of ~64 x 64, where the rule for other
+ * shapes gave 1 x 4 tiles of 128 x 32: each tile read all of A, and each
+ * A panel served only 2 B panels.  Only the tiles change, not the
+ * k-blocks: the same bits.
+ */
+static void
+large_k_tiles(mm_ctx *c)
+{
+	int64_t		MR = c->isa->mr,
+				NR = c->isa->nr;
+	int64_t		max_mt = ceil_div(c->M, MR),
+				max_nt = ceil_div(c->N, NR);
+	int64_t		best_cost = -1,
+				mt,
+				nt;
+
+	for (mt = 1; mt <= MIN(max_mt, LARGE_K_TILES); mt++)
+	{
+		nt = MIN(max_nt, ceil_div(LARGE_K_TILES, mt));
+		nt = MAX(nt, ceil_div(c->N, NC_MAX / NR * NR));	/* tiles at most NC_MAX wide */
+		if (best_cost < 0 || nt * c->M + mt * c->N < best_cost)
+		{
+			best_cost = nt * c->M + mt * c->N;
+			c->mc = round_up(ceil_div(c->M, mt), MR);
+			c->nc = round_up(ceil_div(c->N, nt), NR);
+		}
+	}
+	c->n_ntiles = ceil_div(c->N, c->nc);
+	c->tile_grain = 1;
+}
+
+/*
  * A buffer for a whole packed matrix of n floats: the calling thread's
  * scratch (kept for the next call), when n floats are at most PACK_KEEP
  * bytes and can be had; else NULL.
@@ -554,21 +591,28 @@ matmul_gemm(mm_ctx *c)
 	choose_tiles(c);
 	/* from the shape alone (the bits depend on it), not from malloc's luck */
 	c->kc = choose_kc(c->K, c->M > c->mc ? KC_PREPACKED : KC_STREAM);
+	if (c->K >= LARGE_K)
+		large_k_tiles(c);
 	c->mpanels = ceil_div(c->M, MR);
 	c->npanels = ceil_div(c->N, NR);
 
 	/*
-	 * Pack all of A once: every tile along N reuses it.  B is packed once
-	 * too when several row tiles share it (M > mc).  Neither when it is
+	 * Pack all of A once when several tiles along N reuse it, and all of
+	 * B once when several row tiles share it (M > mc).  Neither when it is
 	 * huge: a transient allocation of 50-150 MB (the lm_head's weight or
 	 * dlogits) would cost its page faults on every call, more than the
 	 * tiles packing their own blocks as they go, from memory into L2 (A
 	 * once per tile column, B once per tile row, next to 2*mc (2*nc) flops
-	 * per element).  If an allocation fails, tiles pack what is missing
+	 * per element).  Nor when K is large: there each tile packs its blocks
+	 * from the source, which then is read once per tile column (row)
+	 * instead of read, written whole and read again per tile (the lab
+	 * model's dx = dlogits @ wte took 1.8x the CPU time with both packed
+	 * up front).  If an allocation fails, tiles pack what is missing
 	 * themselves too.
 	 */
-	c->apack = whole_matrix_buffer(&tls_pack_a, (size_t) (c->mpanels * MR * c->K));
-	c->bpack = c->M > c->mc ?
+	c->apack = c->n_ntiles > 1 && c->K < LARGE_K ?
+		whole_matrix_buffer(&tls_pack_a, (size_t) (c->mpanels * MR * c->K)) : NULL;
+	c->bpack = c->M > c->mc && c->K < LARGE_K ?
 		whole_matrix_buffer(&tls_pack_bg, (size_t) (c->npanels * NR * c->K)) : NULL;
 	c->a_group = MAX(1, (1 << 16) / (c->kc * MR));
 	c->b_group = MAX(1, (1 << 16) / (c->kc * NR));
