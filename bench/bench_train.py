@@ -2,6 +2,7 @@
 
     python bench/bench_train.py                        # both models, threads 1 and 2
     python bench/bench_train.py --models lab --threads 2 --steps 5
+    python bench/bench_train.py --models small --threads 2 --steps 3 --no-step   # llm_train only
     python bench/bench_train.py --simd avx2 --tape     # the AVX2 kernels; llm_train recording
     python bench/bench_train.py --bf16 --threads 2 --simd avx2 --repeat 3   # fp32 vs bf16, both sides
 
@@ -33,7 +34,9 @@ each cell is the median over the rounds of each round's median step.
 --simd sets pg_llm.simd in every pg_llm session (default: the best this CPU has).
 Memory is VmHWM (peak resident set) of the process: a fresh backend per
 pg_llm measurement, read from /proc/<pg_backend_pid()>/status.
-Each time is the median of --steps steps after one warm-up step.
+Each time is the median of --steps steps after one warm-up step.  CPU s/step
+(all threads; less noisy than wall time on a busy machine): PyTorch's median
+step, llm_train's call divided by its steps (its state load and warm-up included).
 """
 from __future__ import annotations
 
@@ -99,10 +102,10 @@ def torch_child(label: str, threads: int, steps: int, dtype: str = "fp32") -> No
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=6e-4, betas=(0.9, 0.95))
-    times = []
+    times, cpu = [], []
     for tokens, targets in batches(MODELS[label]["vocab_size"], steps + 1):
         x, y = torch.as_tensor(tokens), torch.as_tensor(targets)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
             logits = model(x).logits
@@ -111,7 +114,9 @@ def torch_child(label: str, threads: int, steps: int, dtype: str = "fp32") -> No
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"step_s": statistics.median(times[1:]), "hwm_mb": vm_hwm_mb(os.getpid())}))
+        cpu.append(time.process_time() - start_cpu)
+    print(json.dumps({"step_s": statistics.median(times[1:]), "cpu_step_s": statistics.median(cpu[1:]),
+                      "hwm_mb": vm_hwm_mb(os.getpid())}))
 
 
 def torch_run(label: str, threads: int, steps: int, dtype: str = "fp32") -> dict:
@@ -234,6 +239,8 @@ def main() -> None:
     parser.add_argument("--simd", choices=["scalar", "avx2", "avx512", "neon"],
                         help="pg_llm.simd for the pg_llm runs (default: the best this CPU has)")
     parser.add_argument("--tape", action="store_true", help="also llm_train with the tape in meta and full")
+    parser.add_argument("--no-step", action="store_true",
+                        help="skip llm_train_step (its write-back of gpt2-small takes ~25 s a step)")
     parser.add_argument("--bf16", action="store_true",
                         help="fp32 vs bf16 mixed precision: llm_train's dtype, torch.autocast")
     parser.add_argument("--repeat", type=int, default=3, help="--bf16: interleaved rounds")
@@ -258,7 +265,8 @@ def main() -> None:
         name = setup(label)
         for threads in args.threads:
             t = torch_run(label, threads, args.steps)
-            s = step_run(name, label, threads, args.steps)
+            s = ({"step_s": float("nan"), "hwm_mb": float("nan"), "phases": "llm_train_step: skipped"}
+                 if args.no_step else step_run(name, label, threads, args.steps))
             loop = loop_run(name, threads, args.steps)
             tapes = {m: loop_run(name, threads, args.steps, m) for m in (("meta", "full") if args.tape else ())}
             rows.append((label, threads, t, s, loop, tapes))
@@ -274,15 +282,20 @@ def main() -> None:
     with pg_llm_lab.connect() as conn:
         conn.execute("DELETE FROM llm_dataset WHERE split = %s", [SPLIT])
 
-    print(f"\npg_llm.simd = {isa}; B={B}, T={T}, float32; median of {args.steps} steps; memory = VmHWM\n")
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"\npg_llm.simd = {isa}; B={B}, T={T}, float32; median of {args.steps} steps; memory = VmHWM; "
+          f"load average {load}\n")
     tape_cols = [f"llm_train, tape {m} s/step" for m in (("meta", "full") if args.tape else ())]
     head = ["model", "threads", "PyTorch s/step", "llm_train_step s", "llm_train s/step",
-            "llm_train / PyTorch", *tape_cols, "PyTorch MB", "llm_train_step MB", "llm_train MB"]
+            "llm_train / PyTorch", "PyTorch CPU s/step", "llm_train CPU s/step", "CPU llm_train / PyTorch",
+            *tape_cols, "PyTorch MB", "llm_train_step MB", "llm_train MB"]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for label, threads, t, s, loop, tapes in rows:
         cells = [label, threads, f"{t['step_s']:.3f}", f"{s['step_s']:.3f}", f"{loop['step_s']:.3f}",
-                 f"{loop['step_s'] / t['step_s']:.2f}x", *(f"{r['step_s']:.3f}" for r in tapes.values()),
+                 f"{loop['step_s'] / t['step_s']:.2f}x", f"{t['cpu_step_s']:.3f}", f"{loop['cpu_step_s']:.3f}",
+                 f"{loop['cpu_step_s'] / t['cpu_step_s']:.2f}x", *(f"{r['step_s']:.3f}" for r in tapes.values()),
                  f"{t['hwm_mb']:.0f}", f"{s['hwm_mb']:.0f}", f"{loop['hwm_mb']:.0f}"]
         print("| " + " | ".join(map(str, cells)) + " |")
 
