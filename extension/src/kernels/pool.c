@@ -257,7 +257,12 @@ llm_parallel_for(int64_t n, int64_t grain, llm_task_fn fn, void *ctx)
 	 */
 	for (int spins = 0; spins < SPIN_ITERATIONS &&
 		 __atomic_load_n(&pool.busy, __ATOMIC_ACQUIRE) > 0; spins++)
+	{
 		cpu_relax();
+		/* as the workers: a worker the OS put on our core gets to finish */
+		if (spins % 64 == 63)
+			sched_yield();
+	}
 	pthread_mutex_lock(&pool.lock);
 	while (pool.busy > 0)
 		pthread_cond_wait(&pool.done, &pool.lock);
