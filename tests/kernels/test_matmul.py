@@ -135,6 +135,7 @@ def test_allocation_failure_same_bits(lib, lib_no_memory, shape, ta, tb):
     ((160, 60000, 40), 1, 1),
     ((60000, 160, 40), 1, 0),     # the lm_head's dwte: transA, A 38 MB
     ((256, 5003, 128), 0, 1),     # large K, narrow N: rows split too
+    ((128, 50257, 128), 0, 0),    # the lab model's lm_head dx = dlogits @ wte: a 2 x 2 tile grid
 ])
 def test_large_k_and_huge_a(lib, lib_no_memory, shape, ta, tb):
     """Operands too big to pack up front (tiles pack and prefetch their own
@@ -158,6 +159,31 @@ def test_large_k_and_huge_a(lib, lib_no_memory, shape, ta, tb):
             lib_no_memory.llm_pool_set_threads(2)
             got = run_matmul(lib_no_memory, a, b, bias, M, K, N, ta, tb)
             assert np.array_equal(got.view(np.uint32), outs[0].view(np.uint32)), name
+    lib.llm_set_isa(2)
+    lib.llm_pool_set_threads(1)
+
+
+def test_large_k_is_its_k_blocks_added(lib):
+    """The large-K tiling (large_k_tiles in gemm.c) changes which thread
+    computes what, never the bits: AVX2's product of 128 rows with K = 5003
+    is matmul.c's chain of k-blocks -- 20 blocks of 251 (K cut into
+    ceil(K/256) nearly equal blocks), each a product from zero added into C
+    in increasing k -- which the small-K path computes one block at a time."""
+    if "avx2" not in isas(lib):
+        pytest.skip("no AVX2")
+    M, K, N = 128, 5003, 128
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    lib.llm_set_isa(ISA["avx2"])
+    for threads in (1, 2):
+        lib.llm_pool_set_threads(threads)
+        got = run_matmul(lib, a, b, None, M, K, N, 0, 0)
+        want = np.zeros((M, N), np.float32)
+        for k0 in range(0, K, 251):
+            ak, bk = np.ascontiguousarray(a[:, k0:k0 + 251]), np.ascontiguousarray(b[k0:k0 + 251])
+            assert lib.llm_matmul_acc(ptr(ak), ptr(bk), ptr(want), M, ak.shape[1], N, 0, 0) == 0
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), threads
     lib.llm_set_isa(2)
     lib.llm_pool_set_threads(1)
 
