@@ -36,7 +36,8 @@ Memory is VmHWM (peak resident set) of the process: a fresh backend per
 pg_llm measurement, read from /proc/<pg_backend_pid()>/status.
 Each time is the median of --steps steps after one warm-up step.  CPU s/step
 (all threads; less noisy than wall time on a busy machine): PyTorch's median
-step, llm_train's call divided by its steps (its state load and warm-up included).
+step, llm_train's call of steps + 1 steps less a call of one step, per step
+(its state load and warm-up cancel out).
 """
 from __future__ import annotations
 
@@ -169,12 +170,20 @@ def loop_run(name: str, threads: int, steps: int, tape: str = "off", dtype: str 
     with connect() as conn:
         conn.execute("SELECT llm_autograd_mode(%s)", [tape])
         pid = conn.info.backend_pid
+
+        def call(n: int) -> tuple[float, float]:
+            """CALL llm_train for n steps: its wall and CPU seconds."""
+            start, cpu = time.perf_counter(), cpu_seconds(pid)
+            conn.execute("CALL llm_train(%s, %s, batch_size => %s, grad_workers => %s, optimizer_workers => %s, "
+                         "save_every => %s, split => %s, notice_every => 0, dtype => %s)",
+                         [name, n, B, threads, threads, n + 10, SPLIT, dtype])
+            return time.perf_counter() - start, cpu_seconds(pid) - cpu
+
+        # a one-step call first: the CPU time of a step is what the longer call costs more
+        # (the state load and the first step's page faults cancel out)
+        _, cpu_one = call(1)
         first = conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
-        start, cpu = time.perf_counter(), cpu_seconds(pid)
-        conn.execute("CALL llm_train(%s, %s, batch_size => %s, grad_workers => %s, optimizer_workers => %s, "
-                     "save_every => %s, split => %s, notice_every => 0, dtype => %s)",
-                     [name, steps + 1, B, threads, threads, steps + 10, SPLIT, dtype])
-        total, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
+        total, cpu = call(steps + 1)
         stamps = [r[0] for r in conn.execute(
             "SELECT extract(epoch FROM created_at) FROM llm_train_log WHERE model = %s AND id > %s ORDER BY id",
             [name, first]).fetchall()]
@@ -182,7 +191,7 @@ def loop_run(name: str, threads: int, steps: int, tape: str = "off", dtype: str 
         hwm = vm_hwm_mb(pid)
         conn.execute("SELECT llm_autograd_mode('off'), llm_prune_autograd_state()")
         return {"step_s": float(np.median(gaps)), "call_s": total, "hwm_mb": hwm,
-                "cpu_step_s": cpu / (steps + 1)}   # the call's CPU time per step (its state load included)
+                "cpu_step_s": (cpu - cpu_one) / steps}
 
 
 def bf16_table(args) -> None:
