@@ -606,7 +606,7 @@ matmul_gemm(mm_ctx *c)
 	 * per element).  Nor when K is large: there each tile packs its blocks
 	 * from the source, which then is read once per tile column (row)
 	 * instead of read, written whole and read again per tile (the lab
-	 * model's dx = dlogits @ wte took 1.8x the CPU time with both packed
+	 * model's dx = dlogits @ wte took 1.6x the CPU time with both packed
 	 * up front).  If an allocation fails, tiles pack what is missing
 	 * themselves too.
 	 */
