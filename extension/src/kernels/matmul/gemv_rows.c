@@ -26,7 +26,24 @@
 
 #if LLM_X86
 
-#define ROWS_Y_FLOATS 8192		/* y of all rows kept in L1: 32 KB */
+/*
+ * Plain B: register tiles of up to ROWS_RT rows x 16 columns (12 ymm
+ * accumulators, as the GEMM micro-kernel's 6 x 16), each loaded from y once
+ * per k-block of ROWS_KC values of k and stored once after it, so that
+ * every load of B feeds ROWS_RT rows' FMAs from registers.  A task walks its
+ * columns in strips of ROWS_SW; for each k-block of a strip, the block of B
+ * (ROWS_KC x ROWS_SW floats, 16 KB) is read from memory once and stays in
+ * L1 while every row group of A passes over it.
+ */
+#ifndef ROWS_RT
+#define ROWS_RT 6				/* rows of a register tile */
+#endif
+#ifndef ROWS_KC
+#define ROWS_KC 64				/* k values per block */
+#endif
+#ifndef ROWS_SW
+#define ROWS_SW 64				/* columns per strip (a multiple of 16) */
+#endif
 
 /* The problem (A, C unused: the rows are a[m], c[m]) and the rows. */
 typedef struct
@@ -36,79 +53,105 @@ typedef struct
 	float	   *const *c;
 } rows_ctx;
 
-/* Columns [s0, s1) of every row, plain B. */
-TARGET_AVX2 static void
-rows256_plain_chunk(const rows_ctx *rc, int64_t s0, int64_t s1)
+/*
+ * Rows [m0, m0 + R) x columns [n, n + 16), k in [k0, k1): each output
+ * element continues its one FMA chain in increasing k, from 0 at k = 0 --
+ * the chain of gemv256_plain_chunk.  pf walks the lines of B to prefetch,
+ * one a k (NULL: none).  R is a constant where it is inlined (1..ROWS_RT).
+ */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+plain_tile(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int64_t k0, int64_t k1,
+		   const float *pf)
 {
-	const mm_ctx *c = &rc->mm;
-	int64_t		K = c->K,
-				N = c->N,
-				M = c->M;
-	int64_t		k = 0,
-				n,
-				m;
+	int64_t		N = rc->mm.N;
+	const float *b = rc->mm.B + k0 * N + n;
+	const float *a[ROWS_RT];
+	__m256		acc0[ROWS_RT],
+				acc1[ROWS_RT];
 	int			r;
 
-	/* groups of 4 rows of B, 16 columns (8 registers of B) at a time */
-	for (; k + 4 <= K; k += 4)
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
 	{
-		const float *b = c->B + k * N;
+		float	   *y = rc->c[m0 + r] + n;
 
-		for (n = s0; n + 16 <= s1; n += 16)
+		a[r] = rc->a[m0 + r];
+		acc0[r] = k0 ? _mm256_loadu_ps(y) : _mm256_setzero_ps();
+		acc1[r] = k0 ? _mm256_loadu_ps(y + 8) : _mm256_setzero_ps();
+	}
+	for (int64_t k = k0; k < k1; k++, b += N)
+	{
+		__m256		b0 = _mm256_loadu_ps(b),
+					b1 = _mm256_loadu_ps(b + 8);
+
+		if (pf)
 		{
-			__m256		b0[4],
-						b1[4];
-
-			for (r = 0; r < 4; r++)
-			{
-				b0[r] = _mm256_loadu_ps(b + r * N + n);
-				b1[r] = _mm256_loadu_ps(b + r * N + n + 8);
-			}
-			for (m = 0; m < M; m++)
-			{
-				const float *a = rc->a[m] + k;
-				float	   *y = rc->c[m] + n;
-				__m256		acc0 = k ? _mm256_loadu_ps(y) : _mm256_setzero_ps();
-				__m256		acc1 = k ? _mm256_loadu_ps(y + 8) : _mm256_setzero_ps();
-
-#pragma GCC unroll 4
-				for (r = 0; r < 4; r++)
-				{
-					__m256		ar = _mm256_broadcast_ss(a + r);
-
-					acc0 = _mm256_fmadd_ps(ar, b0[r], acc0);
-					acc1 = _mm256_fmadd_ps(ar, b1[r], acc1);
-				}
-				_mm256_storeu_ps(y, acc0);
-				_mm256_storeu_ps(y + 8, acc1);
-			}
+			_mm_prefetch((const char *) pf, _MM_HINT_T0);
+			pf += N;
 		}
-		/* ragged columns: the same chains in scalar FMAs */
-		for (; n < s1; n++)
-			for (m = 0; m < M; m++)
-			{
-				const float *a = rc->a[m] + k;
-				float	   *y = rc->c[m] + n;
-				float		acc = k ? *y : 0.0f;
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
+		{
+			__m256		ar = _mm256_broadcast_ss(a[r] + k);
 
-				for (r = 0; r < 4; r++)
-					acc = __builtin_fmaf(a[r], b[r * N + n], acc);
+			acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
+			acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
+		}
+	}
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
+	{
+		float	   *y = rc->c[m0 + r] + n;
+
+		_mm256_storeu_ps(y, acc0[r]);
+		_mm256_storeu_ps(y + 8, acc1[r]);
+	}
+}
+
+/* plain_tile with R a constant, so that its loops over rows unroll */
+TARGET_AVX2 static void
+plain_tiles(const rows_ctx *rc, int R, int64_t m0, int64_t n, int64_t k0, int64_t k1,
+			const float *pf)
+{
+	switch (R)
+	{
+		case 1: plain_tile(rc, 1, m0, n, k0, k1, pf); break;
+		case 2: plain_tile(rc, 2, m0, n, k0, k1, pf); break;
+		case 3: plain_tile(rc, 3, m0, n, k0, k1, pf); break;
+		case 4: plain_tile(rc, 4, m0, n, k0, k1, pf); break;
+		case 5: plain_tile(rc, 5, m0, n, k0, k1, pf); break;
+		default: plain_tile(rc, ROWS_RT, m0, n, k0, k1, pf); break;
+	}
+}
+
+/* Columns [s0, s1) of every row, plain B, k in [k0, k1); pf0: B's next block. */
+TARGET_AVX2 static void
+rows256_plain_block(const rows_ctx *rc, int64_t s0, int64_t s1, int64_t k0, int64_t k1,
+					const float *pf0)
+{
+	int64_t		M = rc->mm.M,
+				N = rc->mm.N;
+	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 15);
+
+	for (int64_t m0 = 0; m0 < M; m0 += ROWS_RT)
+	{
+		int			R = (int) MIN(ROWS_RT, M - m0);
+
+		/* the first row group prefetches the next block, a line per 16 columns */
+		for (int64_t n = s0; n < nfull; n += 16)
+			plain_tiles(rc, R, m0, n, k0, k1, m0 == 0 ? pf0 + (n - s0) : NULL);
+		/* ragged columns: the same chains in scalar FMAs */
+		for (int64_t n = nfull; n < s1; n++)
+			for (int r = 0; r < R; r++)
+			{
+				const float *a = rc->a[m0 + r];
+				float	   *y = rc->c[m0 + r] + n;
+				float		acc = k0 ? *y : 0.0f;
+
+				for (int64_t k = k0; k < k1; k++)
+					acc = __builtin_fmaf(a[k], rc->mm.B[k * N + n], acc);
 				*y = acc;
 			}
-	}
-	/* remaining rows of B one at a time */
-	for (; k < K; k++)
-	{
-		const float *b = c->B + k * N;
-
-		for (m = 0; m < M; m++)
-		{
-			float		a = rc->a[m][k];
-			float	   *y = rc->c[m];
-
-			for (n = s0; n < s1; n++)
-				y[n] = __builtin_fmaf(a, b[n], k ? y[n] : 0.0f);
-		}
 	}
 }
 
@@ -189,8 +232,8 @@ rows256_task(void *arg, int64_t n0, int64_t n1)
 {
 	const rows_ctx *rc = (const rows_ctx *) arg;
 	const mm_ctx *c = &rc->mm;
-	int64_t		chunk = MAX(16, (ROWS_Y_FLOATS / c->M) & ~(int64_t) 15);
-	int64_t		s,
+	int64_t		K = c->K,
+				s,
 				n,
 				m;
 
@@ -199,8 +242,19 @@ rows256_task(void *arg, int64_t n0, int64_t n1)
 		rows256_transb(rc, n0, n1);
 		return;
 	}
-	for (s = n0; s < n1; s += chunk)
-		rows256_plain_chunk(rc, s, MIN(n1, s + chunk));
+	for (s = n0; s < n1; s += ROWS_SW)
+	{
+		int64_t		s1 = MIN(n1, s + ROWS_SW);
+
+		for (int64_t k0 = 0; k0 < K; k0 += ROWS_KC)
+		{
+			int64_t		k1 = MIN(K, k0 + ROWS_KC);
+			/* the next block: this strip's next k-block, or the next strip's first */
+			const float *pf = k1 < K ? c->B + k1 * c->N + s : c->B + s1;
+
+			rows256_plain_block(rc, s, s1, k0, k1, pf);
+		}
+	}
 	if (c->bias)
 		for (m = 0; m < c->M; m++)
 			for (n = n0; n < n1; n++)
