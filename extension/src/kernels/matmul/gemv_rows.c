@@ -108,6 +108,17 @@ plain_tile(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int64_t k0, i
 	}
 }
 
+/*
+ * The first row of group g when M rows are cut into `groups` groups of
+ * balanced sizes (8 rows: 4 + 4, not 6 + 2: a tile of few rows has too
+ * few independent FMA chains to keep the FMA units busy).
+ */
+static inline int64_t
+row_group_start(int64_t M, int groups, int g)
+{
+	return M * g / groups;
+}
+
 /* plain_tile with R a constant, so that its loops over rows unroll */
 TARGET_AVX2 static void
 plain_tiles(const rows_ctx *rc, int R, int64_t m0, int64_t n, int64_t k0, int64_t k1,
@@ -132,10 +143,12 @@ rows256_plain_block(const rows_ctx *rc, int64_t s0, int64_t s1, int64_t k0, int6
 	int64_t		M = rc->mm.M,
 				N = rc->mm.N;
 	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 15);
+	int			groups = (int) ceil_div(M, ROWS_RT);
 
-	for (int64_t m0 = 0; m0 < M; m0 += ROWS_RT)
+	for (int g = 0; g < groups; g++)
 	{
-		int			R = (int) MIN(ROWS_RT, M - m0);
+		int64_t		m0 = row_group_start(M, groups, g);
+		int			R = (int) (row_group_start(M, groups, g + 1) - m0);
 
 		/* the first row group prefetches the next block, a line per 16 columns */
 		for (int64_t n = s0; n < nfull; n += 16)
@@ -156,73 +169,86 @@ rows256_plain_block(const rows_ctx *rc, int64_t s0, int64_t s1, int64_t k0, int6
 }
 
 /*
- * The dots of row a of A with 4 rows b of B, as gemv256_transb computes them:
- * an 8-lane chain over k, hsum_avx2, the ragged k in scalar FMAs, + bias.
+ * transB: register tiles of up to ROWS_TR rows of A x ROWS_TN rows of B (12
+ * ymm accumulators, 3 for B, 1 for A: all 16), each accumulator the 8-lane
+ * chain over k of gemv256_transb's dot product, finished as it finishes it:
+ * hsum_avx2, the ragged k in scalar FMAs, + bias.  A load of B feeds ROWS_TR
+ * rows, a load of A ROWS_TN columns.
  */
-TARGET_AVX2 static inline void
-dots_finish(const rows_ctx *rc, __m256 *acc, const float *a, const float *const *b,
-			float *y, int64_t n, int rows)
+#define ROWS_TR 4
+#define ROWS_TN 3
+
+/* Rows [m0, m0 + R) x output columns [n, n + nb) (nb <= ROWS_TN); R a constant where inlined. */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+transb_tile(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int nb)
 {
 	int64_t		K = rc->mm.K,
 				kfull = K & ~(int64_t) 7;
+	const float *b[ROWS_TN],
+			   *a[ROWS_TR];
+	__m256		acc[ROWS_TR][ROWS_TN];
+	int			r,
+				j;
 
-	for (int r = 0; r < rows; r++)
+	/* a short tile repeats its last row of B and stores only nb */
+	for (j = 0; j < ROWS_TN; j++)
+		b[j] = rc->mm.B + (n + MIN(j, nb - 1)) * K;
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
 	{
-		float		s = hsum_avx2(acc[r]);
-
-		for (int64_t k = kfull; k < K; k++)
-			s = __builtin_fmaf(a[k], b[r][k], s);
-		y[n + r] = rc->mm.bias ? s + rc->mm.bias[n + r] : s;
+		a[r] = rc->a[m0 + r];
+		for (j = 0; j < ROWS_TN; j++)
+			acc[r][j] = _mm256_setzero_ps();
 	}
+	for (int64_t k = 0; k < kfull; k += 8)
+	{
+		__m256		bk[ROWS_TN];
+
+		for (j = 0; j < ROWS_TN; j++)
+			bk[j] = _mm256_loadu_ps(b[j] + k);
+#pragma GCC unroll 8
+		for (r = 0; r < R; r++)
+		{
+			__m256		ak = _mm256_loadu_ps(a[r] + k);
+
+			for (j = 0; j < ROWS_TN; j++)
+				acc[r][j] = _mm256_fmadd_ps(ak, bk[j], acc[r][j]);
+		}
+	}
+	for (r = 0; r < R; r++)
+		for (j = 0; j < nb; j++)
+		{
+			float		s = hsum_avx2(acc[r][j]);
+
+			for (int64_t k = kfull; k < K; k++)
+				s = __builtin_fmaf(a[r][k], b[j][k], s);
+			rc->c[m0 + r][n + j] = rc->mm.bias ? s + rc->mm.bias[n + j] : s;
+		}
 }
 
 /* Output columns [n0, n1) of every row, transB: dot products with rows of B. */
 TARGET_AVX2 static void
 rows256_transb(const rows_ctx *rc, int64_t n0, int64_t n1)
 {
-	const mm_ctx *c = &rc->mm;
-	int64_t		K = c->K;
-	int64_t		kfull = K & ~(int64_t) 7;
-	int64_t		n,
-				k,
-				m;
+	int64_t		M = rc->mm.M;
+	int			groups = (int) ceil_div(M, ROWS_TR);
 
-	/* 4 rows of B (kept in L1) against the rows of A, two at a time */
-	for (n = n0; n < n1; n += 4)
+	/* ROWS_TN rows of B (in L1) against every row group of A */
+	for (int64_t n = n0; n < n1; n += ROWS_TN)
 	{
-		int			rows = (int) MIN(4, n1 - n);
-		const float *b[4];
-		int			r;
+		int			nb = (int) MIN(ROWS_TN, n1 - n);
 
-		for (r = 0; r < 4; r++)
-			b[r] = c->B + (n + MIN(r, rows - 1)) * K;
-		for (m = 0; m < c->M; m += 2)
+		for (int g = 0; g < groups; g++)
 		{
-			/* an odd last row is computed twice, stored once */
-			const float *a0 = rc->a[m],
-					   *a1 = rc->a[MIN(m + 1, c->M - 1)];
-			__m256		acc0[4],
-						acc1[4];
+			int64_t		m0 = row_group_start(M, groups, g);
 
-			for (r = 0; r < 4; r++)
-				acc0[r] = acc1[r] = _mm256_setzero_ps();
-			for (k = 0; k < kfull; k += 8)
+			switch (row_group_start(M, groups, g + 1) - m0)
 			{
-				__m256		x0 = _mm256_loadu_ps(a0 + k),
-							x1 = _mm256_loadu_ps(a1 + k);
-
-#pragma GCC unroll 4
-				for (r = 0; r < 4; r++)
-				{
-					__m256		br = _mm256_loadu_ps(b[r] + k);
-
-					acc0[r] = _mm256_fmadd_ps(x0, br, acc0[r]);
-					acc1[r] = _mm256_fmadd_ps(x1, br, acc1[r]);
-				}
+				case 1: transb_tile(rc, 1, m0, n, nb); break;
+				case 2: transb_tile(rc, 2, m0, n, nb); break;
+				case 3: transb_tile(rc, 3, m0, n, nb); break;
+				default: transb_tile(rc, ROWS_TR, m0, n, nb); break;
 			}
-			dots_finish(rc, acc0, a0, b, rc->c[m], n, rows);
-			if (m + 1 < c->M)
-				dots_finish(rc, acc1, a1, b, rc->c[m + 1], n, rows);
 		}
 	}
 }
