@@ -129,6 +129,7 @@ typedef struct Learner
 	dsa_pointer logits;			/* the entry's buffer for its logits */
 	int64		logits_floats;
 	int			batch_rows;		/* rows of the batch that served it (set when DONE) */
+	int			threads;		/* its pg_llm.threads: what it would use alone */
 } Learner;
 
 typedef struct BatchTable
@@ -349,19 +350,23 @@ map_rows(const int *rows, int n, Gpt2DecodeRow *out)
 
 /*
  * Compute the steps CLAIMED by this backend with its own mapping of the
- * group's weights, then mark them DONE.
+ * group's weights, then mark them DONE.  `threads`: the sum of the
+ * learners' pg_llm.threads (see serve_threads).
  */
 static void
-serve(const Gpt2Model *m, const int *rows, int n)
+serve(const Gpt2Model *m, const int *rows, int n, int threads)
 {
 	Gpt2DecodeRow steps[MAX_LEARNERS];
 	int			(*hook) (void) = llm_interrupt_hook;
+	int			own_threads = llm_pool_threads();
 	TimestampTz now;
 
 	map_rows(rows, n, steps);
 	/* the others wait for these rows: this backend's cancel waits for them too */
 	llm_interrupt_hook = NULL;
+	llm_pool_set_threads(Min(threads, llm_cpu_count()));
 	gpt2_decode_rows(m, steps, n, scratch);
+	llm_pool_set_threads(own_threads);
 	llm_interrupt_hook = hook;
 
 	now = GetCurrentTimestamp();
@@ -461,7 +466,8 @@ post_and_wait(const Gpt2Model *m)
 		if (self->state == ROW_POSTED && gathered(self, &wait_ms))
 		{
 			int			rows[MAX_LEARNERS];
-			int			n = 0;
+			int			n = 0,
+						threads = 0;
 
 			for (int i = 0; i < MAX_LEARNERS; i++)
 			{
@@ -471,10 +477,11 @@ post_and_wait(const Gpt2Model *m)
 				{
 					l->state = ROW_CLAIMED;
 					rows[n++] = i;
+					threads += l->threads;
 				}
 			}
 			LWLockRelease(&table->lock);
-			serve(m, rows, n);
+			serve(m, rows, n, threads);
 		}
 		else
 		{
@@ -539,6 +546,7 @@ join(const Gpt2Model *m)
 	self->config_relid = m->config_relid;
 	self->version = m->version;
 	self->isa = (int) llm_cpu_isa();
+	self->threads = llm_pool_threads();
 	strlcpy(self->model, m->name, MODEL_NAME_LEN);
 	LWLockRelease(&table->lock);
 	return true;

@@ -35,6 +35,9 @@
  * (ROWS_KC x ROWS_SW floats, 16 KB) is read from memory once and stays in
  * L1 while every row group of A passes over it.
  */
+#ifndef ROWS_TASKS
+#define ROWS_TASKS 4			/* tasks per thread (see llm_matmul_rows) */
+#endif
 #ifndef ROWS_RT
 #define ROWS_RT 6				/* rows of a register tile */
 #endif
@@ -321,8 +324,13 @@ llm_matmul_rows(const float *const *A, const float *B, const float *bias, float 
 			.a = A, .c = C,
 		};
 
-		/* tasks over columns, as matmul_gemv splits them (no effect on the bits) */
-		int64_t		grain = ceil_div(N, llm_pool_threads());
+		/*
+		 * Tasks over columns (no effect on the bits), ROWS_TASKS per thread:
+		 * unlike one row's GEMV, many rows are compute-bound, and a thread the
+		 * OS holds up (a busy machine) then delays the step by a fraction of
+		 * its share instead of all of it, the other threads taking the rest.
+		 */
+		int64_t		grain = ceil_div(N, ROWS_TASKS * llm_pool_threads());
 
 		grain = MIN(grain, MAX(1, (4 << 20) / ((int64_t) sizeof(float) * K)));
 		grain = MAX(grain, ceil_div((int64_t) 1 << 15, K * M));
