@@ -38,11 +38,27 @@
  * into, restart or keep alive; a lone learner computes its own step at once
  * with no hand-off (in fact, a learner whose group has nobody else
  * generating runs gpt2_forward itself, today's path, and nobody waits for
- * it); and the work runs in a process that waits for it anyway.  A first version batched each product by a weight matrix
- * separately (49 rendezvous per token for GPT-2 small): on a loaded 2-core
- * machine each rendezvous waited milliseconds for 8 processes to be
- * scheduled, and batching was slower than none.  One rendezvous per step
- * fixed that.
+ * it); and the work runs in a process that waits for it anyway.  A first
+ * version batched each product by a weight matrix separately (49
+ * rendezvous per token for GPT-2 small): on a loaded 2-core machine each
+ * rendezvous waited milliseconds for 8 processes to be scheduled, and
+ * batching was slower than none.  One rendezvous per step fixed that.
+ *
+ * With how many threads.  A batch's learners sleep while it is computed:
+ * the cores they would have used alone are theirs to lend.  So the server
+ * computes a batch with the sum of its learners' pg_llm.threads, at most
+ * the cores this process may use (llm_cpu_count: more threads than cores
+ * only slow down), and goes back to its own setting after.  A lone learner
+ * keeps exactly its own setting; a class whose learners each set
+ * pg_llm.threads = 1 (more learners than cores) gets every core for its
+ * batches, where each alone would have used one.  The threads split the
+ * products by output columns (llm_matmul_rows' tasks, several per thread
+ * so that a thread the OS holds up delays a step by part of its share):
+ * the bits cannot depend on the split.  (One thread per row, tried first,
+ * was slower under load.)  On a
+ * machine busy with other work the second thread is a mixed blessing: the
+ * pool's join spins while the OS runs someone else on the other core
+ * (measured: bench/bench_serving.py, see the issue's closing note).
  *
  * Isolation.  The server holds off its own cancel while it computes (one
  * step) and reads only numbers from the others: nothing one learner posts
