@@ -20,9 +20,9 @@
  * the others only as any process would, by taking a core: measured with
  * bench_serving.py --long-prompt 512 (8 learners, 2 cores, load 6-8), the
  * steps that overlapped its 2-3 s prefill had a p95 of 231 ms against 187
- * ms for the others in one run, 649 ms against ~200 in another.  Chunking
- * the prefill in its own process would not give the core back any sooner,
- * so it is not chunked; scheduling prefill chunks into the batch (as vLLM
+ * ms for the others in one run, 649 ms (all steps: 378 ms) in another.
+ * Chunking the prefill in its own process would not give the core back any
+ * sooner, so it is not chunked; scheduling prefill chunks into the batch (as vLLM
  * does) would need a prefill whose bits do not depend on the chunking.
  *
  * How sessions meet.  A table of learners in a named segment of dynamic
