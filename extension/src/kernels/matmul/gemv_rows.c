@@ -57,9 +57,7 @@
 #ifndef ROWS_TASKS
 #define ROWS_TASKS 4			/* tasks per thread (see llm_matmul_rows) */
 #endif
-#ifndef ROWS_RT
-#define ROWS_RT 6				/* rows of a register tile */
-#endif
+#define ROWS_RT 6				/* rows of a register tile (plain_tiles' cases) */
 #ifndef ROWS_KC
 #define ROWS_KC 64				/* k values per block */
 #endif
@@ -297,7 +295,10 @@ rows256_task(void *arg, int64_t n0, int64_t n1)
 		for (int64_t k0 = 0; k0 < K; k0 += ROWS_KC)
 		{
 			int64_t		k1 = MIN(K, k0 + ROWS_KC);
-			/* the next block: this strip's next k-block, or the next strip's first */
+			/*
+			 * the next block: this strip's next k-block, or the next strip's
+			 * first (a prefetch past the end of B is harmless: it never faults)
+			 */
 			const float *pf = k1 < K ? c->B + k1 * c->N + s : c->B + s1;
 
 			rows256_plain_block(rc, s, s1, k0, k1, pf);
