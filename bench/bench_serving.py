@@ -23,6 +23,12 @@ count, off and on (interleaved, --rounds times, medians):
   a batch gets one process's share, where N processes decoding alone get
   N shares: total tok/s then says more about the load than the code).
 
+With --long-prompt P, one more session (pg_llm.threads as the others)
+starts, once the N stream, a generation from a prompt of P tokens (its
+prefill runs in its own backend, outside any batch): the p95 and the
+longest of the others' steps that overlapped that prefill are printed
+beside the p95 of the steps that did not, to see whether a long prompt stalls a batch.
+
 PyTorch beside it: HF's GPT2LMHeadModel of the same shape (random init)
 generating K tokens for a batch of N (greedy, KV cache, torch threads =
 the machine's cores), the serving engine's ideal of one pass per step.
@@ -40,6 +46,7 @@ import time
 import pg_llm_lab
 from bench_classroom import MODEL, SMALL, ensure_model, loadavg, pss_mb
 
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its threads, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -47,9 +54,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def p95(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=20, method="inclusive")[-1] if len(xs) > 1 else xs[0]
+
+
 def serve(url: str, n: int, simd: str, threads: int, batching: bool, prompt: list[int],
-          tokens: int) -> dict:
-    sessions = [pg_llm_lab.connect(url, autocommit=False) for _ in range(n)]
+          tokens: int, long_prompt: int = 0) -> dict:
+    sessions = [pg_llm_lab.connect(url, autocommit=False) for _ in range(n + (long_prompt > 0))]
     try:
         for s in sessions:
             s.execute(f"SET pg_llm.simd = {simd}")
@@ -57,10 +68,12 @@ def serve(url: str, n: int, simd: str, threads: int, batching: bool, prompt: lis
             s.execute(f"SET pg_llm.decode_batching = {'on' if batching else 'off'}")
             s.execute("SELECT llm_generate_tokens(%s, ARRAY[1], 1)", (MODEL,))   # weights mapped
             s.commit()
-        pids = [s.info.backend_pid for s in sessions]
+        pids = [s.info.backend_pid for s in sessions[:n]]
         cpu0 = sum(cpu_seconds(p) for p in pids)
         start = threading.Barrier(n + 1)
         ttft, steps, own, errors = [0.0] * n, [], [0.0] * n, []
+        spans = []     # (start, end) of each step after the first, all learners
+        prefill = []   # (start, end) of the long prompt's generation
 
         def learner(i):
             s = sessions[i]
@@ -75,13 +88,27 @@ def serve(url: str, n: int, simd: str, threads: int, batching: bool, prompt: lis
                 for _ in range(tokens - 1):
                     t1 = time.perf_counter()
                     s.execute("FETCH 1 FROM gen").fetchone()
-                    steps.append(time.perf_counter() - t1)
+                    t2 = time.perf_counter()
+                    steps.append(t2 - t1)
+                    spans.append((t1, t2))
                 s.commit()
                 own[i] = time.perf_counter() - t0
             except Exception as err:  # noqa: BLE001 -- reported below
                 errors.append(err)
 
+        def interloper():
+            """A long prompt arriving mid-batch: its prefill, then one token."""
+            s = sessions[n]
+            time.sleep(0.3)                 # the others are streaming by now
+            long = [(31 * i + 7) % SMALL["vocab_size"] for i in range(long_prompt)]
+            t1 = time.perf_counter()
+            s.execute("SELECT llm_generate_tokens(%s, %s, 1)", (MODEL, long))
+            prefill.append((t1, time.perf_counter()))
+            s.commit()
+
         workers = [threading.Thread(target=learner, args=(i,)) for i in range(n)]
+        if long_prompt:
+            workers.append(threading.Thread(target=interloper))
         for t in workers:
             t.start()
         start.wait()
@@ -93,9 +120,16 @@ def serve(url: str, n: int, simd: str, threads: int, batching: bool, prompt: lis
             raise errors[0]
         memory = sum(pss_mb(p) for p in pids)
         cpu = sum(cpu_seconds(p) for p in pids) - cpu0
-        return dict(total=n * tokens / wall, per_learner=statistics.median(tokens / o for o in own),
-                    ttft=statistics.median(ttft), p95=statistics.quantiles(steps, n=20)[-1] if
-                    len(steps) > 1 else steps[0], memory=memory, cpu_ms=1000 * cpu / (n * tokens))
+        out = dict(total=n * tokens / wall, per_learner=statistics.median(tokens / o for o in own),
+                   ttft=statistics.median(ttft), p95=p95(steps), memory=memory,
+                   cpu_ms=1000 * cpu / (n * tokens))
+        if long_prompt:
+            a, b = prefill[0]
+            during = [e - s for s, e in spans if s < b and e > a] or [0.0]
+            outside = [e - s for s, e in spans if not (s < b and e > a)] or [0.0]
+            out.update(prefill_s=b - a, p95_during=p95(during), max_during=max(during),
+                       p95_outside=p95(outside))
+        return out
     finally:
         for s in sessions:
             s.close()
@@ -128,6 +162,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=8, help="prompt tokens")
     ap.add_argument("--tokens", type=int, default=48, help="new tokens per session")
     ap.add_argument("--rounds", type=int, default=1, help="repeats of each case (medians)")
+    ap.add_argument("--long-prompt", type=int, default=0,
+                    help="one more session prefills a prompt of this many tokens mid-batch")
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args()
 
@@ -148,7 +184,7 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for batching in (False, True):      # interleaved
                         runs[batching].append(serve(url, n, simd, threads, batching, prompt,
-                                                    args.tokens))
+                                                    args.tokens, args.long_prompt))
                 ref = 0.0 if args.no_torch else torch_batch(n, prompt, args.tokens)
                 for batching in (False, True):
                     med = {k: statistics.median(r[k] for r in runs[batching]) for k in runs[batching][0]}
@@ -157,6 +193,11 @@ def main() -> None:
                           f"{med['total']:>11.1f} {med['per_learner']:>10.2f} {med['ttft']:>7.2f} "
                           f"{med['p95'] * 1000:>11.0f} {med['memory']:>7.0f} {med['cpu_ms']:>10.1f} "
                           f"{ref:>11.1f} {ratio}  (loadavg {loadavg()})", flush=True)
+                    if args.long_prompt:
+                        print(f"{'':>24} prefill of {args.long_prompt} tokens: {med['prefill_s']:.2f} s;"
+                              f" the others' steps meanwhile: p95 {med['p95_during'] * 1000:.0f} ms,"
+                              f" longest {med['max_during'] * 1000:.0f} ms (p95 of the other steps"
+                              f" {med['p95_outside'] * 1000:.0f} ms)", flush=True)
 
 
 if __name__ == "__main__":

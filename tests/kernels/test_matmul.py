@@ -195,7 +195,8 @@ def row_pointers(rows):
 
 
 ROWS_SHAPES = [(2, 1, 1), (3, 7, 5), (5, 33, 17), (8, 64, 130), (30, 96, 300),
-               (4, 768, 2304), (7, 301, 50), (12, 40, 1031), (3, 3, 16)]
+               (4, 768, 2304), (7, 301, 50), (12, 40, 1031), (3, 3, 16), (30, 3072, 768),
+               (13, 768, 3001)]
 
 
 @pytest.mark.parametrize("shape", ROWS_SHAPES)
@@ -224,5 +225,30 @@ def test_rows_are_each_row_alone(lib, shape, tb):
                         (name, threads, rows)
             err = np.abs(alone - ref) / (scale + (np.abs(bias) if with_bias else 0) + 1e-30)
             assert err.max() < 2e-6, (name, err.max())
+    lib.llm_set_isa(2)
+    lib.llm_pool_set_threads(1)
+
+
+@pytest.mark.parametrize("K,N", [(37, 83), (64, 200), (129, 47), (8, 16), (300, 161)])
+@pytest.mark.parametrize("tb", [0, 1])
+def test_rows_any_row_count(lib, K, N, tb):
+    """Every row count from 1 to 40 (register tiles of several rows, their
+    ragged last groups) and odd widths (ragged columns, ragged k): each row of
+    llm_matmul_rows is bit-identical to llm_matmul of that row alone, at 1, 2
+    and 3 threads."""
+    rng = np.random.default_rng(K * 1009 + N + tb)
+    a, b, bias, _, _ = operands(rng, 40, K, N, 0, tb, True)
+    for name in isas(lib):
+        lib.llm_set_isa(ISA[name])
+        alone = np.stack([run_matmul(lib, a[i:i + 1].copy(), b, bias, 1, K, N, 0, tb)[0]
+                          for i in range(40)])
+        for threads in (1, 2, 3):
+            lib.llm_pool_set_threads(threads)
+            for rows in range(1, 41):
+                outs = [np.full(N, np.nan, dtype=np.float32) for _ in range(rows)]
+                assert lib.llm_matmul_rows(row_pointers(a[:rows]), ptr(b), ptr(bias),
+                                           row_pointers(outs), rows, K, N, tb) == 0
+                assert np.array_equal(np.stack(outs).view(np.uint32), alone[:rows].view(np.uint32)), \
+                    (name, threads, rows)
     lib.llm_set_isa(2)
     lib.llm_pool_set_threads(1)

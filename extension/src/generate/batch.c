@@ -9,13 +9,21 @@
  * matrix is read once per step for the rows of every session.
  *
  * What is shared, and what is not.  A session keeps what it has alone: its
- * prompt and prefill (outside any batch: a long prompt stalls nobody's
- * decode), sampling, stop conditions, its privileges (checked when it got
- * the weights), cancel and statement_timeout, its errors, streaming.  Only
- * the step -- the forward of one token over the KV cache, and its logits --
- * is computed by whoever serves the batch (gpt2/decode_rows.c).  So that
- * the server can reach it, a generation's KV cache lives in a DSA area
- * (batch_share_cache, before the prefill writes it), freed with its state.
+ * prompt and prefill (outside any batch: a learner joins the table at its
+ * first decode step, so nobody's batch waits for a prefill), sampling, stop
+ * conditions, its privileges (checked when it got the weights), cancel and
+ * statement_timeout, its errors, streaming.  Only the step -- the forward
+ * of one token over the KV cache, and its logits -- is computed by whoever
+ * serves the batch (gpt2/decode_rows.c).  So that the server can reach it,
+ * a generation's KV cache lives in a DSA area (batch_share_cache, before
+ * the prefill writes it), freed with its state.  A long prompt then slows
+ * the others only as any process would, by taking a core: measured with
+ * bench_serving.py --long-prompt 512 (8 learners, 2 cores, load 6-8), the
+ * steps that overlapped its 2-3 s prefill had a p95 of 231 ms against 187
+ * ms for the others in one run, 649 ms (all steps: 378 ms) in another.
+ * Chunking the prefill in its own process would not give the core back any
+ * sooner, so it is not chunked; scheduling prefill chunks into the batch (as vLLM
+ * does) would need a prefill whose bits do not depend on the chunking.
  *
  * How sessions meet.  A table of learners in a named segment of dynamic
  * shared memory (the DSM registry: no shared_preload_libraries needed),
@@ -38,11 +46,30 @@
  * into, restart or keep alive; a lone learner computes its own step at once
  * with no hand-off (in fact, a learner whose group has nobody else
  * generating runs gpt2_forward itself, today's path, and nobody waits for
- * it); and the work runs in a process that waits for it anyway.  A first version batched each product by a weight matrix
- * separately (49 rendezvous per token for GPT-2 small): on a loaded 2-core
- * machine each rendezvous waited milliseconds for 8 processes to be
- * scheduled, and batching was slower than none.  One rendezvous per step
- * fixed that.
+ * it); and the work runs in a process that waits for it anyway.  A first
+ * version batched each product by a weight matrix separately (49
+ * rendezvous per token for GPT-2 small): on a loaded 2-core machine each
+ * rendezvous waited milliseconds for 8 processes to be scheduled, and
+ * batching was slower than none.  One rendezvous per step fixed that.
+ *
+ * With how many threads.  A batch's learners sleep while it is computed:
+ * the cores they would have used alone are theirs to lend.  So the server
+ * computes a batch with the sum of its learners' pg_llm.threads, at most
+ * the cores this process may use (llm_cpu_count: more threads than cores
+ * only slow down), and goes back to its own setting after.  A lone learner
+ * keeps exactly its own setting; a class whose learners each set
+ * pg_llm.threads = 1 (more learners than cores) gets every core for its
+ * batches, where each alone would have used one.  The threads split the
+ * products by output columns (llm_matmul_rows' tasks, several per thread
+ * so that a thread the OS holds up delays a step by part of its share):
+ * the bits cannot depend on the split.  (One thread per row, tried first,
+ * was slower under load.)  On a machine busy with other work the second
+ * thread is a mixed blessing: the pool's join spins while the OS runs
+ * someone else on the other core.  Measured on a shared 2-core machine
+ * (load 4-8 from other work; 8 and 30 learners, 32 tokens each, two
+ * rounds), one thread and this rule were alike within the noise: 8
+ * learners 45 and 52 tok/s with one, 78 and 39 with the rule; 30 learners
+ * 65 and 69 with one, 64 and 50 with the rule.
  *
  * Isolation.  The server holds off its own cancel while it computes (one
  * step) and reads only numbers from the others: nothing one learner posts
@@ -129,6 +156,7 @@ typedef struct Learner
 	dsa_pointer logits;			/* the entry's buffer for its logits */
 	int64		logits_floats;
 	int			batch_rows;		/* rows of the batch that served it (set when DONE) */
+	int			threads;		/* its pg_llm.threads: what it would use alone */
 } Learner;
 
 typedef struct BatchTable
@@ -349,19 +377,23 @@ map_rows(const int *rows, int n, Gpt2DecodeRow *out)
 
 /*
  * Compute the steps CLAIMED by this backend with its own mapping of the
- * group's weights, then mark them DONE.
+ * group's weights, then mark them DONE.  `threads`: the sum of the
+ * learners' pg_llm.threads (see serve_threads).
  */
 static void
-serve(const Gpt2Model *m, const int *rows, int n)
+serve(const Gpt2Model *m, const int *rows, int n, int threads)
 {
 	Gpt2DecodeRow steps[MAX_LEARNERS];
 	int			(*hook) (void) = llm_interrupt_hook;
+	int			own_threads = llm_pool_threads();
 	TimestampTz now;
 
 	map_rows(rows, n, steps);
 	/* the others wait for these rows: this backend's cancel waits for them too */
 	llm_interrupt_hook = NULL;
+	llm_pool_set_threads(Min(threads, llm_cpu_count()));
 	gpt2_decode_rows(m, steps, n, scratch);
+	llm_pool_set_threads(own_threads);
 	llm_interrupt_hook = hook;
 
 	now = GetCurrentTimestamp();
@@ -461,7 +493,8 @@ post_and_wait(const Gpt2Model *m)
 		if (self->state == ROW_POSTED && gathered(self, &wait_ms))
 		{
 			int			rows[MAX_LEARNERS];
-			int			n = 0;
+			int			n = 0,
+						threads = 0;
 
 			for (int i = 0; i < MAX_LEARNERS; i++)
 			{
@@ -471,10 +504,11 @@ post_and_wait(const Gpt2Model *m)
 				{
 					l->state = ROW_CLAIMED;
 					rows[n++] = i;
+					threads += l->threads;
 				}
 			}
 			LWLockRelease(&table->lock);
-			serve(m, rows, n);
+			serve(m, rows, n, threads);
 		}
 		else
 		{
@@ -539,6 +573,7 @@ join(const Gpt2Model *m)
 	self->config_relid = m->config_relid;
 	self->version = m->version;
 	self->isa = (int) llm_cpu_isa();
+	self->threads = llm_pool_threads();
 	strlcpy(self->model, m->name, MODEL_NAME_LEN);
 	LWLockRelease(&table->lock);
 	return true;

@@ -14,8 +14,25 @@
  *
  * An FMA rounds once, so a chain gives the same bits in a vector lane or
  * in __builtin_fmaf, and however the loops around it are ordered.  Only
- * the loop order changes: here B is loaded once per group of k rows (plain)
- * or kept in L1 (transB) while every row of A uses it.
+ * the loop order changes, and that is where the speed is: one row's GEMV
+ * does one FMA per weight it loads (memory-bound), but with M rows each
+ * weight can feed M FMAs, and the product becomes compute-bound -- if the
+ * rows' accumulators live in registers.  So both paths work in register
+ * tiles, as GEMM's micro-kernel does, without changing any chain:
+ *
+ *   plain B:  6 rows x 16 columns of y in 12 ymm registers, over a k-block
+ *             of 64 (each k: 2 loads of B, 6 broadcasts of a, 12 FMAs);
+ *             y is loaded and stored once per k-block, and the block of B
+ *             (64 x 64 floats) stays in L1 while every row group passes;
+ *   transB:   4 rows of A x 3 rows of B, 12 ymm chains over k (each step
+ *             of 8: 3 loads of B, 4 of a, 12 FMAs), finished one by one.
+ *
+ * Rows are cut into groups of balanced sizes (8 rows: 4 + 4): a tile of
+ * one or two rows has too few independent chains to hide the FMA latency.
+ * Measured at GPT-2 small's shapes (1 thread, one decode step's products
+ * over 12 distinct layers and the lm_head, weights in 4 KB pages, CPU
+ * time): 8 rows 92 -> 55 ms, 30 rows 168 -> 115 ms (the old loops loaded
+ * and stored y for every 4 values of k).
  *
  * The scalar ISA's matmul already computes each row on its own (reference.c);
  * AVX-512 runs its single-row GEMV once per row -- the same bits, but not
@@ -26,7 +43,27 @@
 
 #if LLM_X86
 
-#define ROWS_Y_FLOATS 8192		/* y of all rows kept in L1: 32 KB */
+/*
+ * Plain B: register tiles of up to ROWS_RT rows x 16 columns (12 ymm
+ * accumulators, as the GEMM micro-kernel's 6 x 16), each loaded from y once
+ * per k-block of ROWS_KC values of k and stored once after it, so that
+ * every load of B feeds ROWS_RT rows' FMAs from registers.  A task walks its
+ * columns in strips of ROWS_SW; for each k-block of a strip, the block of B
+ * (ROWS_KC x ROWS_SW floats, 16 KB) is read from memory once and stays in
+ * L1 while every row group of A passes over it; the first row group
+ * prefetches the next block.  (KC 16-64 x SW 64-512 measured alike within
+ * the noise of a shared machine; the -D overrides are for such tuning.)
+ */
+#ifndef ROWS_TASKS
+#define ROWS_TASKS 4			/* tasks per thread (see llm_matmul_rows) */
+#endif
+#define ROWS_RT 6				/* rows of a register tile (plain_tiles' cases) */
+#ifndef ROWS_KC
+#define ROWS_KC 64				/* k values per block */
+#endif
+#ifndef ROWS_SW
+#define ROWS_SW 64				/* columns per strip (a multiple of 16) */
+#endif
 
 /* The problem (A, C unused: the rows are a[m], c[m]) and the rows. */
 typedef struct
@@ -36,150 +73,202 @@ typedef struct
 	float	   *const *c;
 } rows_ctx;
 
-/* Columns [s0, s1) of every row, plain B. */
-TARGET_AVX2 static void
-rows256_plain_chunk(const rows_ctx *rc, int64_t s0, int64_t s1)
+/*
+ * Rows [m0, m0 + R) x columns [n, n + 16), k in [k0, k1): each output
+ * element continues its one FMA chain in increasing k, from 0 at k = 0 --
+ * the chain of gemv256_plain_chunk.  pf walks the lines of B to prefetch,
+ * one a k (NULL: none).  R is a constant where it is inlined (1..ROWS_RT).
+ */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+plain_tile(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int64_t k0, int64_t k1,
+		   const float *pf)
 {
-	const mm_ctx *c = &rc->mm;
-	int64_t		K = c->K,
-				N = c->N,
-				M = c->M;
-	int64_t		k = 0,
-				n,
-				m;
+	int64_t		N = rc->mm.N;
+	const float *b = rc->mm.B + k0 * N + n;
+	const float *a[ROWS_RT];
+	__m256		acc0[ROWS_RT],
+				acc1[ROWS_RT];
 	int			r;
 
-	/* groups of 4 rows of B, 16 columns (8 registers of B) at a time */
-	for (; k + 4 <= K; k += 4)
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
 	{
-		const float *b = c->B + k * N;
+		float	   *y = rc->c[m0 + r] + n;
 
-		for (n = s0; n + 16 <= s1; n += 16)
-		{
-			__m256		b0[4],
-						b1[4];
-
-			for (r = 0; r < 4; r++)
-			{
-				b0[r] = _mm256_loadu_ps(b + r * N + n);
-				b1[r] = _mm256_loadu_ps(b + r * N + n + 8);
-			}
-			for (m = 0; m < M; m++)
-			{
-				const float *a = rc->a[m] + k;
-				float	   *y = rc->c[m] + n;
-				__m256		acc0 = k ? _mm256_loadu_ps(y) : _mm256_setzero_ps();
-				__m256		acc1 = k ? _mm256_loadu_ps(y + 8) : _mm256_setzero_ps();
-
-#pragma GCC unroll 4
-				for (r = 0; r < 4; r++)
-				{
-					__m256		ar = _mm256_broadcast_ss(a + r);
-
-					acc0 = _mm256_fmadd_ps(ar, b0[r], acc0);
-					acc1 = _mm256_fmadd_ps(ar, b1[r], acc1);
-				}
-				_mm256_storeu_ps(y, acc0);
-				_mm256_storeu_ps(y + 8, acc1);
-			}
-		}
-		/* ragged columns: the same chains in scalar FMAs */
-		for (; n < s1; n++)
-			for (m = 0; m < M; m++)
-			{
-				const float *a = rc->a[m] + k;
-				float	   *y = rc->c[m] + n;
-				float		acc = k ? *y : 0.0f;
-
-				for (r = 0; r < 4; r++)
-					acc = __builtin_fmaf(a[r], b[r * N + n], acc);
-				*y = acc;
-			}
+		a[r] = rc->a[m0 + r];
+		acc0[r] = k0 ? _mm256_loadu_ps(y) : _mm256_setzero_ps();
+		acc1[r] = k0 ? _mm256_loadu_ps(y + 8) : _mm256_setzero_ps();
 	}
-	/* remaining rows of B one at a time */
-	for (; k < K; k++)
+	for (int64_t k = k0; k < k1; k++, b += N)
 	{
-		const float *b = c->B + k * N;
+		__m256		b0 = _mm256_loadu_ps(b),
+					b1 = _mm256_loadu_ps(b + 8);
 
-		for (m = 0; m < M; m++)
+		if (pf)
 		{
-			float		a = rc->a[m][k];
-			float	   *y = rc->c[m];
-
-			for (n = s0; n < s1; n++)
-				y[n] = __builtin_fmaf(a, b[n], k ? y[n] : 0.0f);
+			_mm_prefetch((const char *) pf, _MM_HINT_T0);
+			pf += N;
 		}
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
+		{
+			__m256		ar = _mm256_broadcast_ss(a[r] + k);
+
+			acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
+			acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
+		}
+	}
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
+	{
+		float	   *y = rc->c[m0 + r] + n;
+
+		_mm256_storeu_ps(y, acc0[r]);
+		_mm256_storeu_ps(y + 8, acc1[r]);
 	}
 }
 
 /*
- * The dots of row a of A with 4 rows b of B, as gemv256_transb computes them:
- * an 8-lane chain over k, hsum_avx2, the ragged k in scalar FMAs, + bias.
+ * The first row of group g when M rows are cut into `groups` groups of
+ * balanced sizes (8 rows: 4 + 4, not 6 + 2: a tile of few rows has too
+ * few independent FMA chains to keep the FMA units busy).
  */
-TARGET_AVX2 static inline void
-dots_finish(const rows_ctx *rc, __m256 *acc, const float *a, const float *const *b,
-			float *y, int64_t n, int rows)
+static inline int64_t
+row_group_start(int64_t M, int groups, int g)
+{
+	return M * g / groups;
+}
+
+/* plain_tile with R a constant, so that its loops over rows unroll */
+TARGET_AVX2 static void
+plain_tiles(const rows_ctx *rc, int R, int64_t m0, int64_t n, int64_t k0, int64_t k1,
+			const float *pf)
+{
+	switch (R)
+	{
+		case 1: plain_tile(rc, 1, m0, n, k0, k1, pf); break;
+		case 2: plain_tile(rc, 2, m0, n, k0, k1, pf); break;
+		case 3: plain_tile(rc, 3, m0, n, k0, k1, pf); break;
+		case 4: plain_tile(rc, 4, m0, n, k0, k1, pf); break;
+		case 5: plain_tile(rc, 5, m0, n, k0, k1, pf); break;
+		default: plain_tile(rc, ROWS_RT, m0, n, k0, k1, pf); break;
+	}
+}
+
+/* Columns [s0, s1) of every row, plain B, k in [k0, k1); pf0: B's next block. */
+TARGET_AVX2 static void
+rows256_plain_block(const rows_ctx *rc, int64_t s0, int64_t s1, int64_t k0, int64_t k1,
+					const float *pf0)
+{
+	int64_t		M = rc->mm.M,
+				N = rc->mm.N;
+	int64_t		nfull = s0 + ((s1 - s0) & ~(int64_t) 15);
+	int			groups = (int) ceil_div(M, ROWS_RT);
+
+	for (int g = 0; g < groups; g++)
+	{
+		int64_t		m0 = row_group_start(M, groups, g);
+		int			R = (int) (row_group_start(M, groups, g + 1) - m0);
+
+		/* the first row group prefetches the next block, a line per 16 columns */
+		for (int64_t n = s0; n < nfull; n += 16)
+			plain_tiles(rc, R, m0, n, k0, k1, m0 == 0 ? pf0 + (n - s0) : NULL);
+		/* ragged columns: the same chains in scalar FMAs */
+		for (int64_t n = nfull; n < s1; n++)
+			for (int r = 0; r < R; r++)
+			{
+				const float *a = rc->a[m0 + r];
+				float	   *y = rc->c[m0 + r] + n;
+				float		acc = k0 ? *y : 0.0f;
+
+				for (int64_t k = k0; k < k1; k++)
+					acc = __builtin_fmaf(a[k], rc->mm.B[k * N + n], acc);
+				*y = acc;
+			}
+	}
+}
+
+/*
+ * transB: register tiles of up to ROWS_TR rows of A x ROWS_TN rows of B (12
+ * ymm accumulators, 3 for B, 1 for A: all 16), each accumulator the 8-lane
+ * chain over k of gemv256_transb's dot product, finished as it finishes it:
+ * hsum_avx2, the ragged k in scalar FMAs, + bias.  A load of B feeds ROWS_TR
+ * rows, a load of A ROWS_TN columns.
+ */
+#define ROWS_TR 4
+#define ROWS_TN 3
+
+/* Rows [m0, m0 + R) x output columns [n, n + nb) (nb <= ROWS_TN); R a constant where inlined. */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+transb_tile(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int nb)
 {
 	int64_t		K = rc->mm.K,
 				kfull = K & ~(int64_t) 7;
+	const float *b[ROWS_TN],
+			   *a[ROWS_TR];
+	__m256		acc[ROWS_TR][ROWS_TN];
+	int			r,
+				j;
 
-	for (int r = 0; r < rows; r++)
+	/* a short tile repeats its last row of B and stores only nb */
+	for (j = 0; j < ROWS_TN; j++)
+		b[j] = rc->mm.B + (n + MIN(j, nb - 1)) * K;
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
 	{
-		float		s = hsum_avx2(acc[r]);
-
-		for (int64_t k = kfull; k < K; k++)
-			s = __builtin_fmaf(a[k], b[r][k], s);
-		y[n + r] = rc->mm.bias ? s + rc->mm.bias[n + r] : s;
+		a[r] = rc->a[m0 + r];
+		for (j = 0; j < ROWS_TN; j++)
+			acc[r][j] = _mm256_setzero_ps();
 	}
+	for (int64_t k = 0; k < kfull; k += 8)
+	{
+		__m256		bk[ROWS_TN];
+
+		for (j = 0; j < ROWS_TN; j++)
+			bk[j] = _mm256_loadu_ps(b[j] + k);
+#pragma GCC unroll 8
+		for (r = 0; r < R; r++)
+		{
+			__m256		ak = _mm256_loadu_ps(a[r] + k);
+
+			for (j = 0; j < ROWS_TN; j++)
+				acc[r][j] = _mm256_fmadd_ps(ak, bk[j], acc[r][j]);
+		}
+	}
+	for (r = 0; r < R; r++)
+		for (j = 0; j < nb; j++)
+		{
+			float		s = hsum_avx2(acc[r][j]);
+
+			for (int64_t k = kfull; k < K; k++)
+				s = __builtin_fmaf(a[r][k], b[j][k], s);
+			rc->c[m0 + r][n + j] = rc->mm.bias ? s + rc->mm.bias[n + j] : s;
+		}
 }
 
 /* Output columns [n0, n1) of every row, transB: dot products with rows of B. */
 TARGET_AVX2 static void
 rows256_transb(const rows_ctx *rc, int64_t n0, int64_t n1)
 {
-	const mm_ctx *c = &rc->mm;
-	int64_t		K = c->K;
-	int64_t		kfull = K & ~(int64_t) 7;
-	int64_t		n,
-				k,
-				m;
+	int64_t		M = rc->mm.M;
+	int			groups = (int) ceil_div(M, ROWS_TR);
 
-	/* 4 rows of B (kept in L1) against the rows of A, two at a time */
-	for (n = n0; n < n1; n += 4)
+	/* ROWS_TN rows of B (in L1) against every row group of A */
+	for (int64_t n = n0; n < n1; n += ROWS_TN)
 	{
-		int			rows = (int) MIN(4, n1 - n);
-		const float *b[4];
-		int			r;
+		int			nb = (int) MIN(ROWS_TN, n1 - n);
 
-		for (r = 0; r < 4; r++)
-			b[r] = c->B + (n + MIN(r, rows - 1)) * K;
-		for (m = 0; m < c->M; m += 2)
+		for (int g = 0; g < groups; g++)
 		{
-			/* an odd last row is computed twice, stored once */
-			const float *a0 = rc->a[m],
-					   *a1 = rc->a[MIN(m + 1, c->M - 1)];
-			__m256		acc0[4],
-						acc1[4];
+			int64_t		m0 = row_group_start(M, groups, g);
 
-			for (r = 0; r < 4; r++)
-				acc0[r] = acc1[r] = _mm256_setzero_ps();
-			for (k = 0; k < kfull; k += 8)
+			switch (row_group_start(M, groups, g + 1) - m0)
 			{
-				__m256		x0 = _mm256_loadu_ps(a0 + k),
-							x1 = _mm256_loadu_ps(a1 + k);
-
-#pragma GCC unroll 4
-				for (r = 0; r < 4; r++)
-				{
-					__m256		br = _mm256_loadu_ps(b[r] + k);
-
-					acc0[r] = _mm256_fmadd_ps(x0, br, acc0[r]);
-					acc1[r] = _mm256_fmadd_ps(x1, br, acc1[r]);
-				}
+				case 1: transb_tile(rc, 1, m0, n, nb); break;
+				case 2: transb_tile(rc, 2, m0, n, nb); break;
+				case 3: transb_tile(rc, 3, m0, n, nb); break;
+				default: transb_tile(rc, ROWS_TR, m0, n, nb); break;
 			}
-			dots_finish(rc, acc0, a0, b, rc->c[m], n, rows);
-			if (m + 1 < c->M)
-				dots_finish(rc, acc1, a1, b, rc->c[m + 1], n, rows);
 		}
 	}
 }
@@ -189,8 +278,8 @@ rows256_task(void *arg, int64_t n0, int64_t n1)
 {
 	const rows_ctx *rc = (const rows_ctx *) arg;
 	const mm_ctx *c = &rc->mm;
-	int64_t		chunk = MAX(16, (ROWS_Y_FLOATS / c->M) & ~(int64_t) 15);
-	int64_t		s,
+	int64_t		K = c->K,
+				s,
 				n,
 				m;
 
@@ -199,8 +288,22 @@ rows256_task(void *arg, int64_t n0, int64_t n1)
 		rows256_transb(rc, n0, n1);
 		return;
 	}
-	for (s = n0; s < n1; s += chunk)
-		rows256_plain_chunk(rc, s, MIN(n1, s + chunk));
+	for (s = n0; s < n1; s += ROWS_SW)
+	{
+		int64_t		s1 = MIN(n1, s + ROWS_SW);
+
+		for (int64_t k0 = 0; k0 < K; k0 += ROWS_KC)
+		{
+			int64_t		k1 = MIN(K, k0 + ROWS_KC);
+			/*
+			 * the next block: this strip's next k-block, or the next strip's
+			 * first (a prefetch past the end of B is harmless: it never faults)
+			 */
+			const float *pf = k1 < K ? c->B + k1 * c->N + s : c->B + s1;
+
+			rows256_plain_block(rc, s, s1, k0, k1, pf);
+		}
+	}
 	if (c->bias)
 		for (m = 0; m < c->M; m++)
 			for (n = n0; n < n1; n++)
@@ -241,8 +344,13 @@ llm_matmul_rows(const float *const *A, const float *B, const float *bias, float 
 			.a = A, .c = C,
 		};
 
-		/* tasks over columns, as matmul_gemv splits them (no effect on the bits) */
-		int64_t		grain = ceil_div(N, llm_pool_threads());
+		/*
+		 * Tasks over columns (no effect on the bits), ROWS_TASKS per thread:
+		 * unlike one row's GEMV, many rows are compute-bound, and a thread the
+		 * OS holds up (a busy machine) then delays the step by a fraction of
+		 * its share instead of all of it, the other threads taking the rest.
+		 */
+		int64_t		grain = ceil_div(N, ROWS_TASKS * llm_pool_threads());
 
 		grain = MIN(grain, MAX(1, (4 << 20) / ((int64_t) sizeof(float) * K)));
 		grain = MAX(grain, ceil_div((int64_t) 1 << 15, K * M));
