@@ -48,6 +48,8 @@ plain_rows(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, const 
 	const llm_bf16 *b = c->B16 + k * N;
 	int64_t		n16 = s0 + ((s1 - s0) & ~(int64_t) 15);
 	int64_t		n8 = n16 + ((s1 - n16) & ~(int64_t) 7);
+	const llm_bf16 *next = b + 8 * N,	/* the next group's rows 0 and 4 */
+			   *next4 = b + 12 * N;
 	const __m256i high = _mm256_set1_epi32((int) 0xffff0000u);
 	int			start = k == 0;	/* the sums start from 0 (bf16 never accumulates) */
 	__m256		ak[8];
@@ -66,11 +68,11 @@ plain_rows(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, const 
 		 * The next group's 8 rows, at this column: one line of each row per
 		 * 32 columns, rows 0-3 on one step of 16 and rows 4-7 on the next.
 		 */
-		int			half = ((n - s0) & 16) >> 2;
+		const llm_bf16 *p = (((n - s0) & 16) ? next4 : next) + n;
 
 #pragma GCC unroll 4
 		for (r = 0; r < 4; r++)
-			_mm_prefetch((const char *) (b + (8 + half + r) * N + n), _MM_HINT_T0);
+			_mm_prefetch((const char *) (p + r * N), _MM_HINT_T0);
 #pragma GCC unroll 8
 		for (r = 0; r < rows; r++)
 		{
