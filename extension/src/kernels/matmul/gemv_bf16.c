@@ -5,10 +5,19 @@
  * Decoding is memory-bound (gemv.c): each weight is read once for one FMA.
  * Stored as bf16 a weight is 2 bytes instead of 4, so the same stream of
  * bytes carries twice the weights.  Each bf16 is widened to the float it
- * stands for, exactly: its 16 bits become the high half of a 32-bit lane,
- * and the arithmetic is gemv.c's, operation for operation -- so the result
- * is, bit for bit, the fp32 GEMV over the widened weights, at any thread
- * count (tested).
+ * stands for, exactly: its 16 bits become the high half of a 32-bit lane.
+ * The result is fp32 arithmetic over the widened weights, bit-identical at
+ * any thread count (tested against float64).  For plain B the arithmetic
+ * is gemv.c's, operation for operation: bit for bit the fp32 GEMV over the
+ * widened weights (tested).  The AVX2 transposed GEMV (the lm_head) pairs
+ * its lanes in another order, to widen 16 bf16 per load: the same meaning,
+ * not the same bits as gemv.c.
+ *
+ * Widening costs instructions, and half the bytes per weight means rows
+ * half as long: too short for the hardware prefetchers, which need a few
+ * misses to lock onto a stream (the 768-column rows of a block are 1.5 KB).
+ * So both AVX2 loops prefetch the rows they will read next (measured at 1
+ * thread: the block GEMVs' and the lm_head's bandwidth 1.3-2x higher).
  *
  * The AVX-512 table uses these AVX2 loops too (every AVX-512 CPU runs
  * AVX2): a 512-bit version is not written, since it could not be tested
