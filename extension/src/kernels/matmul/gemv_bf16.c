@@ -75,7 +75,8 @@ plain_rows(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, const 
 
 		/*
 		 * The next group's 8 rows, at this column: one line of each row per
-		 * 32 columns, rows 0-3 on one step of 16 and rows 4-7 on the next.
+		 * 32 columns, rows 0-3 on one step of 16 and rows 4-7 on the next
+		 * (past the last row too: a prefetch never faults).
 		 */
 		const llm_bf16 *p = (((n - s0) & 16) ? next4 : next) + n;
 
