@@ -287,7 +287,9 @@ matmul_checks(void)
  * bf16: within 2e-6 of sum |a||b| + |bias| of a double product over the
  * widened B, and bit-identical to llm_matmul over the widened B run by the
  * same loops -- the same ISA, except the GEMV of AVX-512, which runs the
- * AVX2 loops (gemv_bf16.c) -- at the same thread count.
+ * AVX2 loops (gemv_bf16.c) -- at the same thread count.  Not the AVX2
+ * loops' transposed GEMV: it widens 16 bf16 per load and so sums each row
+ * in its own order (only the double check and thread counts apply).
  */
 static void
 check_matmul_bf16(int64_t M, int64_t K, int64_t N, int tb, int with_bias)
@@ -353,7 +355,8 @@ check_matmul_bf16(int64_t M, int64_t K, int64_t N, int tb, int with_bias)
 				printf("FAIL %s [%s]: %lld elements off, worst %.3g of sum|a||b|\n",
 					   what, context, (long long) bad, worst);
 			}
-			check_bits(what, c, want, (size_t) (M * N) * sizeof(float));
+			if (!(M == 1 && tb && same == LLM_ISA_AVX2))
+				check_bits(what, c, want, (size_t) (M * N) * sizeof(float));
 			if (threads == 1)
 				memcpy(c1, c, (size_t) (M * N) * sizeof(float));
 			else

@@ -2,7 +2,7 @@
 The kernels' own C test driver, tests/kernels/kernel_check.c: every SIMD
 kernel family against the scalar one (GEMM against a double-precision
 product; the matmul over bf16 weights bit for bit against the fp32 one over
-the widened weights), odd sizes, 1 and 2 threads, bit-identical across thread
+the widened weights, but for the AVX2 transposed GEMV), odd sizes, 1 and 2 threads, bit-identical across thread
 counts.
 
   - natively: the SIMD variants of this machine (AVX2, AVX-512 or NEON);

@@ -5,10 +5,19 @@
  * Decoding is memory-bound (gemv.c): each weight is read once for one FMA.
  * Stored as bf16 a weight is 2 bytes instead of 4, so the same stream of
  * bytes carries twice the weights.  Each bf16 is widened to the float it
- * stands for, exactly: its 16 bits become the high half of a 32-bit lane,
- * and the arithmetic is gemv.c's, operation for operation -- so the result
- * is, bit for bit, the fp32 GEMV over the widened weights, at any thread
- * count (tested).
+ * stands for, exactly: its 16 bits become the high half of a 32-bit lane.
+ * The result is fp32 arithmetic over the widened weights, bit-identical at
+ * any thread count (tested against float64).  For plain B the arithmetic
+ * is gemv.c's, operation for operation: bit for bit the fp32 GEMV over the
+ * widened weights (tested).  The AVX2 transposed GEMV (the lm_head) pairs
+ * its lanes in another order, to widen 16 bf16 per load: the same meaning,
+ * not the same bits as gemv.c.
+ *
+ * Widening costs instructions, and half the bytes per weight means rows
+ * half as long: too short for the hardware prefetchers, which need a few
+ * misses to lock onto a stream (the 768-column rows of a block are 1.5 KB).
+ * So both AVX2 loops prefetch the rows they will read next (measured at 1
+ * thread: the block GEMVs' and the lm_head's bandwidth 1.3-2x higher).
  *
  * The AVX-512 table uses these AVX2 loops too (every AVX-512 CPU runs
  * AVX2): a 512-bit version is not written, since it could not be tested
@@ -48,6 +57,8 @@ plain_rows(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, const 
 	const llm_bf16 *b = c->B16 + k * N;
 	int64_t		n16 = s0 + ((s1 - s0) & ~(int64_t) 15);
 	int64_t		n8 = n16 + ((s1 - n16) & ~(int64_t) 7);
+	const llm_bf16 *next = b + 8 * N,	/* the next group's rows 0 and 4 */
+			   *next4 = b + 12 * N;
 	const __m256i high = _mm256_set1_epi32((int) 0xffff0000u);
 	int			start = k == 0;	/* the sums start from 0 (bf16 never accumulates) */
 	__m256		ak[8];
@@ -62,6 +73,16 @@ plain_rows(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, const 
 		__m256		even = start ? _mm256_setzero_ps() : _mm256_load_ps(d);
 		__m256		odd = start ? _mm256_setzero_ps() : _mm256_load_ps(d + 8);
 
+		/*
+		 * The next group's 8 rows, at this column: one line of each row per
+		 * 32 columns, rows 0-3 on one step of 16 and rows 4-7 on the next
+		 * (past the last row too: a prefetch never faults).
+		 */
+		const llm_bf16 *p = (((n - s0) & 16) ? next4 : next) + n;
+
+#pragma GCC unroll 4
+		for (r = 0; r < 4; r++)
+			_mm_prefetch((const char *) (p + r * N), _MM_HINT_T0);
 #pragma GCC unroll 8
 		for (r = 0; r < rows; r++)
 		{
@@ -115,13 +136,45 @@ gemv256_bf16_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 		}
 }
 
-/* y[n0:n1] = B[n0:n1, :] @ a for transB (see gemv256_transb) */
+/*
+ * y[n0:n1] = B[n0:n1, :] @ a for transB: decode's lm_head (wte tied,
+ * 50257 x 768, the largest matrix read per token).  Each row is one dot
+ * product, streamed 4 rows at a time sharing the loads of a, as
+ * gemv256_transb -- but widened 16 bf16 at a time from one 32-byte load:
+ * interleaving with zero words (vpunpcklwd / vpunpckhwd) puts each bf16 in
+ * the high half of a 32-bit lane, which is the float it stands for.  The
+ * unpacks work within each 128-bit half, so "lo" holds the row's elements
+ * k+0..3 and k+8..11, "hi" k+4..7 and k+12..15; a is loaded to match, each
+ * half from its own 16-byte load.  Two accumulators per row (lo, hi) give 8
+ * independent FMA chains, enough to hide the FMA latency.
+ *
+ * A row is only 1.5 KB (K = 768): too short a stream for the hardware
+ * prefetchers to reach full speed before it ends.  The next group's 4 rows
+ * are the 4K bf16 right after this group's, so each step of 16 k's
+ * prefetches 64 of them (2 cache lines): the next group is in cache when
+ * its turn comes.
+ *
+ * So a lane sums other products than in the fp32 GEMV's order: the result
+ * is fp32 arithmetic over the widened B, but not the fp32 GEMV's bits (it is
+ * checked against float64 instead).  Each row's operations do not depend on
+ * the task split: bit-identical at any thread count.  The sum of a row: its
+ * lo and hi lanes added, the 8-lane sum, then the last K % 8 products in k
+ * order (K % 16 >= 8 adds one 8-wide step to lo first).
+ */
+TARGET_AVX2 static inline __attribute__((always_inline)) __m256
+load_halves(const float *lo, const float *hi)
+{
+	return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi), 1);
+}
+
 TARGET_AVX2 static void
 gemv256_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 {
 	const float *a = c->A;
 	int64_t		K = c->K;
-	int64_t		kfull = K & ~(int64_t) 7;
+	int64_t		k16 = K & ~(int64_t) 15;
+	int64_t		k8 = K & ~(int64_t) 7;
+	const __m256i zero = _mm256_setzero_si256();
 	int64_t		n,
 				k;
 
@@ -129,27 +182,47 @@ gemv256_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 	{
 		int			rows = (int) MIN(4, n1 - n);
 		const llm_bf16 *b[4];
-		__m256		acc[4];
+		__m256		lo[4],
+					hi[4];
 		int			r;
 
 		for (r = 0; r < 4; r++)
 		{
+			/* a short group repeats its last row and stores only `rows` */
 			b[r] = c->B16 + (n + MIN(r, rows - 1)) * K;
-			acc[r] = _mm256_setzero_ps();
+			lo[r] = _mm256_setzero_ps();
+			hi[r] = _mm256_setzero_ps();
 		}
-		for (k = 0; k < kfull; k += 8)
+		for (k = 0; k < k16; k += 16)
+		{
+			const llm_bf16 *next = c->B16 + (n + 4) * K + 4 * k;
+			__m256		alo = load_halves(a + k, a + k + 8);
+			__m256		ahi = load_halves(a + k + 4, a + k + 12);
+
+			/* past the matrix's end too: a prefetch never faults */
+			_mm_prefetch((const char *) next, _MM_HINT_T0);
+			_mm_prefetch((const char *) (next + 32), _MM_HINT_T0);
+#pragma GCC unroll 4
+			for (r = 0; r < 4; r++)
+			{
+				__m256i		x = _mm256_loadu_si256((const __m256i *) (b[r] + k));
+
+				lo[r] = _mm256_fmadd_ps(alo, _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, x)), lo[r]);
+				hi[r] = _mm256_fmadd_ps(ahi, _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, x)), hi[r]);
+			}
+		}
+		if (k < k8)
 		{
 			__m256		ak = _mm256_loadu_ps(a + k);
 
-#pragma GCC unroll 4
 			for (r = 0; r < 4; r++)
-				acc[r] = _mm256_fmadd_ps(ak, load8_bf16(b[r] + k), acc[r]);
+				lo[r] = _mm256_fmadd_ps(ak, load8_bf16(b[r] + k), lo[r]);
 		}
 		for (r = 0; r < rows; r++)
 		{
-			float		s = hsum_avx2(acc[r]);
+			float		s = hsum_avx2(_mm256_add_ps(lo[r], hi[r]));
 
-			for (k = kfull; k < K; k++)
+			for (k = k8; k < K; k++)
 				s = __builtin_fmaf(a[k], llm_bf16_to_float(b[r][k]), s);
 			if (c->accumulate)
 				s += c->C[n + r];
