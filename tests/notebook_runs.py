@@ -33,8 +33,15 @@ def cell_seconds(cell: dict) -> float:
             - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
 
 
+def outputs_text(nb: dict) -> str:
+    """The text a notebook's code cells printed or showed (streams and text/plain), one string."""
+    return "\n".join("".join(o.get("text", "")) + json.dumps(o.get("data", {}).get("text/plain", ""))
+                     for cell in nb["cells"] if cell["cell_type"] == "code" for o in cell["outputs"])
+
+
 def run(name: str) -> dict:
-    """Execute notebooks/<name>.ipynb; its name, seconds, slowest cell (index, seconds) and error (or None)."""
+    """Execute notebooks/<name>.ipynb; its name, seconds, slowest cell (index, seconds), error (or None)
+    and outputs (outputs_text: what it printed, e.g. which comparison it skipped)."""
     import nbclient
     import nbformat
 
@@ -51,7 +58,8 @@ def run(name: str) -> dict:
     seconds = [cell_seconds(cell) if cell.cell_type == "code" else 0.0 for cell in nb.cells]
     slowest = max(range(len(seconds)), key=seconds.__getitem__)
     return {"name": name, "seconds": round(time.monotonic() - start, 1),
-            "slowest_cell": slowest, "slowest_cell_seconds": round(seconds[slowest], 1), "error": error}
+            "slowest_cell": slowest, "slowest_cell_seconds": round(seconds[slowest], 1), "error": error,
+            "outputs": outputs_text(nb)}
 
 
 def run_chain(names: list[str]) -> list[dict]:
