@@ -457,6 +457,7 @@ transb_tile512(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int nb)
 		{
 			__m512		ak = _mm512_loadu_ps(a[r] + k);
 
+#pragma GCC unroll 4
 			for (j = 0; j < ROWS512_TN; j++)
 				acc[r][j] = _mm512_fmadd_ps(ak, bk[j], acc[r][j]);
 		}
@@ -472,17 +473,21 @@ transb_tile512(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int nb)
 		{
 			__m512		ak = _mm512_maskz_loadu_ps(tail, a[r] + k);
 
+#pragma GCC unroll 4
 			for (j = 0; j < ROWS512_TN; j++)
 				acc[r][j] = _mm512_fmadd_ps(ak, bk[j], acc[r][j]);
 		}
 	}
+#pragma GCC unroll 8
 	for (r = 0; r < R; r++)
-		for (j = 0; j < nb; j++)
-		{
-			float		s = _mm512_reduce_add_ps(acc[r][j]);
+#pragma GCC unroll 4
+		for (j = 0; j < ROWS512_TN; j++)
+			if (j < nb)
+			{
+				float		s = _mm512_reduce_add_ps(acc[r][j]);
 
-			rc->c[m0 + r][n + j] = rc->mm.bias ? s + rc->mm.bias[n + j] : s;
-		}
+				rc->c[m0 + r][n + j] = rc->mm.bias ? s + rc->mm.bias[n + j] : s;
+			}
 }
 
 /* Output columns [n0, n1) of every row, transB: dot products with rows of B. */
