@@ -212,6 +212,7 @@ void		gemv512_task(void *arg, int64_t n0, int64_t n1);
 void		gemv256_task(void *arg, int64_t n0, int64_t n1);
 
 /* gemv_bf16.c */
+void		gemv512_bf16_task(void *arg, int64_t n0, int64_t n1);
 void		gemv256_bf16_task(void *arg, int64_t n0, int64_t n1);
 
 /* microkernel_avx512.c, microkernel_avx2.c */
