@@ -9,22 +9,22 @@
  * The result is fp32 arithmetic over the widened weights, bit-identical at
  * any thread count (tested against float64).  For plain B the arithmetic
  * is gemv.c's, operation for operation: bit for bit the fp32 GEMV over the
- * widened weights (tested).  The AVX2 transposed GEMV (the lm_head) pairs
- * its lanes in another order, to widen 16 bf16 per load: the same meaning,
- * not the same bits as gemv.c.
+ * widened weights (tested).  The AVX2 and AVX-512 transposed GEMVs (the
+ * lm_head) pair their lanes in another order, to widen 16 or 32 bf16 per
+ * load: the same meaning, not the same bits as gemv.c.
  *
  * Widening costs instructions, and half the bytes per weight means rows
  * half as long: too short for the hardware prefetchers, which need a few
  * misses to lock onto a stream (the 768-column rows of a block are 1.5 KB).
- * So both AVX2 loops prefetch the rows they will read next (measured at 1
- * thread: the block GEMVs' and the lm_head's bandwidth 1.3-2x higher).
+ * So every loop prefetches the rows it will read next (measured at 1
+ * thread: the AVX2 block GEMVs' and lm_head's bandwidth 1.3-2x higher).
  *
- * The AVX-512 table uses these AVX2 loops too (every AVX-512 CPU runs
- * AVX2): a 512-bit version is not written, since it could not be tested
- * on the machine this was written on.  AVX512_BF16's vdpbf16ps is not used
- * either: it rounds its products and sums differently (and flushes
- * denormals), which would change the meaning "fp32 arithmetic over
- * bf16-rounded weights".
+ * AVX-512 has its own loops, 32 bf16 per 64-byte load (AVX-512F only).
+ * AVX512_BF16's vdpbf16ps is not used: it multiplies bf16 by bf16, so the
+ * fp32 activations would have to be rounded to bf16 too; it adds each pair
+ * of products with its own rounding, not as a chain of FMAs; and it treats
+ * denormal inputs as zero and flushes denormal results.  Each of these
+ * changes the meaning "fp32 arithmetic over bf16-rounded weights".
  *
  * NEON (aarch64): gemv.c's NEON loops, each group of 4 bf16 widened by a
  * shift left long (load4_bf16).  ARMv8.6's BFDOT and BFMMLA are not used,
