@@ -254,10 +254,15 @@ gemv256_bf16_task(void *arg, int64_t n0, int64_t n1)
 
 /*
  * The AVX-512 loops use AVX-512F instructions only (the table is chosen on
- * avx512f): one 64-byte load (32 bf16, one cache line) is widened in two
- * ways, a shift left by 16 giving the floats of its even bf16 and a mask of
- * the high halves those of its odd ones -- 2 cheap integer operations per
- * 32 weights, where zero-extending loads (vpmovzxwd) take 2 per 16.
+ * avx512f).  Two ways to widen: a zero-extending load of 16 bf16
+ * (vpmovzxwd) and a shift (load16_bf16), or, as the plain loop does, one
+ * 64-byte load (32 bf16, one cache line) widened twice -- a shift left by
+ * 16 gives the floats of its even bf16, a mask of the high halves those of
+ * its odd ones: 2 integer operations per 32 weights instead of 2 per 16.
+ * Decoding is memory-bound, so on the EPYC (Zen 4) this was measured on
+ * both loops run at the AVX2 loops' speed (within the noise, 2 threads):
+ * the transposed one keeps the simpler widening, which needs no reordering
+ * of a (the even/odd split, with a permuted to match, was no faster).
  *
  * Plain B: y[s0:s1] = a @ B[:, s0:s1], gemv512_plain_chunk's arithmetic:
  * per column the same FMA chain down k, from 0, so bit for bit the AVX-512
@@ -268,6 +273,15 @@ gemv256_bf16_task(void *arg, int64_t n0, int64_t n1)
  * rows (one line of each per 32 columns): rows of 1.5 KB are too short for
  * the hardware prefetchers.
  */
+/* 16 bf16 at p widened to the 16 floats they stand for (vpmovzxwd + shift) */
+TARGET_AVX512 static inline __attribute__((always_inline)) __m512
+load16_bf16(const llm_bf16 *p)
+{
+	__m256i		h = _mm256_loadu_si256((const __m256i *) p);
+
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 /* Rows k .. k+rows-1 of B (rows <= 8; inlined with rows = 8 for all but the last group). */
 TARGET_AVX512 static inline __attribute__((always_inline)) void
 plain_rows512(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, const int rows)
@@ -314,12 +328,7 @@ plain_rows512(const mm_ctx *c, float *yd, int64_t s0, int64_t s1, int64_t k, con
 
 #pragma GCC unroll 8
 		for (r = 0; r < rows; r++)
-		{
-			__m256i		h = _mm256_loadu_si256((const __m256i *) (b + r * N + n));
-			__m512		w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-
-			acc = _mm512_fmadd_ps(ak[r], w, acc);
-		}
+			acc = _mm512_fmadd_ps(ak[r], load16_bf16(b + r * N + n), acc);
 		_mm512_storeu_ps(y + n, acc);
 	}
 	for (; n < s1; n++)
@@ -361,19 +370,18 @@ gemv512_bf16_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 
 /*
  * transB: y[n0:n1] = B[n0:n1, :] @ a (the lm_head), 4 rows at a time as
- * gemv256_bf16_transb.  Each 64-byte load of a row gives its 16 even
- * elements (shift) and its 16 odd ones (mask), each multiplied with the
- * matching elements of a: a's 32 floats at k are split into even and odd
- * lanes by two permutes, shared by the 4 rows.  Two accumulators per row
- * (even, odd): 8 independent FMA chains.  The next group's 4 rows (the 4K
- * bf16 right after this group's) are prefetched, 4 lines per step of 32.
+ * gemv512_transb, each row's 32 bf16 at k widened 16 at a time by
+ * zero-extending loads (so a is loaded as it is).  Two accumulators per row
+ * (k .. k+15 and k+16 .. k+31): 8 independent FMA chains.  The next group's
+ * 4 rows (the 4K bf16 right after this group's) are prefetched, 4 lines
+ * per step of 32.
  *
  * Its own order, like the AVX2 loop's: fp32 arithmetic over the widened B,
  * checked against float64, bit-identical at any thread count (a row's
- * operations do not depend on the split).  The sum of a row: its even and
- * odd lanes added, the 16-lane sum (_mm512_reduce_add_ps), then the last
- * K % 16 products in k order (K % 32 >= 16 first adds one 16-wide step,
- * widened by vpmovzxwd, to the even accumulator).
+ * operations do not depend on the split).  The sum of a row: its two
+ * accumulators added, the 16-lane sum (_mm512_reduce_add_ps), then the last
+ * K % 16 products in k order (K % 32 >= 16 first adds one 16-wide step to
+ * the first accumulator).
  */
 TARGET_AVX512 static void
 gemv512_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
@@ -382,9 +390,6 @@ gemv512_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 	int64_t		K = c->K;
 	int64_t		k32 = K & ~(int64_t) 31;
 	int64_t		k16 = K & ~(int64_t) 15;
-	const __m512i high = _mm512_set1_epi32((int) 0xffff0000u);
-	const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-	const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 	int64_t		n,
 				k;
 
@@ -392,24 +397,22 @@ gemv512_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 	{
 		int			rows = (int) MIN(4, n1 - n);
 		const llm_bf16 *b[4];
-		__m512		ev[4],
-					od[4];
+		__m512		lo[4],
+					hi[4];
 		int			r;
 
 		for (r = 0; r < 4; r++)
 		{
 			/* a short group repeats its last row and stores only `rows` */
 			b[r] = c->B16 + (n + MIN(r, rows - 1)) * K;
-			ev[r] = _mm512_setzero_ps();
-			od[r] = _mm512_setzero_ps();
+			lo[r] = _mm512_setzero_ps();
+			hi[r] = _mm512_setzero_ps();
 		}
 		for (k = 0; k < k32; k += 32)
 		{
 			const llm_bf16 *next = c->B16 + (n + 4) * K + 4 * k;
 			__m512		a0 = _mm512_loadu_ps(a + k),
 						a1 = _mm512_loadu_ps(a + k + 16);
-			__m512		aev = _mm512_permutex2var_ps(a0, evens, a1);
-			__m512		aod = _mm512_permutex2var_ps(a0, odds, a1);
 
 			/* past the matrix's end too: a prefetch never faults */
 #pragma GCC unroll 4
@@ -418,10 +421,8 @@ gemv512_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 #pragma GCC unroll 4
 			for (r = 0; r < 4; r++)
 			{
-				__m512i		x = _mm512_loadu_si512((const void *) (b[r] + k));
-
-				ev[r] = _mm512_fmadd_ps(aev, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), ev[r]);
-				od[r] = _mm512_fmadd_ps(aod, _mm512_castsi512_ps(_mm512_and_si512(x, high)), od[r]);
+				lo[r] = _mm512_fmadd_ps(a0, load16_bf16(b[r] + k), lo[r]);
+				hi[r] = _mm512_fmadd_ps(a1, load16_bf16(b[r] + k + 16), hi[r]);
 			}
 		}
 		if (k < k16)
@@ -429,16 +430,11 @@ gemv512_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 			__m512		ak = _mm512_loadu_ps(a + k);
 
 			for (r = 0; r < 4; r++)
-			{
-				__m256i		h = _mm256_loadu_si256((const __m256i *) (b[r] + k));
-				__m512		w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-
-				ev[r] = _mm512_fmadd_ps(ak, w, ev[r]);
-			}
+				lo[r] = _mm512_fmadd_ps(ak, load16_bf16(b[r] + k), lo[r]);
 		}
 		for (r = 0; r < rows; r++)
 		{
-			float		s = _mm512_reduce_add_ps(_mm512_add_ps(ev[r], od[r]));
+			float		s = _mm512_reduce_add_ps(_mm512_add_ps(lo[r], hi[r]));
 
 			for (k = k16; k < K; k++)
 				s = __builtin_fmaf(a[k], llm_bf16_to_float(b[r][k]), s);
