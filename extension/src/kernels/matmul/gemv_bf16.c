@@ -259,7 +259,7 @@ gemv256_bf16_task(void *arg, int64_t n0, int64_t n1)
  * 64-byte load (32 bf16, one cache line) widened twice -- a shift left by
  * 16 gives the floats of its even bf16, a mask of the high halves those of
  * its odd ones: 2 integer operations per 32 weights instead of 2 per 16.
- * Decoding is memory-bound, so on the EPYC (Zen 4) this was measured on
+ * Decoding is memory-bound, so on the AMD EPYC this was measured on
  * both loops run at the AVX2 loops' speed (within the noise, 2 threads):
  * the transposed one keeps the simpler widening, which needs no reordering
  * of a (the even/odd split, with a permuted to match, was no faster).
