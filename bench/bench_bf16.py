@@ -23,8 +23,8 @@ the same background load), reported as the median over --repeat:
   (llm_logits(..., last_only => true); PyTorch: logits_to_keep=1).
 
 Goals (issue 18): pg_llm bf16 decode >= 1.6x pg_llm fp32 decode; prefill >= 1.3x
-where AVX512_BF16 exists.  The cached
-weights' bytes (llm_model_cache()) are printed for both dtypes.
+where AVX512_BF16 exists.  The cached weights' bytes (llm_model_cache()) are
+printed for both dtypes.
 """
 from __future__ import annotations
 
