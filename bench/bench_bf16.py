@@ -22,8 +22,9 @@ the same background load), reported as the median over --repeat:
 * prefill: the time to the last row's logits for a prompt of T tokens
   (llm_logits(..., last_only => true); PyTorch: logits_to_keep=1).
 
-Goal (issue 18): pg_llm bf16 decode >= 1.6x pg_llm fp32 decode.  The cached
-weights' bytes (llm_model_cache()) are printed for both dtypes.
+Goals (issue 18): pg_llm bf16 decode >= 1.6x pg_llm fp32 decode; prefill >= 1.3x
+where AVX512_BF16 exists.  The cached weights' bytes (llm_model_cache()) are
+printed for both dtypes.
 """
 from __future__ import annotations
 

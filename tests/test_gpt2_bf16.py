@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers", reason="the parity tests comp
 
 from hf_checkpoints import make_hf_model  # noqa: E402
 from test_gpt2 import assert_logits_close, hf_logits, random_tokens  # noqa: E402
+from test_ops import simd  # noqa: E402,F401 (each SIMD level the CPU has; the others skip)
 
 CONFIGS = {
     "b_tiny": dict(n_layer=3, n_head=3, n_embd=96, vocab_size=1000, n_positions=64),
@@ -64,7 +65,7 @@ def bf16(conn):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_logits_are_fp32_over_rounded_weights(bf16, models, name):
+def test_logits_are_fp32_over_rounded_weights(bf16, simd, models, name):
     model, model_bf16 = models[name]
     for n in (1, 5, model.config.n_positions):
         tokens = random_tokens(model.config.vocab_size, n, seed=n)
@@ -86,7 +87,7 @@ def test_loss_and_fp32_after_switching_back(conn, bf16, models):
     assert_logits_close(q(conn, "SELECT llm_logits('b_tiny', %s)", tokens), hf_logits(model, tokens))
 
 
-def test_bit_identical_at_any_thread_count(bf16, models):
+def test_bit_identical_at_any_thread_count(bf16, simd, models):
     tokens = random_tokens(1000, 64, seed=8)
     results = []
     for threads in (1, 2):
@@ -119,7 +120,7 @@ def check_greedy(got, want, scores):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_generation_each_dtype_matches_its_hf_model(conn, models, name):
+def test_generation_each_dtype_matches_its_hf_model(conn, simd, models, name):
     """Decoding (the GEMV path, KV cache) in bf16 follows HF over the rounded
     weights, in fp32 HF over the weights as imported; the two may differ."""
     model, model_bf16 = models[name]

@@ -5,10 +5,10 @@ widening pack): C = A @ op(B) with B stored as bfloat16.
 Its meaning is fp32 arithmetic over the floats B's values stand for.  B is
 rounded to bf16 by PyTorch (.to(torch.bfloat16), round-to-nearest-even), the
 reference is float64 over the widened B, per ISA and thread count, odd
-sizes; and on the scalar and AVX2 ISAs (GEMM also on AVX-512) the product
-has the very bits of llm_matmul over the widened B -- except the AVX2
-transposed GEMV (decode's lm_head), which widens 16 bf16 per load and so
-sums each row in another order: only the float64 check applies to it.
+sizes; and on every ISA the product has the very bits of llm_matmul over
+the widened B -- except the AVX2 and AVX-512 transposed GEMVs (decode's
+lm_head), which widen 16 or 32 bf16 per load and so sum each row in another
+order: only the float64 check applies to them.
 Run:  pytest tests/kernels/test_matmul_bf16.py -q
 """
 import numpy as np
@@ -88,15 +88,13 @@ def test_matches_float64_over_rounded_b(lib, isa, shape, tb):
                                    (17, 33, 7), (300, 520, 97)])
 @pytest.mark.parametrize("tb", [0, 1])
 def test_same_bits_as_fp32_over_widened_b(lib, isa, shape, tb):
-    """GEMM packs the widened B into the fp32 panels, and the scalar and AVX2
-    GEMVs are the fp32 loops with a widening load: the same bits.  (The
-    AVX-512 GEMV is 16 lanes wide for fp32, 8 for bf16: only close.  The
-    AVX2 transposed GEMV pairs other lanes than fp32's: only close.)"""
+    """GEMM packs the widened B into the fp32 panels, and the plain GEMVs are
+    the fp32 loops (per column one FMA chain down k) with a widening load:
+    the same bits.  (The AVX2 and AVX-512 transposed GEMVs pair other lanes
+    than fp32's: only close.)"""
     M, K, N = shape
-    if isa == "avx512" and M == 1:
-        pytest.skip("the AVX-512 table decodes bf16 with the 8-lane AVX2 GEMV")
-    if isa == "avx2" and M == 1 and tb:
-        pytest.skip("the AVX2 transposed bf16 GEMV sums each row in its own order")
+    if isa in ("avx2", "avx512") and M == 1 and tb:
+        pytest.skip(f"the {isa} transposed bf16 GEMV sums each row in its own order")
     rng = np.random.default_rng(5)
     a, b16, bw, bias = operands(rng, M, K, N, tb)
     for threads in (1, 2):

@@ -105,9 +105,8 @@ int			llm_matmul(const float *A, const float *B, const float *bias, float *C,
  * llm_matmul with B stored as bfloat16 (bf16.h) and A not transposed: C is
  * fp32 arithmetic over the floats B's values stand for, bit-identical at
  * any thread count; as llm_matmul computes it over those floats (bit for
- * bit on the scalar, AVX2 and NEON ISAs; on AVX-512, GEMM too, and GEMV as
- * AVX2's) -- except AVX2's transB GEMV (M == 1), which sums each row in its
- * own lane order, to widen 16 bf16 per load.
+ * bit on every ISA) -- except the AVX2 and AVX-512 transB GEMVs (M == 1),
+ * which sum each row in their own lane order, to widen 16 bf16 per load.
  * Inference with pg_llm.inference_dtype = 'bf16' reads its weights so.
  */
 int			llm_matmul_bf16(const float *A, const llm_bf16 *B, const float *bias, float *C,

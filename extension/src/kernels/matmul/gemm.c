@@ -75,12 +75,13 @@ scratch_get(scratch *s, size_t n)
 
 /* ---- packing and prefetching -------------------------------------------- */
 
-/* rows of len floats, stride apart, from base */
+/* rows of len elements of `size` bytes (float or bf16), stride elements apart, from base */
 static pf_region
-region(const float *base, int64_t stride, int64_t rows, int64_t len)
+region(const void *base, size_t size, int64_t stride, int64_t rows, int64_t len)
 {
 	/* +1: rows need not be aligned */
-	return (pf_region) {base, stride, rows, ceil_div(len, 16) + 1};
+	return (pf_region) {(const char *) base, stride * (int64_t) size, rows,
+		ceil_div(len * (int64_t) size, 64) + 1};
 }
 
 static const pf_region no_region = {NULL, 0, 0, 1};
@@ -89,11 +90,14 @@ static const pf_region no_region = {NULL, 0, 0, 1};
 static pf_region
 b_region(const mm_ctx *c, int64_t k0, int64_t kc, int64_t n0, int64_t n1)
 {
+	/* a bf16 B is widened while packing: prefetched as a float B, half the bytes */
+	if (c->B16 && c->transB)
+		return region(c->B16 + n0 * c->K + k0, sizeof(llm_bf16), c->K, n1 - n0, kc);
 	if (c->B16)
-		return no_region;		/* a bf16 B is not prefetched (regions count floats) */
+		return region(c->B16 + k0 * c->N + n0, sizeof(llm_bf16), c->N, kc, n1 - n0);
 	if (c->transB)
-		return region(c->B + n0 * c->K + k0, c->K, n1 - n0, kc);
-	return region(c->B + k0 * c->N + n0, c->N, kc, n1 - n0);
+		return region(c->B + n0 * c->K + k0, sizeof(float), c->K, n1 - n0, kc);
+	return region(c->B + k0 * c->N + n0, sizeof(float), c->N, kc, n1 - n0);
 }
 
 /* The source of op(A)[m0:m1, k0:k0+kc]. */
@@ -101,8 +105,8 @@ static pf_region
 a_region(const mm_ctx *c, int64_t k0, int64_t kc, int64_t m0, int64_t m1)
 {
 	if (c->transA)
-		return region(c->A + k0 * c->M + m0, c->M, kc, m1 - m0);
-	return region(c->A + m0 * c->K + k0, c->K, m1 - m0, kc);
+		return region(c->A + k0 * c->M + m0, sizeof(float), c->M, kc, m1 - m0);
+	return region(c->A + m0 * c->K + k0, sizeof(float), c->K, m1 - m0, kc);
 }
 
 /* Prefetch a, then b (either may be no_region). */

@@ -77,11 +77,10 @@
 const matmul_kernels matmul_scalar_kernels = {matmul_scalar, NULL, NULL, NULL};
 
 #if LLM_X86
-/* AVX-512 decodes bf16 weights with the AVX2 loops (see gemv_bf16.c) */
 const matmul_kernels matmul_avx2_kernels = {matmul_simd, &gemm_avx2, gemv256_task,
 gemv256_bf16_task};
 const matmul_kernels matmul_avx512_kernels = {matmul_simd, &gemm_avx512, gemv512_task,
-gemv256_bf16_task};
+gemv512_bf16_task};
 #endif
 #if LLM_NEON
 const matmul_kernels matmul_neon_kernels = {matmul_simd, &gemm_neon, gemv_neon_task,

@@ -91,8 +91,8 @@ struct matmul_kernels
  */
 typedef struct
 {
-	const float *base;			/* first float of the source region */
-	int64_t		stride;			/* floats between its rows */
+	const char *base;			/* first byte of the source region */
+	int64_t		stride;			/* bytes between its rows (floats or bf16) */
 	int64_t		rows;			/* 0: nothing */
 	int64_t		row_lines;		/* 64-byte lines per row */
 } pf_region;
@@ -117,7 +117,7 @@ prefetch_one(prefetcher *pf)
 		pf->then.rows = 0;
 		pf->row = pf->line = 0;
 	}
-	__builtin_prefetch(pf->cur.base + pf->row * pf->cur.stride + pf->line * 16, 0, 2);
+	__builtin_prefetch(pf->cur.base + pf->row * pf->cur.stride + pf->line * 64, 0, 2);
 	if (++pf->line == pf->cur.row_lines)
 	{
 		pf->line = 0;
@@ -212,6 +212,7 @@ void		gemv512_task(void *arg, int64_t n0, int64_t n1);
 void		gemv256_task(void *arg, int64_t n0, int64_t n1);
 
 /* gemv_bf16.c */
+void		gemv512_bf16_task(void *arg, int64_t n0, int64_t n1);
 void		gemv256_bf16_task(void *arg, int64_t n0, int64_t n1);
 
 /* microkernel_avx512.c, microkernel_avx2.c */
