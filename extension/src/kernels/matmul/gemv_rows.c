@@ -280,10 +280,20 @@ rows256_transb(const rows_ctx *rc, int64_t n0, int64_t n1)
 	}
 }
 
-TARGET_AVX2 static void
-rows256_task(void *arg, int64_t n0, int64_t n1)
+/*
+ * One column task, the same for every ISA: transB goes to the ISA's dot
+ * products; plain B walks strips of ROWS_SW columns, each k-block by k-block
+ * (so each row's sums run down k in order, as the single-row GEMV's do), and
+ * the bias is added last, as llm_matmul adds it.
+ */
+typedef void (*rows_transb_fn) (const rows_ctx *rc, int64_t n0, int64_t n1);
+typedef void (*rows_block_fn) (const rows_ctx *rc, int64_t s0, int64_t s1,
+							   int64_t k0, int64_t k1, const float *pf0);
+
+static void
+rows_columns(const rows_ctx *rc, int64_t n0, int64_t n1,
+			 rows_transb_fn transb, rows_block_fn plain_block)
 {
-	const rows_ctx *rc = (const rows_ctx *) arg;
 	const mm_ctx *c = &rc->mm;
 	int64_t		K = c->K,
 				s,
@@ -292,7 +302,7 @@ rows256_task(void *arg, int64_t n0, int64_t n1)
 
 	if (c->transB)
 	{
-		rows256_transb(rc, n0, n1);
+		transb(rc, n0, n1);
 		return;
 	}
 	for (s = n0; s < n1; s += ROWS_SW)
@@ -308,13 +318,19 @@ rows256_task(void *arg, int64_t n0, int64_t n1)
 			 */
 			const float *pf = k1 < K ? c->B + k1 * c->N + s : c->B + s1;
 
-			rows256_plain_block(rc, s, s1, k0, k1, pf);
+			plain_block(rc, s, s1, k0, k1, pf);
 		}
 	}
 	if (c->bias)
 		for (m = 0; m < c->M; m++)
 			for (n = n0; n < n1; n++)
 				rc->c[m][n] += c->bias[n];
+}
+
+static void
+rows256_task(void *arg, int64_t n0, int64_t n1)
+{
+	rows_columns((const rows_ctx *) arg, n0, n1, rows256_transb, rows256_plain_block);
 }
 
 /* ---- AVX-512: the same design with 16-float vectors and 32 registers ---- */
@@ -528,37 +544,10 @@ rows512_transb(const rows_ctx *rc, int64_t n0, int64_t n1)
 	}
 }
 
-TARGET_AVX512 static void
+static void
 rows512_task(void *arg, int64_t n0, int64_t n1)
 {
-	const rows_ctx *rc = (const rows_ctx *) arg;
-	const mm_ctx *c = &rc->mm;
-	int64_t		K = c->K,
-				s,
-				n,
-				m;
-
-	if (c->transB)
-	{
-		rows512_transb(rc, n0, n1);
-		return;
-	}
-	for (s = n0; s < n1; s += ROWS_SW)
-	{
-		int64_t		s1 = MIN(n1, s + ROWS_SW);
-
-		for (int64_t k0 = 0; k0 < K; k0 += ROWS_KC)
-		{
-			int64_t		k1 = MIN(K, k0 + ROWS_KC);
-			const float *pf = k1 < K ? c->B + k1 * c->N + s : c->B + s1;
-
-			rows512_plain_block(rc, s, s1, k0, k1, pf);
-		}
-	}
-	if (c->bias)
-		for (m = 0; m < c->M; m++)
-			for (n = n0; n < n1; n++)
-				rc->c[m][n] += c->bias[n];
+	rows_columns((const rows_ctx *) arg, n0, n1, rows512_transb, rows512_plain_block);
 }
 
 #endif							/* LLM_X86 */
