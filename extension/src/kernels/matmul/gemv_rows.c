@@ -231,6 +231,7 @@ transb_tile(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int nb)
 	{
 		__m256		bk[ROWS_TN];
 
+#pragma GCC unroll 4
 		for (j = 0; j < ROWS_TN; j++)
 			bk[j] = _mm256_loadu_ps(b[j] + k);
 #pragma GCC unroll 8
@@ -238,19 +239,29 @@ transb_tile(const rows_ctx *rc, const int R, int64_t m0, int64_t n, int nb)
 		{
 			__m256		ak = _mm256_loadu_ps(a[r] + k);
 
+#pragma GCC unroll 4
 			for (j = 0; j < ROWS_TN; j++)
 				acc[r][j] = _mm256_fmadd_ps(ak, bk[j], acc[r][j]);
 		}
 	}
-	for (r = 0; r < R; r++)
-		for (j = 0; j < nb; j++)
-		{
-			float		s = hsum_avx2(acc[r][j]);
 
-			for (int64_t k = kfull; k < K; k++)
-				s = __builtin_fmaf(a[r][k], b[j][k], s);
-			rc->c[m0 + r][n + j] = rc->mm.bias ? s + rc->mm.bias[n + j] : s;
-		}
+	/*
+	 * Both loops unrolled, j up to the constant ROWS_TN with nb tested
+	 * inside: acc[r][j] indexed by a variable j (j < nb) would make GCC keep
+	 * the accumulators in memory, spilling them on every step of the k loop.
+	 */
+#pragma GCC unroll 8
+	for (r = 0; r < R; r++)
+#pragma GCC unroll 4
+		for (j = 0; j < ROWS_TN; j++)
+			if (j < nb)
+			{
+				float		s = hsum_avx2(acc[r][j]);
+
+				for (int64_t k = kfull; k < K; k++)
+					s = __builtin_fmaf(a[r][k], b[j][k], s);
+				rc->c[m0 + r][n + j] = rc->mm.bias ? s + rc->mm.bias[n + j] : s;
+			}
 }
 
 /* Output columns [n0, n1) of every row, transB: dot products with rows of B. */
