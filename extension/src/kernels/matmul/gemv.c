@@ -349,8 +349,48 @@ gemv_neon_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 	}
 }
 
-static void
-gemv_neon_transb(const mm_ctx *c, int64_t n0, int64_t n1)
+/*
+ * The transposed GEMV reads B as fp32 (c->B) or as bf16 (c->B16,
+ * pg_llm.inference_dtype = 'bf16': gemv_neon_bf16_task comes here).  Its
+ * loops take the row loads as functions: 4 weights of a row (or 1) from
+ * column k, as the floats they stand for.  The body is always inlined, so
+ * each weight type gets the code a copy of its own would have.
+ */
+typedef float32x4_t (*neon_load4) (const void *row, int64_t k);
+typedef float (*neon_load1) (const void *row, int64_t k);
+
+static inline __attribute__((always_inline)) float32x4_t
+load4_f32(const void *row, int64_t k)
+{
+	return vld1q_f32((const float *) row + k);
+}
+
+static inline __attribute__((always_inline)) float
+load1_f32(const void *row, int64_t k)
+{
+	return ((const float *) row)[k];
+}
+
+static inline __attribute__((always_inline)) float32x4_t
+load4_b16(const void *row, int64_t k)
+{
+	return load4_bf16((const llm_bf16 *) row + k);
+}
+
+static inline __attribute__((always_inline)) float
+load1_b16(const void *row, int64_t k)
+{
+	return llm_bf16_to_float(((const llm_bf16 *) row)[k]);
+}
+
+/*
+ * y[n0:n1] = B[n0:n1, :] @ a for transB, B's rows `size` bytes a weight:
+ * 4 rows at a time sharing each load of a, each row's 4 partial sums
+ * added in a fixed order (vaddvq), then the ragged end of the row.
+ */
+static inline __attribute__((always_inline)) void
+neon_transb(const mm_ctx *c, int64_t n0, int64_t n1, const void *B, int64_t size,
+			neon_load4 load4, neon_load1 load1)
 {
 	const float *a = c->A;
 	int64_t		K = c->K;
@@ -361,13 +401,14 @@ gemv_neon_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 	for (n = n0; n < n1; n += 4)
 	{
 		int			rows = (int) MIN(4, n1 - n);
-		const float *b[4];
+		const void *b[4];
 		float32x4_t acc[4];
 		int			r;
 
 		for (r = 0; r < 4; r++)
 		{
-			b[r] = c->B + (n + MIN(r, rows - 1)) * K;
+			/* past the last row: read row rows-1 again, its sum not stored */
+			b[r] = (const char *) B + (n + MIN(r, rows - 1)) * K * size;
 			acc[r] = vdupq_n_f32(0.0f);
 		}
 		for (k = 0; k < kfull; k += 4)
@@ -376,19 +417,28 @@ gemv_neon_transb(const mm_ctx *c, int64_t n0, int64_t n1)
 
 #pragma GCC unroll 4
 			for (r = 0; r < 4; r++)
-				acc[r] = vfmaq_f32(acc[r], ak, vld1q_f32(b[r] + k));
+				acc[r] = vfmaq_f32(acc[r], ak, load4(b[r], k));
 		}
 		for (r = 0; r < rows; r++)
 		{
 			float		s = vaddvq_f32(acc[r]);
 
 			for (k = kfull; k < K; k++)
-				s = __builtin_fmaf(a[k], b[r][k], s);
+				s = __builtin_fmaf(a[k], load1(b[r], k), s);
 			if (c->accumulate)
 				s += c->C[n + r];
 			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
 		}
 	}
+}
+
+static void
+gemv_neon_transb(const mm_ctx *c, int64_t n0, int64_t n1)
+{
+	if (c->B16)
+		neon_transb(c, n0, n1, c->B16, sizeof(llm_bf16), load4_b16, load1_b16);
+	else
+		neon_transb(c, n0, n1, c->B, sizeof(float), load4_f32, load1_f32);
 }
 
 void

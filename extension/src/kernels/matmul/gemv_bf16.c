@@ -27,7 +27,8 @@
  * changes the meaning "fp32 arithmetic over bf16-rounded weights".
  *
  * NEON (aarch64): gemv.c's NEON loops, each group of 4 bf16 widened by a
- * shift left long (load4_bf16).  ARMv8.6's BFDOT and BFMMLA are not used,
+ * shift left long (load4_bf16); the transposed GEMV is gemv.c's own, which
+ * takes its row loads as functions.  ARMv8.6's BFDOT and BFMMLA are not used,
  * for the same reason as vdpbf16ps: they round differently.
  */
 #include "matmul_internal.h"
@@ -515,49 +516,6 @@ gemv_neon_bf16_plain_chunk(const mm_ctx *c, int64_t s0, int64_t s1)
 		neon_plain_rows(c, s0, s1, k, (int) (c->K - k));
 }
 
-/* y[n0:n1] = B[n0:n1, :] @ a for transB (see gemv_neon_transb) */
-static void
-gemv_neon_bf16_transb(const mm_ctx *c, int64_t n0, int64_t n1)
-{
-	const float *a = c->A;
-	int64_t		K = c->K;
-	int64_t		kfull = K & ~(int64_t) 3;
-	int64_t		n,
-				k;
-
-	for (n = n0; n < n1; n += 4)
-	{
-		int			rows = (int) MIN(4, n1 - n);
-		const llm_bf16 *b[4];
-		float32x4_t acc[4];
-		int			r;
-
-		for (r = 0; r < 4; r++)
-		{
-			b[r] = c->B16 + (n + MIN(r, rows - 1)) * K;
-			acc[r] = vdupq_n_f32(0.0f);
-		}
-		for (k = 0; k < kfull; k += 4)
-		{
-			float32x4_t ak = vld1q_f32(a + k);
-
-#pragma GCC unroll 4
-			for (r = 0; r < 4; r++)
-				acc[r] = vfmaq_f32(acc[r], ak, load4_bf16(b[r] + k));
-		}
-		for (r = 0; r < rows; r++)
-		{
-			float		s = vaddvq_f32(acc[r]);
-
-			for (k = kfull; k < K; k++)
-				s = __builtin_fmaf(a[k], llm_bf16_to_float(b[r][k]), s);
-			if (c->accumulate)
-				s += c->C[n + r];
-			c->C[n + r] = c->bias ? s + c->bias[n + r] : s;
-		}
-	}
-}
-
 void
 gemv_neon_bf16_task(void *arg, int64_t n0, int64_t n1)
 {
@@ -567,7 +525,7 @@ gemv_neon_bf16_task(void *arg, int64_t n0, int64_t n1)
 
 	if (c->transB)
 	{
-		gemv_neon_bf16_transb(c, n0, n1);
+		gemv_neon_task(arg, n0, n1);	/* gemv.c's transposed GEMV reads B16 too */
 		return;
 	}
 	for (s = n0; s < n1; s += GEMV_CHUNK)
