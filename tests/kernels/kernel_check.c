@@ -176,6 +176,68 @@ against_scalar(const char *what, run_fn run, void *ctx, int64_t nout,
 
 /* ---- matmul -------------------------------------------------------------------- */
 
+/*
+ * The double-precision product the matmul checks compare with:
+ * ref = op(a) @ op(b) (+ c0) (+ bias), op transposing when ta / tb, and
+ * scale = sum |a||b| (+ |c0|) (+ |bias|) per element, the size that the
+ * rounding errors of float sums are measured against.
+ */
+static void
+double_product(const float *a, const float *b, const float *c0, const float *bias,
+			   int64_t M, int64_t K, int64_t N, int ta, int tb, double *ref, double *scale)
+{
+	for (int64_t i = 0; i < M; i++)
+		for (int64_t j = 0; j < N; j++)
+		{
+			double		s = 0.0,
+						bound = 0.0;
+
+			for (int64_t k = 0; k < K; k++)
+			{
+				double		x = ta ? a[k * M + i] : a[i * K + k];
+				double		y = tb ? b[j * K + k] : b[k * N + j];
+
+				s += x * y;
+				bound += fabs(x * y);
+			}
+			if (c0)
+			{
+				s += c0[i * N + j];
+				bound += fabs(c0[i * N + j]);
+			}
+			if (bias)
+			{
+				s += bias[j];
+				bound += fabs(bias[j]);
+			}
+			ref[i * N + j] = s;
+			scale[i * N + j] = bound + 1e-30;
+		}
+}
+
+/* c (n floats) within 2e-6 of scale of ref everywhere, as tests/kernels/test_matmul.py */
+static void
+check_product(const char *what, const float *c, const double *ref, const double *scale, int64_t n)
+{
+	int64_t		bad = 0;
+	double		worst = 0.0;
+
+	for (int64_t i = 0; i < n; i++)
+	{
+		double		err = fabs(c[i] - ref[i]) / scale[i];
+
+		bad += !(err < 2e-6);
+		worst = err > worst ? err : worst;
+	}
+	checks++;
+	if (bad)
+	{
+		failures++;
+		printf("FAIL %s [%s]: %lld elements off, worst %.3g of sum|a||b|\n",
+			   what, context, (long long) bad, worst);
+	}
+}
+
 static void
 check_matmul(int64_t M, int64_t K, int64_t N, int ta, int tb, int with_bias, int acc)
 {
@@ -191,40 +253,11 @@ check_matmul(int64_t M, int64_t K, int64_t N, int ta, int tb, int with_bias, int
 
 	snprintf(what, sizeof(what), "matmul%s %lldx%lldx%lld ta=%d tb=%d bias=%d",
 			 acc ? "_acc" : "", (long long) M, (long long) K, (long long) N, ta, tb, with_bias);
-	for (int64_t i = 0; i < M; i++)
-		for (int64_t j = 0; j < N; j++)
-		{
-			double		s = 0.0,
-						bound = 0.0;
-
-			for (int64_t k = 0; k < K; k++)
-			{
-				double		x = ta ? a[k * M + i] : a[i * K + k];
-				double		y = tb ? b[j * K + k] : b[k * N + j];
-
-				s += x * y;
-				bound += fabs(x * y);
-			}
-			if (acc)
-			{
-				s += c0[i * N + j];
-				bound += fabs(c0[i * N + j]);
-			}
-			if (bias)
-			{
-				s += bias[j];
-				bound += fabs(bias[j]);
-			}
-			ref[i * N + j] = s;
-			scale[i * N + j] = bound + 1e-30;
-		}
+	double_product(a, b, acc ? c0 : NULL, bias, M, K, N, ta, tb, ref, scale);
 
 	for (int v = 0; v < n_isas; v++)
 		for (int threads = 1; threads <= 2; threads++)
 		{
-			int64_t		bad = 0;
-			double		worst = 0.0;
-
 			use(isas[v], threads);
 			if (acc)
 			{
@@ -233,20 +266,7 @@ check_matmul(int64_t M, int64_t K, int64_t N, int ta, int tb, int with_bias, int
 			}
 			else
 				llm_matmul(a, b, bias, c, M, K, N, ta, tb);
-			for (int64_t i = 0; i < M * N; i++)
-			{
-				double		err = fabs(c[i] - ref[i]) / scale[i];
-
-				bad += !(err < 2e-6);
-				worst = err > worst ? err : worst;
-			}
-			checks++;
-			if (bad)
-			{
-				failures++;
-				printf("FAIL %s [%s]: %lld elements off, worst %.3g of sum|a||b|\n",
-					   what, context, (long long) bad, worst);
-			}
+			check_product(what, c, ref, scale, M * N);
 			if (threads == 1)
 				memcpy(c1, c, (size_t) (M * N) * sizeof(float));
 			else
@@ -312,48 +332,16 @@ check_matmul_bf16(int64_t M, int64_t K, int64_t N, int tb, int with_bias)
 		b16[i] = llm_float_to_bf16(bw[i]);
 		bw[i] = llm_bf16_to_float(b16[i]);
 	}
-	for (int64_t i = 0; i < M; i++)
-		for (int64_t j = 0; j < N; j++)
-		{
-			double		s = bias ? bias[j] : 0.0,
-						bound = bias ? fabs(bias[j]) : 0.0;
-
-			for (int64_t k = 0; k < K; k++)
-			{
-				double		x = a[i * K + k];
-				double		y = tb ? bw[j * K + k] : bw[k * N + j];
-
-				s += x * y;
-				bound += fabs(x * y);
-			}
-			ref[i * N + j] = s;
-			scale[i * N + j] = bound + 1e-30;
-		}
+	double_product(a, bw, NULL, bias, M, K, N, 0, tb, ref, scale);
 
 	for (int v = 0; v < n_isas; v++)
 		for (int threads = 1; threads <= 2; threads++)
 		{
-			int64_t		bad = 0;
-			double		worst = 0.0;
-
 			use(isas[v], threads);
 			llm_matmul(a, bw, bias, want, M, K, N, 0, tb);
 			use(isas[v], threads);
 			llm_matmul_bf16(a, b16, bias, c, M, K, N, tb);
-			for (int64_t i = 0; i < M * N; i++)
-			{
-				double		err = fabs(c[i] - ref[i]) / scale[i];
-
-				bad += !(err < 2e-6);
-				worst = err > worst ? err : worst;
-			}
-			checks++;
-			if (bad)
-			{
-				failures++;
-				printf("FAIL %s [%s]: %lld elements off, worst %.3g of sum|a||b|\n",
-					   what, context, (long long) bad, worst);
-			}
+			check_product(what, c, ref, scale, M * N);
 			if (!(M == 1 && tb && (isas[v] == LLM_ISA_AVX2 || isas[v] == LLM_ISA_AVX512)))
 				check_bits(what, c, want, (size_t) (M * N) * sizeof(float));
 			if (threads == 1)
