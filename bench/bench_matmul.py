@@ -234,11 +234,13 @@ def main():
     except RuntimeError as err:
         sys.exit(str(err))
     kern.set_threads(threads)
+    runnable = kernels.available_isas(kern.lib)
     if ARGS.isa and ARGS.isa != "all":
+        if ARGS.isa not in runnable:  # llm_set_isa would fall back to the best: say so instead
+            sys.exit(f"--isa {ARGS.isa}: this CPU ({platform.machine()}) runs only {', '.join(runnable)}")
         kern.set_isa(ARGS.isa)
     # more ISAs: each a pg_llm column of its own, GFLOP/s "pg_llm <isa>"
-    extra_isas = [i for i in kernels.available_isas(kern.lib) if i != kern.isa()] \
-        if ARGS.isa == "all" else []
+    extra_isas = [i for i in runnable if i != kern.isa()] if ARGS.isa == "all" else []
     if threadpoolctl is not None:
         threadpoolctl.threadpool_limits(threads)
     if torch is not None:
@@ -253,6 +255,10 @@ def main():
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; threads={threads}; "
           f"{ARGS.rounds} rounds x {ARGS.repeat} calls, best reported")
     print(f"pg_llm kernel ISA: {kern.isa()}" + (f" (and {', '.join(extra_isas)})" if extra_isas else ""))
+    if ARGS.isa == "all":
+        lacking = [i for i in kernels.ISA if i not in runnable]
+        if lacking:
+            print(f"not run: {', '.join(lacking)} (this CPU, {platform.machine()}, lacks them)")
     print(f"numpy {np.__version__} with {blas_name()}; torch "
           f"{torch.__version__ if torch else '(not installed: column skipped)'}; "
           f"thread limits via {'threadpoolctl + ' if threadpoolctl else ''}environment")
