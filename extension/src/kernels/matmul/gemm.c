@@ -93,7 +93,7 @@ static const pf_region no_region = {NULL, 0, 0, 1};
 static pf_region
 b_region(const mm_ctx *c, int64_t k0, int64_t kc, int64_t n0, int64_t n1)
 {
-	/* a bf16 B is widened while packing: prefetched as a float B, half the bytes */
+	/* a bf16 B: the same rows, half the bytes */
 	if (c->B16 && c->transB)
 		return region(c->B16 + n0 * c->K + k0, sizeof(llm_bf16), c->K, n1 - n0, kc);
 	if (c->B16)
@@ -184,7 +184,8 @@ widen_bf16(const llm_bf16 *s, float *d, int64_t n)
 }
 
 /*
- * pack_panels for a bf16 source (B16): the same panels, each value widened
+ * pack_panels for a bf16 source (B16) without bf16 panels (a transposed
+ * B16, or an ISA without kern_bf16): the same panels, each value widened
  * to the float it stands for.  So the micro-kernels, unchanged, compute
  * fp32 arithmetic over the widened B -- the same bits as llm_matmul over
  * those floats.
@@ -242,13 +243,13 @@ pack_a_block(const mm_ctx *c, float *dst, int64_t m0, int64_t mc, int64_t k0,
  * pack_panels for a plain B16 kept as bf16 (b16_panels): each panel row
  * is NR bf16 in the order of the ISA's kern_bf16 (copy_bf16), which widens
  * them in registers.  8 k-rows at a time across all panels, as pack_panels.
- * A tile's first block was not prefetched by the one before it (each task
- * is one tile, see choose_tiles), and its rows are short (nc bf16: a few
- * lines), too short for the hardware prefetchers: so the rows PACK_AHEAD
- * k ahead are prefetched while these are copied (GPT-2 small's 48 block
- * GEMMs at T = 64 on an EPYC, one thread: fp32 time / bf16 time 1.15-1.16
- * without, 1.17-1.23 with; the lines of a block prefetched by the kernels
- * are in L2 already, and cost a few cycles).
+ * The first block of a task's first tile was not prefetched (see
+ * gemm_tile; at T = 64 most tasks are one tile), and its rows are short
+ * (nc bf16: a few lines), too short for the hardware prefetchers: so the
+ * rows PACK_AHEAD k ahead are prefetched while these are copied (GPT-2
+ * small's 48 block GEMMs at T = 64 on an EPYC, one thread: fp32 time /
+ * bf16 time 1.15-1.16 without, 1.17-1.23 with; the lines of a block the
+ * kernels prefetched are in L2 already, and cost a few cycles).
  */
 static void
 pack_panels_b16(const gemm_kernels *isa, const llm_bf16 *src, int64_t ld,
@@ -257,17 +258,13 @@ pack_panels_b16(const gemm_kernels *isa, const llm_bf16 *src, int64_t ld,
 	int			W = isa->nr;
 	int64_t		row_lines = ceil_div(nx * (int64_t) sizeof(llm_bf16), 64) + 1;
 	int64_t		p,
-				kk,
-				k,
-				l;
+				kk;
 
 	for (kk = 0; kk < kc; kk += 8)
 	{
-#if PACK_AHEAD > 0
-		for (k = kk + PACK_AHEAD; k < MIN(kc, kk + PACK_AHEAD + 8); k++)
-			for (l = 0; l < row_lines; l++)
+		for (int64_t k = kk + PACK_AHEAD; k < MIN(kc, kk + PACK_AHEAD + 8); k++)
+			for (int64_t l = 0; l < row_lines; l++)
 				__builtin_prefetch((const char *) (src + k * ld) + l * 64, 0, 3);
-#endif
 		for (p = 0; p * W < nx; p++)
 			isa->copy_bf16(src + kk * ld + p * W, ld, dst + p * kc * W + kk * W, W,
 						   MIN(8, kc - kk), (int) MIN(W, nx - p * W));

@@ -1,7 +1,8 @@
 /*
  * microkernel_avx2.c -- the AVX2+FMA plug-in of the GEMM driver (gemm.c):
  * MR = 6, NR = 16 (two ymm per row of C) micro-kernels, one per row count,
- * and the packing helpers (masked copies, 8x8 in-register transposes).
+ * the same over bf16 panels of B (widened in registers), and the packing
+ * helpers (masked copies, 8x8 in-register transposes, bf16 panel rows).
  */
 #include "matmul_internal.h"
 

@@ -1,7 +1,8 @@
 /*
  * microkernel_avx512.c -- the AVX-512 plug-in of the GEMM driver (gemm.c):
  * MR = 14, NR = 32 (two zmm per row of C) micro-kernels, one per row count,
- * and the packing helpers (masked copies, 16x16 in-register transposes).
+ * the same over bf16 panels of B (widened in registers), and the packing
+ * helpers (masked copies, 16x16 in-register transposes, bf16 panel rows).
  */
 #include "matmul_internal.h"
 
