@@ -22,6 +22,12 @@ the same background load), reported as the median over --repeat:
 * prefill: the time to the last row's logits for a prompt of T tokens
   (llm_logits(..., last_only => true); PyTorch: logits_to_keep=1).
 
+Beside each pg_llm prefill time, its CPU time (all threads of the server
+backend, from /proc/<pid>/task/*/schedstat, when the server runs on this
+machine): wall clock on a shared machine depends on the load, CPU time
+much less (it still includes time waiting for memory and the worker
+threads' spinning).
+
 Goals (issue 18): pg_llm bf16 decode >= 1.6x pg_llm fp32 decode; prefill >= 1.3x
 where AVX512_BF16 exists.  The cached weights' bytes (llm_model_cache()) are
 printed for both dtypes.
@@ -47,10 +53,35 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time of all threads of process pid so far (Linux), or None."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    ns = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                ns += int(f.read().split()[0])
+        except OSError:  # a thread that just ended
+            continue
+    return ns / 1e9
+
+
+def timed_cpu(fn, pid: int) -> tuple[float, float | None]:
+    """(wall seconds, CPU seconds of process pid, or None) of fn()."""
+    c0 = cpu_seconds(pid)
+    wall = timed(fn)
+    c1 = cpu_seconds(pid)
+    return wall, (c1 - c0 if c0 is not None and c1 is not None else None)
+
+
 class PgVariant:
     def __init__(self, conn, simd, dtype):
         self.conn, self.simd, self.dtype = conn, simd, dtype
         self.name = f"pg_llm {dtype} simd={simd}"
+        self.pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 
     def setup(self):
         self.conn.execute("SELECT set_config('pg_llm.simd', %s, false),"
@@ -67,6 +98,7 @@ class TorchVariant:
     def __init__(self, model, dtype):
         self.model, self.dtype = model, dtype
         self.name = f"PyTorch {dtype}"
+        self.pid = None
 
     def setup(self):
         pass
@@ -129,6 +161,7 @@ def main():
 
     decode = {v.name: [] for v in variants}
     prefill = {(v.name, T): [] for v in variants for T in args.prefill}
+    prefill_cpu = {(v.name, T): [] for v in variants for T in args.prefill}
     load = [os.getloadavg()[0]]
     for _ in range(args.repeat):
         for v in variants:
@@ -137,7 +170,11 @@ def main():
             full = timed(lambda: v.generate(prompt, 1 + args.decode))
             decode[v.name].append(args.decode / (full - one))
             for T in args.prefill:
-                prefill[(v.name, T)].append(timed(lambda: v.last_logits(prompts[T])))
+                wall, cpu = timed_cpu(lambda: v.last_logits(prompts[T]), v.pid) if v.pid else \
+                    (timed(lambda: v.last_logits(prompts[T])), None)
+                prefill[(v.name, T)].append(wall)
+                if cpu is not None:
+                    prefill_cpu[(v.name, T)].append(cpu)
         load.append(os.getloadavg()[0])
 
     info = conn.execute("SELECT llm_info()").fetchone()[0]
@@ -157,6 +194,17 @@ def main():
         for T, ms, bms in zip(args.prefill, p, bp):
             line += f" {ms:17.1f} {bms / ms:7.2f}"
         print(line)
+    if any(prefill_cpu.values()):
+        print("\nprefill CPU time of the server backend (all its threads), median ms:")
+        cpu_base = {}
+        for v in variants:
+            if not prefill_cpu[(v.name, args.prefill[0])]:
+                continue
+            key = v.name.replace("bf16", "fp32")
+            p = [statistics.median(prefill_cpu[(v.name, T)]) * 1e3 for T in args.prefill]
+            cpu_base.setdefault(key, p)
+            print(f"{v.name:28s}" + "".join(f"   T={T} {ms:7.1f} ms {b / ms:5.2f}x"
+                                           for T, ms, b in zip(args.prefill, p, cpu_base[key])))
     print("\nllm_model_cache():")
     for row in conn.execute("SELECT dtype, version, round(bytes / 1048576.0, 1) FROM llm_model_cache()"
                             " WHERE model = %s ORDER BY dtype", (MODEL,)).fetchall():

@@ -153,8 +153,9 @@ llm_matmul(const float *A, const float *B, const float *bias, float *C,
 
 /*
  * bf16 weights (B16): GEMV reads them as they are (gemv_bf16.c); GEMM
- * widens them to floats while packing B (gemm.c), so every micro-kernel
- * runs unchanged.  Either way C is fp32 arithmetic over the widened B.
+ * packs them as bf16 panels that the AVX2 and AVX-512 micro-kernels widen
+ * in registers, or (a transposed B, NEON) widens them while packing
+ * (gemm.c).  Either way C is fp32 arithmetic over the widened B.
  */
 int
 llm_matmul_bf16(const float *A, const llm_bf16 *B, const float *bias, float *C,

@@ -57,6 +57,8 @@ typedef struct
 	int64_t		tile_grain;		/* tiles per task */
 	const float *apack;			/* A packed for all tiles, or NULL */
 	const float *bpack;			/* B packed for all tiles, or NULL */
+	int			b16_panels;		/* B16's panels stay bf16 (kern_bf16), see gemm.c */
+	int			b_size;			/* bytes of a packed B value: 4, or 2 when b16_panels */
 	int64_t		mpanels,
 				npanels;		/* MR-row panels of A, NR-column panels of B */
 	int64_t		a_group,
@@ -165,6 +167,17 @@ typedef void (*micro_kernel) (int64_t kc, const float *ap, const float *bp,
 							  int64_t pf_lines);
 
 /*
+ * The same for a panel of B kept as bf16 (bp: kc rows of NR bf16, in the
+ * ISA's order inside a row, see copy_bf16): each value is widened to its
+ * float in registers, then the very FMA chain of `kernel` runs, so C has
+ * the bits of `kernel` over the widened panel.
+ */
+typedef void (*micro_kernel_bf16) (int64_t kc, const float *ap, const llm_bf16 *bp,
+								   float *c, int64_t ldc, int nr, int accumulate,
+								   const float *bias, prefetcher *pf,
+								   int64_t pf_lines);
+
+/*
  * Packing helpers, both writing `width` floats per destination row
  * (width = MR or NR, the zero padding included):
  *
@@ -181,6 +194,15 @@ typedef void (*copy_fn) (const float *src, int64_t ss, float *dst, int64_t ds,
 typedef void (*transpose_fn) (const float *src, int64_t ss, float *dst,
 							  int64_t ds, int64_t kc, int n, int width);
 
+/*
+ *   copy_bf16: row r of dst (NR bf16, ds apart) holds src[r*ss + j] for
+ *              j < n and 0 for n <= j < NR, r < rows, in the order the
+ *              ISA's kern_bf16 reads them (an interleave that lets it
+ *              widen a vector of pairs with one shift and one and).
+ */
+typedef void (*copy_bf16_fn) (const llm_bf16 *src, int64_t ss, llm_bf16 *dst,
+							  int64_t ds, int64_t rows, int n);
+
 struct gemm_kernels
 {
 	int			mr,
@@ -188,6 +210,9 @@ struct gemm_kernels
 	micro_kernel kern[MR_MAX + 1];	/* kern[m] computes m rows */
 	copy_fn		copy;
 	transpose_fn transpose;
+	/* bf16 panels of a plain (not transposed) B16; NULL: widen while packing */
+	micro_kernel_bf16 kern_bf16[MR_MAX + 1];
+	copy_bf16_fn copy_bf16;
 };
 
 /* ---- entry points of the files ------------------------------------------ */

@@ -1,7 +1,8 @@
 /*
  * microkernel_avx2.c -- the AVX2+FMA plug-in of the GEMM driver (gemm.c):
  * MR = 6, NR = 16 (two ymm per row of C) micro-kernels, one per row count,
- * and the packing helpers (masked copies, 8x8 in-register transposes).
+ * the same over bf16 panels of B (widened in registers), and the packing
+ * helpers (masked copies, 8x8 in-register transposes, bf16 panel rows).
  */
 #include "matmul_internal.h"
 
@@ -10,10 +11,16 @@
 #define MR256 6
 #define NR256 16
 
+/*
+ * With b16 (a constant) the B panel holds bf16 (bp16), a row of 16 as
+ * copy_bf16_avx2 interleaves them: 32-bit lane i = value i | value 8 + i
+ * << 16, widened by a shift and an and, as in microkernel_avx512.c: the
+ * same floats, the same FMAs, the same bits as a widened fp32 panel.
+ */
 TARGET_AVX2 static inline __attribute__((always_inline)) void
-k256_body(const int mr, int64_t kc, const float *ap, const float *bp,
-		  float *c, int64_t ldc, int nr, int accumulate, const float *bias,
-		  prefetcher *pf, int64_t pf_lines)
+k256_body(const int mr, const int b16, int64_t kc, const float *ap, const float *bp,
+		  const llm_bf16 *bp16, float *c, int64_t ldc, int nr, int accumulate,
+		  const float *bias, prefetcher *pf, int64_t pf_lines)
 {
 	__m256		acc0[MR256],
 				acc1[MR256];
@@ -31,8 +38,21 @@ k256_body(const int mr, int64_t kc, const float *ap, const float *bp,
 
 	for (k = 0; k < kc; k++)
 	{
-		__m256		b0 = _mm256_load_ps(bp);
-		__m256		b1 = _mm256_load_ps(bp + 8);
+		__m256		b0,
+					b1;
+
+		if (b16)
+		{
+			__m256i		x = _mm256_load_si256((const __m256i *) bp16);
+
+			b0 = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+			b1 = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int) 0xFFFF0000u)));
+		}
+		else
+		{
+			b0 = _mm256_load_ps(bp);
+			b1 = _mm256_load_ps(bp + 8);
+		}
 
 		if ((k & 1) && pf_lines > 0)
 		{
@@ -49,7 +69,10 @@ k256_body(const int mr, int64_t kc, const float *ap, const float *bp,
 			acc1[i] = _mm256_fmadd_ps(a, b1, acc1[i]);
 		}
 		ap += MR256;
-		bp += NR256;
+		if (b16)
+			bp16 += NR256;
+		else
+			bp += NR256;
 	}
 
 	while (pf_lines-- > 0)
@@ -108,9 +131,52 @@ k256_##MR(int64_t kc, const float *ap, const float *bp, float *c, \
 		  int64_t ldc, int nr, int accumulate, const float *bias, \
 		  prefetcher *pf, int64_t pf_lines) \
 { \
-	k256_body(MR, kc, ap, bp, c, ldc, nr, accumulate, bias, pf, pf_lines); \
+	k256_body(MR, 0, kc, ap, bp, NULL, c, ldc, nr, accumulate, bias, pf, pf_lines); \
 }
 K256(1) K256(2) K256(3) K256(4) K256(5) K256(6)
+
+#define K256_B16(MR) \
+TARGET_AVX2 static void \
+k256_b16_##MR(int64_t kc, const float *ap, const llm_bf16 *bp, float *c, \
+			  int64_t ldc, int nr, int accumulate, const float *bias, \
+			  prefetcher *pf, int64_t pf_lines) \
+{ \
+	k256_body(MR, 1, kc, ap, NULL, bp, c, ldc, nr, accumulate, bias, pf, pf_lines); \
+}
+K256_B16(1) K256_B16(2) K256_B16(3) K256_B16(4) K256_B16(5) K256_B16(6)
+
+/*
+ * Rows of a bf16 panel in k256_body's order: 32-bit lane i = value i |
+ * value (8 + i) << 16, i.e. the 16-bit interleave of the two halves
+ * (unpacklo/hi).  Values past n (the last panel) are copied into a zeroed
+ * row first.
+ */
+TARGET_AVX2 static void
+copy_bf16_avx2(const llm_bf16 *src, int64_t ss, llm_bf16 *dst, int64_t ds,
+			   int64_t rows, int n)
+{
+	llm_bf16	edge[NR256] __attribute__((aligned(32)));
+	int64_t		r;
+	int			j;
+
+	for (r = 0; r < rows; r++)
+	{
+		const llm_bf16 *s = src + r * ss;
+		__m128i		lo,
+					hi;
+
+		if (n < NR256)
+		{
+			for (j = 0; j < NR256; j++)
+				edge[j] = j < n ? s[j] : 0;
+			s = edge;
+		}
+		lo = _mm_loadu_si128((const __m128i *) s);
+		hi = _mm_loadu_si128((const __m128i *) (s + 8));
+		_mm_store_si128((__m128i *) (dst + r * ds), _mm_unpacklo_epi16(lo, hi));
+		_mm_store_si128((__m128i *) (dst + r * ds + 8), _mm_unpackhi_epi16(lo, hi));
+	}
+}
 
 TARGET_AVX2 static void
 copy_avx2(const float *src, int64_t ss, float *dst, int64_t ds,
@@ -198,7 +264,9 @@ transpose_avx2(const float *src, int64_t ss, float *dst, int64_t ds,
 const gemm_kernels gemm_avx2 = {
 	MR256, NR256,
 	{NULL, k256_1, k256_2, k256_3, k256_4, k256_5, k256_6},
-	copy_avx2, transpose_avx2
+	copy_avx2, transpose_avx2,
+	{NULL, k256_b16_1, k256_b16_2, k256_b16_3, k256_b16_4, k256_b16_5, k256_b16_6},
+	copy_bf16_avx2
 };
 
 #endif							/* LLM_X86 */

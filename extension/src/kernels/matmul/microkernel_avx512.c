@@ -1,7 +1,8 @@
 /*
  * microkernel_avx512.c -- the AVX-512 plug-in of the GEMM driver (gemm.c):
  * MR = 14, NR = 32 (two zmm per row of C) micro-kernels, one per row count,
- * and the packing helpers (masked copies, 16x16 in-register transposes).
+ * the same over bf16 panels of B (widened in registers), and the packing
+ * helpers (masked copies, 16x16 in-register transposes, bf16 panel rows).
  */
 #include "matmul_internal.h"
 
@@ -27,11 +28,23 @@
  * The body is always_inline and instantiated with a constant `mr`, so the
  * row loops unroll completely and acc[][] lives in NV*mr zmm registers.
  * A k step is NV loads of B, mr broadcasts of A and NV*mr FMAs.
+ *
+ * With b16 (a constant too) the B panel holds bf16 (bp16), a row of 32 as
+ * copy_bf16_avx512 interleaves them: 32-bit lane i holds value i in its
+ * low half and value 16 + i in its high half.  One load, a shift left by
+ * 16 and an and with 0xFFFF0000 give the two vectors of floats those
+ * values stand for, exactly the floats a widened fp32 panel would hold;
+ * the FMAs that follow are the same, so are the bits.  The panel is half
+ * the bytes: packing writes half, and the kernel reads half from L2.
  */
+#if NV512 % 2 == 0
+#define K512_BF16 1				/* bf16 panels: pairs of vectors */
+#endif
+
 TARGET_AVX512 static inline __attribute__((always_inline)) void
-k512_body(const int mr, int64_t kc, const float *ap, const float *bp,
-		  float *c, int64_t ldc, int nr, int accumulate, const float *bias,
-		  prefetcher *pf, int64_t pf_lines)
+k512_body(const int mr, const int b16, int64_t kc, const float *ap, const float *bp,
+		  const llm_bf16 *bp16, float *c, int64_t ldc, int nr, int accumulate,
+		  const float *bias, prefetcher *pf, int64_t pf_lines)
 {
 	__m512		acc[MR512][NV512];
 	__mmask16	mask[NV512];
@@ -49,9 +62,21 @@ k512_body(const int mr, int64_t kc, const float *ap, const float *bp,
 	{
 		__m512		b[NV512];
 
+		if (b16)
+		{
 #pragma GCC unroll 4
-		for (v = 0; v < NV512; v++)
-			b[v] = _mm512_load_ps(bp + 16 * v);
+			for (v = 0; v + 1 < NV512; v += 2)
+			{
+				__m512i		x = _mm512_load_si512(bp16 + 16 * v);
+
+				b[v] = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+				b[v + 1] = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32((int) 0xFFFF0000u)));
+			}
+		}
+		else
+#pragma GCC unroll 4
+			for (v = 0; v < NV512; v++)
+				b[v] = _mm512_load_ps(bp + 16 * v);
 		if ((k & 1) && pf_lines > 0)
 		{
 			prefetch_one(pf);
@@ -67,7 +92,10 @@ k512_body(const int mr, int64_t kc, const float *ap, const float *bp,
 				acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
 		}
 		ap += MR512;
-		bp += NR512;
+		if (b16)
+			bp16 += NR512;
+		else
+			bp += NR512;
 	}
 
 	while (pf_lines-- > 0)		/* more than kc/2 lines asked for */
@@ -102,11 +130,60 @@ k512_##MR(int64_t kc, const float *ap, const float *bp, float *c, \
 		  int64_t ldc, int nr, int accumulate, const float *bias, \
 		  prefetcher *pf, int64_t pf_lines) \
 { \
-	k512_body(MR < MR512 ? MR : MR512, kc, ap, bp, c, ldc, nr, accumulate, \
-			  bias, pf, pf_lines); \
+	k512_body(MR < MR512 ? MR : MR512, 0, kc, ap, bp, NULL, c, ldc, nr, \
+			  accumulate, bias, pf, pf_lines); \
 }
 K512(1) K512(2) K512(3) K512(4) K512(5) K512(6) K512(7)
 K512(8) K512(9) K512(10) K512(11) K512(12) K512(13) K512(14)
+
+#ifdef K512_BF16
+#define K512_B16(MR) \
+TARGET_AVX512 static void \
+k512_b16_##MR(int64_t kc, const float *ap, const llm_bf16 *bp, float *c, \
+			  int64_t ldc, int nr, int accumulate, const float *bias, \
+			  prefetcher *pf, int64_t pf_lines) \
+{ \
+	k512_body(MR < MR512 ? MR : MR512, 1, kc, ap, NULL, bp, c, ldc, nr, \
+			  accumulate, bias, pf, pf_lines); \
+}
+K512_B16(1) K512_B16(2) K512_B16(3) K512_B16(4) K512_B16(5) K512_B16(6) K512_B16(7)
+K512_B16(8) K512_B16(9) K512_B16(10) K512_B16(11) K512_B16(12) K512_B16(13) K512_B16(14)
+
+/*
+ * Rows of a bf16 panel in k512_body's order: in each group of 32 values,
+ * 32-bit lane i = value i | value (16 + i) << 16.  AVX-512F alone has no
+ * 16-bit shuffles or masks, so: zero-extend each half to 32-bit lanes,
+ * shift the second half up, or.  Values past n (the last panel) are
+ * copied into a zeroed row first.
+ */
+TARGET_AVX512 static void
+copy_bf16_avx512(const llm_bf16 *src, int64_t ss, llm_bf16 *dst, int64_t ds,
+				 int64_t rows, int n)
+{
+	llm_bf16	edge[NR512] __attribute__((aligned(64)));
+	int64_t		r;
+	int			j;
+
+	for (r = 0; r < rows; r++)
+	{
+		const llm_bf16 *s = src + r * ss;
+
+		if (n < NR512)
+		{
+			for (j = 0; j < NR512; j++)
+				edge[j] = j < n ? s[j] : 0;
+			s = edge;
+		}
+		for (j = 0; j < NR512; j += 32)
+		{
+			__m512i		lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) (s + j)));
+			__m512i		hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) (s + j + 16)));
+
+			_mm512_store_si512(dst + r * ds + j, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+		}
+	}
+}
+#endif
 
 TARGET_AVX512 static void
 copy_avx512(const float *src, int64_t ss, float *dst, int64_t ds,
@@ -196,7 +273,14 @@ const gemm_kernels gemm_avx512 = {
 	MR512, NR512,
 	{NULL, k512_1, k512_2, k512_3, k512_4, k512_5, k512_6, k512_7,
 	k512_8, k512_9, k512_10, k512_11, k512_12, k512_13, k512_14},
-	copy_avx512, transpose_avx512
+	copy_avx512, transpose_avx512,
+#ifdef K512_BF16
+	{NULL, k512_b16_1, k512_b16_2, k512_b16_3, k512_b16_4, k512_b16_5, k512_b16_6, k512_b16_7,
+	k512_b16_8, k512_b16_9, k512_b16_10, k512_b16_11, k512_b16_12, k512_b16_13, k512_b16_14},
+	copy_bf16_avx512
+#else
+	{NULL}, NULL
+#endif
 };
 
 #endif							/* LLM_X86 */

@@ -202,7 +202,8 @@ transpose_neon(const float *src, int64_t ss, float *dst, int64_t ds,
 const gemm_kernels gemm_neon = {
 	MRN, NRN,
 	{NULL, kneon_1, kneon_2, kneon_3, kneon_4, kneon_5, kneon_6, kneon_7, kneon_8},
-	copy_neon, transpose_neon
+	copy_neon, transpose_neon,
+	{NULL}, NULL				/* no bf16 panels: B16 is widened while packing */
 };
 
 #endif							/* LLM_NEON */
