@@ -53,8 +53,10 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time of all threads of process pid so far (Linux), or None."""
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time of all threads of process pid so far (Linux), or None (no pid)."""
+    if pid is None:
+        return None
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -69,7 +71,7 @@ def cpu_seconds(pid: int) -> float | None:
     return ns / 1e9
 
 
-def timed_cpu(fn, pid: int) -> tuple[float, float | None]:
+def timed_cpu(fn, pid: int | None) -> tuple[float, float | None]:
     """(wall seconds, CPU seconds of process pid, or None) of fn()."""
     c0 = cpu_seconds(pid)
     wall = timed(fn)
@@ -170,8 +172,7 @@ def main():
             full = timed(lambda: v.generate(prompt, 1 + args.decode))
             decode[v.name].append(args.decode / (full - one))
             for T in args.prefill:
-                wall, cpu = timed_cpu(lambda: v.last_logits(prompts[T]), v.pid) if v.pid else \
-                    (timed(lambda: v.last_logits(prompts[T])), None)
+                wall, cpu = timed_cpu(lambda: v.last_logits(prompts[T]), v.pid)
                 prefill[(v.name, T)].append(wall)
                 if cpu is not None:
                     prefill_cpu[(v.name, T)].append(cpu)

@@ -41,10 +41,10 @@
 #define LARGE_K 4096			/* from this K on, few wide tiles (choose_tiles) */
 #endif
 #define LARGE_K_TILES 4
-#define PACK_KEEP (32u << 20)
+#define PACK_KEEP (32u << 20)	/* whole-matrix pack buffers: at most 32 MB */
 #ifndef PACK_AHEAD
 #define PACK_AHEAD 16			/* bf16 panels: source rows prefetched ahead */
-#endif	/* whole-matrix pack buffers: at most 32 MB */
+#endif
 
 /* ---- per-thread scratch ------------------------------------------------- */
 
